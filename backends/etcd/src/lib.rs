@@ -1,0 +1,1 @@
+//! The etcd backend of leasehold (under construction: not yet usable).

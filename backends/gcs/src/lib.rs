@@ -1,0 +1,1 @@
+//! The gcs backend of leasehold (under construction: not yet usable).

@@ -1,0 +1,1 @@
+//! The zookeeper backend of leasehold (under construction: not yet usable).

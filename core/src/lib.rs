@@ -1,0 +1,34 @@
+//! # leasehold-core
+//!
+//! The backend-agnostic heart of leasehold: the [`Backend`] trait a store
+//! adapter implements, the election engine ([`Elector`]) that owns time
+//! (heartbeat, lease renewal, retries with backoff, the step-down deadline),
+//! the [`Leadership`] guard, the in-memory backend ([`memory`]), a
+//! fault-injecting wrapper ([`faulty`]) and, behind the `conformance`
+//! feature, the conformance suite every backend runs.
+//!
+//! ## The safety model
+//!
+//! * Every term has a [`FencingToken`] strictly greater than every earlier
+//!   term's token of the same election.
+//! * A leader steps down on its own monotonic clock: leadership is reported
+//!   lost no later than `time the last successful renewal was SENT + ttl -
+//!   safety_margin`, even when the store cannot be reached at all.
+//! * Followers never compare wall clocks across hosts: where the store
+//!   expires leases itself they wait for the store; where it does not, they
+//!   take over only after seeing the same record unchanged for a full ttl on
+//!   their own clock.
+//! * Losing is not an error: "someone else holds it" is
+//!   [`Attempt::Held`]; a store outage is an [`Error`] that counts against
+//!   the deadline; [`LossReason`] tells "the lease is gone" from "the store
+//!   could not be reached in time".
+
+mod backend;
+mod error;
+mod options;
+mod types;
+
+pub use backend::{Backend, LeaderWatch};
+pub use error::{Error, Result};
+pub use options::{ElectionOptions, MAX_NAME_LEN, MAX_VALUE_LEN};
+pub use types::{AcquireOutcome, AcquireRequest, Capabilities, Claim, FencingToken, LeaderInfo};

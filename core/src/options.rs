@@ -1,0 +1,226 @@
+//! Election options, with their validation.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// The timing and identity of one candidate in one election.
+///
+/// The defaults follow client-go's proportions: a lease of 15 s, renewed every
+/// 5 s, retried every 2 s, with a 1.5 s safety margin for clock drift between
+/// this host and the store.
+///
+/// The invariants (checked by [`validate`](Self::validate)):
+/// `0 < safety_margin < ttl`, and `renew_interval <= (ttl - safety_margin) / 2`
+/// so that at least two renewals can be tried before the local deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ElectionOptions {
+    /// The election name (the lock's name). Non-empty, at most 256 bytes,
+    /// no control characters and no `/` at either end.
+    pub election: String,
+    /// This candidate's id, shown to the others as the leader's id.
+    pub candidate_id: String,
+    /// Bytes published while leading (an address, a JSON blob), at most 64 KiB.
+    pub value: Vec<u8>,
+    /// How long a lease lives without renewal.
+    pub ttl: Duration,
+    /// How often the leader (and a queued candidate) renews its lease.
+    pub renew_interval: Duration,
+    /// How often to retry after a store error, and how often to poll on
+    /// backends without a watch (jittered).
+    pub retry_interval: Duration,
+    /// Subtracted from the ttl to get the local deadline: a leader whose
+    /// last successful renewal was *sent* at `t` reports leadership lost at
+    /// `t + ttl - safety_margin` at the latest.
+    pub safety_margin: Duration,
+    /// Bound on any single store call.
+    pub request_timeout: Duration,
+}
+
+/// Largest accepted leader value.
+pub const MAX_VALUE_LEN: usize = 64 * 1024;
+/// Largest accepted election name or candidate id.
+pub const MAX_NAME_LEN: usize = 256;
+
+impl ElectionOptions {
+    /// Options for `election` with candidate id `candidate_id` and default
+    /// timings.
+    pub fn new(election: impl Into<String>, candidate_id: impl Into<String>) -> Self {
+        ElectionOptions {
+            election: election.into(),
+            candidate_id: candidate_id.into(),
+            value: Vec::new(),
+            ttl: Duration::from_secs(15),
+            renew_interval: Duration::from_secs(5),
+            retry_interval: Duration::from_secs(2),
+            safety_margin: Duration::from_millis(1500),
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Set the ttl and derive the other timings from it: renew every ttl/3,
+    /// retry every ttl/6 (at most 2 s), margin ttl/10, request timeout ttl/3.
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self.renew_interval = ttl / 3;
+        self.retry_interval = (ttl / 6).min(Duration::from_secs(2));
+        self.safety_margin = ttl / 10;
+        self.request_timeout = ttl / 3;
+        self
+    }
+
+    /// Check every field; the error names the first offending one.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] naming the field and what is allowed.
+    pub fn validate(&self) -> Result<()> {
+        check_name("election", &self.election)?;
+        check_name("candidate_id", &self.candidate_id)?;
+        if self.election.starts_with('/') || self.election.ends_with('/') {
+            return Err(Error::invalid_option(
+                "election",
+                format!(
+                    "{:?} must not start or end with '/'; use a plain name such as \"orders-worker\"",
+                    self.election
+                ),
+            ));
+        }
+        if self.value.len() > MAX_VALUE_LEN {
+            return Err(Error::invalid_option(
+                "value",
+                format!(
+                    "{} bytes is more than the {MAX_VALUE_LEN} allowed; publish a pointer (an address, a key) instead",
+                    self.value.len()
+                ),
+            ));
+        }
+        if self.ttl < Duration::from_millis(10) {
+            return Err(Error::invalid_option(
+                "ttl",
+                format!("{:?} is too short; use at least 10ms (stores need seconds)", self.ttl),
+            ));
+        }
+        if self.safety_margin.is_zero() || self.safety_margin >= self.ttl / 2 {
+            return Err(Error::invalid_option(
+                "safety_margin",
+                format!(
+                    "{:?} must be above zero and below half the ttl ({:?}); ttl/10 is a good choice",
+                    self.safety_margin, self.ttl
+                ),
+            ));
+        }
+        let usable = self.ttl - self.safety_margin;
+        if self.renew_interval.is_zero() || self.renew_interval > usable / 2 {
+            return Err(Error::invalid_option(
+                "renew_interval",
+                format!(
+                    "{:?} must be above zero and at most half of ttl - safety_margin ({:?}), so that two renewals fit before the deadline; ttl/3 is a good choice",
+                    self.renew_interval,
+                    usable / 2
+                ),
+            ));
+        }
+        if self.retry_interval.is_zero() || self.retry_interval > usable / 2 {
+            return Err(Error::invalid_option(
+                "retry_interval",
+                format!(
+                    "{:?} must be above zero and at most half of ttl - safety_margin ({:?})",
+                    self.retry_interval,
+                    usable / 2
+                ),
+            ));
+        }
+        if self.request_timeout.is_zero() || self.request_timeout > usable {
+            return Err(Error::invalid_option(
+                "request_timeout",
+                format!(
+                    "{:?} must be above zero and at most ttl - safety_margin ({usable:?})",
+                    self.request_timeout
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The time from the send of the last successful renewal to the local
+    /// deadline: `ttl - safety_margin`.
+    pub fn deadline_after_renewal(&self) -> Duration {
+        self.ttl.saturating_sub(self.safety_margin)
+    }
+}
+
+fn check_name(field: &'static str, name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::invalid_option(field, "must not be empty"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(Error::invalid_option(
+            field,
+            format!("{} bytes is longer than the {MAX_NAME_LEN} allowed", name.len()),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::invalid_option(
+            field,
+            format!("{name:?} contains a control character"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(r: Result<()>) -> &'static str {
+        match r {
+            Err(Error::InvalidOption { field, .. }) => field,
+            other => panic!("expected an InvalidOption error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        ElectionOptions::new("e", "c").validate().unwrap();
+        for secs in [1, 2, 5, 10, 60] {
+            ElectionOptions::new("e", "c")
+                .with_ttl(Duration::from_secs(secs))
+                .validate()
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn bad_options_name_the_field() {
+        let base = ElectionOptions::new("e", "c");
+        let mut o = base.clone();
+        o.election = String::new();
+        assert_eq!(field_of(o.validate()), "election");
+        let mut o = base.clone();
+        o.election = "/x".into();
+        assert_eq!(field_of(o.validate()), "election");
+        let mut o = base.clone();
+        o.candidate_id = "a\nb".into();
+        assert_eq!(field_of(o.validate()), "candidate_id");
+        let mut o = base.clone();
+        o.value = vec![0; MAX_VALUE_LEN + 1];
+        assert_eq!(field_of(o.validate()), "value");
+        let mut o = base.clone();
+        o.ttl = Duration::ZERO;
+        assert_eq!(field_of(o.validate()), "ttl");
+        let mut o = base.clone();
+        o.safety_margin = o.ttl;
+        assert_eq!(field_of(o.validate()), "safety_margin");
+        let mut o = base.clone();
+        o.renew_interval = o.ttl;
+        let err = o.validate().unwrap_err().to_string();
+        assert!(err.contains("renew_interval") && err.contains("two renewals"), "{err}");
+        let mut o = base.clone();
+        o.retry_interval = Duration::ZERO;
+        assert_eq!(field_of(o.validate()), "retry_interval");
+        let mut o = base;
+        o.request_timeout = Duration::from_secs(60);
+        assert_eq!(field_of(o.validate()), "request_timeout");
+    }
+}
