@@ -24,11 +24,23 @@
 //!   could not be reached in time".
 
 mod backend;
+mod elector;
 mod error;
+pub mod faulty;
+mod leadership;
+pub mod memory;
 mod options;
+mod retry;
 mod types;
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
 pub use backend::{Backend, LeaderWatch};
+pub use elector::{Attempt, Elector};
 pub use error::{Error, Result};
+pub use leadership::{Leadership, LossReason};
 pub use options::{ElectionOptions, MAX_NAME_LEN, MAX_VALUE_LEN};
 pub use types::{AcquireOutcome, AcquireRequest, Capabilities, Claim, FencingToken, LeaderInfo};
+
+pub use tokio_util::sync::CancellationToken;

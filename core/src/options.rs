@@ -98,7 +98,10 @@ impl ElectionOptions {
         if self.ttl < Duration::from_millis(10) {
             return Err(Error::invalid_option(
                 "ttl",
-                format!("{:?} is too short; use at least 10ms (stores need seconds)", self.ttl),
+                format!(
+                    "{:?} is too short; use at least 10ms (stores need seconds)",
+                    self.ttl
+                ),
             ));
         }
         if self.safety_margin.is_zero() || self.safety_margin >= self.ttl / 2 {
@@ -157,7 +160,10 @@ fn check_name(field: &'static str, name: &str) -> Result<()> {
     if name.len() > MAX_NAME_LEN {
         return Err(Error::invalid_option(
             field,
-            format!("{} bytes is longer than the {MAX_NAME_LEN} allowed", name.len()),
+            format!(
+                "{} bytes is longer than the {MAX_NAME_LEN} allowed",
+                name.len()
+            ),
         ));
     }
     if name.chars().any(char::is_control) {
@@ -215,7 +221,10 @@ mod tests {
         let mut o = base.clone();
         o.renew_interval = o.ttl;
         let err = o.validate().unwrap_err().to_string();
-        assert!(err.contains("renew_interval") && err.contains("two renewals"), "{err}");
+        assert!(
+            err.contains("renew_interval") && err.contains("two renewals"),
+            "{err}"
+        );
         let mut o = base.clone();
         o.retry_interval = Duration::ZERO;
         assert_eq!(field_of(o.validate()), "retry_interval");

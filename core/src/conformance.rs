@@ -1,0 +1,573 @@
+//! The conformance suite: one set of behaviours every backend must show.
+//!
+//! A backend's integration tests implement [`Subject`] for a real store and
+//! call [`run_all`] (or the behaviours one by one). Each behaviour uses its
+//! own election name, so many can share one server and run at once. Every
+//! check panics with a message saying what was expected and what happened.
+//!
+//! Timing checks are bounds, not measurements: a takeover must come no
+//! earlier than the old leader's local deadline (safety) and no later than
+//! ttl + poll + [`Subject::slack`] (liveness).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep, timeout};
+
+use crate::{
+    AcquireOutcome, AcquireRequest, Attempt, Backend, ElectionOptions, Elector, Error,
+    FencingToken, LeaderInfo,
+};
+
+/// A store under test.
+#[async_trait]
+pub trait Subject: Send + Sync {
+    /// A new client of the store with its own connection and session,
+    /// independent of every other client.
+    async fn client(&self) -> Arc<dyn Backend>;
+
+    /// Options for `candidate` in `election`, with the shortest ttl the
+    /// store allows (the suite's run time is a few ttls).
+    fn options(&self, election: &str, candidate: &str) -> ElectionOptions;
+
+    /// Time allowed on top of the ttl (and one poll) for the store to expire
+    /// a lease and a waiter to notice.
+    fn slack(&self) -> Duration;
+
+    /// A fresh election name for `behaviour`, unique across processes and
+    /// runs sharing the store.
+    fn election(&self, behaviour: &str) -> String {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        format!(
+            "conf-{behaviour}-{}-{}-{nanos:x}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Make `client` stop keeping its session alive, as a crashed process
+    /// would, without releasing anything. Backends whose leases live only
+    /// through the engine's renew calls need nothing here (the default);
+    /// session-based ones (ZooKeeper) cut the client's link.
+    async fn vanish(&self, client: &Arc<dyn Backend>) {
+        let _ = client;
+    }
+
+    /// Undo [`vanish`](Self::vanish): the client can reach the store again.
+    async fn revive(&self, client: &Arc<dyn Backend>) {
+        let _ = client;
+    }
+}
+
+/// Run every behaviour of the suite, a few at a time.
+pub async fn run_all(s: &dyn Subject) {
+    tokio::join!(
+        acquire_then_release(s),
+        second_candidate_is_refused(s),
+        renewal_keeps_the_lease(s),
+        vanished_holder_is_replaced(s),
+    );
+    tokio::join!(
+        tokens_strictly_increase(s),
+        racing_candidates_one_wins(s, 10),
+        release_is_idempotent_and_owned(s),
+        observer_sees_every_change(s),
+        unsupported_operations_are_typed(s),
+    );
+}
+
+fn elector(client: Arc<dyn Backend>, options: ElectionOptions) -> Elector {
+    let name = client.name();
+    Elector::new(client, options)
+        .unwrap_or_else(|e| panic!("{name}: the subject's options are refused: {e}"))
+}
+
+async fn new_elector(s: &dyn Subject, election: &str, candidate: &str) -> Elector {
+    elector(s.client().await, s.options(election, candidate))
+}
+
+/// How long a free election may take to acquire, and a takeover after a
+/// release: generous, it is a bound.
+fn quick(s: &dyn Subject, o: &ElectionOptions) -> Duration {
+    o.ttl + o.retry_interval + s.slack()
+}
+
+async fn must_lock(e: &Elector, within: Duration, what: &str) -> crate::Leadership {
+    match e.lock_timeout(within).await {
+        Ok(Some(l)) => l,
+        Ok(None) => panic!(
+            "{what}: candidate {} did not lead within {within:?}",
+            e.options().candidate_id
+        ),
+        Err(err) => panic!("{what}: lock failed: {err}"),
+    }
+}
+
+async fn leader_of(e: &Elector, what: &str) -> Option<LeaderInfo> {
+    e.leader()
+        .await
+        .unwrap_or_else(|err| panic!("{what}: leader() failed: {err}"))
+}
+
+/// Acquire, see yourself as leader with your value, release, see no leader,
+/// acquire again with a greater token.
+pub async fn acquire_then_release(s: &dyn Subject) {
+    const W: &str = "acquire_then_release";
+    let election = s.election("acquire");
+    let mut options = s.options(&election, "alpha");
+    options.value = b"alpha:8080".to_vec();
+    let a = elector(s.client().await, options.clone());
+    let l = must_lock(&a, quick(s, &options), W).await;
+    let info = leader_of(&a, W)
+        .await
+        .unwrap_or_else(|| panic!("{W}: no leader while holding"));
+    assert_eq!(info.id, "alpha", "{W}: leader() names the wrong candidate");
+    assert_eq!(
+        info.value, b"alpha:8080",
+        "{W}: leader() returns the wrong value"
+    );
+    assert_eq!(
+        info.token,
+        l.fencing_token(),
+        "{W}: leader() token differs from the guard's"
+    );
+    let first = l.fencing_token();
+    l.unlock()
+        .await
+        .unwrap_or_else(|e| panic!("{W}: unlock failed: {e}"));
+    assert_eq!(
+        leader_of(&a, W).await,
+        None,
+        "{W}: a leader remains after release"
+    );
+    let l = must_lock(&a, quick(s, &options), W).await;
+    assert!(
+        l.fencing_token() > first,
+        "{W}: second term's token {} is not above the first's {first}",
+        l.fencing_token()
+    );
+    l.unlock()
+        .await
+        .unwrap_or_else(|e| panic!("{W}: unlock failed: {e}"));
+}
+
+/// While one candidate leads, another's `try_lock` is refused and told who
+/// leads; its queued claim (if any) is withdrawn.
+pub async fn second_candidate_is_refused(s: &dyn Subject) {
+    const W: &str = "second_candidate_is_refused";
+    let election = s.election("refused");
+    let a = new_elector(s, &election, "alpha").await;
+    let b = new_elector(s, &election, "beta").await;
+    let l = must_lock(&a, quick(s, a.options()), W).await;
+    match b.try_lock().await {
+        Ok(Attempt::Held(Some(info))) => {
+            assert_eq!(info.id, "alpha", "{W}: told the wrong leader");
+            assert_eq!(info.token, l.fencing_token(), "{W}: told the wrong token");
+        }
+        Ok(Attempt::Held(None)) => panic!("{W}: refused but not told who leads"),
+        Ok(Attempt::Leader(_)) => panic!("{W}: TWO LEADERS: beta won while alpha holds"),
+        Err(e) => panic!("{W}: try_lock failed: {e}"),
+    }
+    l.unlock()
+        .await
+        .unwrap_or_else(|e| panic!("{W}: unlock failed: {e}"));
+    // beta withdrew: nobody leads now.
+    assert_eq!(
+        leader_of(&b, W).await,
+        None,
+        "{W}: a refused try_lock left a claim that now leads"
+    );
+}
+
+/// Renewal keeps the lease across several ttls; others stay refused.
+pub async fn renewal_keeps_the_lease(s: &dyn Subject) {
+    const W: &str = "renewal_keeps_the_lease";
+    let election = s.election("renewal");
+    let a = new_elector(s, &election, "alpha").await;
+    let b = new_elector(s, &election, "beta").await;
+    let l = must_lock(&a, quick(s, a.options()), W).await;
+    sleep(a.options().ttl * 3).await;
+    assert!(
+        !l.is_lost(),
+        "{W}: leadership lost while renewing: {:?}",
+        l.loss_reason()
+    );
+    let info = leader_of(&b, W).await;
+    assert_eq!(
+        info.map(|i| i.token),
+        Some(l.fencing_token()),
+        "{W}: the store shows another leader"
+    );
+    assert!(
+        matches!(b.try_lock().await, Ok(Attempt::Held(_))),
+        "{W}: another candidate was not refused after 3 ttls"
+    );
+    l.unlock()
+        .await
+        .unwrap_or_else(|e| panic!("{W}: unlock failed: {e}"));
+}
+
+/// A holder that vanishes without releasing is replaced no earlier than its
+/// local deadline and within ttl + poll + slack; afterwards its stale claim
+/// renews as lost and releasing it does not remove the new leader.
+pub async fn vanished_holder_is_replaced(s: &dyn Subject) {
+    const W: &str = "vanished_holder_is_replaced";
+    let election = s.election("vanish");
+    let ghost = s.client().await;
+    let options = s.options(&election, "ghost");
+    let req = AcquireRequest {
+        election: election.clone(),
+        candidate: "ghost".into(),
+        value: Vec::new(),
+        ttl: options.ttl,
+        claim: None,
+        expired_revision: None,
+    };
+    let sent = Instant::now();
+    let claim = match ghost.try_acquire(&req).await {
+        Ok(AcquireOutcome::Acquired(c)) => c,
+        other => panic!("{W}: the first candidate of a free election did not win: {other:?}"),
+    };
+    let replied = Instant::now();
+    s.vanish(&ghost).await;
+    let b = new_elector(s, &election, "beta").await;
+    let bound = options.ttl + b.options().retry_interval + s.slack();
+    let l = must_lock(&b, bound + options.ttl, W).await;
+    let won = Instant::now();
+    let earliest = sent + options.deadline_after_renewal();
+    assert!(
+        won >= earliest,
+        "{W}: UNSAFE: beta won {:?} after the ghost's acquire was sent, before the ghost's local deadline (ttl - margin = {:?})",
+        won - sent,
+        options.deadline_after_renewal()
+    );
+    assert!(
+        won - replied <= bound,
+        "{W}: takeover took {:?}, more than ttl + poll + slack = {bound:?}",
+        won - replied
+    );
+    assert!(
+        l.fencing_token() > claim.token,
+        "{W}: the new term's token is not above the ghost's"
+    );
+    s.revive(&ghost).await;
+    match timeout(options.ttl * 2 + s.slack(), ghost.renew(&claim)).await {
+        Ok(Err(Error::Lost(_))) => {}
+        Ok(other) => panic!("{W}: renewing a replaced claim must fail as Lost, got {other:?}"),
+        Err(_) => panic!("{W}: renewing a replaced claim did not answer"),
+    }
+    match timeout(options.ttl * 2 + s.slack(), ghost.release(&claim)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!("{W}: releasing a stale claim must be harmless, got {e}"),
+        Err(_) => panic!("{W}: releasing a stale claim did not answer"),
+    }
+    let info = leader_of(&b, W).await;
+    assert_eq!(
+        info.map(|i| i.token),
+        Some(l.fencing_token()),
+        "{W}: releasing the ghost's stale claim removed the new leader"
+    );
+    assert!(
+        !l.is_lost(),
+        "{W}: the new leader lost its lease: {:?}",
+        l.loss_reason()
+    );
+    l.unlock()
+        .await
+        .unwrap_or_else(|e| panic!("{W}: unlock failed: {e}"));
+}
+
+/// Tokens strictly increase across terms, whoever wins them.
+pub async fn tokens_strictly_increase(s: &dyn Subject) {
+    const W: &str = "tokens_strictly_increase";
+    let election = s.election("tokens");
+    let a = new_elector(s, &election, "alpha").await;
+    let b = new_elector(s, &election, "beta").await;
+    let mut last = FencingToken(0);
+    for round in 0..6 {
+        let e = if round % 3 == 0 { &b } else { &a };
+        let l = must_lock(e, quick(s, e.options()), W).await;
+        assert!(
+            l.fencing_token() > last,
+            "{W}: term {round} token {} is not above the previous {last}",
+            l.fencing_token()
+        );
+        last = l.fencing_token();
+        l.unlock()
+            .await
+            .unwrap_or_else(|e| panic!("{W}: unlock failed: {e}"));
+    }
+}
+
+/// `n` candidates race: exactly one wins a free election, and when each
+/// leader releases in turn there is never more than one leader, with
+/// tokens increasing.
+pub async fn racing_candidates_one_wins(s: &dyn Subject, n: usize) {
+    const W: &str = "racing_candidates_one_wins";
+    let election = s.election("race");
+    let mut electors = Vec::with_capacity(n);
+    for i in 0..n {
+        electors.push(new_elector(s, &election, &format!("c{i}")).await);
+    }
+    // One round of try_lock on a free election.
+    let attempts = futures_join_all(electors.iter().map(|e| e.try_lock())).await;
+    let mut winners = Vec::new();
+    for a in attempts {
+        match a {
+            Ok(Attempt::Leader(l)) => winners.push(l),
+            Ok(Attempt::Held(_)) => {}
+            Err(e) => panic!("{W}: try_lock failed: {e}"),
+        }
+    }
+    assert!(
+        winners.len() <= 1,
+        "{W}: {} candidates won at once",
+        winners.len()
+    );
+    for w in winners {
+        w.unlock()
+            .await
+            .unwrap_or_else(|e| panic!("{W}: unlock failed: {e}"));
+    }
+    // Everyone campaigns; each leader holds briefly and hands over.
+    let current = Arc::new(AtomicUsize::new(0));
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let per = quick(s, electors[0].options());
+    let bound = per * (n as u32 + 1);
+    let runs = electors.iter().map(|e| {
+        let current = current.clone();
+        let overlaps = overlaps.clone();
+        let tx = tx.clone();
+        async move {
+            let l = must_lock(e, bound, W).await;
+            if current.fetch_add(1, Ordering::SeqCst) != 0 {
+                overlaps.fetch_add(1, Ordering::SeqCst);
+            }
+            let _ = tx.send(l.fencing_token());
+            sleep(Duration::from_millis(20)).await;
+            assert!(
+                !l.is_lost(),
+                "{W}: lost while holding briefly: {:?}",
+                l.loss_reason()
+            );
+            current.fetch_sub(1, Ordering::SeqCst);
+            l.unlock()
+                .await
+                .unwrap_or_else(|e| panic!("{W}: unlock failed: {e}"));
+        }
+    });
+    futures_join_all(runs).await;
+    drop(tx);
+    assert_eq!(
+        overlaps.load(Ordering::SeqCst),
+        0,
+        "{W}: TWO LEADERS at once"
+    );
+    let mut tokens = Vec::new();
+    while let Some(t) = rx.recv().await {
+        tokens.push(t);
+    }
+    assert_eq!(tokens.len(), n, "{W}: not every candidate led once");
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "{W}: tokens not strictly increasing in order of leadership: {tokens:?}"
+    );
+}
+
+/// Releasing twice is harmless (guard and claim); a waiting candidate's
+/// withdrawal does not remove the leader.
+pub async fn release_is_idempotent_and_owned(s: &dyn Subject) {
+    const W: &str = "release_is_idempotent_and_owned";
+    let election = s.election("release");
+    let a = new_elector(s, &election, "alpha").await;
+    let l = must_lock(&a, quick(s, a.options()), W).await;
+    let twin = l.clone();
+    l.unlock()
+        .await
+        .unwrap_or_else(|e| panic!("{W}: unlock failed: {e}"));
+    twin.unlock()
+        .await
+        .unwrap_or_else(|e| panic!("{W}: a second unlock must be harmless: {e}"));
+
+    let holder = s.client().await;
+    let other = s.client().await;
+    let options = s.options(&election, "holder");
+    let mut req = AcquireRequest {
+        election: election.clone(),
+        candidate: "holder".into(),
+        value: Vec::new(),
+        ttl: options.ttl,
+        claim: None,
+        expired_revision: None,
+    };
+    let claim = match holder.try_acquire(&req).await {
+        Ok(AcquireOutcome::Acquired(c)) => c,
+        other => panic!("{W}: acquire of a free election: {other:?}"),
+    };
+    req.candidate = "other".into();
+    match other.try_acquire(&req).await {
+        Ok(AcquireOutcome::Held { queued, leader, .. }) => {
+            assert_eq!(
+                leader.map(|l| l.id),
+                Some("holder".into()),
+                "{W}: told the wrong leader"
+            );
+            if let Some(q) = queued {
+                other
+                    .release(&q)
+                    .await
+                    .unwrap_or_else(|e| panic!("{W}: withdrawing failed: {e}"));
+                other
+                    .release(&q)
+                    .await
+                    .unwrap_or_else(|e| panic!("{W}: withdrawing twice failed: {e}"));
+            }
+        }
+        other => panic!("{W}: a second candidate must be held: {other:?}"),
+    }
+    let now = holder
+        .leader(&election)
+        .await
+        .unwrap_or_else(|e| panic!("{W}: leader() failed: {e}"));
+    assert_eq!(
+        now.map(|l| l.token),
+        Some(claim.token),
+        "{W}: a non-holder's release removed the leader"
+    );
+    holder
+        .release(&claim)
+        .await
+        .unwrap_or_else(|e| panic!("{W}: release failed: {e}"));
+    holder
+        .release(&claim)
+        .await
+        .unwrap_or_else(|e| panic!("{W}: a second release must be harmless: {e}"));
+    assert_eq!(
+        holder
+            .leader(&election)
+            .await
+            .unwrap_or_else(|e| panic!("{W}: leader() failed: {e}")),
+        None,
+        "{W}: a leader remains after release"
+    );
+}
+
+async fn wait_for(
+    rx: &mut watch::Receiver<Option<LeaderInfo>>,
+    within: Duration,
+    what: &str,
+    want: impl Fn(&Option<LeaderInfo>) -> bool,
+) {
+    let r = timeout(within, rx.wait_for(|v| want(v)))
+        .await
+        .map(|seen| seen.map(|_| ()));
+    match r {
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) => panic!("observer_sees_every_change: the observer stopped before {what}"),
+        Err(_) => panic!(
+            "observer_sees_every_change: {what} not observed within {within:?}; last seen {:?}",
+            *rx.borrow()
+        ),
+    }
+}
+
+/// An observer (not a candidate) sees each leader and each vacancy.
+pub async fn observer_sees_every_change(s: &dyn Subject) {
+    const W: &str = "observer_sees_every_change";
+    let election = s.election("observe");
+    let watcher = new_elector(s, &election, "watcher").await;
+    let a = new_elector(s, &election, "alpha").await;
+    let b = new_elector(s, &election, "beta").await;
+    let within = quick(s, watcher.options()) * 2;
+    let mut rx = watcher
+        .observe()
+        .await
+        .unwrap_or_else(|e| panic!("{W}: observe failed: {e}"));
+    wait_for(&mut rx, within, "the initial vacancy", Option::is_none).await;
+    let la = must_lock(&a, quick(s, a.options()), W).await;
+    let ta = la.fencing_token();
+    wait_for(&mut rx, within, "alpha leading", |v| {
+        v.as_ref().is_some_and(|l| l.id == "alpha" && l.token == ta)
+    })
+    .await;
+    la.unlock()
+        .await
+        .unwrap_or_else(|e| panic!("{W}: unlock failed: {e}"));
+    wait_for(&mut rx, within, "the vacancy after alpha", Option::is_none).await;
+    let lb = must_lock(&b, quick(s, b.options()), W).await;
+    let tb = lb.fencing_token();
+    wait_for(&mut rx, within, "beta leading", |v| {
+        v.as_ref().is_some_and(|l| l.id == "beta" && l.token == tb)
+    })
+    .await;
+    lb.unlock()
+        .await
+        .unwrap_or_else(|e| panic!("{W}: unlock failed: {e}"));
+    wait_for(&mut rx, within, "the vacancy after beta", Option::is_none).await;
+}
+
+/// What a backend cannot do is a typed `NotSupported`, never a panic; what
+/// it says it can do works.
+pub async fn unsupported_operations_are_typed(s: &dyn Subject) {
+    const W: &str = "unsupported_operations_are_typed";
+    let election = s.election("caps");
+    let c = s.client().await;
+    let caps = c.capabilities();
+    if caps.watch {
+        let mut w = c
+            .watch(&election)
+            .await
+            .unwrap_or_else(|e| panic!("{W}: watch failed: {e}"));
+        let first = timeout(Duration::from_secs(10), w.next()).await;
+        assert!(
+            matches!(first, Ok(Ok(None))),
+            "{W}: a new watch must first report the current leader (none): {first:?}"
+        );
+    } else {
+        match c.watch(&election).await {
+            Err(Error::NotSupported { operation, .. }) => assert_eq!(operation, "watch"),
+            Err(e) => panic!("{W}: watch without the capability must be NotSupported, got {e}"),
+            Ok(_) => panic!("{W}: watch works but capabilities say it does not"),
+        }
+        match c.wait(&election, None, 0).await {
+            Err(Error::NotSupported { .. }) => {}
+            other => panic!("{W}: wait without the capability must be NotSupported, got {other:?}"),
+        }
+    }
+}
+
+/// Await every future, concurrently, keeping their order.
+async fn futures_join_all<F: std::future::Future>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futs {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}

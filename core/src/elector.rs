@@ -1,0 +1,625 @@
+//! The election engine: campaigning, observing, and the long-lived `run` loop.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::leadership::Leadership;
+use crate::options::ElectionOptions;
+use crate::retry::{Backoff, jittered};
+use crate::types::{AcquireOutcome, AcquireRequest, Claim, LeaderInfo};
+
+/// The outcome of [`Elector::try_lock`].
+#[derive(Debug)]
+pub enum Attempt {
+    /// This candidate leads.
+    Leader(Leadership),
+    /// Someone else leads (who, when the store says). Not an error.
+    Held(Option<LeaderInfo>),
+}
+
+impl Attempt {
+    /// The leadership, if this candidate won.
+    pub fn leadership(self) -> Option<Leadership> {
+        match self {
+            Attempt::Leader(l) => Some(l),
+            Attempt::Held(_) => None,
+        }
+    }
+}
+
+/// One candidate in one election, on one backend.
+///
+/// The elector owns time: it renews leases, retries store errors with
+/// jittered exponential backoff, and steps down at the local deadline. The
+/// backend only performs single atomic steps.
+///
+/// Cheap to clone; clones share the backend and options.
+///
+/// # Examples
+///
+/// ```
+/// use std::{sync::Arc, time::Duration};
+/// use leasehold_core::{ElectionOptions, Elector, memory::MemoryStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> leasehold_core::Result<()> {
+/// let store = MemoryStore::new();
+/// let options = ElectionOptions::new("orders", "worker-1").with_ttl(Duration::from_secs(3));
+/// let elector = Elector::new(Arc::new(store.client()), options)?;
+///
+/// let leadership = elector.lock().await?;
+/// let token = leadership.fencing_token(); // pass it to the resource you write
+/// let done = leadership.cancellation_token(); // fires if leadership is lost
+/// assert!(!done.is_cancelled());
+/// leadership.unlock().await?; // hand over at once
+/// # let _ = token;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Elector {
+    backend: Arc<dyn Backend>,
+    options: ElectionOptions,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Until this candidate leads.
+    Block,
+    /// One attempt.
+    Try,
+    /// Until this candidate leads or the instant passes.
+    Until(Instant),
+}
+
+impl Elector {
+    /// An elector for `options` on `backend`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] naming the first bad field, from
+    /// [`ElectionOptions::validate`] or from the backend's own limits.
+    pub fn new(backend: Arc<dyn Backend>, options: ElectionOptions) -> Result<Self> {
+        options.validate()?;
+        backend.validate(&options)?;
+        Ok(Elector { backend, options })
+    }
+
+    /// The options this elector runs with.
+    pub fn options(&self) -> &ElectionOptions {
+        &self.options
+    }
+
+    /// The backend under this elector.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// Campaign until this candidate leads.
+    ///
+    /// Store errors that may pass (unreachable, timeouts) are retried with
+    /// backoff for as long as it takes.
+    ///
+    /// # Errors
+    /// Errors that retrying cannot fix: permission denied, a record that is
+    /// not leasehold's, an unsupported operation.
+    ///
+    /// # Cancel safety
+    /// Cancel safe. The campaign runs in a task of its own; dropping this
+    /// future stops it and withdraws this candidate's claim, and a lease won
+    /// at the moment of cancellation is released at once.
+    pub async fn lock(&self) -> Result<Leadership> {
+        match self.campaign(Mode::Block).await? {
+            Attempt::Leader(l) => Ok(l),
+            // A blocking campaign only ends as leader or with an error.
+            Attempt::Held(_) => Err(Error::Cancelled),
+        }
+    }
+
+    /// Try once: lead now if the election is free, else say who leads.
+    ///
+    /// On a fair-queue backend a queued claim is withdrawn before this
+    /// returns `Held`.
+    ///
+    /// # Errors
+    /// Any store error (nothing is retried).
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`lock`](Self::lock).
+    pub async fn try_lock(&self) -> Result<Attempt> {
+        self.campaign(Mode::Try).await
+    }
+
+    /// Campaign for at most `wait`; `None` if someone else still leads then.
+    ///
+    /// # Errors
+    /// As [`lock`](Self::lock).
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`lock`](Self::lock).
+    pub async fn lock_timeout(&self, wait: Duration) -> Result<Option<Leadership>> {
+        let until = Instant::now() + wait;
+        Ok(self.campaign(Mode::Until(until)).await?.leadership())
+    }
+
+    /// The current leader, as the store says now.
+    ///
+    /// # Errors
+    /// Store errors; the call is bounded by the request timeout.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn leader(&self) -> Result<Option<LeaderInfo>> {
+        bounded(
+            self.options.request_timeout,
+            "leader",
+            self.backend.leader(&self.options.election),
+        )
+        .await
+    }
+
+    /// Follow the leader of this election: a watch receiver that holds the
+    /// current leader (or `None`) and changes with every change the store
+    /// reports, for leaders and followers alike. Uses the backend's watch,
+    /// or polls every (jittered) retry interval on backends without one.
+    /// A background task feeds it until every receiver is dropped.
+    ///
+    /// # Errors
+    /// The first read of the leader failed.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn observe(&self) -> Result<watch::Receiver<Option<LeaderInfo>>> {
+        let caps = self.backend.capabilities();
+        let election = self.options.election.clone();
+        let mut stream = if caps.watch {
+            Some(
+                bounded(
+                    self.options.request_timeout,
+                    "watch",
+                    self.backend.watch(&election),
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
+        let first = match &mut stream {
+            Some(s) => bounded(self.options.request_timeout, "watch", s.next()).await?,
+            None => self.leader().await?,
+        };
+        let (tx, rx) = watch::channel(first);
+        let backend = self.backend.clone();
+        let options = self.options.clone();
+        let span = tracing::debug_span!("observe", election = %election);
+        tokio::spawn(observe_task(backend, options, stream, tx).instrument(span));
+        Ok(rx)
+    }
+
+    /// Serve as leader for as long as `cancel` is not cancelled: campaign,
+    /// run `work` for each term, campaign again after each loss.
+    ///
+    /// `work` receives the term's [`Leadership`] and must stop when its
+    /// [`lost`](Leadership::lost) signal fires. When the work returns the
+    /// lease is released. When `cancel` fires during a term, the term's done
+    /// signal fires, `run` waits for `work` to return (the lease stays
+    /// renewed meanwhile, so nobody else leads before the work has stopped),
+    /// then releases and returns.
+    ///
+    /// # Errors
+    /// Errors from campaigning that retrying cannot fix (see [`lock`](Self::lock)).
+    ///
+    /// # Cancel safety
+    /// Prefer cancelling through `cancel`; dropping the future drops the
+    /// running work and releases the lease in the background.
+    pub async fn run<F, Fut>(&self, cancel: CancellationToken, mut work: F) -> Result<()>
+    where
+        F: FnMut(Leadership) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        loop {
+            let leadership = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                l = self.lock() => l?,
+            };
+            let term = leadership.clone();
+            let token = term.fencing_token();
+            let fut = work(leadership);
+            tokio::pin!(fut);
+            let mut stopping = false;
+            loop {
+                tokio::select! {
+                    _ = &mut fut => break,
+                    _ = cancel.cancelled(), if !stopping => {
+                        term.signal_step_down();
+                        stopping = true;
+                    }
+                }
+            }
+            let ended_early = !term.is_lost();
+            if let Err(e) = term.unlock().await {
+                tracing::warn!(%token, error = %e, "release after the term failed; the lease will expire");
+            }
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+            if ended_early {
+                // The work returned while still leading: do not spin.
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = sleep(jittered(self.options.retry_interval)) => {}
+                }
+            }
+        }
+    }
+
+    /// Run one campaign in a task of its own so that dropping the caller's
+    /// future can never leave a lease or a queued claim behind.
+    async fn campaign(&self, mode: Mode) -> Result<Attempt> {
+        let cancel = CancellationToken::new();
+        let on_drop = cancel.clone().drop_guard();
+        let (tx, rx) = oneshot::channel();
+        let span = tracing::info_span!(
+            "campaign",
+            election = %self.options.election,
+            candidate = %self.options.candidate_id,
+        );
+        let task = Campaign {
+            backend: self.backend.clone(),
+            options: self.options.clone(),
+            cancel,
+        };
+        tokio::spawn(
+            async move {
+                let result = task.run(mode).await;
+                // If the caller is gone, the value is dropped here: a won
+                // leadership is then released by its guard.
+                let _ = tx.send(result);
+            }
+            .instrument(span),
+        );
+        let result = rx.await.unwrap_or(Err(Error::Cancelled));
+        on_drop.disarm();
+        result
+    }
+}
+
+async fn bounded<T>(
+    after: Duration,
+    operation: &'static str,
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    timeout(after, fut)
+        .await
+        .unwrap_or(Err(Error::Timeout { operation, after }))
+}
+
+/// One campaign's state.
+struct Campaign {
+    backend: Arc<dyn Backend>,
+    options: ElectionOptions,
+    cancel: CancellationToken,
+}
+
+/// A claim held while waiting, with the send time of its last refresh.
+struct Held {
+    claim: Claim,
+    anchor: Instant,
+}
+
+impl Campaign {
+    async fn call<T>(
+        &self,
+        operation: &'static str,
+        fut: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        bounded(self.options.request_timeout, operation, fut).await
+    }
+
+    /// Withdraw a claim, bounded, logging failures (the claim then expires).
+    async fn withdraw(&self, claim: Option<Held>) {
+        if let Some(h) = claim
+            && let Err(e) = self.call("release", self.backend.release(&h.claim)).await
+        {
+            tracing::debug!(key = %h.claim.key, error = %e, "withdrawing the claim failed; it will expire");
+        }
+    }
+
+    async fn run(self, mode: Mode) -> Result<Attempt> {
+        let caps = self.backend.capabilities();
+        let opts = &self.options;
+        let lifetime = opts.deadline_after_renewal();
+        let mut held: Option<Held> = None;
+        // Observed-time expiry (backends without server-side expiry): the
+        // revision seen and when it was first seen.
+        let mut observed: Option<(i64, Instant)> = None;
+        let mut backoff = Backoff::new(opts.retry_interval);
+        loop {
+            if self.cancel.is_cancelled() {
+                self.withdraw(held).await;
+                return Err(Error::Cancelled);
+            }
+            let expired_revision = match observed {
+                Some((rev, first_seen))
+                    if !caps.server_expiry && first_seen.elapsed() >= opts.ttl =>
+                {
+                    Some(rev)
+                }
+                _ => None,
+            };
+            let req = AcquireRequest {
+                election: opts.election.clone(),
+                candidate: opts.candidate_id.clone(),
+                value: opts.value.clone(),
+                ttl: opts.ttl,
+                claim: held.as_ref().map(|h| h.claim.clone()),
+                expired_revision,
+            };
+            let sent = Instant::now();
+            let outcome = self.call("acquire", self.backend.try_acquire(&req)).await;
+            let (leader, revision) = match outcome {
+                Ok(AcquireOutcome::Acquired(claim)) => {
+                    let anchor = held.as_ref().map_or(sent, |h| h.anchor);
+                    if anchor + lifetime <= Instant::now() {
+                        // Won with a lease too old to trust: start over.
+                        tracing::warn!("won with a lease past its local deadline; starting over");
+                        self.withdraw(Some(Held { claim, anchor })).await;
+                        held = None;
+                        continue;
+                    }
+                    tracing::info!(token = %claim.token, "acquired leadership");
+                    let leadership =
+                        Leadership::start(self.backend.clone(), opts.clone(), claim, anchor);
+                    return Ok(Attempt::Leader(leadership));
+                }
+                Ok(AcquireOutcome::Held {
+                    leader,
+                    queued,
+                    revision,
+                }) => {
+                    backoff.reset();
+                    held = match (queued, held.take()) {
+                        (Some(claim), Some(old)) => Some(Held {
+                            claim,
+                            anchor: old.anchor,
+                        }),
+                        (Some(claim), None) => Some(Held {
+                            claim,
+                            anchor: sent,
+                        }),
+                        (None, _) => None,
+                    };
+                    if !caps.server_expiry && observed.is_none_or(|(r, _)| r != revision) {
+                        // Seen now (reply time): the holder wrote it no later.
+                        observed = Some((revision, Instant::now()));
+                    }
+                    (leader, revision)
+                }
+                Err(Error::Lost(message)) => {
+                    // Our queued claim died while we waited (its session
+                    // expired): never win with it; start over.
+                    tracing::warn!(%message, "queued claim lost while waiting; campaigning again");
+                    held = None;
+                    continue;
+                }
+                Err(e) if mode == Mode::Try || !e.is_transient() => {
+                    self.withdraw(held).await;
+                    return Err(e);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "acquire failed; retrying");
+                    let delay = backoff.next_delay();
+                    if !self.pause(mode, delay).await {
+                        self.withdraw(held).await;
+                        return self.stopped(mode);
+                    }
+                    continue;
+                }
+            };
+            if mode == Mode::Try {
+                self.withdraw(held).await;
+                return Ok(Attempt::Held(leader));
+            }
+            tracing::debug!(leader = ?leader.as_ref().map(|l| &l.id), "held by another; waiting");
+            match self.wait_turn(mode, &mut held, revision, &caps).await {
+                WaitEnd::Retry => {}
+                WaitEnd::Stop => {
+                    self.withdraw(held).await;
+                    return match mode {
+                        Mode::Until(_) if !self.cancel.is_cancelled() => Ok(Attempt::Held(leader)),
+                        _ => Err(Error::Cancelled),
+                    };
+                }
+            }
+        }
+    }
+
+    fn stopped(&self, mode: Mode) -> Result<Attempt> {
+        match mode {
+            Mode::Until(_) if !self.cancel.is_cancelled() => Ok(Attempt::Held(None)),
+            _ => Err(Error::Cancelled),
+        }
+    }
+
+    /// Sleep `delay` unless cancelled or past the mode's deadline; `false`
+    /// when the campaign must stop.
+    async fn pause(&self, mode: Mode, delay: Duration) -> bool {
+        let wake = Instant::now() + delay;
+        let until = match mode {
+            Mode::Until(t) => t,
+            _ => wake + Duration::from_secs(1),
+        };
+        tokio::select! {
+            _ = self.cancel.cancelled() => false,
+            _ = sleep_until(until), if until <= wake => false,
+            _ = sleep_until(wake) => true,
+        }
+    }
+
+    /// Wait for a reason to try again, keeping a queued claim renewed.
+    async fn wait_turn(
+        &self,
+        mode: Mode,
+        held: &mut Option<Held>,
+        revision: i64,
+        caps: &crate::types::Capabilities,
+    ) -> WaitEnd {
+        let opts = &self.options;
+        let lifetime = opts.deadline_after_renewal();
+        // Backends with a watch are re-checked every ttl anyway, in case a
+        // change was missed; others are polled.
+        let poll = if caps.watch {
+            opts.ttl
+        } else {
+            jittered(opts.retry_interval)
+        };
+        let poll_at = Instant::now() + poll;
+        let until = match mode {
+            Mode::Until(t) => Some(t),
+            _ => None,
+        };
+        let backend = self.backend.clone();
+        let election = opts.election.clone();
+        let wait_claim = held.as_ref().map(|h| h.claim.clone());
+        let use_watch = caps.watch;
+        let watch = async move {
+            if !use_watch {
+                return std::future::pending().await;
+            }
+            match backend.wait(&election, wait_claim.as_ref(), revision).await {
+                Ok(()) => {}
+                Err(Error::NotSupported { .. }) => std::future::pending().await,
+                Err(e) => {
+                    tracing::debug!(error = %e, "wait failed; falling back to the poll timer");
+                    std::future::pending().await
+                }
+            }
+        };
+        tokio::pin!(watch);
+        let mut renew_backoff = Backoff::new(opts.retry_interval);
+        let mut next_renew = held.as_ref().map(|h| h.anchor + opts.renew_interval);
+        loop {
+            let renew_at = next_renew.unwrap_or(poll_at);
+            tokio::select! {
+                _ = self.cancel.cancelled() => return WaitEnd::Stop,
+                _ = sleep_until(until.unwrap_or(poll_at)), if until.is_some() => return WaitEnd::Stop,
+                _ = &mut watch => return WaitEnd::Retry,
+                _ = sleep_until(poll_at) => return WaitEnd::Retry,
+                _ = sleep_until(renew_at), if next_renew.is_some() => {}
+            }
+            // Renew the queued claim so it survives the wait.
+            let Some(h) = held.as_mut() else {
+                return WaitEnd::Retry;
+            };
+            let sent = Instant::now();
+            match self.call("renew", self.backend.renew(&h.claim)).await {
+                Ok(claim) => {
+                    h.claim = claim;
+                    h.anchor = sent;
+                    next_renew = Some(sent + opts.renew_interval);
+                    renew_backoff.reset();
+                }
+                Err(Error::Lost(message)) => {
+                    tracing::warn!(%message, "queued claim expired while waiting; campaigning again");
+                    *held = None;
+                    return WaitEnd::Retry;
+                }
+                Err(e) => {
+                    if h.anchor + lifetime <= Instant::now() {
+                        tracing::warn!(error = %e, "queued claim could not be renewed in time; campaigning again");
+                        let dead = held.take();
+                        self.withdraw(dead).await;
+                        return WaitEnd::Retry;
+                    }
+                    tracing::debug!(error = %e, "renewing the queued claim failed; retrying");
+                    next_renew = Some(Instant::now() + renew_backoff.next_delay());
+                }
+            }
+        }
+    }
+}
+
+enum WaitEnd {
+    /// Try to acquire again.
+    Retry,
+    /// Cancelled or out of time.
+    Stop,
+}
+
+/// Feed an observer's watch channel until every receiver is gone.
+async fn observe_task(
+    backend: Arc<dyn Backend>,
+    options: ElectionOptions,
+    mut stream: Option<Box<dyn crate::backend::LeaderWatch>>,
+    tx: watch::Sender<Option<LeaderInfo>>,
+) {
+    let mut backoff = Backoff::new(options.retry_interval);
+    let publish = |next: Option<LeaderInfo>| {
+        tx.send_if_modified(|cur| {
+            if *cur == next {
+                false
+            } else {
+                tracing::debug!(leader = ?next.as_ref().map(|l| (&l.id, l.token)), "leader changed");
+                *cur = next;
+                true
+            }
+        });
+    };
+    let watchable = backend.capabilities().watch;
+    loop {
+        if watchable && stream.is_none() {
+            // The watch broke earlier: try to reopen it (polling meanwhile).
+            match bounded(
+                options.request_timeout,
+                "watch",
+                backend.watch(&options.election),
+            )
+            .await
+            {
+                Ok(s) => stream = Some(s),
+                Err(e) => tracing::debug!(error = %e, "reopening the watch failed; polling"),
+            }
+        }
+        let step = async {
+            match &mut stream {
+                Some(s) => s.next().await,
+                None => {
+                    sleep(jittered(options.retry_interval)).await;
+                    bounded(
+                        options.request_timeout,
+                        "leader",
+                        backend.leader(&options.election),
+                    )
+                    .await
+                }
+            }
+        };
+        let result = tokio::select! {
+            _ = tx.closed() => return,
+            r = step => r,
+        };
+        match result {
+            Ok(next) => {
+                backoff.reset();
+                publish(next);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "observing failed; reopening");
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = sleep(backoff.next_delay()) => {}
+                }
+                if watchable {
+                    stream = None;
+                }
+            }
+        }
+    }
+}

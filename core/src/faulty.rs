@@ -1,0 +1,218 @@
+//! A fault-injecting wrapper around any backend, for engine and
+//! application tests: delay, fail or black-hole calls, or pause the client.
+//!
+//! ```
+//! use std::{sync::Arc, time::Duration};
+//! use leasehold_core::{faulty::{Fault, FaultyBackend}, memory::MemoryStore};
+//!
+//! let store = MemoryStore::new();
+//! let (backend, faults) = FaultyBackend::wrap(Arc::new(store.client()));
+//! faults.set(Fault::BlackHole); // every call from now on hangs
+//! faults.set(Fault::Delay(Duration::from_millis(50)));
+//! faults.set(Fault::None);
+//! # let _ = backend;
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use crate::backend::{Backend, LeaderWatch};
+use crate::error::{Error, Result};
+use crate::options::ElectionOptions;
+use crate::types::{AcquireOutcome, AcquireRequest, Capabilities, Claim, LeaderInfo};
+
+/// What happens to calls through a [`FaultyBackend`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Calls pass through.
+    None,
+    /// Each call waits this long first.
+    Delay(Duration),
+    /// Each call fails at once with [`Error::Unavailable`].
+    Fail,
+    /// Calls never complete (a partition that swallows requests).
+    BlackHole,
+    /// Calls wait until the fault changes, then proceed (a paused client
+    /// process, as with SIGSTOP).
+    Pause,
+}
+
+/// Controls the faults of one [`FaultyBackend`] and counts its calls.
+#[derive(Debug, Clone)]
+pub struct FaultHandle {
+    tx: Arc<watch::Sender<Fault>>,
+    calls: Arc<Counters>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    acquire: AtomicU64,
+    renew: AtomicU64,
+    release: AtomicU64,
+    leader: AtomicU64,
+    wait: AtomicU64,
+    watch: AtomicU64,
+}
+
+/// How many calls of each kind went through a [`FaultyBackend`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallCounts {
+    /// `try_acquire` calls.
+    pub acquire: u64,
+    /// `renew` calls.
+    pub renew: u64,
+    /// `release` calls.
+    pub release: u64,
+    /// `leader` calls.
+    pub leader: u64,
+    /// `wait` calls.
+    pub wait: u64,
+    /// `watch` calls.
+    pub watch: u64,
+}
+
+impl CallCounts {
+    /// All calls together.
+    pub fn total(&self) -> u64 {
+        self.acquire + self.renew + self.release + self.leader + self.wait + self.watch
+    }
+}
+
+impl FaultHandle {
+    /// Change the fault for calls from now on (and wake paused calls).
+    pub fn set(&self, fault: Fault) {
+        self.tx.send_replace(fault);
+    }
+
+    /// The current fault.
+    pub fn get(&self) -> Fault {
+        self.tx.borrow().clone()
+    }
+
+    /// Calls made so far.
+    pub fn calls(&self) -> CallCounts {
+        let c = &self.calls;
+        CallCounts {
+            acquire: c.acquire.load(Ordering::Relaxed),
+            renew: c.renew.load(Ordering::Relaxed),
+            release: c.release.load(Ordering::Relaxed),
+            leader: c.leader.load(Ordering::Relaxed),
+            wait: c.wait.load(Ordering::Relaxed),
+            watch: c.watch.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A backend whose calls suffer the fault set through its [`FaultHandle`].
+pub struct FaultyBackend {
+    inner: Arc<dyn Backend>,
+    rx: watch::Receiver<Fault>,
+    calls: Arc<Counters>,
+}
+
+impl fmt::Debug for FaultyBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FaultyBackend")
+            .field("inner", &self.inner)
+            .field("fault", &*self.rx.borrow())
+            .finish()
+    }
+}
+
+impl FaultyBackend {
+    /// Wrap `inner`; the handle sets faults (none at first).
+    pub fn wrap(inner: Arc<dyn Backend>) -> (Arc<FaultyBackend>, FaultHandle) {
+        let (tx, rx) = watch::channel(Fault::None);
+        let calls = Arc::new(Counters::default());
+        let backend = Arc::new(FaultyBackend {
+            inner,
+            rx,
+            calls: calls.clone(),
+        });
+        (
+            backend,
+            FaultHandle {
+                tx: Arc::new(tx),
+                calls,
+            },
+        )
+    }
+
+    /// Apply the current fault before a call.
+    async fn gate(&self, counter: &AtomicU64) -> Result<()> {
+        counter.fetch_add(1, Ordering::Relaxed);
+        let mut rx = self.rx.clone();
+        loop {
+            let fault = rx.borrow_and_update().clone();
+            match fault {
+                Fault::None => return Ok(()),
+                Fault::Delay(d) => {
+                    tokio::time::sleep(d).await;
+                    return Ok(());
+                }
+                Fault::Fail => {
+                    return Err(Error::Unavailable {
+                        backend: self.inner.name(),
+                        message: "injected failure".into(),
+                    });
+                }
+                Fault::BlackHole => return std::future::pending().await,
+                Fault::Pause => {
+                    if rx.changed().await.is_err() {
+                        return std::future::pending().await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for FaultyBackend {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    fn validate(&self, options: &ElectionOptions) -> Result<()> {
+        self.inner.validate(options)
+    }
+
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<AcquireOutcome> {
+        self.gate(&self.calls.acquire).await?;
+        self.inner.try_acquire(req).await
+    }
+
+    async fn renew(&self, claim: &Claim) -> Result<Claim> {
+        self.gate(&self.calls.renew).await?;
+        self.inner.renew(claim).await
+    }
+
+    async fn release(&self, claim: &Claim) -> Result<()> {
+        self.gate(&self.calls.release).await?;
+        self.inner.release(claim).await
+    }
+
+    async fn leader(&self, election: &str) -> Result<Option<LeaderInfo>> {
+        self.gate(&self.calls.leader).await?;
+        self.inner.leader(election).await
+    }
+
+    async fn wait(&self, election: &str, claim: Option<&Claim>, revision: i64) -> Result<()> {
+        self.gate(&self.calls.wait).await?;
+        self.inner.wait(election, claim, revision).await
+    }
+
+    async fn watch(&self, election: &str) -> Result<Box<dyn LeaderWatch>> {
+        self.gate(&self.calls.watch).await?;
+        self.inner.watch(election).await
+    }
+}

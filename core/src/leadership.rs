@@ -1,0 +1,365 @@
+//! The [`Leadership`] guard and the heartbeat that keeps a term alive.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::options::ElectionOptions;
+use crate::retry::Backoff;
+use crate::types::{Claim, FencingToken, LeaderInfo};
+
+/// Why a term ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LossReason {
+    /// This candidate gave the lease up: [`Leadership::unlock`], the last
+    /// guard was dropped, or [`Elector::run`](crate::Elector::run) was
+    /// cancelled.
+    Released,
+    /// The store says the lease is gone: it expired on the server, the
+    /// claim was deleted, or another candidate holds the election. Someone
+    /// else may lead already.
+    LeaseLost(String),
+    /// The lease could not be renewed before the local deadline
+    /// (`last renewal sent + ttl - safety_margin`): the store was unreachable
+    /// or too slow. Nobody else can have taken over yet, but someone may soon.
+    Unreachable {
+        /// The last error seen while renewing, if any (none when the calls
+        /// simply never answered).
+        last_error: Option<Error>,
+    },
+}
+
+impl std::fmt::Display for LossReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LossReason::Released => f.write_str("released"),
+            LossReason::LeaseLost(m) => write!(f, "lease lost: {m}"),
+            LossReason::Unreachable {
+                last_error: Some(e),
+            } => {
+                write!(f, "store unreachable until the local deadline: {e}")
+            }
+            LossReason::Unreachable { last_error: None } => {
+                f.write_str("store unreachable until the local deadline (no answer)")
+            }
+        }
+    }
+}
+
+/// State shared by the guard and its heartbeat task.
+#[derive(Debug)]
+struct TermState {
+    info: LeaderInfo,
+    claim: Mutex<Claim>,
+    deadline: Mutex<Instant>,
+    reason: Mutex<Option<LossReason>>,
+    /// Fired when leadership ends (the "done" signal).
+    lost: CancellationToken,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl TermState {
+    fn claim(&self) -> Claim {
+        lock(&self.claim).clone()
+    }
+
+    /// Record the reason (the first one wins) and fire the done signal.
+    fn fire_lost(&self, reason: LossReason) {
+        {
+            let mut r = lock(&self.reason);
+            if r.is_none() {
+                match &reason {
+                    LossReason::Released => tracing::info!(
+                        election = %self.info.id, token = %self.info.token, "leadership released"
+                    ),
+                    other => tracing::warn!(
+                        candidate = %self.info.id, token = %self.info.token, reason = %other, "leadership lost"
+                    ),
+                }
+                *r = Some(reason);
+            }
+        }
+        self.lost.cancel();
+    }
+
+    fn reason(&self) -> LossReason {
+        lock(&self.reason).clone().unwrap_or(LossReason::Released)
+    }
+}
+
+/// The part that releases the lease when the last [`Leadership`] clone goes.
+#[derive(Debug)]
+struct TermGuard {
+    state: Arc<TermState>,
+    backend: Arc<dyn Backend>,
+    options: ElectionOptions,
+    /// Stops the heartbeat.
+    stop: CancellationToken,
+    /// Set once a release was started, so it happens once.
+    released: std::sync::atomic::AtomicBool,
+}
+
+impl TermGuard {
+    fn take_release(&self) -> bool {
+        !self
+            .released
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for TermGuard {
+    fn drop(&mut self) {
+        // Fire the done signal before the lease can go to anyone else.
+        self.state.fire_lost(LossReason::Released);
+        self.stop.cancel();
+        if !self.take_release() {
+            return;
+        }
+        let claim = self.state.claim();
+        let backend = self.backend.clone();
+        let bound = self.options.request_timeout;
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    match timeout(bound, backend.release(&claim)).await {
+                        Ok(Ok(())) => tracing::debug!(key = %claim.key, "released on drop"),
+                        Ok(Err(e)) => tracing::warn!(key = %claim.key, error = %e, "release on drop failed; the lease will expire"),
+                        Err(_) => tracing::warn!(key = %claim.key, "release on drop timed out; the lease will expire"),
+                    }
+                });
+            }
+            Err(_) => tracing::warn!(
+                key = %claim.key,
+                "leadership dropped outside a tokio runtime: not released, the lease will expire"
+            ),
+        }
+    }
+}
+
+/// Proof of leadership for one term, returned by
+/// [`Elector::lock`](crate::Elector::lock).
+///
+/// While you hold it, a heartbeat renews the lease in the background. Watch
+/// [`lost`](Self::lost) (or hand [`cancellation_token`](Self::cancellation_token)
+/// to your tasks): it fires when leadership ends, before anyone else can
+/// take over, whether the store said so or could not be reached in time.
+/// Pass [`fencing_token`](Self::fencing_token) to the resource you protect.
+///
+/// Clones share the term. [`unlock`](Self::unlock) on any clone releases the
+/// lease at once (fast handover); when the last clone is dropped the lease
+/// is released in the background.
+#[derive(Debug, Clone)]
+pub struct Leadership {
+    guard: Arc<TermGuard>,
+}
+
+impl Leadership {
+    /// Start a term: spawn its heartbeat. `anchor` is when the last
+    /// successful refresh of the claim's lease was sent.
+    pub(crate) fn start(
+        backend: Arc<dyn Backend>,
+        options: ElectionOptions,
+        claim: Claim,
+        anchor: Instant,
+    ) -> Self {
+        let info = LeaderInfo {
+            id: options.candidate_id.clone(),
+            value: options.value.clone(),
+            token: claim.token,
+        };
+        let state = Arc::new(TermState {
+            info,
+            claim: Mutex::new(claim),
+            deadline: Mutex::new(anchor + options.deadline_after_renewal()),
+            reason: Mutex::new(None),
+            lost: CancellationToken::new(),
+        });
+        let stop = CancellationToken::new();
+        tokio::spawn(heartbeat(
+            state.clone(),
+            backend.clone(),
+            options.clone(),
+            stop.clone(),
+            anchor,
+        ));
+        Leadership {
+            guard: Arc::new(TermGuard {
+                state,
+                backend,
+                options,
+                stop,
+                released: false.into(),
+            }),
+        }
+    }
+
+    /// The fencing token of this term.
+    pub fn fencing_token(&self) -> FencingToken {
+        self.guard.state.info.token
+    }
+
+    /// This leader as the others see it: id, value and token.
+    pub fn leader(&self) -> &LeaderInfo {
+        &self.guard.state.info
+    }
+
+    /// The value this candidate published.
+    pub fn value(&self) -> &[u8] {
+        &self.guard.state.info.value
+    }
+
+    /// The election name.
+    pub fn election(&self) -> &str {
+        &self.guard.options.election
+    }
+
+    /// The current local deadline: leadership is reported lost at this
+    /// instant at the latest unless a renewal succeeds before it.
+    pub fn deadline(&self) -> Instant {
+        *lock(&self.guard.state.deadline)
+    }
+
+    /// `true` once leadership has ended.
+    pub fn is_lost(&self) -> bool {
+        self.guard.state.lost.is_cancelled()
+    }
+
+    /// Why leadership ended, once it has.
+    pub fn loss_reason(&self) -> Option<LossReason> {
+        lock(&self.guard.state.reason).clone()
+    }
+
+    /// Resolves when leadership ends, with the reason. Can be awaited from
+    /// many places at once; it does not borrow the guard.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future has no effect.
+    pub fn lost(&self) -> impl Future<Output = LossReason> + Send + 'static {
+        let state = self.guard.state.clone();
+        async move {
+            state.lost.cancelled().await;
+            state.reason()
+        }
+    }
+
+    /// A token cancelled when leadership ends: the Rust form of Go's done
+    /// channel, to hand to the tasks that must stop when this candidate no
+    /// longer leads. Cancelling it yourself affects nobody else.
+    pub fn cancellation_token(&self) -> CancellationToken {
+        self.guard.state.lost.child_token()
+    }
+
+    /// Signal the end of the term (fire the done signal with
+    /// [`LossReason::Released`]) while keeping the lease renewed, so the
+    /// work can wind down before anyone else can take over. Used by
+    /// [`Elector::run`](crate::Elector::run) on shutdown.
+    pub(crate) fn signal_step_down(&self) {
+        self.guard.state.fire_lost(LossReason::Released);
+    }
+
+    /// Release the lease now so that the next candidate can lead at once.
+    /// The done signal fires first. Releasing after leadership was already
+    /// lost is harmless.
+    ///
+    /// # Errors
+    /// The store's error if the release could not be made; the lease then
+    /// expires on its own after the ttl.
+    ///
+    /// # Cancel safety
+    /// The done signal fires and the heartbeat stops at the first poll;
+    /// dropping the future before it completes may leave the lease to expire
+    /// on its own.
+    pub async fn unlock(self) -> Result<()> {
+        let g = &self.guard;
+        g.state.fire_lost(LossReason::Released);
+        g.stop.cancel();
+        if !g.take_release() {
+            return Ok(());
+        }
+        let claim = g.state.claim();
+        let bound = g.options.request_timeout;
+        let span = tracing::info_span!("release", election = %claim.election, token = %claim.token);
+        let _e = span.enter();
+        match timeout(bound, g.backend.release(&claim)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout {
+                operation: "release",
+                after: bound,
+            }),
+        }
+    }
+}
+
+/// Renew every renew interval; retry errors with jittered backoff; fire
+/// lost when the store says so or at the local deadline.
+async fn heartbeat(
+    state: Arc<TermState>,
+    backend: Arc<dyn Backend>,
+    options: ElectionOptions,
+    stop: CancellationToken,
+    anchor: Instant,
+) {
+    let lifetime = options.deadline_after_renewal();
+    let mut deadline = anchor + lifetime;
+    let mut next = anchor + options.renew_interval;
+    let mut backoff = Backoff::new(options.retry_interval);
+    let mut last_error: Option<Error> = None;
+    let span = tracing::debug_span!("heartbeat", election = %options.election, candidate = %options.candidate_id);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = sleep_until(deadline) => break,
+            _ = sleep_until(next) => {}
+        }
+        let claim = state.claim();
+        let sent = Instant::now();
+        let call = timeout(options.request_timeout, backend.renew(&claim));
+        let result = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = sleep_until(deadline) => break,
+            r = call => r,
+        };
+        match result {
+            Ok(Ok(renewed)) => {
+                *lock(&state.claim) = renewed;
+                deadline = sent + lifetime;
+                *lock(&state.deadline) = deadline;
+                next = sent + options.renew_interval;
+                backoff.reset();
+                last_error = None;
+                span.in_scope(|| tracing::trace!("renewed"));
+            }
+            Ok(Err(Error::Lost(message))) => {
+                state.fire_lost(LossReason::LeaseLost(message));
+                stop.cancel();
+                return;
+            }
+            Ok(Err(e)) => {
+                span.in_scope(|| tracing::warn!(error = %e, "renewal failed; retrying"));
+                last_error = Some(e);
+                next = (Instant::now() + backoff.next_delay()).min(deadline);
+            }
+            Err(_) => {
+                span.in_scope(|| tracing::warn!(after = ?options.request_timeout, "renewal timed out; retrying"));
+                last_error = Some(Error::Timeout {
+                    operation: "renew",
+                    after: options.request_timeout,
+                });
+                next = (Instant::now() + backoff.next_delay()).min(deadline);
+            }
+        }
+    }
+    // The local deadline passed without a successful renewal.
+    state.fire_lost(LossReason::Unreachable { last_error });
+    stop.cancel();
+}

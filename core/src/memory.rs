@@ -1,0 +1,532 @@
+//! The in-memory backend: a simulated store inside this process.
+//!
+//! Two kinds of store, to exercise both paths of the engine:
+//!
+//! * [`MemoryStore::new`] behaves like etcd or ZooKeeper: every candidate
+//!   holds a claim in a first-come-first-served queue, attached to a lease
+//!   that the *store* expires when it is not renewed for a ttl; waiters are
+//!   woken when the claim ahead of them goes (a watch, no polling).
+//! * [`MemoryStore::polling`] behaves like Cloud Storage: one record per
+//!   election changed only by conditional writes on its generation, no
+//!   server-side expiry (followers expire a silent leader by observation),
+//!   no watch (the engine polls).
+//!
+//! Each [`MemoryStore::client`] is an independent client (think: its own
+//! connection and session), so many candidates can run in one process. It is
+//! the backend of the engine's deterministic tests (it works under paused
+//! tokio time) and of the quickstart demo; it is not shared between
+//! processes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+use tokio::time::{Duration, Instant, sleep_until};
+
+use crate::backend::{Backend, LeaderWatch};
+use crate::error::{Error, Result};
+use crate::types::{AcquireOutcome, AcquireRequest, Capabilities, Claim, FencingToken, LeaderInfo};
+
+const NAME: &str = "memory";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Queue,
+    Record,
+}
+
+/// A simulated store shared by its clients. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct MemoryStore {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    kind: Kind,
+    state: Mutex<State>,
+    /// Bumped (to the store revision) on every change.
+    changed: watch::Sender<i64>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    revision: i64,
+    next_token: u64,
+    next_lease: i64,
+    leases: HashMap<i64, LeaseEntry>,
+    queues: HashMap<String, Vec<Entry>>,
+    records: HashMap<String, Record>,
+}
+
+#[derive(Debug)]
+struct LeaseEntry {
+    ttl: Duration,
+    expires_at: Instant,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    key: String,
+    candidate: String,
+    value: Vec<u8>,
+    token: u64,
+    lease: i64,
+}
+
+impl Entry {
+    fn info(&self) -> LeaderInfo {
+        LeaderInfo {
+            id: self.candidate.clone(),
+            value: self.value.clone(),
+            token: FencingToken(self.token),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Record {
+    holder: String,
+    value: Vec<u8>,
+    term: u64,
+    generation: i64,
+    released: bool,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryStore {
+    /// A store like etcd or ZooKeeper: fair queue, server-side expiry, watch.
+    pub fn new() -> Self {
+        Self::with_kind(Kind::Queue)
+    }
+
+    /// A store like Cloud Storage: one record per election, conditional
+    /// writes on a generation, no server-side expiry, no watch.
+    pub fn polling() -> Self {
+        Self::with_kind(Kind::Record)
+    }
+
+    fn with_kind(kind: Kind) -> Self {
+        MemoryStore {
+            shared: Arc::new(Shared {
+                kind,
+                state: Mutex::new(State::default()),
+                changed: watch::channel(0).0,
+            }),
+        }
+    }
+
+    /// A new independent client of this store.
+    pub fn client(&self) -> MemoryBackend {
+        MemoryBackend {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Expire a lease (session) now, as the server would after its ttl:
+    /// every claim attached to it goes. For tests of a candidate whose
+    /// session dies. Returns whether the lease existed.
+    pub fn expire_session(&self, session: i64) -> bool {
+        let mut st = self.shared.lock();
+        let existed = st.leases.remove(&session).is_some();
+        if existed {
+            st.drop_lease_entries(&[session]);
+            self.shared.bump(&mut st);
+        }
+        existed
+    }
+
+    /// Expire the session of `candidate`'s claim in `election` now (queue
+    /// stores), as if its client had vanished: the claim goes, and the
+    /// candidate learns it at its next call. Returns whether there was one.
+    pub fn expire_candidate(&self, election: &str, candidate: &str) -> bool {
+        let lease = {
+            let st = self.shared.lock();
+            st.queues
+                .get(election)
+                .and_then(|q| q.iter().find(|e| e.candidate == candidate))
+                .map(|e| e.lease)
+        };
+        lease.is_some_and(|l| self.expire_session(l))
+    }
+
+    /// How many claims (leader and waiters) an election has now.
+    pub fn queue_len(&self, election: &str) -> usize {
+        let mut st = self.shared.lock();
+        st.expire(Instant::now());
+        st.queues.get(election).map_or(0, Vec::len)
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn bump(&self, st: &mut State) {
+        st.revision += 1;
+        self.changed.send_replace(st.revision);
+    }
+
+    /// Lock and apply server-side expiry, notifying if anything expired.
+    fn lock_expired(&self) -> MutexGuard<'_, State> {
+        let mut st = self.lock();
+        if st.expire(Instant::now()) {
+            self.bump(&mut st);
+        }
+        st
+    }
+}
+
+impl State {
+    /// Remove leases past their expiry and their claims; true if any.
+    fn expire(&mut self, now: Instant) -> bool {
+        let dead: Vec<i64> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.expires_at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        if dead.is_empty() {
+            return false;
+        }
+        for id in &dead {
+            self.leases.remove(id);
+        }
+        self.drop_lease_entries(&dead);
+        true
+    }
+
+    fn drop_lease_entries(&mut self, leases: &[i64]) {
+        for q in self.queues.values_mut() {
+            q.retain(|e| !leases.contains(&e.lease));
+        }
+        self.queues.retain(|_, q| !q.is_empty());
+    }
+
+    fn find(&self, claim: &Claim) -> Option<(usize, &Entry)> {
+        let q = self.queues.get(&claim.election)?;
+        q.iter().enumerate().find(|(_, e)| {
+            e.key == claim.key && e.token == claim.token.0 && e.lease == claim.session
+        })
+    }
+
+    fn lease_expiry(&self, lease: i64) -> Option<Instant> {
+        self.leases.get(&lease).map(|l| l.expires_at)
+    }
+
+    fn leader(&self, kind: Kind, election: &str) -> Option<LeaderInfo> {
+        match kind {
+            Kind::Queue => self.queues.get(election)?.first().map(Entry::info),
+            Kind::Record => {
+                let r = self.records.get(election)?;
+                (!r.released).then(|| LeaderInfo {
+                    id: r.holder.clone(),
+                    value: r.value.clone(),
+                    token: FencingToken(r.term),
+                })
+            }
+        }
+    }
+}
+
+/// One client of a [`MemoryStore`].
+#[derive(Debug, Clone)]
+pub struct MemoryBackend {
+    shared: Arc<Shared>,
+}
+
+fn lost(claim: &Claim) -> Error {
+    Error::Lost(format!(
+        "claim {} (token {}) no longer exists",
+        claim.key, claim.token
+    ))
+}
+
+impl MemoryBackend {
+    fn acquire_queue(&self, req: &AcquireRequest) -> Result<AcquireOutcome> {
+        let mut st = self.shared.lock_expired();
+        let claim = match &req.claim {
+            Some(c) => {
+                if st.find(c).is_none() {
+                    return Err(lost(c));
+                }
+                c.clone()
+            }
+            None => {
+                st.next_lease += 1;
+                st.next_token += 1;
+                let lease = st.next_lease;
+                let token = st.next_token;
+                st.leases.insert(
+                    lease,
+                    LeaseEntry {
+                        ttl: req.ttl,
+                        expires_at: Instant::now() + req.ttl,
+                    },
+                );
+                let key = format!("{}/{lease:016x}", req.election);
+                st.queues
+                    .entry(req.election.clone())
+                    .or_default()
+                    .push(Entry {
+                        key: key.clone(),
+                        candidate: req.candidate.clone(),
+                        value: req.value.clone(),
+                        token,
+                        lease,
+                    });
+                self.shared.bump(&mut st);
+                Claim {
+                    election: req.election.clone(),
+                    key,
+                    session: lease,
+                    token: FencingToken(token),
+                    version: 0,
+                }
+            }
+        };
+        let head = st
+            .queues
+            .get(&req.election)
+            .and_then(|q| q.first())
+            .cloned();
+        match head {
+            Some(h) if h.key == claim.key => Ok(AcquireOutcome::Acquired(claim)),
+            other => Ok(AcquireOutcome::Held {
+                leader: other.map(|e| e.info()),
+                queued: Some(claim),
+                revision: st.revision,
+            }),
+        }
+    }
+
+    fn acquire_record(&self, req: &AcquireRequest) -> Result<AcquireOutcome> {
+        let mut st = self.shared.lock();
+        st.revision += 1;
+        let generation = st.revision;
+        let current = st.records.get(&req.election).cloned();
+        let term = match &current {
+            None => 1,
+            Some(r) if r.released => r.term + 1,
+            Some(r) if req.expired_revision == Some(r.generation) => r.term + 1,
+            Some(r) => {
+                st.revision -= 1;
+                return Ok(AcquireOutcome::Held {
+                    leader: Some(LeaderInfo {
+                        id: r.holder.clone(),
+                        value: r.value.clone(),
+                        token: FencingToken(r.term),
+                    }),
+                    queued: None,
+                    revision: r.generation,
+                });
+            }
+        };
+        st.records.insert(
+            req.election.clone(),
+            Record {
+                holder: req.candidate.clone(),
+                value: req.value.clone(),
+                term,
+                generation,
+                released: false,
+            },
+        );
+        self.shared.changed.send_replace(generation);
+        Ok(AcquireOutcome::Acquired(Claim {
+            election: req.election.clone(),
+            key: req.election.clone(),
+            session: 0,
+            token: FencingToken(term),
+            version: generation,
+        }))
+    }
+
+    /// Apply `f` to the record if `claim` still owns it; the new generation.
+    fn write_record(&self, claim: &Claim, f: impl FnOnce(&mut Record)) -> Option<i64> {
+        let mut st = self.shared.lock();
+        let owned = st
+            .records
+            .get(&claim.election)
+            .is_some_and(|r| r.generation == claim.version && !r.released);
+        if !owned {
+            return None;
+        }
+        st.revision += 1;
+        let generation = st.revision;
+        if let Some(r) = st.records.get_mut(&claim.election) {
+            r.generation = generation;
+            f(r);
+        }
+        self.shared.changed.send_replace(generation);
+        Some(generation)
+    }
+}
+
+#[async_trait]
+impl Backend for MemoryBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        match self.shared.kind {
+            Kind::Queue => Capabilities::new(true, true, true),
+            Kind::Record => Capabilities::new(false, false, false),
+        }
+    }
+
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<AcquireOutcome> {
+        match self.shared.kind {
+            Kind::Queue => self.acquire_queue(req),
+            Kind::Record => self.acquire_record(req),
+        }
+    }
+
+    async fn renew(&self, claim: &Claim) -> Result<Claim> {
+        match self.shared.kind {
+            Kind::Queue => {
+                let mut st = self.shared.lock_expired();
+                if st.find(claim).is_none() {
+                    return Err(lost(claim));
+                }
+                let lease = st
+                    .leases
+                    .get_mut(&claim.session)
+                    .ok_or_else(|| lost(claim))?;
+                lease.expires_at = Instant::now() + lease.ttl;
+                Ok(claim.clone())
+            }
+            Kind::Record => match self.write_record(claim, |_| {}) {
+                Some(generation) => Ok(Claim {
+                    version: generation,
+                    ..claim.clone()
+                }),
+                None => Err(lost(claim)),
+            },
+        }
+    }
+
+    async fn release(&self, claim: &Claim) -> Result<()> {
+        match self.shared.kind {
+            Kind::Queue => {
+                let mut st = self.shared.lock_expired();
+                if st.find(claim).is_some() {
+                    st.leases.remove(&claim.session);
+                    st.drop_lease_entries(&[claim.session]);
+                    self.shared.bump(&mut st);
+                }
+            }
+            Kind::Record => {
+                self.write_record(claim, |r| r.released = true);
+            }
+        }
+        Ok(())
+    }
+
+    async fn leader(&self, election: &str) -> Result<Option<LeaderInfo>> {
+        let st = self.shared.lock_expired();
+        Ok(st.leader(self.shared.kind, election))
+    }
+
+    async fn wait(&self, election: &str, claim: Option<&Claim>, _revision: i64) -> Result<()> {
+        if self.shared.kind == Kind::Record {
+            return Err(Error::NotSupported {
+                operation: "wait",
+                backend: NAME,
+            });
+        }
+        let mut rx = self.shared.changed.subscribe();
+        // The claim just ahead of ours (or the leader's, without a claim).
+        let ahead = {
+            let st = self.shared.lock_expired();
+            let Some(q) = st.queues.get(election) else {
+                return Ok(());
+            };
+            let pos = claim.map_or(Some(q.len().min(1)), |c| {
+                q.iter().position(|e| e.key == c.key)
+            });
+            match pos {
+                None | Some(0) => return Ok(()),
+                Some(i) => q[i - 1].key.clone(),
+            }
+        };
+        loop {
+            let expiry = {
+                let st = self.shared.lock_expired();
+                let entry = st
+                    .queues
+                    .get(election)
+                    .and_then(|q| q.iter().find(|e| e.key == ahead));
+                match entry.and_then(|e| st.lease_expiry(e.lease)) {
+                    None => return Ok(()),
+                    Some(t) => t,
+                }
+            };
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return Ok(()) },
+                _ = sleep_until(expiry) => {}
+            }
+        }
+    }
+
+    async fn watch(&self, election: &str) -> Result<Box<dyn LeaderWatch>> {
+        if self.shared.kind == Kind::Record {
+            return Err(Error::NotSupported {
+                operation: "watch",
+                backend: NAME,
+            });
+        }
+        Ok(Box::new(MemoryWatch {
+            shared: self.shared.clone(),
+            rx: self.shared.changed.subscribe(),
+            election: election.to_owned(),
+            last: None,
+        }))
+    }
+}
+
+/// A watch on a queue store's election.
+struct MemoryWatch {
+    shared: Arc<Shared>,
+    rx: watch::Receiver<i64>,
+    election: String,
+    /// The last leader reported; `None` before the first call.
+    last: Option<Option<LeaderInfo>>,
+}
+
+#[async_trait]
+impl LeaderWatch for MemoryWatch {
+    async fn next(&mut self) -> Result<Option<LeaderInfo>> {
+        loop {
+            let (leader, expiry) = {
+                let st = self.shared.lock_expired();
+                let leader = st.leader(Kind::Queue, &self.election);
+                let expiry = st
+                    .queues
+                    .get(&self.election)
+                    .and_then(|q| q.first())
+                    .and_then(|e| st.lease_expiry(e.lease));
+                (leader, expiry)
+            };
+            if self.last.as_ref() != Some(&leader) {
+                self.last = Some(leader.clone());
+                return Ok(leader);
+            }
+            let far = Instant::now() + Duration::from_secs(3600);
+            tokio::select! {
+                r = self.rx.changed() => if r.is_err() {
+                    return Err(Error::Unavailable { backend: NAME, message: "store dropped".into() });
+                },
+                _ = sleep_until(expiry.unwrap_or(far)) => {}
+            }
+        }
+    }
+}

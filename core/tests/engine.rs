@@ -1,0 +1,367 @@
+//! Engine behaviour under paused tokio time, on the in-memory backend with
+//! injected faults. Time is virtual: bounds here are exact, not generous.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use leasehold_core::faulty::{Fault, FaultyBackend};
+use leasehold_core::memory::MemoryStore;
+use leasehold_core::{
+    Attempt, Backend, CancellationToken, ElectionOptions, Elector, Error, LossReason,
+};
+use tokio::time::{Instant, sleep, timeout};
+
+const TTL: Duration = Duration::from_secs(3);
+
+fn options(candidate: &str) -> ElectionOptions {
+    ElectionOptions::new("jobs", candidate).with_ttl(TTL)
+}
+
+fn elector(store: &MemoryStore, candidate: &str) -> Elector {
+    Elector::new(Arc::new(store.client()), options(candidate)).unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn leader_steps_down_by_its_deadline_when_the_store_goes_silent() {
+    for store in [MemoryStore::new(), MemoryStore::polling()] {
+        let (backend, faults) = FaultyBackend::wrap(Arc::new(store.client()));
+        let a = Elector::new(backend, options("a")).unwrap();
+        let b = elector(&store, "b");
+        let la = a.lock().await.unwrap();
+        sleep(TTL * 2).await; // a few renewals
+        assert!(!la.is_lost());
+        let deadline = la.deadline();
+        faults.set(Fault::BlackHole);
+        let b_task = tokio::spawn(async move {
+            let lb = b.lock().await.unwrap();
+            (Instant::now(), lb)
+        });
+        let reason = timeout(TTL * 2, la.lost()).await.expect("lost never fired");
+        let lost_at = Instant::now();
+        assert!(
+            matches!(reason, LossReason::Unreachable { .. }),
+            "expected Unreachable, got {reason:?}"
+        );
+        assert!(lost_at <= deadline, "lost fired after the local deadline");
+        let (b_at, lb) = timeout(TTL * 3, b_task).await.unwrap().unwrap();
+        assert!(
+            lost_at < b_at,
+            "the old leader's done signal must fire before b leads"
+        );
+        assert!(lb.fencing_token() > la.fencing_token());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_but_timely_renewals_keep_leadership() {
+    let store = MemoryStore::new();
+    let (backend, faults) = FaultyBackend::wrap(Arc::new(store.client()));
+    let a = Elector::new(backend, options("a")).unwrap();
+    let la = a.lock().await.unwrap();
+    faults.set(Fault::Delay(Duration::from_millis(300)));
+    sleep(TTL * 4).await;
+    assert!(!la.is_lost(), "{:?}", la.loss_reason());
+    assert!(faults.calls().renew >= 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn failing_renewals_are_retried_and_recover_before_the_deadline() {
+    let store = MemoryStore::new();
+    let (backend, faults) = FaultyBackend::wrap(Arc::new(store.client()));
+    let a = Elector::new(backend, options("a")).unwrap();
+    let la = a.lock().await.unwrap();
+    let before = faults.calls().renew;
+    faults.set(Fault::Fail);
+    sleep(TTL / 2).await;
+    faults.set(Fault::None);
+    sleep(TTL * 2).await;
+    assert!(!la.is_lost(), "{:?}", la.loss_reason());
+    assert!(
+        faults.calls().renew > before + 2,
+        "failed renewals must be retried"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn lost_fires_at_once_when_the_store_says_another_holds_it() {
+    let store = MemoryStore::new();
+    let a = elector(&store, "a");
+    let b = elector(&store, "b");
+    let la = a.lock().await.unwrap();
+    let b_task = tokio::spawn(async move { b.lock().await.unwrap() });
+    sleep(Duration::from_millis(10)).await;
+    assert!(store.expire_candidate("jobs", "a"));
+    let lb = timeout(Duration::from_millis(10), b_task)
+        .await
+        .unwrap()
+        .unwrap();
+    let reason = timeout(a.options().renew_interval, la.lost())
+        .await
+        .expect("lost must fire at the next renewal");
+    assert!(matches!(reason, LossReason::LeaseLost(_)), "{reason:?}");
+    assert!(!lb.is_lost());
+}
+
+#[tokio::test(start_paused = true)]
+async fn unlock_hands_over_to_a_waiter_at_once() {
+    for store in [MemoryStore::new(), MemoryStore::polling()] {
+        let a = elector(&store, "a");
+        let b = elector(&store, "b");
+        let la = a.lock().await.unwrap();
+        let b_task = tokio::spawn(async move {
+            let l = b.lock().await.unwrap();
+            (Instant::now(), l)
+        });
+        sleep(Duration::from_secs(1)).await;
+        let released = Instant::now();
+        la.unlock().await.unwrap();
+        let (at, lb) = b_task.await.unwrap();
+        let waited = at - released;
+        // Watch backends hand over at once; polling ones within one poll.
+        let bound = if store.client().capabilities().watch {
+            Duration::ZERO
+        } else {
+            a.options().retry_interval * 2
+        };
+        assert!(waited <= bound, "handover took {waited:?}");
+        assert_eq!(lb.leader().id, "b");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_guard_releases() {
+    let store = MemoryStore::new();
+    let a = elector(&store, "a");
+    let b = elector(&store, "b");
+    let la = a.lock().await.unwrap();
+    let done = la.cancellation_token();
+    let b_task = tokio::spawn(async move { b.lock().await.unwrap() });
+    sleep(Duration::from_millis(100)).await;
+    drop(la);
+    assert!(done.is_cancelled(), "dropping fires the done signal first");
+    let lb = timeout(Duration::from_millis(10), b_task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(lb.leader().id, "b");
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_campaigns_again_after_a_loss_and_stops_on_cancel() {
+    let store = MemoryStore::new();
+    let a = elector(&store, "a");
+    let observer = elector(&store, "observer");
+    let terms = Arc::new(AtomicU32::new(0));
+    let cancel = CancellationToken::new();
+    let t = terms.clone();
+    let runner = tokio::spawn({
+        let cancel = cancel.clone();
+        async move {
+            a.run(cancel, move |leadership| {
+                let t = t.clone();
+                async move {
+                    t.fetch_add(1, Ordering::SeqCst);
+                    leadership.lost().await;
+                }
+            })
+            .await
+        }
+    });
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!(terms.load(Ordering::SeqCst), 1);
+    let first = observer.leader().await.unwrap().unwrap().token;
+    assert!(store.expire_candidate("jobs", "a"));
+    sleep(TTL).await;
+    assert_eq!(
+        terms.load(Ordering::SeqCst),
+        2,
+        "run must campaign again after the loss"
+    );
+    let second = observer.leader().await.unwrap().unwrap().token;
+    assert!(second > first);
+    cancel.cancel();
+    timeout(Duration::from_secs(1), runner)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        observer.leader().await.unwrap(),
+        None,
+        "run releases on cancel"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_keeps_the_lease_until_the_work_has_stopped() {
+    let store = MemoryStore::new();
+    let a = elector(&store, "a");
+    let b = elector(&store, "b");
+    let cancel = CancellationToken::new();
+    let stopped_at = Arc::new(std::sync::Mutex::new(None));
+    let s = stopped_at.clone();
+    let runner = tokio::spawn({
+        let cancel = cancel.clone();
+        async move {
+            a.run(cancel, move |leadership| {
+                let s = s.clone();
+                async move {
+                    leadership.lost().await;
+                    // Winding down takes a while; nobody may lead meanwhile.
+                    sleep(Duration::from_secs(5)).await;
+                    *s.lock().unwrap() = Some(Instant::now());
+                }
+            })
+            .await
+        }
+    });
+    sleep(Duration::from_millis(100)).await;
+    let b_task = tokio::spawn(async move {
+        let l = b.lock().await.unwrap();
+        (Instant::now(), l)
+    });
+    cancel.cancel();
+    let (b_at, _lb) = b_task.await.unwrap();
+    let stopped = stopped_at.lock().unwrap().expect("work finished");
+    assert!(stopped <= b_at, "b led before a's work had stopped");
+    runner.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_whose_session_dies_starts_over_and_never_wins_with_it() {
+    let store = MemoryStore::new();
+    let a = elector(&store, "a");
+    let b = elector(&store, "b");
+    let la = a.lock().await.unwrap();
+    let b_task = tokio::spawn(async move { b.lock().await.unwrap() });
+    sleep(Duration::from_millis(10)).await;
+    assert_eq!(store.queue_len("jobs"), 2);
+    // b's first claim has token 2; kill its session while it waits.
+    assert!(store.expire_candidate("jobs", "b"));
+    assert_eq!(store.queue_len("jobs"), 1);
+    // b notices at its next renewal and queues again with a new claim.
+    sleep(a.options().renew_interval + Duration::from_millis(10)).await;
+    assert_eq!(store.queue_len("jobs"), 2, "b must campaign again");
+    la.unlock().await.unwrap();
+    let lb = timeout(Duration::from_millis(10), b_task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(lb.fencing_token().get() > 2, "b won with its dead claim");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_waiter_noticed_at_handover_starts_over() {
+    let store = MemoryStore::new();
+    let a = elector(&store, "a");
+    let b = elector(&store, "b");
+    let la = a.lock().await.unwrap();
+    let b_task = tokio::spawn(async move { b.lock().await.unwrap() });
+    sleep(Duration::from_millis(10)).await;
+    assert!(store.expire_candidate("jobs", "b"));
+    // Hand over before b's next renewal: its wake-up finds the claim gone.
+    la.unlock().await.unwrap();
+    let lb = timeout(Duration::from_millis(10), b_task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(lb.fencing_token().get() > 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_lock_withdraws_the_queued_claim() {
+    let store = MemoryStore::new();
+    let a = elector(&store, "a");
+    let b = elector(&store, "b");
+    let _la = a.lock().await.unwrap();
+    let waited = timeout(Duration::from_secs(1), b.lock()).await;
+    assert!(waited.is_err(), "b cannot lead while a holds");
+    sleep(Duration::from_millis(1)).await;
+    assert_eq!(
+        store.queue_len("jobs"),
+        1,
+        "the dropped campaign left its claim behind"
+    );
+    assert!(
+        b.lock_timeout(Duration::from_secs(2))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store.queue_len("jobs"),
+        1,
+        "lock_timeout left its claim behind"
+    );
+    match b.try_lock().await.unwrap() {
+        Attempt::Held(Some(l)) => assert_eq!(l.id, "a"),
+        other => panic!("expected Held(a), got {other:?}"),
+    }
+    assert_eq!(store.queue_len("jobs"), 1, "try_lock left its claim behind");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_outage_is_retried_until_it_ends() {
+    let store = MemoryStore::new();
+    let (backend, faults) = FaultyBackend::wrap(Arc::new(store.client()));
+    let a = Elector::new(backend, options("a")).unwrap();
+    faults.set(Fault::Fail);
+    match a.try_lock().await {
+        Err(Error::Unavailable { .. }) => {}
+        other => panic!("try_lock reports the outage, got {other:?}"),
+    }
+    let task = tokio::spawn(async move { a.lock().await });
+    sleep(TTL * 3).await;
+    assert!(!task.is_finished(), "lock retries through the outage");
+    faults.set(Fault::None);
+    let l = timeout(TTL * 2, task).await.unwrap().unwrap().unwrap();
+    assert!(!l.is_lost());
+}
+
+#[tokio::test(start_paused = true)]
+async fn observers_follow_leaders_and_an_idle_follower_makes_no_calls() {
+    let store = MemoryStore::new();
+    let a = elector(&store, "a");
+    let (backend, faults) = FaultyBackend::wrap(Arc::new(store.client()));
+    let watcher = Elector::new(backend, options("w")).unwrap();
+    let mut rx = watcher.observe().await.unwrap();
+    assert_eq!(*rx.borrow(), None);
+    let la = a.lock().await.unwrap();
+    rx.changed().await.unwrap();
+    assert_eq!(
+        rx.borrow().as_ref().map(|l| l.token),
+        Some(la.fencing_token())
+    );
+    let calls = faults.calls().total();
+    sleep(TTL * 10).await;
+    assert_eq!(
+        faults.calls().total(),
+        calls,
+        "an idle observer on a watch backend polls nothing"
+    );
+    drop(la);
+    rx.changed().await.unwrap();
+    assert_eq!(*rx.borrow(), None);
+}
+
+#[test]
+fn bad_options_are_refused_naming_the_field() {
+    let store = MemoryStore::new();
+    let mut o = options("a");
+    o.renew_interval = TTL;
+    let err = Elector::new(Arc::new(store.client()), o).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidOption {
+                field: "renew_interval",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("renew_interval"), "{err}");
+    let err = Elector::new(Arc::new(store.client()), ElectionOptions::new("", "a")).unwrap_err();
+    assert!(err.to_string().contains("`election`"), "{err}");
+}
