@@ -10,25 +10,28 @@
 //! [`FencingToken`] to the resource it protects, and calls
 //! [`Leadership::unlock`] to hand over at once.
 //!
-//! Heartbeats, lease renewal, retries with backoff and the step-down
-//! deadline live once in the engine ([`leasehold_core`]); each store is a
-//! thin [`Backend`].
+//! Which store is used is configuration: [`connect`] takes a URL, and
+//! [`ElectionConfig`] a TOML section with `LEASEHOLD_*` environment
+//! overrides; both go through the same builder.
 //!
 //! ```
-//! use std::{sync::Arc, time::Duration};
-//! use leasehold::{ElectionOptions, Elector, memory::MemoryStore};
-//!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> leasehold::Result<()> {
-//! let store = MemoryStore::new();
-//! let options = ElectionOptions::new("billing-export", "replica-a").with_ttl(Duration::from_secs(5));
-//! let elector = Elector::new(Arc::new(store.client()), options)?;
+//! // etcd://h1:2379,h2:2379/billing-export?ttl=10s, zk://..., gs://... alike
+//! let elector = leasehold::connect("memory://billing-export?ttl=5s&id=replica-a").await?;
 //! let leadership = elector.lock().await?;
 //! println!("leading with token {}", leadership.fencing_token());
 //! leadership.unlock().await?;
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! ## Cargo features
+//!
+//! `etcd`, `zookeeper` and `gcs` (all on by default) each bring one backend
+//! and its URL schemes. The memory backend is always there.
+
+use std::sync::{Arc, OnceLock};
 
 pub use leasehold_core::{
     AcquireOutcome, AcquireRequest, Attempt, Backend, CancellationToken, Capabilities, Claim,
@@ -38,3 +41,116 @@ pub use leasehold_core::{
 
 /// The engine crate, for backend authors.
 pub use leasehold_core as core;
+
+#[cfg(feature = "etcd")]
+pub use leasehold_etcd as etcd;
+#[cfg(feature = "gcs")]
+pub use leasehold_gcs as gcs;
+#[cfg(feature = "zookeeper")]
+pub use leasehold_zookeeper as zookeeper;
+
+pub mod config;
+mod url;
+
+pub use config::{ElectionConfig, Secret, StoreConfig};
+pub use url::SCHEMES;
+
+/// Build an elector from a store URL.
+///
+/// ```text
+/// etcd://[user:password@]host:port[,host:port...]/ELECTION[?options]
+/// etcd+https://...?ca=ca.pem&cert=client.pem&key=client.key
+/// zk://[user:password@]host:port[,...][/chroot]/ELECTION[?session_timeout=6s]
+/// gs://BUCKET[/prefix]/ELECTION[?endpoint=http://127.0.0.1:4443&credentials=key.json]
+/// memory://ELECTION
+/// ```
+///
+/// Options for every store: `id` (candidate id, default `<hostname>-<pid>`),
+/// `value`, `ttl`, `renew_interval`, `retry_interval`, `safety_margin`,
+/// `request_timeout` (durations such as `500ms`, `10s`, `2m`).
+///
+/// # Errors
+/// [`Error::Config`] naming the offending part of the URL (unknown scheme, a
+/// scheme whose cargo feature is off, bad host or port, bad duration, unknown
+/// option, missing bucket or election); [`Error::InvalidOption`] for timings
+/// that do not fit together; the store's error if it cannot be reached.
+///
+/// # Cancel safety
+/// Cancel safe: nothing is left behind but a dropped connection.
+pub async fn connect(url: &str) -> Result<Elector> {
+    ElectionConfig::from_url(url)?.connect().await
+}
+
+impl ElectionConfig {
+    /// Connect to the store and build the elector.
+    ///
+    /// # Errors
+    /// As [`connect`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn connect(&self) -> Result<Elector> {
+        let (store, options) = self.resolve()?;
+        let backend = build_backend(&store, &options).await?;
+        Elector::new(backend, options)
+    }
+}
+
+/// The memory store shared by every `memory://` elector of this process.
+pub fn process_memory_store() -> &'static memory::MemoryStore {
+    static STORE: OnceLock<memory::MemoryStore> = OnceLock::new();
+    STORE.get_or_init(memory::MemoryStore::new)
+}
+
+fn feature_off(scheme: &str, feature: &str) -> Error {
+    Error::Config(format!(
+        "the {scheme} store needs leasehold's `{feature}` cargo feature, which this build does not have; enable it in Cargo.toml (features = [\"{feature}\"])"
+    ))
+}
+
+/// Build the backend a [`StoreConfig`] describes, for `options`.
+///
+/// # Errors
+/// As [`connect`].
+pub async fn build_backend(
+    store: &StoreConfig,
+    options: &ElectionOptions,
+) -> Result<Arc<dyn Backend>> {
+    let _ = options;
+    match store {
+        StoreConfig::Memory => Ok(Arc::new(process_memory_store().client())),
+        StoreConfig::Etcd { .. } => {
+            #[cfg(feature = "etcd")]
+            {
+                backends::etcd(store, options).await
+            }
+            #[cfg(not(feature = "etcd"))]
+            {
+                Err(feature_off("etcd", "etcd"))
+            }
+        }
+        StoreConfig::Zookeeper { .. } => {
+            #[cfg(feature = "zookeeper")]
+            {
+                backends::zookeeper(store, options).await
+            }
+            #[cfg(not(feature = "zookeeper"))]
+            {
+                Err(feature_off("zookeeper", "zookeeper"))
+            }
+        }
+        StoreConfig::Gcs { .. } => {
+            #[cfg(feature = "gcs")]
+            {
+                backends::gcs(store, options).await
+            }
+            #[cfg(not(feature = "gcs"))]
+            {
+                Err(feature_off("gcs", "gcs"))
+            }
+        }
+    }
+}
+
+#[cfg(any(feature = "etcd", feature = "zookeeper", feature = "gcs"))]
+mod backends;
