@@ -1,1 +1,57 @@
-//! The zookeeper backend of leasehold (under construction: not yet usable).
+//! # leasehold-zookeeper
+//!
+//! The ZooKeeper backend of [leasehold](https://docs.rs/leasehold-core): a
+//! fair, watch-based election on ephemeral sequential znodes.
+//!
+//! * **Layout.** Every candidate owns one ephemeral sequential node
+//!   `<chroot>/<election>/_c_<uuid>-latch-<sequence>` (Apache Curator's
+//!   `LeaderLatch` naming, so Curator latches on the same path share the
+//!   line). The lowest sequence leads; each waiter watches only the node just
+//!   ahead of it, so a handover wakes one candidate, not the herd.
+//! * **Fencing token.** The czxid (creation transaction id) of the leader's
+//!   node: every later node has a greater one.
+//! * **Lease.** The ZooKeeper session: the server deletes a session's nodes
+//!   when it expires (no heartbeat for the negotiated session timeout). An
+//!   election's ttl must not exceed the negotiated session timeout
+//!   ([`ZkBackend::session_timeout`]), which `Backend::validate` checks, so
+//!   that a cut-off leader's local deadline always comes before the server
+//!   can expire its session and hand the lead to someone else. The engine's
+//!   renewal is one `exists` on the own node (it proves the session is alive
+//!   on the server and the node is still there); an expired session is
+//!   [`Error::Lost`](leasehold_core::Error::Lost) at once, and the next
+//!   campaign opens a new session.
+//! * **Node data.** The candidate id, then (when the leader value is not
+//!   empty) a NUL byte and the value.
+//! * **Security.** With [`ZkBackendBuilder::digest_auth`], every node
+//!   leasehold creates carries ACLs that give this identity all rights and
+//!   everyone else at most read access.
+//!
+//! ```no_run
+//! # async fn demo() -> leasehold_core::Result<()> {
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use leasehold_core::{ElectionOptions, Elector};
+//! use leasehold_zookeeper::ZkBackend;
+//!
+//! let backend = ZkBackend::builder()
+//!     .connect_string("127.0.0.1:2181/leasehold")
+//!     .session_timeout(Duration::from_secs(10))
+//!     .connect()
+//!     .await?;
+//! let ttl = backend.session_timeout();
+//! let elector = Elector::new(Arc::new(backend), ElectionOptions::new("orders", "node-1").with_ttl(ttl))?;
+//! let leadership = elector.lock().await?;
+//! println!("leading with token {}", leadership.fencing_token());
+//! # Ok(()) }
+//! ```
+
+mod backend;
+mod builder;
+mod node;
+mod watch;
+
+pub use backend::ZkBackend;
+pub use builder::{DEFAULT_SESSION_TIMEOUT, ZkBackendBuilder};
+/// The `zookeeper-client` crate this backend is built on, for
+/// [`ZkBackend::client`].
+pub use zookeeper_client;
