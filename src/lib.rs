@@ -154,3 +154,52 @@ pub async fn build_backend(
 
 #[cfg(any(feature = "etcd", feature = "zookeeper", feature = "gcs"))]
 mod backends;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_urls_connect_and_share_one_store_per_process() {
+        let a = connect("memory://facade-test?id=a&ttl=2s").await.unwrap();
+        let b = connect("memory://facade-test?id=b&ttl=2s").await.unwrap();
+        let l = a.lock().await.unwrap();
+        let seen = b.leader().await.unwrap().map(|l| l.id);
+        assert_eq!(seen.as_deref(), Some("a"));
+        l.unlock().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn timings_that_do_not_fit_are_refused() {
+        let e = connect("memory://x?ttl=2s&renew_interval=2s").await.unwrap_err();
+        assert!(e.to_string().contains("renew_interval"), "{e}");
+        let e = connect("memory://x?ttl=soon").await.unwrap_err();
+        assert!(e.to_string().contains("`ttl`"), "{e}");
+    }
+
+    /// Runs in builds without the backend features (scripts/test runs
+    /// `cargo test -p leasehold --no-default-features --lib`).
+    #[cfg(not(all(feature = "etcd", feature = "zookeeper", feature = "gcs")))]
+    #[tokio::test]
+    async fn a_scheme_whose_feature_is_off_says_which_feature() {
+        for (url, feature) in [
+            ("etcd://127.0.0.1:2379/e", "etcd"),
+            ("zk://127.0.0.1:2181/e", "zookeeper"),
+            ("gs://bucket/e", "gcs"),
+        ] {
+            let on = match feature {
+                "etcd" => cfg!(feature = "etcd"),
+                "zookeeper" => cfg!(feature = "zookeeper"),
+                _ => cfg!(feature = "gcs"),
+            };
+            if on {
+                continue;
+            }
+            let e = connect(url).await.unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("`{feature}` cargo feature")),
+                "{url}: {e}"
+            );
+        }
+    }
+}
