@@ -68,9 +68,14 @@ pub fn build_dir() -> PathBuf {
 }
 
 /// The directory where the harness records the pid of every store process it
-/// started (one file per process, removed when the process is stopped).
+/// started (one file per process, removed when the process is stopped):
+/// `LEASEHOLD_PID_DIR` if set (`scripts/test` gives each run its own), else
+/// `<workspace root>/.build/pids`.
 pub fn pid_dir() -> PathBuf {
-    build_dir().join("pids")
+    match std::env::var_os("LEASEHOLD_PID_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => build_dir().join("pids"),
+    }
 }
 
 /// A name no other test (in this or a concurrent test process) will use, for

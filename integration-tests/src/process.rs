@@ -320,7 +320,8 @@ fn spawn_from_long_lived_thread(command: Command) -> std::io::Result<Child> {
         .map_err(|_| std::io::Error::other("the harness's spawner thread did not answer"))?
 }
 
-/// Records a started process in `<workspace>/.build/pids/` as `<pid>\n<exe>\n`.
+/// Records a started process in [`pid_dir`](crate::pid_dir) as
+/// `<pid>\n<exe>\n<pid of the test process>\n`.
 ///
 /// Failing to write it is not fatal (the process is still stopped on drop);
 /// it only means `scripts/test` cannot see this process.
@@ -332,7 +333,11 @@ fn write_pid_file(label: &str, pid: u32, program: &Path) -> Option<PathBuf> {
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
     let path = dir.join(format!("{safe_label}-{pid}.pid"));
-    fs::write(&path, format!("{pid}\n{}\n", program.display())).ok()?;
+    fs::write(
+        &path,
+        format!("{pid}\n{}\n{}\n", program.display(), std::process::id()),
+    )
+    .ok()?;
     Some(path)
 }
 
