@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,13 +32,17 @@ const MAX_PENDING: usize = 64;
 /// cancelled): the node may exist, ahead of this candidate's next one.
 /// The next creation with the same data in the same directory on the same
 /// session adopts it instead of queueing twice.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// While the call that made the node runs, `owner` is alive and the node is
+/// not an orphan (two calls of one candidate must not adopt each other's).
+#[derive(Clone)]
 struct Pending {
     session: i64,
     dir: String,
-    /// `_c_<uuid>-latch-`: the node name without its sequence.
+    /// `_c_<uuid>-latch-`: the node name without its sequence (unique).
     name_prefix: String,
     data: Vec<u8>,
+    owner: Weak<()>,
 }
 
 /// The ZooKeeper backend: one client session, shared by every election run
@@ -218,18 +222,24 @@ impl ZkBackend {
         Ok(())
     }
 
-    /// Create this candidate's node (or adopt one an interrupted creation
-    /// left behind).
+    /// Create this candidate's node (or adopt one an interrupted attempt
+    /// left behind). The node stays remembered as pending until the caller
+    /// has handed it to the engine (`forget`), so that a failure or a
+    /// cancellation between here and there cannot leave it in the line.
     async fn create_claim(
         &self,
         client: &Client,
         dir: &str,
         req: &AcquireRequest,
-    ) -> Result<Claim> {
+        alive: &Arc<()>,
+    ) -> Result<(Claim, Pending)> {
         let data = encode(&req.candidate, &req.value);
         let session = client.session_id().0;
-        if let Some(claim) = self.adopt_orphan(client, dir, &req.election, &data).await? {
-            return Ok(claim);
+        if let Some(adopted) = self
+            .adopt_orphan(client, dir, &req.election, &data, alive)
+            .await?
+        {
+            return Ok(adopted);
         }
         let protect = uuid::Uuid::new_v4().to_string();
         let prefix = node_prefix(dir, &protect);
@@ -238,6 +248,7 @@ impl ZkBackend {
             dir: dir.to_owned(),
             name_prefix: base_name(&prefix).to_owned(),
             data: data.clone(),
+            owner: Arc::downgrade(alive),
         };
         self.remember(pending.clone());
         let mode = CreateMode::EphemeralSequential.with_acls(self.acls());
@@ -252,14 +263,14 @@ impl ZkBackend {
                 .await?;
             match outcome {
                 Ok((stat, sequence)) => {
-                    self.forget(&pending);
-                    return Ok(Claim {
+                    let claim = Claim {
                         election: req.election.clone(),
                         key: format!("{prefix}{sequence}"),
                         session,
                         token: token_of(&stat, &prefix)?,
                         version: i64::from(stat.version),
-                    });
+                    };
+                    return Ok((claim, pending));
                 }
                 Err(zk::Error::NoNode) => {
                     // The election directory does not exist (yet, or any
@@ -308,11 +319,12 @@ impl ZkBackend {
         self.pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .retain(|q| q != p);
+            .retain(|q| q.name_prefix != p.name_prefix);
     }
 
-    /// A node from an earlier creation of the same candidate whose reply
-    /// never arrived would sit in the line, owned by this session, until the
+    /// A node from an earlier attempt of the same candidate that never
+    /// reached the engine (the reply was lost, the call timed out or was
+    /// cancelled) would sit in the line, owned by this session, until the
     /// session ends. Find it and take it as this candidate's claim.
     async fn adopt_orphan(
         &self,
@@ -320,14 +332,20 @@ impl ZkBackend {
         dir: &str,
         election: &str,
         data: &[u8],
-    ) -> Result<Option<Claim>> {
+        alive: &Arc<()>,
+    ) -> Result<Option<(Claim, Pending)>> {
         let session = client.session_id().0;
         let suspects: Vec<Pending> = self
             .pending
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .filter(|p| p.session == session && p.dir == dir && p.data == data)
+            .filter(|p| {
+                p.session == session
+                    && p.dir == dir
+                    && p.data == data
+                    && p.owner.strong_count() == 0
+            })
             .cloned()
             .collect();
         if suspects.is_empty() {
@@ -359,14 +377,28 @@ impl ZkBackend {
                 };
                 if let Some(stat) = stat.filter(|s| s.ephemeral_owner == session) {
                     if adopted.is_none() {
-                        tracing::debug!(%path, "adopting a candidate node left by an interrupted creation");
-                        adopted = Some(Claim {
+                        tracing::debug!(%path, "adopting a candidate node left by an interrupted attempt");
+                        let claim = Claim {
                             election: election.to_owned(),
                             key: path,
                             session,
                             token: token_of(&stat, name)?,
                             version: i64::from(stat.version),
-                        });
+                        };
+                        // Stays pending, now owned by this call, until
+                        // handed to the engine.
+                        let owner = Arc::downgrade(alive);
+                        for q in self
+                            .pending
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .iter_mut()
+                            .filter(|q| q.name_prefix == p.name_prefix)
+                        {
+                            q.owner = owner.clone();
+                        }
+                        adopted = Some((claim, p.clone()));
+                        continue;
                     } else {
                         // A second orphan of the same candidate: leave the line.
                         let _ = self
@@ -485,8 +517,15 @@ impl Backend for ZkBackend {
             None => {
                 let client = self.live_client().await?;
                 self.check_ttl(&client, req.ttl)?;
-                let claim = self.create_claim(&client, &dir, req).await?;
-                self.evaluate(&client, &dir, claim).await
+                // Alive for as long as this call runs (dropped if cancelled).
+                let alive = Arc::new(());
+                let (claim, pending) = self.create_claim(&client, &dir, req, &alive).await?;
+                let outcome = self.evaluate(&client, &dir, claim).await;
+                // Handed to the engine (or gone): no longer an orphan.
+                if matches!(outcome, Ok(_) | Err(Error::Lost(_))) {
+                    self.forget(&pending);
+                }
+                outcome
             }
             Some(claim) => {
                 let client = self.claim_client(claim)?;

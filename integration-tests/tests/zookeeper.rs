@@ -1,0 +1,702 @@
+//! leasehold-zookeeper against real ZooKeeper: the conformance suite on a
+//! standalone server, and the ZooKeeper-specific behaviours of issue 5
+//! (handover, partitions, ensemble member and leader loss, ACLs, a hundred
+//! candidates without a herd, option checks).
+//!
+//! Every test starts its own ZooKeeper (standalone or a 3-member ensemble,
+//! tickTime 500 ms) on free loopback ports through the harness, which stops it
+//! by pid on drop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use leasehold_core::conformance::{Subject, run_all};
+use leasehold_core::{
+    AcquireOutcome, AcquireRequest, Attempt, Backend, ElectionOptions, Elector, Error, Leadership,
+    LossReason,
+};
+use leasehold_integration_tests::{Proxy, ZkEnsemble, ZkServer, unique_name};
+use leasehold_zookeeper::ZkBackend;
+use leasehold_zookeeper::zookeeper_client as zk;
+use tokio::time::{Instant, sleep, timeout};
+
+/// The conformance ttl (= session timeout): short, but long enough for a JVM
+/// on a busy 2-core machine not to expire healthy sessions.
+const TTL: Duration = Duration::from_secs(3);
+
+async fn start_server() -> ZkServer {
+    ZkServer::start()
+        .await
+        .unwrap_or_else(|e| panic!("could not start ZooKeeper: {e}"))
+}
+
+async fn connect(connect_string: &str, session: Duration) -> ZkBackend {
+    ZkBackend::builder()
+        .connect_string(connect_string)
+        .session_timeout(session)
+        .connect_timeout(Duration::from_secs(15))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {connect_string} failed: {e}"))
+}
+
+fn options(election: &str, candidate: &str, ttl: Duration) -> ElectionOptions {
+    ElectionOptions::new(election, candidate).with_ttl(ttl)
+}
+
+async fn elector(connect_string: &str, election: &str, candidate: &str, ttl: Duration) -> Elector {
+    let backend: Arc<dyn Backend> = Arc::new(connect(connect_string, ttl).await);
+    Elector::new(backend, options(election, candidate, ttl))
+        .unwrap_or_else(|e| panic!("options refused: {e}"))
+}
+
+async fn lock_within(e: &Elector, within: Duration, what: &str) -> Leadership {
+    match timeout(within, e.lock()).await {
+        Ok(Ok(l)) => l,
+        Ok(Err(err)) => panic!("{what}: lock failed: {err}"),
+        Err(_) => panic!("{what}: did not lead within {within:?}"),
+    }
+}
+
+fn addr_key(client: &Arc<dyn Backend>) -> usize {
+    Arc::as_ptr(client).cast::<()>() as usize
+}
+
+/// The conformance subject: a standalone server; every client reaches it
+/// through its own fault proxy, so that `vanish` can cut one client's link
+/// (its session then expires on the server, as a crashed process's would).
+struct ZkSubject {
+    server: SocketAddr,
+    links: Mutex<Vec<(usize, Arc<Proxy>)>>,
+}
+
+impl ZkSubject {
+    fn link(&self, client: &Arc<dyn Backend>) -> Arc<Proxy> {
+        let key = addr_key(client);
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        links
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, p)| p.clone())
+            .unwrap_or_else(|| panic!("vanish/revive of a client this subject did not make"))
+    }
+}
+
+impl Subject for ZkSubject {
+    fn client<'life0, 'async_trait>(
+        &'life0 self,
+    ) -> Pin<Box<dyn Future<Output = Arc<dyn Backend>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move {
+            let proxy = Arc::new(Proxy::start(self.server).await);
+            let client: Arc<dyn Backend> = Arc::new(connect(&proxy.addr().to_string(), TTL).await);
+            self.links
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((addr_key(&client), proxy));
+            client
+        })
+    }
+
+    fn options(&self, election: &str, candidate: &str) -> ElectionOptions {
+        options(election, candidate, TTL)
+    }
+
+    fn slack(&self) -> Duration {
+        // The server expires sessions on tick boundaries (500 ms); then a
+        // watch notification and one round trip; the rest is room for a
+        // loaded machine.
+        Duration::from_secs(2)
+    }
+
+    fn vanish<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        client: &'life1 Arc<dyn Backend>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move { self.link(client).blackhole() })
+    }
+
+    fn revive<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        client: &'life1 Arc<dyn Backend>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move { self.link(client).heal() })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_suite_on_a_standalone_server() {
+    let server = start_server().await;
+    let subject = ZkSubject {
+        server: server.client_addr(),
+        links: Mutex::new(Vec::new()),
+    };
+    timeout(Duration::from_secs(300), run_all(&subject))
+        .await
+        .expect("the conformance suite did not finish within 300 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttl_longer_than_the_session_is_refused() {
+    let server = start_server().await;
+    // tickTime 500 ms: the server grants at most 10 s.
+    let backend = connect(&server.connect_string(), Duration::from_secs(30)).await;
+    assert_eq!(backend.session_timeout(), Duration::from_secs(10));
+    let backend: Arc<dyn Backend> = Arc::new(backend);
+    let err = Elector::new(backend.clone(), options("e", "c", Duration::from_secs(15)))
+        .expect_err("a ttl above the negotiated session timeout must be refused");
+    let text = err.to_string();
+    assert!(
+        matches!(err, Error::InvalidOption { field: "ttl", .. })
+            && text.contains("10s")
+            && text.contains("session"),
+        "{text}"
+    );
+    Elector::new(backend.clone(), options("e", "c", Duration::from_secs(10)))
+        .expect("a ttl equal to the session timeout is fine");
+    let err = Elector::new(backend, options("a/../b", "c", Duration::from_secs(10)))
+        .expect_err("a path ZooKeeper refuses must be refused");
+    assert!(
+        matches!(
+            err,
+            Error::InvalidOption {
+                field: "election",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_is_an_error_not_a_hang() {
+    // A port nothing listens on (a server started and stopped).
+    let addr = {
+        let server = start_server().await;
+        server.client_addr()
+    };
+    let started = Instant::now();
+    let result = timeout(
+        Duration::from_secs(20),
+        ZkBackend::builder()
+            .connect_string(addr.to_string())
+            .session_timeout(Duration::from_secs(2))
+            .connect_timeout(Duration::from_secs(3))
+            .connect(),
+    )
+    .await
+    .expect("connect must respect its connect timeout");
+    match result {
+        Err(e) => assert!(e.is_transient(), "{e}"),
+        Ok(b) => panic!("connected to a dead server: {b:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn handover_on_unlock_on_guard_drop_and_on_client_drop() {
+    let server = start_server().await;
+    let cs = server.connect_string();
+    let election = unique_name("handover");
+    let ttl = Duration::from_secs(10);
+    let a = elector(&cs, &election, "alpha", ttl).await;
+    let b = elector(&cs, &election, "beta", ttl).await;
+
+    let la = lock_within(&a, Duration::from_secs(10), "alpha first").await;
+    let b2 = b.clone();
+    let waiting = tokio::spawn(async move { b2.lock().await });
+    sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "beta led while alpha holds");
+    let ta = la.fencing_token();
+    let released = Instant::now();
+    la.unlock().await.expect("unlock");
+    let lb = timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("beta did not take over within 5 s of alpha's unlock (session is 10 s)")
+        .expect("task")
+        .expect("beta lock");
+    let on_unlock = released.elapsed();
+    let tb = lb.fencing_token();
+    assert!(tb > ta, "token {tb} after {ta}");
+    assert_eq!(
+        b.leader().await.expect("leader").map(|l| l.id),
+        Some("beta".to_owned())
+    );
+
+    // Dropping the guard releases in the background.
+    let a2 = a.clone();
+    let waiting = tokio::spawn(async move { a2.lock().await });
+    sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "alpha led while beta holds");
+    let dropped = Instant::now();
+    drop(lb);
+    let la = timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("alpha did not take over within 5 s of beta's guard being dropped")
+        .expect("task")
+        .expect("alpha lock");
+    let on_drop = dropped.elapsed();
+    let ta2 = la.fencing_token();
+    assert!(ta2 > tb);
+    la.unlock().await.expect("unlock");
+
+    // A client that goes away without releasing (its last handle dropped):
+    // its session is closed, the server deletes its node at once, long
+    // before the session could expire.
+    let ghost = connect(&cs, ttl).await;
+    let req = AcquireRequest {
+        election: election.clone(),
+        candidate: "ghost".into(),
+        value: Vec::new(),
+        ttl,
+        claim: None,
+        expired_revision: None,
+    };
+    let ghost_claim = match ghost.try_acquire(&req).await {
+        Ok(AcquireOutcome::Acquired(c)) => c,
+        other => panic!("ghost should lead a free election: {other:?}"),
+    };
+    assert!(ghost_claim.token > ta2);
+    let a2 = a.clone();
+    let waiting = tokio::spawn(async move { a2.lock().await });
+    sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "alpha led while the ghost holds");
+    let gone = Instant::now();
+    drop(ghost);
+    let la = timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("alpha did not take over within 5 s of the ghost client being dropped")
+        .expect("task")
+        .expect("alpha lock");
+    let on_client_drop = gone.elapsed();
+    assert!(la.fencing_token() > ghost_claim.token);
+    eprintln!(
+        "handover on unlock: {on_unlock:?}, on guard drop: {on_drop:?}, on client drop: {on_client_drop:?}"
+    );
+    la.unlock().await.expect("unlock");
+    assert_eq!(a.leader().await.expect("leader"), None);
+}
+
+/// A leader whose link is black-holed steps down on its own clock before
+/// the server can expire its session; the follower wins only after the
+/// server expired it; the old leader later campaigns on a new session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blackholed_leader_steps_down_before_the_server_expires_it() {
+    let server = start_server().await;
+    let proxy = Proxy::start(server.client_addr()).await;
+    let election = unique_name("partition");
+    let leader = elector(&proxy.addr().to_string(), &election, "cut-off", TTL).await;
+    let follower = elector(&server.connect_string(), &election, "follower", TTL).await;
+    let l = lock_within(&leader, Duration::from_secs(10), "first leader").await;
+    let f2 = follower.clone();
+    let waiting = tokio::spawn(async move {
+        let l = f2.lock().await;
+        (l, Instant::now())
+    });
+    sleep(TTL).await;
+    assert!(
+        !waiting.is_finished(),
+        "the follower led while the leader holds"
+    );
+    assert!(!l.is_lost(), "lost before the cut: {:?}", l.loss_reason());
+
+    let cut = Instant::now();
+    proxy.blackhole();
+    let reason = timeout(TTL * 3, l.lost())
+        .await
+        .expect("the cut-off leader never reported leadership lost");
+    let lost_at = Instant::now();
+    let (fl, won_at) = timeout(TTL * 4, waiting)
+        .await
+        .expect("the follower did not take over after the session expired")
+        .expect("task");
+    let fl = fl.expect("follower lock");
+    eprintln!(
+        "partition: leader lost after {:?} ({reason}), follower won after {:?}",
+        lost_at - cut,
+        won_at - cut
+    );
+    assert!(
+        matches!(reason, LossReason::Unreachable { .. }),
+        "a partition must read as unreachable: {reason}"
+    );
+    assert!(
+        lost_at <= won_at,
+        "TWO LEADERS: the follower won {:?} before the old leader stepped down",
+        lost_at - won_at
+    );
+    assert!(
+        lost_at - cut <= TTL + Duration::from_millis(500),
+        "the local deadline came late: {:?} after the cut",
+        lost_at - cut
+    );
+    assert!(fl.fencing_token() > l.fencing_token());
+
+    // Healed: the old session is expired; the old leader campaigns again on
+    // a new session and is told who leads.
+    proxy.heal();
+    let attempt = timeout(Duration::from_secs(30), async {
+        loop {
+            match leader.try_lock().await {
+                Ok(a) => break a,
+                Err(e) if e.is_transient() => sleep(Duration::from_millis(200)).await,
+                Err(e) => panic!("campaigning after the partition failed: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the old leader could not campaign again after the partition healed");
+    match attempt {
+        Attempt::Held(Some(info)) => assert_eq!(info.token, fl.fencing_token()),
+        Attempt::Held(None) => panic!("refused but not told who leads"),
+        Attempt::Leader(_) => panic!("TWO LEADERS: the old leader won again"),
+    }
+    fl.unlock().await.expect("unlock");
+}
+
+/// Waits until exactly one of `proxies` carries a connection; its index.
+async fn connected_via(proxies: &[Proxy], within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        let open: Vec<usize> = (0..proxies.len())
+            .filter(|&i| proxies[i].connections() > 0)
+            .collect();
+        if open.len() == 1 {
+            return open[0];
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the client is not connected through exactly one member after {within:?}: {open:?}"
+        );
+        sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn zk_leader_index(ensemble: &ZkEnsemble, within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        for (i, m) in ensemble.members().iter().enumerate() {
+            if m.is_running() && m.mode().await.ok().as_deref() == Some("leader") {
+                return i;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ZooKeeper leader within {within:?}"
+        );
+        sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Kill the member a leader is connected to: its session moves to another
+/// member and leadership is kept. Then kill the ensemble's leader: same.
+/// The other candidate never leads meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ensemble_member_and_leader_loss_keep_the_leadership() {
+    let ensemble = ZkEnsemble::start(3)
+        .await
+        .unwrap_or_else(|e| panic!("could not start a ZooKeeper ensemble: {e}"));
+    let mut proxies = Vec::new();
+    for m in ensemble.members() {
+        proxies.push(Proxy::start(m.client_addr()).await);
+    }
+    let via_proxies = proxies
+        .iter()
+        .map(|p| p.addr().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let ttl = Duration::from_secs(10);
+    let election = unique_name("ensemble");
+    let a = elector(&via_proxies, &election, "alpha", ttl).await;
+    let b = elector(&ensemble.connect_string(), &election, "beta", ttl).await;
+    let la = lock_within(&a, Duration::from_secs(30), "alpha").await;
+    let b2 = b.clone();
+    let waiting = tokio::spawn(async move {
+        let l = b2.lock().await;
+        (l, Instant::now())
+    });
+    sleep(Duration::from_secs(1)).await;
+    assert!(!waiting.is_finished(), "beta led while alpha holds");
+
+    // 1. The member alpha's session is connected to.
+    let first = connected_via(&proxies, Duration::from_secs(10)).await;
+    ensemble.member(first).kill();
+    let killed = Instant::now();
+    let moved_to = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let i = connected_via(&proxies, Duration::from_secs(20)).await;
+            if i != first {
+                break i;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the session never left the killed member"
+            );
+            sleep(Duration::from_millis(100)).await;
+        }
+    };
+    eprintln!(
+        "member {} killed; session moved to member {} after {:?}",
+        first + 1,
+        moved_to + 1,
+        killed.elapsed()
+    );
+    // Two renewals on the new member.
+    sleep(ttl / 3 * 2 + Duration::from_millis(500)).await;
+    assert!(
+        !la.is_lost(),
+        "leadership lost after a member loss: {:?}",
+        la.loss_reason()
+    );
+    assert!(
+        !waiting.is_finished(),
+        "TWO LEADERS: beta led after the member loss"
+    );
+    let seen = b.leader().await.expect("leader");
+    assert_eq!(seen.map(|l| l.token), Some(la.fencing_token()));
+
+    // 2. Back to three members, then kill the ensemble's leader.
+    ensemble
+        .member(first)
+        .restart()
+        .await
+        .unwrap_or_else(|e| panic!("restarting member {}: {e}", first + 1));
+    let zk_leader = zk_leader_index(&ensemble, Duration::from_secs(30)).await;
+    ensemble.member(zk_leader).kill();
+    let killed = Instant::now();
+    // A new ZooKeeper leader among the two left, and alpha's session on it.
+    let new_leader = zk_leader_index(&ensemble, Duration::from_secs(30)).await;
+    let on = connected_via(&proxies, Duration::from_secs(30)).await;
+    eprintln!(
+        "ZooKeeper leader (member {}) killed; member {} leads after {:?}; alpha's session on member {}",
+        zk_leader + 1,
+        new_leader + 1,
+        killed.elapsed(),
+        on + 1
+    );
+    sleep(ttl / 3 * 2 + Duration::from_millis(500)).await;
+    assert!(
+        !la.is_lost(),
+        "leadership lost after the ZooKeeper leader's loss: {:?}",
+        la.loss_reason()
+    );
+    assert!(
+        !waiting.is_finished(),
+        "TWO LEADERS: beta led after the leader loss"
+    );
+
+    let released = Instant::now();
+    let ta = la.fencing_token();
+    la.unlock().await.expect("unlock");
+    let (lb, won_at) = timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("beta did not take over after alpha's unlock")
+        .expect("task");
+    let lb = lb.expect("beta lock");
+    assert!(won_at >= released);
+    assert!(lb.fencing_token() > ta);
+    lb.unlock().await.expect("unlock");
+}
+
+/// With digest ACLs, a client without the credentials (or with a wrong
+/// password) can read who leads but cannot delete or overwrite the leader's
+/// node, nor queue in the election.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acls_keep_unauthenticated_clients_out() {
+    let server = start_server().await;
+    let cs = format!("{}/{}", server.connect_string(), unique_name("acl-root"));
+    let election = unique_name("acl");
+    let owner = ZkBackend::builder()
+        .connect_string(&cs)
+        .session_timeout(TTL)
+        .digest_auth("alice", "s3cret")
+        .connect()
+        .await
+        .expect("owner connects");
+    let owner: Arc<dyn Backend> = Arc::new(owner);
+    let alice = Elector::new(owner.clone(), options(&election, "alice", TTL)).expect("options");
+    let l = lock_within(&alice, Duration::from_secs(10), "alice").await;
+
+    let stranger = connect(&cs, TTL).await;
+    let imposter = ZkBackend::builder()
+        .connect_string(&cs)
+        .session_timeout(TTL)
+        .digest_auth("alice", "wrong password")
+        .connect()
+        .await
+        .expect("imposter connects");
+    let dir = format!("/{election}");
+    let children = stranger
+        .client()
+        .list_children(&dir)
+        .await
+        .expect("the election is readable");
+    assert_eq!(children.len(), 1, "{children:?}");
+    let node = format!("{dir}/{}", children[0]);
+    for (who, backend) in [("stranger", &stranger), ("imposter", &imposter)] {
+        let c = backend.client();
+        assert_eq!(
+            c.delete(&node, None).await,
+            Err(zk::Error::NoAuth),
+            "{who} could delete the leader's node"
+        );
+        assert_eq!(
+            c.set_data(&node, b"mallory", None).await.map(|_| ()),
+            Err(zk::Error::NoAuth),
+            "{who} could overwrite the leader's node"
+        );
+        let info = backend
+            .leader(&election)
+            .await
+            .expect("leader() with public read");
+        assert_eq!(info.map(|i| i.id), Some("alice".to_owned()));
+    }
+    let stranger: Arc<dyn Backend> = Arc::new(stranger);
+    let mallory =
+        Elector::new(stranger.clone(), options(&election, "mallory", TTL)).expect("options");
+    match mallory.try_lock().await {
+        Err(Error::PermissionDenied { .. }) => {}
+        other => panic!("an unauthenticated candidate must be refused: {other:?}"),
+    }
+    assert!(!l.is_lost(), "{:?}", l.loss_reason());
+    assert_eq!(
+        owner
+            .leader(&election)
+            .await
+            .expect("leader")
+            .map(|i| i.token),
+        Some(l.fencing_token())
+    );
+    l.unlock().await.expect("unlock");
+
+    // Without public read, strangers cannot even see who leads.
+    let private = ZkBackend::builder()
+        .connect_string(&cs)
+        .session_timeout(TTL)
+        .digest_auth("alice", "s3cret")
+        .public_read(false)
+        .connect()
+        .await
+        .expect("owner connects");
+    let secret_election = unique_name("acl-private");
+    let carol =
+        Elector::new(Arc::new(private), options(&secret_election, "carol", TTL)).expect("options");
+    let lc = lock_within(&carol, Duration::from_secs(10), "carol").await;
+    match stranger.leader(&secret_election).await {
+        Err(Error::PermissionDenied { .. }) => {}
+        other => panic!("a private election must not be readable: {other:?}"),
+    }
+    lc.unlock().await.expect("unlock");
+}
+
+/// A hundred candidates queue; each leader hands over to the next. Each
+/// handover wakes only the successor (it watches only its predecessor), so
+/// the server's packets per handover stay flat instead of growing with the
+/// queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_candidates_hand_over_one_by_one_without_a_herd() {
+    const N: usize = 100;
+    let server = start_server().await;
+    let cs = server.connect_string();
+    let election = unique_name("hundred");
+    let ttl = Duration::from_secs(10);
+    let mut electors = Vec::with_capacity(N);
+    for i in 0..N {
+        electors.push(elector(&cs, &election, &format!("c{i:03}"), ttl).await);
+    }
+    // Everyone queues behind a gate holder first.
+    let gate = elector(&cs, &election, "gate", ttl).await;
+    let gate_lead = lock_within(&gate, Duration::from_secs(10), "gate").await;
+    let current = Arc::new(AtomicUsize::new(0));
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = Vec::new();
+    for e in electors.iter().cloned() {
+        let (current, overlaps, tx) = (current.clone(), overlaps.clone(), tx.clone());
+        tasks.push(tokio::spawn(async move {
+            let l = e.lock().await.expect("lock");
+            if current.fetch_add(1, Ordering::SeqCst) != 0 {
+                overlaps.fetch_add(1, Ordering::SeqCst);
+            }
+            let _ = tx.send(l.fencing_token());
+            sleep(Duration::from_millis(5)).await;
+            current.fetch_sub(1, Ordering::SeqCst);
+            l.unlock().await.expect("unlock");
+        }));
+    }
+    drop(tx);
+    // Let all queue, then measure the background (pings, renewals) rate.
+    let observer = connect(&cs, ttl).await;
+    let queued_by = Instant::now() + Duration::from_secs(60);
+    loop {
+        let leader = observer.leader(&election).await.expect("leader");
+        assert_eq!(leader.map(|l| l.id), Some("gate".to_owned()));
+        let n = observer
+            .client()
+            .list_children(&format!("/{election}"))
+            .await
+            .expect("list")
+            .len();
+        if n == N + 1 {
+            break;
+        }
+        assert!(Instant::now() < queued_by, "only {n} of {} queued", N + 1);
+        sleep(Duration::from_millis(200)).await;
+    }
+    let idle = Duration::from_secs(2);
+    let p0 = server.packets_received().await.expect("mntr");
+    sleep(idle).await;
+    let p1 = server.packets_received().await.expect("mntr");
+    let background_per_sec = (p1 - p0) as f64 / idle.as_secs_f64();
+
+    let start = Instant::now();
+    gate_lead.unlock().await.expect("unlock");
+    for t in tasks {
+        timeout(Duration::from_secs(120), t)
+            .await
+            .expect("the queue did not drain within 120 s")
+            .expect("candidate task");
+    }
+    let elapsed = start.elapsed();
+    let p2 = server.packets_received().await.expect("mntr");
+    assert_eq!(overlaps.load(Ordering::SeqCst), 0, "TWO LEADERS at once");
+    let mut tokens = Vec::new();
+    while let Some(t) = rx.recv().await {
+        tokens.push(t);
+    }
+    assert_eq!(tokens.len(), N, "not every candidate led once");
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "tokens not increasing in order of leadership"
+    );
+    let total = (p2 - p1) as f64;
+    let handover_packets = (total - background_per_sec * elapsed.as_secs_f64()).max(0.0) / N as f64;
+    eprintln!(
+        "{N} handovers in {elapsed:?} ({:?} each); {total} packets, background {background_per_sec:.0}/s, ~{handover_packets:.1} packets per handover",
+        elapsed / N as u32
+    );
+    // A herd would cost every waiter a listing per handover (about N/2 on
+    // average); the predecessor watch costs a handful.
+    assert!(
+        handover_packets < 25.0,
+        "{handover_packets:.1} packets per handover: waiters other than the successor are woken"
+    );
+}
