@@ -1,0 +1,499 @@
+//! The [`Backend`] implementation: reads and generation-conditional writes
+//! of one lease object per election.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use google_cloud_storage::client::Storage;
+use leasehold_core::{
+    AcquireOutcome, AcquireRequest, Backend, Capabilities, Claim, ElectionOptions, Error,
+    FencingToken, LeaderInfo, LeaderWatch, Result,
+};
+
+use crate::builder::GcsBackendBuilder;
+use crate::record::{MAX_RECORD_BYTES, Record, unix_ms};
+
+const NAME: &str = "gcs";
+
+/// Cloud Storage accepts about one write per second to one object.
+pub const MIN_RENEW_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How many times release re-reads after a conflict before it concludes that
+/// the record is not this claim's any more.
+const RELEASE_ATTEMPTS: usize = 3;
+
+/// What the holder of a term wrote, so that renewals need one write, not a
+/// read and a write.
+#[derive(Debug, Clone)]
+struct Holding {
+    holder: String,
+    value: Vec<u8>,
+    ttl: Duration,
+    acquired_at_ms: u64,
+}
+
+/// The result of one conditional write.
+enum Write {
+    /// Written; the object's new generation.
+    Done(i64),
+    /// The precondition failed (HTTP 412): someone else wrote first.
+    Conflict,
+}
+
+/// Leader election over Google Cloud Storage: one object per election, every
+/// change a write conditioned on the object's generation.
+///
+/// See the crate documentation for the design. Build one with
+/// [`GcsBackend::builder`]; share it as `Arc<dyn Backend>`.
+#[derive(Debug)]
+pub struct GcsBackend {
+    client: Storage,
+    /// `projects/_/buckets/<bucket>`, as the client wants it.
+    bucket_path: String,
+    bucket: String,
+    prefix: String,
+    /// (object, term) -> what that term's holder writes.
+    holdings: Mutex<HashMap<(String, u64), Holding>>,
+}
+
+impl GcsBackend {
+    /// A builder: bucket, prefix, endpoint, credentials.
+    pub fn builder() -> GcsBackendBuilder {
+        GcsBackendBuilder::new()
+    }
+
+    pub(crate) fn new(client: Storage, bucket: String, prefix: String) -> Self {
+        GcsBackend {
+            client,
+            bucket_path: format!("projects/_/buckets/{bucket}"),
+            bucket,
+            prefix,
+            holdings: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The bucket name.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The bucket as the client addresses it (`projects/_/buckets/<bucket>`).
+    pub fn bucket_path(&self) -> &str {
+        &self.bucket_path
+    }
+
+    /// The underlying Cloud Storage client (to inspect or repair lease
+    /// objects by hand; never write a lease object while candidates run).
+    pub fn client(&self) -> &Storage {
+        &self.client
+    }
+
+    /// The name of the object holding `election`'s lease record:
+    /// `<prefix>/<election>`, or `<election>` with an empty prefix.
+    pub fn object_name(&self, election: &str) -> String {
+        if self.prefix.is_empty() {
+            election.to_owned()
+        } else {
+            format!("{}/{election}", self.prefix)
+        }
+    }
+
+    fn gs_url(&self, object: &str) -> String {
+        format!("gs://{}/{object}", self.bucket)
+    }
+
+    fn holdings(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u64), Holding>> {
+        // A panic while holding this lock cannot leave the map inconsistent
+        // (every update is a single insert or remove), so a poisoned lock is
+        // still usable.
+        self.holdings
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn remember(&self, object: &str, term: u64, holding: Holding) {
+        self.holdings().insert((object.to_owned(), term), holding);
+    }
+
+    fn forget(&self, object: &str, term: u64) {
+        self.holdings().remove(&(object.to_owned(), term));
+    }
+
+    fn holding(&self, object: &str, term: u64) -> Option<Holding> {
+        self.holdings().get(&(object.to_owned(), term)).cloned()
+    }
+
+    /// Read the lease record and its generation; `None` when there is no object.
+    async fn read(&self, object: &str) -> Result<Option<(Record, i64)>> {
+        let mut resp = match self
+            .client
+            .read_object(&self.bucket_path, object)
+            .send()
+            .await
+        {
+            Ok(resp) => resp,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(self.map_err(e, "read", object)),
+        };
+        let meta = resp.object();
+        let invalid = |message: String| Error::InvalidRecord {
+            backend: NAME,
+            path: self.gs_url(object),
+            message,
+        };
+        if usize::try_from(meta.size).map_or(true, |s| s > MAX_RECORD_BYTES) {
+            return Err(invalid(format!(
+                "the object is {} bytes, larger than any lease record; move it away or use another prefix",
+                meta.size
+            )));
+        }
+        let generation = meta.generation;
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.next().await {
+            let chunk = chunk.map_err(|e| self.map_err(e, "read", object))?;
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_RECORD_BYTES {
+                return Err(invalid(
+                    "the object is larger than any lease record; move it away or use another prefix"
+                        .to_owned(),
+                ));
+            }
+        }
+        let record = Record::decode(&body).map_err(invalid)?;
+        Ok(Some((record, generation)))
+    }
+
+    /// Write `record` if the object's generation is `generation` (0: if
+    /// there is no object). Never retried by the client.
+    async fn write(&self, object: &str, record: &Record, generation: i64) -> Result<Write> {
+        let body = Bytes::from(record.encode());
+        let result = self
+            .client
+            .write_object(&self.bucket_path, object, body)
+            .set_if_generation_match(generation)
+            .set_content_type("application/json")
+            .set_cache_control("no-store")
+            .with_idempotency(false)
+            .send_buffered()
+            .await;
+        match result {
+            Ok(obj) => Ok(Write::Done(obj.generation)),
+            Err(e) if e.http_status_code() == Some(412) => Ok(Write::Conflict),
+            Err(e) => Err(self.map_err(e, "write", object)),
+        }
+    }
+
+    /// After a lost race: who holds the election now.
+    async fn held_now(&self, object: &str) -> Result<AcquireOutcome> {
+        Ok(match self.read(object).await? {
+            Some((record, generation)) => AcquireOutcome::Held {
+                leader: record.leader(),
+                queued: None,
+                revision: generation,
+            },
+            None => AcquireOutcome::Held {
+                leader: None,
+                queued: None,
+                revision: 0,
+            },
+        })
+    }
+
+    fn map_err(&self, e: google_cloud_storage::Error, op: &'static str, object: &str) -> Error {
+        let what = format!("{op} of {}", self.gs_url(object));
+        let code = e.http_status_code();
+        match code {
+            Some(401 | 403) => Error::PermissionDenied {
+                backend: NAME,
+                message: format!(
+                    "{what}: {e}; the credentials need storage.objects.get and storage.objects.create (e.g. roles/storage.objectUser) on bucket {}",
+                    self.bucket
+                ),
+            },
+            Some(404) => Error::Config(format!(
+                "{what}: {e}; does bucket {} exist? create it first",
+                self.bucket
+            )),
+            Some(408 | 429 | 500..=599) => Error::Unavailable {
+                backend: NAME,
+                message: format!("{what}: {e}"),
+            },
+            None if e.is_timeout() || e.is_io() || e.is_connect() || e.is_transport() => {
+                Error::Unavailable {
+                    backend: NAME,
+                    message: format!("{what}: {e}"),
+                }
+            }
+            _ if e.is_authentication() => Error::PermissionDenied {
+                backend: NAME,
+                message: format!("{what}: {e}"),
+            },
+            _ => Error::Backend {
+                backend: NAME,
+                message: format!("{what}: {e}"),
+            },
+        }
+    }
+
+    fn claim(election: &str, object: &str, term: u64, generation: i64) -> Claim {
+        Claim {
+            election: election.to_owned(),
+            key: object.to_owned(),
+            session: 0,
+            token: FencingToken(term),
+            version: generation,
+        }
+    }
+
+    /// Renew when this backend does not know the claim's holding, or after a
+    /// conflict: read, check that the record is still this term's and not
+    /// released, rewrite it under the generation just read.
+    async fn renew_slow(&self, claim: &Claim) -> Result<Claim> {
+        let term = claim.token.get();
+        let object = claim.key.as_str();
+        let Some((record, generation)) = self.read(object).await? else {
+            return Err(Error::Lost(format!(
+                "{} was deleted; the election starts over (and its term count with it)",
+                self.gs_url(object)
+            )));
+        };
+        if record.term != term {
+            return Err(Error::Lost(format!(
+                "{} is at term {} (holder {:?}), not this claim's term {term}",
+                self.gs_url(object),
+                record.term,
+                record.holder
+            )));
+        }
+        if record.released {
+            return Err(Error::Lost(format!(
+                "term {term} of {} was released",
+                self.gs_url(object)
+            )));
+        }
+        // Only this term's holder writes a record of this term that is not
+        // released: this generation is ours (an earlier write whose answer
+        // was lost, or a renewal by another client of the same claim).
+        let fresh = Record {
+            renewed_at_ms: unix_ms(),
+            ..record.clone()
+        };
+        match self.write(object, &fresh, generation).await? {
+            Write::Done(g) => {
+                self.remember(
+                    object,
+                    term,
+                    Holding {
+                        holder: record.holder,
+                        value: record.value,
+                        ttl: record.ttl,
+                        acquired_at_ms: record.acquired_at_ms,
+                    },
+                );
+                Ok(Claim {
+                    version: g,
+                    ..claim.clone()
+                })
+            }
+            Write::Conflict => Err(Error::Lost(format!(
+                "{} changed under term {term} while renewing; another candidate took over",
+                self.gs_url(object)
+            ))),
+        }
+    }
+}
+
+fn is_not_found(e: &google_cloud_storage::Error) -> bool {
+    e.http_status_code() == Some(404)
+        || e.status()
+            .is_some_and(|s| s.code == google_cloud_gax::error::rpc::Code::NotFound)
+}
+
+#[async_trait]
+impl Backend for GcsBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(false, false, false)
+    }
+
+    fn validate(&self, options: &ElectionOptions) -> Result<()> {
+        if options.renew_interval < MIN_RENEW_INTERVAL {
+            return Err(Error::invalid_option(
+                "renew_interval",
+                format!(
+                    "{:?} is below Cloud Storage's limit of about one write per second per object; use at least 1s (ElectionOptions::with_ttl(3s) or more gives that)",
+                    options.renew_interval
+                ),
+            ));
+        }
+        let object = self.object_name(&options.election);
+        if object.len() > 1024 {
+            return Err(Error::invalid_option(
+                "election",
+                format!(
+                    "the object name {object:?} is {} bytes, more than Cloud Storage's 1024; use a shorter election name or prefix",
+                    object.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// One read, then at most one conditional write: create (generation 0),
+    /// take over a released record, or take over the record at
+    /// `req.expired_revision` with the term bumped.
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<AcquireOutcome> {
+        let object = self.object_name(&req.election);
+        let now = unix_ms();
+        let (term, generation) = match self.read(&object).await? {
+            None => (1, 0),
+            Some((record, generation)) => {
+                let expired = req.expired_revision == Some(generation);
+                if !record.released && !expired {
+                    return Ok(AcquireOutcome::Held {
+                        leader: record.leader(),
+                        queued: None,
+                        revision: generation,
+                    });
+                }
+                if !record.released && record.ttl > req.ttl {
+                    return Err(Error::invalid_option(
+                        "ttl",
+                        format!(
+                            "the holder of {} uses a ttl of {:?}, longer than this candidate's {:?}; every candidate of one election must use the same ttl, else a takeover may come too early",
+                            self.gs_url(&object),
+                            record.ttl,
+                            req.ttl
+                        ),
+                    ));
+                }
+                let Some(term) = record.term.checked_add(1) else {
+                    return Err(Error::InvalidRecord {
+                        backend: NAME,
+                        path: self.gs_url(&object),
+                        message: "the term cannot grow any more".to_owned(),
+                    });
+                };
+                (term, generation)
+            }
+        };
+        let holding = Holding {
+            holder: req.candidate.clone(),
+            value: req.value.clone(),
+            ttl: req.ttl,
+            acquired_at_ms: now,
+        };
+        let record = record_of(&holding, term, false, now);
+        match self.write(&object, &record, generation).await? {
+            Write::Done(g) => {
+                self.remember(&object, term, holding);
+                Ok(AcquireOutcome::Acquired(Self::claim(
+                    &req.election,
+                    &object,
+                    term,
+                    g,
+                )))
+            }
+            Write::Conflict => self.held_now(&object).await,
+        }
+    }
+
+    /// One conditional write under the claim's generation; after a conflict,
+    /// one read and at most one more write (see [`GcsBackend`] docs).
+    async fn renew(&self, claim: &Claim) -> Result<Claim> {
+        let term = claim.token.get();
+        let object = claim.key.as_str();
+        let result = match self.holding(object, term) {
+            Some(holding) => {
+                let record = record_of(&holding, term, false, unix_ms());
+                match self.write(object, &record, claim.version).await? {
+                    Write::Done(g) => Ok(Claim {
+                        version: g,
+                        ..claim.clone()
+                    }),
+                    Write::Conflict => self.renew_slow(claim).await,
+                }
+            }
+            None => self.renew_slow(claim).await,
+        };
+        if matches!(result, Err(Error::Lost(_))) {
+            self.forget(object, term);
+        }
+        result
+    }
+
+    /// Write the record back as released, keeping the term, under the
+    /// claim's generation. A record of another term, a released one or no
+    /// object means there is nothing left to release.
+    async fn release(&self, claim: &Claim) -> Result<()> {
+        let term = claim.token.get();
+        let object = claim.key.as_str();
+        if let Some(holding) = self.holding(object, term) {
+            let record = record_of(&holding, term, true, unix_ms());
+            if let Write::Done(_) = self.write(object, &record, claim.version).await? {
+                self.forget(object, term);
+                return Ok(());
+            }
+        }
+        for _ in 0..RELEASE_ATTEMPTS {
+            let Some((record, generation)) = self.read(object).await? else {
+                break;
+            };
+            if record.term != term || record.released {
+                break;
+            }
+            let released = Record {
+                released: true,
+                renewed_at_ms: unix_ms(),
+                ..record
+            };
+            if let Write::Done(_) = self.write(object, &released, generation).await? {
+                break;
+            }
+        }
+        self.forget(object, term);
+        Ok(())
+    }
+
+    /// One read. A record whose holder stopped renewing still names it
+    /// until a candidate takes over: Cloud Storage does not expire records.
+    async fn leader(&self, election: &str) -> Result<Option<LeaderInfo>> {
+        let object = self.object_name(election);
+        Ok(self
+            .read(&object)
+            .await?
+            .and_then(|(record, _)| record.leader()))
+    }
+
+    async fn wait(&self, _election: &str, _claim: Option<&Claim>, _revision: i64) -> Result<()> {
+        Err(Error::NotSupported {
+            operation: "wait",
+            backend: NAME,
+        })
+    }
+
+    async fn watch(&self, _election: &str) -> Result<Box<dyn LeaderWatch>> {
+        Err(Error::NotSupported {
+            operation: "watch",
+            backend: NAME,
+        })
+    }
+}
+
+fn record_of(holding: &Holding, term: u64, released: bool, now: u64) -> Record {
+    Record {
+        holder: holding.holder.clone(),
+        value: holding.value.clone(),
+        term,
+        ttl: holding.ttl,
+        released,
+        acquired_at_ms: holding.acquired_at_ms,
+        renewed_at_ms: now,
+    }
+}

@@ -1,0 +1,527 @@
+//! The Cloud Storage backend against the fake-gcs-server emulator.
+//!
+//! Every test starts its own emulator (in memory, a free loopback port) and
+//! first runs the precondition canary: if the emulator stopped enforcing
+//! `ifGenerationMatch`, every compare-and-swap test below would pass
+//! vacuously, so the canary fails loudly instead.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use leasehold_core::conformance::{self, Subject};
+use leasehold_core::{
+    AcquireOutcome, AcquireRequest, Attempt, Backend, ElectionOptions, Elector, Error,
+    FencingToken, LossReason,
+};
+use leasehold_gcs::GcsBackend;
+use leasehold_gcs::google_cloud_storage::client::Storage;
+use leasehold_integration_tests::{FakeGcs, Proxy, unique_name};
+use tokio::time::{Instant, sleep, timeout};
+
+/// The shortest ttl the backend allows: renew every ttl/3 = 1 s, Cloud
+/// Storage's one write per second per object.
+const TTL: Duration = Duration::from_secs(3);
+/// Time on top of ttl + one poll for a takeover (slow CI machines).
+const SLACK: Duration = Duration::from_secs(3);
+/// Bound on any single wait in these tests.
+const LONG: Duration = Duration::from_secs(60);
+/// The object name prefix of these tests.
+const PREFIX: &str = "leasehold-it";
+
+/// Start an emulator and prove that it enforces generation preconditions.
+async fn emulator() -> FakeGcs {
+    let gcs = FakeGcs::start()
+        .await
+        .unwrap_or_else(|e| panic!("cannot start fake-gcs-server: {e}"));
+    canary(&gcs).await;
+    gcs
+}
+
+async fn backend_at(endpoint: &str) -> GcsBackend {
+    GcsBackend::builder()
+        .bucket(leasehold_integration_tests::FAKE_GCS_BUCKET)
+        .prefix(PREFIX)
+        .endpoint(endpoint)
+        .anonymous()
+        .ignore_environment()
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("cannot build a gcs backend for {endpoint}: {e}"))
+}
+
+async fn client(gcs: &FakeGcs) -> Arc<dyn Backend> {
+    Arc::new(backend_at(&gcs.endpoint()).await)
+}
+
+fn options(election: &str, candidate: &str) -> ElectionOptions {
+    ElectionOptions::new(election, candidate).with_ttl(TTL)
+}
+
+fn request(election: &str, candidate: &str, expired_revision: Option<i64>) -> AcquireRequest {
+    AcquireRequest {
+        election: election.to_owned(),
+        candidate: candidate.to_owned(),
+        value: candidate.as_bytes().to_vec(),
+        ttl: TTL,
+        claim: None,
+        expired_revision,
+    }
+}
+
+fn bucket_path() -> String {
+    format!(
+        "projects/_/buckets/{}",
+        leasehold_integration_tests::FAKE_GCS_BUCKET
+    )
+}
+
+/// Write `body` with the precondition `generation`; `Ok(Some(new))`,
+/// `Ok(None)` on 412, `Err` on anything else.
+async fn raw_write(
+    storage: &Storage,
+    object: &str,
+    body: &'static str,
+    generation: i64,
+) -> Result<Option<i64>, String> {
+    match storage
+        .write_object(bucket_path(), object, body)
+        .set_if_generation_match(generation)
+        .with_idempotency(false)
+        .send_buffered()
+        .await
+    {
+        Ok(o) => Ok(Some(o.generation)),
+        Err(e) if e.http_status_code() == Some(412) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn raw_read(storage: &Storage, object: &str) -> Vec<u8> {
+    let mut resp = storage
+        .read_object(bucket_path(), object)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("reading {object}: {e}"));
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.next().await {
+        body.extend_from_slice(&chunk.unwrap_or_else(|e| panic!("reading {object}: {e}")));
+    }
+    body
+}
+
+const NOT_ENFORCED: &str = "the emulator does not enforce ifGenerationMatch preconditions: every compare-and-swap test of the gcs backend would pass vacuously; use fake-gcs-server 1.54 (bash scripts/setup)";
+
+/// A stale-generation write must be rejected with 412.
+async fn canary(gcs: &FakeGcs) {
+    let backend = backend_at(&gcs.endpoint()).await;
+    let storage = backend.client();
+    let object = unique_name("canary");
+    let g1 = raw_write(storage, &object, "one", 0)
+        .await
+        .unwrap_or_else(|e| panic!("canary: creating {object} failed: {e}"))
+        .unwrap_or_else(|| {
+            panic!("canary: creating a new object with ifGenerationMatch=0 was refused")
+        });
+    let again = raw_write(storage, &object, "again", 0)
+        .await
+        .unwrap_or_else(|e| panic!("canary: {e}"));
+    assert_eq!(
+        again, None,
+        "{NOT_ENFORCED} (a create over an existing object succeeded)"
+    );
+    let g2 = raw_write(storage, &object, "two", g1)
+        .await
+        .unwrap_or_else(|e| panic!("canary: {e}"))
+        .unwrap_or_else(|| panic!("canary: a write with the current generation was refused"));
+    assert_ne!(g1, g2, "canary: the generation did not change on a write");
+    let stale = raw_write(storage, &object, "stale", g1)
+        .await
+        .unwrap_or_else(|e| panic!("canary: {e}"));
+    assert_eq!(
+        stale, None,
+        "{NOT_ENFORCED} (a write with a stale generation succeeded)"
+    );
+    assert_eq!(raw_read(storage, &object).await, b"two", "{NOT_ENFORCED}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn canary_stale_generation_write_is_rejected() {
+    let gcs = FakeGcs::start()
+        .await
+        .unwrap_or_else(|e| panic!("cannot start fake-gcs-server: {e}"));
+    canary(&gcs).await;
+}
+
+struct GcsSubject {
+    gcs: FakeGcs,
+}
+
+// `Subject` is an `async_trait`; this is the form the macro expands to, so
+// that the tests need no extra dependency.
+impl Subject for GcsSubject {
+    fn client<'a, 'b>(&'a self) -> Pin<Box<dyn Future<Output = Arc<dyn Backend>> + Send + 'b>>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(client(&self.gcs))
+    }
+
+    fn options(&self, election: &str, candidate: &str) -> ElectionOptions {
+        options(election, candidate)
+    }
+
+    fn slack(&self) -> Duration {
+        SLACK
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_suite() {
+    let subject = GcsSubject {
+        gcs: emulator().await,
+    };
+    conformance::run_all(&subject).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn handover_on_unlock() {
+    let gcs = emulator().await;
+    let election = unique_name("handover");
+    let a = Elector::new(client(&gcs).await, options(&election, "alpha")).unwrap();
+    let b = Elector::new(client(&gcs).await, options(&election, "beta")).unwrap();
+    let la = timeout(LONG, a.lock()).await.unwrap().unwrap();
+    let poll = b.options().retry_interval;
+    let waiting = tokio::spawn(async move {
+        let l = timeout(LONG, b.lock()).await.unwrap().unwrap();
+        (Instant::now(), l)
+    });
+    // Let beta poll a few times and see alpha leading.
+    sleep(poll * 3).await;
+    assert!(
+        !waiting.is_finished(),
+        "beta led while alpha held the lease"
+    );
+    let token_a = la.fencing_token();
+    let unlocked = Instant::now();
+    la.unlock().await.unwrap();
+    let (won, lb) = waiting.await.unwrap();
+    let handover = won - unlocked;
+    // A released record is taken at the next poll: well before a ttl.
+    assert!(
+        handover < poll * 2 + SLACK,
+        "handover took {handover:?} (poll interval {poll:?})"
+    );
+    assert!(lb.fencing_token() > token_a);
+    assert_eq!(lb.leader().id, "beta");
+    lb.unlock().await.unwrap();
+}
+
+/// A holder that stops renewing (a crash: no release) is replaced no earlier
+/// than ttl after its last renewal was written, and no later than ttl + one
+/// poll + slack after that renewal was seen to succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn takeover_after_leader_vanishes() {
+    let gcs = emulator().await;
+    let election = unique_name("vanish");
+    let ghost = client(&gcs).await;
+    let mut claim = match ghost.try_acquire(&request(&election, "ghost", None)).await {
+        Ok(AcquireOutcome::Acquired(c)) => c,
+        other => panic!("a free election was not won: {other:?}"),
+    };
+    let b = Elector::new(client(&gcs).await, options(&election, "beta")).unwrap();
+    let poll = b.options().retry_interval;
+    let follower = tokio::spawn(async move {
+        let l = timeout(LONG, b.lock()).await.unwrap().unwrap();
+        (Instant::now(), l)
+    });
+    // The ghost renews twice, a second apart, then vanishes.
+    let mut last_sent = Instant::now();
+    let mut last_seen = Instant::now();
+    for _ in 0..2 {
+        sleep(Duration::from_secs(1)).await;
+        last_sent = Instant::now();
+        claim = ghost.renew(&claim).await.unwrap();
+        last_seen = Instant::now();
+    }
+    assert!(
+        !follower.is_finished(),
+        "beta took over a lease that was being renewed"
+    );
+    let (won, l) = follower.await.unwrap();
+    assert!(
+        won >= last_sent + TTL,
+        "UNSAFE: beta took over {:?} after the ghost's last renewal was sent, less than the ttl {TTL:?}",
+        won - last_sent
+    );
+    let bound = TTL + poll + SLACK;
+    assert!(
+        won - last_seen <= bound,
+        "takeover came {:?} after the last renewal, more than ttl + poll + slack = {bound:?}",
+        won - last_seen
+    );
+    assert!(l.fencing_token() > claim.token);
+    // The ghost's claim is gone for good.
+    assert!(matches!(ghost.renew(&claim).await, Err(Error::Lost(_))));
+    ghost.release(&claim).await.unwrap();
+    assert_eq!(
+        l.leader().id,
+        ghost_leader_id(&ghost, &election).await,
+        "the ghost's stale release removed the new leader"
+    );
+    l.unlock().await.unwrap();
+}
+
+async fn ghost_leader_id(backend: &Arc<dyn Backend>, election: &str) -> String {
+    backend
+        .leader(election)
+        .await
+        .unwrap()
+        .map(|l| l.id)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_strictly_increase_across_takeovers_and_releases() {
+    let gcs = emulator().await;
+    let election = unique_name("tokens");
+    let a = client(&gcs).await;
+    let b = client(&gcs).await;
+    let mut last = FencingToken(0);
+    let mut expired = None;
+    for round in 0..6 {
+        let me = if round % 2 == 0 { &a } else { &b };
+        let claim = match me.try_acquire(&request(&election, "x", expired)).await {
+            Ok(AcquireOutcome::Acquired(c)) => c,
+            other => panic!("round {round}: not acquired: {other:?}"),
+        };
+        assert!(
+            claim.token > last,
+            "round {round}: {} after {last}",
+            claim.token
+        );
+        last = claim.token;
+        let claim = me.renew(&claim).await.unwrap();
+        if round % 3 == 2 {
+            // End the term by takeover (as after an observed expiry) ...
+            expired = Some(claim.version);
+        } else {
+            // ... or by release.
+            me.release(&claim).await.unwrap();
+            expired = None;
+        }
+    }
+}
+
+/// A leader cut off from the store by the proxy reports its loss on its own
+/// clock before a follower can take over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partitioned_leader_steps_down_before_takeover() {
+    let gcs = emulator().await;
+    let proxy = Proxy::start(gcs.addr()).await;
+    let election = unique_name("partition");
+    let mut cut_options = options(&election, "cut");
+    // Keep the client's own timeouts short so the engine sees failures.
+    cut_options.request_timeout = Duration::from_millis(800);
+    let cut_backend = GcsBackend::builder()
+        .bucket(gcs.bucket())
+        .prefix(PREFIX)
+        .endpoint(format!("http://{}", proxy.addr()))
+        .anonymous()
+        .ignore_environment()
+        .retry_time_limit(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap();
+    let a = Elector::new(Arc::new(cut_backend), cut_options).unwrap();
+    let la = timeout(LONG, a.lock()).await.unwrap().unwrap();
+    let b = Elector::new(client(&gcs).await, options(&election, "beta")).unwrap();
+    let follower = tokio::spawn(async move {
+        let l = timeout(LONG, b.lock()).await.unwrap().unwrap();
+        (Instant::now(), l)
+    });
+    sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !la.is_lost(),
+        "alpha lost its lease before the partition: {:?}",
+        la.loss_reason()
+    );
+    proxy.blackhole();
+    proxy.reset_all();
+    let cut_at = Instant::now();
+    let reason = timeout(LONG, la.lost())
+        .await
+        .expect("alpha never noticed the partition");
+    let lost_at = Instant::now();
+    assert!(
+        matches!(reason, LossReason::Unreachable { .. }),
+        "alpha should lose for unreachability, got {reason}"
+    );
+    assert!(
+        lost_at - cut_at <= TTL + SLACK,
+        "alpha took {:?} to step down",
+        lost_at - cut_at
+    );
+    let (won_at, lb) = follower.await.unwrap();
+    assert!(
+        lost_at < won_at,
+        "UNSAFE: beta led {:?} before alpha stepped down",
+        lost_at - won_at
+    );
+    assert!(lb.fencing_token() > la.fencing_token());
+    proxy.heal();
+    lb.unlock().await.unwrap();
+}
+
+/// Ten candidates race for a free election, term after term: exactly one
+/// wins each term, with the next token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_candidates_one_winner_per_term() {
+    let gcs = emulator().await;
+    let election = unique_name("race");
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(client(&gcs).await);
+    }
+    let mut last = FencingToken(0);
+    for term in 0..5 {
+        let mut set = tokio::task::JoinSet::new();
+        for (i, c) in clients.iter().enumerate() {
+            let c = c.clone();
+            let req = request(&election, &format!("c{i}"), None);
+            set.spawn(async move { c.try_acquire(&req).await.map(|o| (i, o)) });
+        }
+        let mut winners = Vec::new();
+        while let Some(joined) = set.join_next().await {
+            match joined.unwrap() {
+                Ok((i, AcquireOutcome::Acquired(claim))) => winners.push((i, claim)),
+                Ok((_, AcquireOutcome::Held { queued, .. })) => assert_eq!(queued, None),
+                Err(e) => panic!("term {term}: try_acquire failed: {e}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "term {term}: winners {winners:?}");
+        let (i, claim) = winners.pop().unwrap();
+        assert_eq!(claim.token, FencingToken(last.get() + 1), "term {term}");
+        last = claim.token;
+        let leader = clients[0].leader(&election).await.unwrap().unwrap();
+        assert_eq!((leader.id, leader.token), (format!("c{i}"), claim.token));
+        clients[i].release(&claim).await.unwrap();
+    }
+}
+
+/// An object at the lease path that is not a lease record is reported,
+/// naming the object, and never overwritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn foreign_object_is_a_clear_error_and_left_alone() {
+    let gcs = emulator().await;
+    let backend = backend_at(&gcs.endpoint()).await;
+    for (i, body) in ["hello world", "{\"some\":\"json\"}", ""]
+        .into_iter()
+        .enumerate()
+    {
+        let election = unique_name(&format!("foreign{i}"));
+        let object = backend.object_name(&election);
+        raw_write(backend.client(), &object, body, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        let shared: Arc<dyn Backend> = Arc::new(backend_at(&gcs.endpoint()).await);
+        let e = Elector::new(shared.clone(), options(&election, "alpha")).unwrap();
+        for result in [
+            e.try_lock().await.map(|a| matches!(a, Attempt::Leader(_))),
+            shared.leader(&election).await.map(|l| l.is_some()),
+            shared
+                .try_acquire(&request(&election, "x", Some(1)))
+                .await
+                .map(|o| matches!(o, AcquireOutcome::Acquired(_))),
+        ] {
+            match result {
+                Err(Error::InvalidRecord { path, message, .. }) => {
+                    assert!(path.ends_with(&object), "{path} does not name {object}");
+                    assert!(!message.is_empty());
+                }
+                other => panic!("{body:?} at {object}: expected InvalidRecord, got {other:?}"),
+            }
+        }
+        assert_eq!(
+            raw_read(backend.client(), &object).await,
+            body.as_bytes(),
+            "the foreign object was overwritten"
+        );
+    }
+}
+
+/// A renewal whose answer was lost (the caller still has the old
+/// generation) is recognised as this term's, and so is a claim renewed
+/// through another client; a released claim cannot be renewed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn renew_recovers_from_a_lost_answer() {
+    let gcs = emulator().await;
+    let election = unique_name("lost-answer");
+    let a = client(&gcs).await;
+    let first = match a.try_acquire(&request(&election, "alpha", None)).await {
+        Ok(AcquireOutcome::Acquired(c)) => c,
+        other => panic!("{other:?}"),
+    };
+    let second = a.renew(&first).await.unwrap();
+    assert_ne!(first.version, second.version);
+    // Renew with the stale claim, as after a dropped renew call.
+    let third = a.renew(&first).await.unwrap();
+    assert_eq!(third.token, first.token);
+    // Another client (no cached holding) renews it too.
+    let other = client(&gcs).await;
+    let fourth = other.renew(&third).await.unwrap();
+    let info = other.leader(&election).await.unwrap().unwrap();
+    assert_eq!(
+        (info.id.as_str(), info.value.as_slice()),
+        ("alpha", &b"alpha"[..])
+    );
+    a.release(&fourth).await.unwrap();
+    assert!(matches!(a.renew(&fourth).await, Err(Error::Lost(_))));
+    assert_eq!(a.leader(&election).await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn options_below_the_write_rate_are_refused() {
+    let gcs = emulator().await;
+    let err = Elector::new(
+        client(&gcs).await,
+        ElectionOptions::new("e", "c").with_ttl(Duration::from_secs(2)),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::InvalidOption {
+                field: "renew_interval",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("one write per second"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn missing_bucket_is_a_configuration_error() {
+    let gcs = emulator().await;
+    let backend = GcsBackend::builder()
+        .bucket("no-such-bucket")
+        .endpoint(gcs.endpoint())
+        .anonymous()
+        .ignore_environment()
+        .build()
+        .await
+        .unwrap();
+    match backend.leader("e").await {
+        // The emulator answers 404 for the object of a missing bucket too.
+        Ok(None) | Err(Error::Config(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    match backend.try_acquire(&request("e", "c", None)).await {
+        Err(Error::Config(m)) => assert!(m.contains("no-such-bucket"), "{m}"),
+        other => panic!("expected a configuration error naming the bucket, got {other:?}"),
+    }
+}
