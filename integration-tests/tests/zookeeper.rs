@@ -629,7 +629,7 @@ async fn a_hundred_candidates_hand_over_one_by_one_without_a_herd() {
     let overlaps = Arc::new(AtomicUsize::new(0));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut tasks = Vec::new();
-    for e in electors.iter().cloned() {
+    for e in electors {
         let (current, overlaps, tx) = (current.clone(), overlaps.clone(), tx.clone());
         tasks.push(tokio::spawn(async move {
             let l = e.lock().await.expect("lock");
