@@ -1,1 +1,54 @@
-//! The etcd backend of leasehold (under construction: not yet usable).
+//! # leasehold-etcd
+//!
+//! The etcd backend of leasehold: leader election and distributed locks with
+//! fencing tokens over etcd v3 (KV, lease and watch APIs), fair and
+//! watch-based like etcd's own Go `concurrency` package.
+//!
+//! ```no_run
+//! # async fn demo() -> leasehold_core::Result<()> {
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use leasehold_core::{ElectionOptions, Elector};
+//! use leasehold_etcd::EtcdBackend;
+//!
+//! let backend = EtcdBackend::builder()
+//!     .endpoints(["http://127.0.0.1:2379"])
+//!     .connect()
+//!     .await?;
+//! let options = ElectionOptions::new("orders-worker", "node-1").with_ttl(Duration::from_secs(10));
+//! let elector = Elector::new(Arc::new(backend), options)?;
+//! let leadership = elector.lock().await?;
+//! println!("leading with fencing token {}", leadership.fencing_token());
+//! # Ok(()) }
+//! ```
+//!
+//! ## How it works
+//!
+//! * **Keys.** Each candidate grants a lease of the election's ttl and owns
+//!   one key `<prefix>/<election>/<lease id, 16 hex digits>` attached to it,
+//!   created by a transaction that compares `create_revision == 0`. The
+//!   election name is escaped (`%` → `%25`, `/` → `%2F`) so that elections
+//!   never share a range. The value is JSON:
+//!   `{"v":1,"id":"<candidate id>","value":"<leader value, base64>"}`.
+//! * **Leader and token.** The key with the lowest create revision leads;
+//!   the fencing token is that create revision. etcd's revision only grows,
+//!   so every later term has a greater token.
+//! * **Queue.** A waiting candidate watches only its predecessor (greatest
+//!   create revision below its own) for deletion: one watch event per
+//!   handover, whatever the queue length.
+//! * **Lease.** etcd leases are whole seconds of at least 2: a ttl below 2 s
+//!   is refused, a fractional ttl is rounded up (the server then expires a
+//!   little after the engine's own deadline, never before). Renewal is one
+//!   message on the lease's keep-alive stream (kept open between renewals,
+//!   reopened after an error) plus a read of the own key; a lease etcd no
+//!   longer knows, or a missing key, is [`Error::Lost`](leasehold_core::Error::Lost).
+//! * **Release.** Deletes the own key (conditional on its create revision)
+//!   and revokes the lease, so the successor's watch fires at once.
+
+mod backend;
+mod builder;
+mod error;
+mod layout;
+
+pub use backend::{EtcdBackend, EtcdStats, MIN_TTL_SECS, lease_ttl_secs};
+pub use builder::{DEFAULT_PREFIX, EtcdBuilder};

@@ -1,0 +1,784 @@
+//! The etcd [`Backend`]: a fair queue of candidate keys, one per lease.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, GetOptions, KeyValue, LeaseKeepAliveStream, LeaseKeeper,
+    PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
+    WatchStream,
+};
+use leasehold_core::{
+    AcquireOutcome, AcquireRequest, Backend, Capabilities, Claim, ElectionOptions, Error,
+    FencingToken, LeaderInfo, LeaderWatch, Result,
+};
+
+use crate::error::{BACKEND, bounded, map, unavailable};
+use crate::layout::{candidate_key, decode, election_prefix, encode};
+
+/// etcd's smallest lease ttl, in seconds.
+pub const MIN_TTL_SECS: u64 = 2;
+
+/// The lease ttl in whole seconds for an election ttl: etcd leases are whole
+/// seconds, so a fractional ttl is rounded **up** (the server then expires
+/// the lease a little after the engine's own deadline, never before).
+///
+/// # Errors
+/// [`Error::InvalidOption`] for a ttl below [`MIN_TTL_SECS`].
+pub fn lease_ttl_secs(ttl: Duration) -> Result<i64> {
+    if ttl < Duration::from_secs(MIN_TTL_SECS) {
+        return Err(Error::invalid_option(
+            "ttl",
+            format!(
+                "ttl {ttl:?} is below etcd's minimum lease ttl of {MIN_TTL_SECS}s; use with_ttl(Duration::from_secs(2)) or more"
+            ),
+        ));
+    }
+    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    i64::try_from(secs).map_err(|_| {
+        Error::invalid_option("ttl", format!("ttl {ttl:?} is too large for an etcd lease"))
+    })
+}
+
+/// Counters of what this backend asked of etcd, for tests and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EtcdStats {
+    /// Unary requests sent (grant, txn, get, revoke) and streams opened
+    /// (keep-alive, watch).
+    pub requests: u64,
+    /// Keep-alive messages sent on open keep-alive streams.
+    pub keep_alives: u64,
+    /// Watch streams opened (by [`Backend::wait`] and [`Backend::watch`]).
+    pub watches_opened: u64,
+    /// Watch events received (by [`Backend::wait`] and [`Backend::watch`]).
+    pub watch_events: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    keep_alives: AtomicU64,
+    watches_opened: AtomicU64,
+    watch_events: AtomicU64,
+}
+
+impl Counters {
+    fn request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+    fn watch_opened(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.watches_opened.fetch_add(1, Ordering::Relaxed);
+    }
+    fn events(&self, n: usize) {
+        self.watch_events.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// An open keep-alive stream of one lease.
+struct Keeper {
+    keeper: LeaseKeeper,
+    stream: LeaseKeepAliveStream,
+}
+
+type KeeperSlot = Arc<tokio::sync::Mutex<Option<Keeper>>>;
+
+pub(crate) struct Inner {
+    pub(crate) client: Client,
+    pub(crate) prefix: String,
+    pub(crate) request_timeout: Duration,
+    pub(crate) endpoints: Vec<String>,
+    keepers: StdMutex<HashMap<i64, KeeperSlot>>,
+    counters: Counters,
+}
+
+/// The etcd backend: leader election and locks over etcd's KV, lease and
+/// watch APIs, in the style of etcd's Go `concurrency` package.
+///
+/// * Each candidate grants a lease of the election ttl and creates one key
+///   `<prefix>/<election>/<lease id in hex>` attached to it (a transaction
+///   comparing `create_revision == 0`). The key holds the candidate id and
+///   its leader value (JSON, value in base64).
+/// * The key with the lowest create revision leads; its create revision is
+///   the fencing token (strictly increasing across terms: etcd's revision
+///   only grows).
+/// * A waiting candidate watches only its predecessor (the greatest create
+///   revision below its own) until that key is deleted: no thundering herd.
+/// * Renewal sends one message on a keep-alive stream per lease (opened on
+///   the first renewal, reopened after errors) and checks that the own key
+///   still exists; the engine drives it, this backend runs no timer.
+/// * Release deletes the own key (conditional on its create revision) and
+///   revokes the lease, so the successor's watch fires at once.
+///
+/// Build one with [`EtcdBackend::builder`]. Cloning is cheap and shares the
+/// connection.
+#[derive(Clone)]
+pub struct EtcdBackend {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for EtcdBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdBackend")
+            .field("endpoints", &self.inner.endpoints)
+            .field("prefix", &self.inner.prefix)
+            .field("request_timeout", &self.inner.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdBackend {
+    /// A builder for the connection: endpoints, key prefix, timeouts, auth, TLS.
+    pub fn builder() -> crate::EtcdBuilder {
+        crate::EtcdBuilder::new()
+    }
+
+    pub(crate) fn from_parts(
+        client: Client,
+        prefix: String,
+        request_timeout: Duration,
+        endpoints: Vec<String>,
+    ) -> Self {
+        EtcdBackend {
+            inner: Arc::new(Inner {
+                client,
+                prefix,
+                request_timeout,
+                endpoints,
+                keepers: StdMutex::new(HashMap::new()),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// The key prefix (namespace) all keys of this backend live under.
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// The range (`<prefix>/<escaped election>/`) holding the candidate keys
+    /// of `election`; handy for `etcdctl get --prefix`.
+    pub fn election_prefix(&self, election: &str) -> String {
+        election_prefix(&self.inner.prefix, election)
+    }
+
+    /// What this backend has asked of etcd so far.
+    pub fn stats(&self) -> EtcdStats {
+        let c = &self.inner.counters;
+        EtcdStats {
+            requests: c.requests.load(Ordering::Relaxed),
+            keep_alives: c.keep_alives.load(Ordering::Relaxed),
+            watches_opened: c.watches_opened.load(Ordering::Relaxed),
+            watch_events: c.watch_events.load(Ordering::Relaxed),
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        self.inner.request_timeout
+    }
+
+    /// The key a claim must have to be one of this backend's claims of its election.
+    fn own_key(&self, claim: &Claim) -> String {
+        candidate_key(&self.inner.prefix, &claim.election, claim.session)
+    }
+
+    fn token_of(claim: &Claim) -> i64 {
+        i64::try_from(claim.token.get()).unwrap_or(i64::MAX)
+    }
+
+    /// Options reading the first key (lowest create revision) of a range.
+    fn first_by_create() -> GetOptions {
+        GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Create, SortOrder::Ascend)
+            .with_limit(1)
+    }
+
+    /// Builds the outcome from the first key of the election range.
+    fn outcome(claim: Claim, first: Option<&KeyValue>, revision: i64) -> AcquireOutcome {
+        match first {
+            Some(kv) if kv.create_revision() == Self::token_of(&claim) => {
+                AcquireOutcome::Acquired(Claim {
+                    version: kv.mod_revision(),
+                    ..claim
+                })
+            }
+            first => {
+                let leader = first.and_then(|kv| {
+                    decode(kv.key(), kv.value(), kv.create_revision())
+                        .map_err(|e| tracing::warn!(error = %e, "unreadable leader record"))
+                        .ok()
+                });
+                AcquireOutcome::Held {
+                    leader,
+                    queued: Some(claim),
+                    revision,
+                }
+            }
+        }
+    }
+
+    /// First campaign step: a new lease and a new key, then who leads.
+    async fn campaign(&self, req: &AcquireRequest) -> Result<AcquireOutcome> {
+        let ttl = lease_ttl_secs(req.ttl)?;
+        let t = self.timeout();
+        let mut lease_client = self.inner.client.lease_client();
+        self.inner.counters.request();
+        let grant = bounded("grant lease", t, lease_client.grant(ttl, None)).await?;
+        let lease = grant.id();
+        // From here on, a failure or a dropped future revokes the lease.
+        let mut guard = RevokeOnDrop::new(self.inner.client.clone(), lease, t);
+
+        let range = election_prefix(&self.inner.prefix, &req.election);
+        let key = candidate_key(&self.inner.prefix, &req.election, lease);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([
+                TxnOp::put(
+                    key.clone(),
+                    encode(&req.candidate, &req.value),
+                    Some(PutOptions::new().with_lease(lease)),
+                ),
+                TxnOp::get(range, Some(Self::first_by_create())),
+            ]);
+        let mut kv = self.inner.client.kv_client();
+        self.inner.counters.request();
+        let resp = bounded("create candidate key", t, kv.txn(txn)).await?;
+        if !resp.succeeded() {
+            return Err(Error::Backend {
+                backend: BACKEND,
+                message: format!(
+                    "candidate key {key} already exists for a fresh lease {lease:x}; is another program writing under the prefix {:?}?",
+                    self.inner.prefix
+                ),
+            });
+        }
+        let revision = header_revision(resp.header(), "create candidate key")?;
+        let first = first_kv(&resp.op_responses());
+        let claim = Claim {
+            election: req.election.clone(),
+            key,
+            session: lease,
+            token: FencingToken(u64::try_from(revision).unwrap_or(0)),
+            version: revision,
+        };
+        guard.disarm();
+        Ok(Self::outcome(claim, first.as_ref(), revision))
+    }
+
+    /// Later campaign steps: the claim must still exist; then who leads.
+    async fn recheck(&self, req: &AcquireRequest, claim: &Claim) -> Result<AcquireOutcome> {
+        let key = self.own_key(claim);
+        if claim.key != key || claim.election != req.election {
+            return Err(Error::Lost(format!(
+                "claim {:?} is not an etcd claim of election {:?} under prefix {:?}; campaign again",
+                claim.key, req.election, self.inner.prefix
+            )));
+        }
+        let range = election_prefix(&self.inner.prefix, &claim.election);
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                Self::token_of(claim),
+            )])
+            .and_then([TxnOp::get(range, Some(Self::first_by_create()))]);
+        let mut kv = self.inner.client.kv_client();
+        self.inner.counters.request();
+        let resp = bounded("check candidate key", self.timeout(), kv.txn(txn)).await?;
+        if !resp.succeeded() {
+            self.forget_keeper(claim.session);
+            return Err(gone(claim));
+        }
+        let revision = header_revision(resp.header(), "check candidate key")?;
+        let first = first_kv(&resp.op_responses());
+        Ok(Self::outcome(claim.clone(), first.as_ref(), revision))
+    }
+
+    fn keeper_slot(&self, lease: i64) -> KeeperSlot {
+        let mut map = self
+            .inner
+            .keepers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        map.entry(lease).or_default().clone()
+    }
+
+    fn forget_keeper(&self, lease: i64) {
+        let mut map = self
+            .inner
+            .keepers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        map.remove(&lease);
+    }
+
+    /// One keep-alive of `lease`: on the open stream, or on a new one when
+    /// there is none or the open one fails. Returns the lease's new ttl.
+    async fn keep_alive(&self, lease: i64) -> Result<i64> {
+        let slot = self.keeper_slot(lease);
+        let mut held = slot.lock().await;
+        // Taken out and put back only after a full exchange: a call dropped
+        // half way closes the stream, so no later call can mistake the reply
+        // to an older request for its own.
+        if let Some(mut k) = held.take() {
+            self.inner
+                .counters
+                .keep_alives
+                .fetch_add(1, Ordering::Relaxed);
+            if k.keeper.keep_alive().await.is_ok() {
+                match k.stream.message().await {
+                    Ok(Some(resp)) if resp.ttl() > 0 => {
+                        *held = Some(k);
+                        return Ok(resp.ttl());
+                    }
+                    Ok(Some(_)) => {
+                        drop(held);
+                        self.forget_keeper(lease);
+                        return Err(lease_gone(lease));
+                    }
+                    // The stream broke: fall through and open a new one.
+                    Ok(None) | Err(_) => {}
+                }
+            }
+        }
+        let mut lease_client = self.inner.client.lease_client();
+        self.inner.counters.request();
+        match lease_client.keep_alive(lease).await {
+            Ok((keeper, stream)) => {
+                *held = Some(Keeper { keeper, stream });
+                // keep_alive() has read the first reply and checked its ttl.
+                Ok(1)
+            }
+            Err(e) => {
+                let e = map("open lease keep-alive stream", e);
+                if e.is_lost() {
+                    drop(held);
+                    self.forget_keeper(lease);
+                    return Err(lease_gone(lease));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Checks that the claim's key still exists with its create revision.
+    async fn check_key(&self, claim: &Claim) -> Result<i64> {
+        let mut kv = self.inner.client.kv_client();
+        self.inner.counters.request();
+        let resp = kv
+            .get(claim.key.as_str(), Some(GetOptions::new().with_keys_only()))
+            .await
+            .map_err(|e| map("read candidate key", e))?;
+        match resp.kvs().first() {
+            Some(kv) if kv.create_revision() == Self::token_of(claim) => Ok(kv.mod_revision()),
+            _ => Err(gone(claim)),
+        }
+    }
+
+    /// Waits for the deletion of the key just ahead of `claim`.
+    async fn wait_predecessor(&self, claim: &Claim) -> Result<()> {
+        let range = election_prefix(&self.inner.prefix, &claim.election);
+        let token = Self::token_of(claim);
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_keys_only()
+            .with_max_create_revision(token.saturating_sub(1))
+            .with_sort(SortTarget::Create, SortOrder::Descend)
+            .with_limit(1);
+        let mut kv = self.inner.client.kv_client();
+        self.inner.counters.request();
+        let resp = bounded(
+            "find predecessor",
+            self.timeout(),
+            kv.get(range, Some(options)),
+        )
+        .await?;
+        let Some(pred) = resp.kvs().first() else {
+            // Nobody ahead: the caller's next try_acquire finds out.
+            return Ok(());
+        };
+        let start = header_revision(resp.header(), "find predecessor")? + 1;
+        let options = WatchOptions::new()
+            .with_start_revision(start)
+            .with_filters([WatchFilterType::NoPut]);
+        let mut stream = self.open_watch(pred.key().to_vec(), options).await?;
+        loop {
+            let resp = stream
+                .message()
+                .await
+                .map_err(|e| map("watch predecessor", e))?
+                .ok_or_else(|| unavailable("watch predecessor: the stream was closed".into()))?;
+            self.inner.counters.events(resp.events().len());
+            if resp.canceled()
+                || resp
+                    .events()
+                    .iter()
+                    .any(|e| e.event_type() == EventType::Delete)
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Waits for any change in the election range after `revision`.
+    async fn wait_range(&self, election: &str, revision: i64) -> Result<()> {
+        let range = election_prefix(&self.inner.prefix, election);
+        let mut options = WatchOptions::new().with_prefix();
+        if revision > 0 {
+            options = options.with_start_revision(revision + 1);
+        }
+        let mut stream = self.open_watch(range.into_bytes(), options).await?;
+        loop {
+            let resp = stream
+                .message()
+                .await
+                .map_err(|e| map("watch election", e))?
+                .ok_or_else(|| unavailable("watch election: the stream was closed".into()))?;
+            self.inner.counters.events(resp.events().len());
+            if resp.canceled() || !resp.events().is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn open_watch(&self, key: Vec<u8>, options: WatchOptions) -> Result<WatchStream> {
+        let mut watch = self.inner.client.watch_client();
+        self.inner.counters.watch_opened();
+        bounded(
+            "open watch",
+            self.timeout(),
+            watch.watch(key, Some(options)),
+        )
+        .await
+    }
+}
+
+/// The error for a claim whose key no longer exists.
+fn gone(claim: &Claim) -> Error {
+    Error::Lost(format!(
+        "candidate key {} is gone (its lease {:x} expired or was revoked, or the key was deleted); campaign again with a new lease",
+        claim.key, claim.session
+    ))
+}
+
+fn lease_gone(lease: i64) -> Error {
+    Error::Lost(format!(
+        "etcd no longer knows lease {lease:x} (it expired or was revoked); campaign again with a new lease"
+    ))
+}
+
+fn header_revision(header: Option<&etcd_client::ResponseHeader>, operation: &str) -> Result<i64> {
+    header.map(|h| h.revision()).ok_or_else(|| Error::Backend {
+        backend: BACKEND,
+        message: format!("{operation}: etcd sent a response without a header"),
+    })
+}
+
+/// The first key of the first range read of a transaction's responses.
+fn first_kv(responses: &[TxnOpResponse]) -> Option<KeyValue> {
+    responses.iter().find_map(|r| match r {
+        TxnOpResponse::Get(get) => get.kvs().first().cloned(),
+        _ => None,
+    })
+}
+
+/// Revokes a freshly granted lease when the campaign step that granted it
+/// fails or is dropped, so that no orphan key waits in the queue for a ttl.
+/// The revoke is a single bounded request spawned on the current runtime.
+struct RevokeOnDrop {
+    armed: Option<(Client, i64)>,
+    timeout: Duration,
+}
+
+impl RevokeOnDrop {
+    fn new(client: Client, lease: i64, timeout: Duration) -> Self {
+        RevokeOnDrop {
+            armed: Some((client, lease)),
+            timeout,
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.armed = None;
+    }
+}
+
+impl Drop for RevokeOnDrop {
+    fn drop(&mut self) {
+        let Some((client, lease)) = self.armed.take() else {
+            return;
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let timeout = self.timeout;
+        handle.spawn(async move {
+            let mut lease_client = client.lease_client();
+            // Best effort: if it fails, the lease expires on its own after its ttl.
+            let _ = tokio::time::timeout(timeout, lease_client.revoke(lease)).await;
+        });
+    }
+}
+
+#[async_trait]
+impl Backend for EtcdBackend {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(true, true, true)
+    }
+
+    fn validate(&self, options: &ElectionOptions) -> Result<()> {
+        lease_ttl_secs(options.ttl).map(|_| ())
+    }
+
+    /// Cancel safe: a call dropped after its lease was granted revokes that
+    /// lease in the background (its key, if written, goes with it).
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<AcquireOutcome> {
+        match &req.claim {
+            None => self.campaign(req).await,
+            Some(claim) => self.recheck(req, claim).await,
+        }
+    }
+
+    /// Cancel safe: a call dropped half way closes its keep-alive stream; the
+    /// next call opens a new one.
+    async fn renew(&self, claim: &Claim) -> Result<Claim> {
+        if claim.key != self.own_key(claim) {
+            return Err(Error::Lost(format!(
+                "claim {:?} is not an etcd claim under prefix {:?}",
+                claim.key, self.inner.prefix
+            )));
+        }
+        let t = self.timeout();
+        let (alive, key) = tokio::join!(
+            tokio::time::timeout(t, self.keep_alive(claim.session)),
+            tokio::time::timeout(t, self.check_key(claim)),
+        );
+        let timed_out = |operation| Error::Timeout {
+            operation,
+            after: t,
+        };
+        let alive = alive.map_err(|_| timed_out("keep lease alive"));
+        let key = key.map_err(|_| timed_out("read candidate key"));
+        // "Lost" from either side wins over a transport error of the other.
+        match (alive.and_then(|r| r), key.and_then(|r| r)) {
+            (Ok(_), Ok(mod_revision)) => Ok(Claim {
+                version: mod_revision,
+                ..claim.clone()
+            }),
+            (Err(e), _) | (_, Err(e)) if e.is_lost() => {
+                self.forget_keeper(claim.session);
+                Err(e)
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        }
+    }
+
+    /// Cancel safe: dropped between the delete and the revoke, the lease
+    /// (holding no key any more) expires on its own.
+    async fn release(&self, claim: &Claim) -> Result<()> {
+        if claim.key != self.own_key(claim) {
+            // Not a key this backend would have written for this lease:
+            // touch nothing.
+            return Ok(());
+        }
+        self.forget_keeper(claim.session);
+        let t = self.timeout();
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                claim.key.as_str(),
+                CompareOp::Equal,
+                Self::token_of(claim),
+            )])
+            .and_then([TxnOp::delete(claim.key.as_str(), None)])
+            .or_else([TxnOp::get(
+                claim.key.as_str(),
+                Some(GetOptions::new().with_keys_only()),
+            )]);
+        let mut kv = self.inner.client.kv_client();
+        self.inner.counters.request();
+        let resp = bounded("delete candidate key", t, kv.txn(txn)).await?;
+        let ours = resp.succeeded() || first_kv(&resp.op_responses()).is_none();
+        if ours {
+            let mut lease_client = self.inner.client.lease_client();
+            self.inner.counters.request();
+            match bounded("revoke lease", t, lease_client.revoke(claim.session)).await {
+                Ok(_) => {}
+                // Already expired or revoked: nothing left to give up.
+                Err(e) if e.is_lost() => {}
+                // The key is gone already, which is what hands over; the
+                // lease expires on its own.
+                Err(e) => tracing::debug!(error = %e, "revoking a released lease failed"),
+            }
+        }
+        Ok(())
+    }
+
+    async fn leader(&self, election: &str) -> Result<Option<LeaderInfo>> {
+        let range = election_prefix(&self.inner.prefix, election);
+        let mut kv = self.inner.client.kv_client();
+        self.inner.counters.request();
+        let resp = bounded(
+            "read leader",
+            self.timeout(),
+            kv.get(range, Some(Self::first_by_create())),
+        )
+        .await?;
+        resp.kvs()
+            .first()
+            .map(|kv| decode(kv.key(), kv.value(), kv.create_revision()))
+            .transpose()
+    }
+
+    /// Cancel safe: the watch it opened is closed when the future is dropped.
+    async fn wait(&self, election: &str, claim: Option<&Claim>, revision: i64) -> Result<()> {
+        match claim {
+            Some(claim) => self.wait_predecessor(claim).await,
+            None => self.wait_range(election, revision).await,
+        }
+    }
+
+    async fn watch(&self, election: &str) -> Result<Box<dyn LeaderWatch>> {
+        let range = election_prefix(&self.inner.prefix, election);
+        let mut kv = self.inner.client.kv_client();
+        self.inner.counters.request();
+        let resp = bounded(
+            "read election",
+            self.timeout(),
+            kv.get(range.as_str(), Some(GetOptions::new().with_prefix())),
+        )
+        .await?;
+        let start = header_revision(resp.header(), "read election")? + 1;
+        let keys = resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let entry = Entry {
+                    create_revision: kv.create_revision(),
+                    value: kv.value().to_vec(),
+                };
+                (kv.key().to_vec(), entry)
+            })
+            .collect();
+        let options = WatchOptions::new().with_prefix().with_start_revision(start);
+        let stream = self.open_watch(range.into_bytes(), options).await?;
+        Ok(Box::new(EtcdLeaderWatch {
+            backend: self.clone(),
+            stream,
+            keys,
+            reported: None,
+        }))
+    }
+}
+
+/// One candidate key as a leader watch remembers it.
+struct Entry {
+    create_revision: i64,
+    value: Vec<u8>,
+}
+
+/// The leader of an election followed through one prefix watch: a local
+/// copy of the election's keys, updated by each event, no extra reads.
+struct EtcdLeaderWatch {
+    backend: EtcdBackend,
+    stream: WatchStream,
+    /// Candidate key -> its create revision and value.
+    keys: HashMap<Vec<u8>, Entry>,
+    /// The create revision of the leader last reported (`Some(None)`: no leader).
+    reported: Option<Option<i64>>,
+}
+
+impl EtcdLeaderWatch {
+    fn leader_entry(&self) -> Option<(&[u8], &Entry)> {
+        self.keys
+            .iter()
+            .min_by_key(|(_, e)| e.create_revision)
+            .map(|(k, e)| (k.as_slice(), e))
+    }
+
+    fn leader_revision(&self) -> Option<i64> {
+        self.leader_entry().map(|(_, e)| e.create_revision)
+    }
+
+    fn report(&mut self) -> Result<Option<LeaderInfo>> {
+        self.reported = Some(self.leader_revision());
+        self.leader_entry()
+            .map(|(key, e)| decode(key, &e.value, e.create_revision))
+            .transpose()
+    }
+}
+
+#[async_trait]
+impl LeaderWatch for EtcdLeaderWatch {
+    /// Cancel safe: events are applied only after a whole message arrived,
+    /// without awaiting in between.
+    async fn next(&mut self) -> Result<Option<LeaderInfo>> {
+        if self.reported.is_none() {
+            return self.report();
+        }
+        loop {
+            let resp = self
+                .stream
+                .message()
+                .await
+                .map_err(|e| map("watch election", e))?
+                .ok_or_else(|| unavailable("watch election: the stream was closed".into()))?;
+            if resp.canceled() {
+                return Err(Error::Backend {
+                    backend: BACKEND,
+                    message: format!(
+                        "watch election: etcd cancelled the watch ({}; compacted at {}); open a new watch",
+                        resp.cancel_reason(),
+                        resp.compact_revision()
+                    ),
+                });
+            }
+            self.backend.inner.counters.events(resp.events().len());
+            for event in resp.events() {
+                let Some(kv) = event.kv() else { continue };
+                match event.event_type() {
+                    EventType::Put => {
+                        self.keys.insert(
+                            kv.key().to_vec(),
+                            Entry {
+                                create_revision: kv.create_revision(),
+                                value: kv.value().to_vec(),
+                            },
+                        );
+                    }
+                    EventType::Delete => {
+                        self.keys.remove(kv.key());
+                    }
+                }
+            }
+            if self.reported != Some(self.leader_revision()) {
+                return self.report();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_is_whole_seconds_of_at_least_two() {
+        assert_eq!(lease_ttl_secs(Duration::from_secs(2)).unwrap(), 2);
+        assert_eq!(lease_ttl_secs(Duration::from_millis(2100)).unwrap(), 3);
+        let err = lease_ttl_secs(Duration::from_secs(1)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid option `ttl`: ttl 1s is below etcd's minimum lease ttl of 2s; use with_ttl(Duration::from_secs(2)) or more"
+        );
+    }
+}

@@ -1,0 +1,105 @@
+//! Mapping etcd-client errors into leasehold's error type, keeping etcd's message.
+
+use std::future::Future;
+use std::time::Duration;
+
+use leasehold_core::Error;
+use tonic::Code;
+
+pub(crate) const BACKEND: &str = "etcd";
+
+/// Maps an etcd-client error met while doing `operation`.
+pub(crate) fn map(operation: &str, e: etcd_client::Error) -> Error {
+    use etcd_client::Error as E;
+    let message = format!("{operation}: {e}");
+    match e {
+        E::GRpcStatus(status) => match status.code() {
+            Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Aborted
+            | Code::ResourceExhausted
+            | Code::Unknown => unavailable(message),
+            Code::PermissionDenied | Code::Unauthenticated => Error::PermissionDenied {
+                backend: BACKEND,
+                message,
+            },
+            Code::NotFound if status.message().contains("lease not found") => Error::Lost(message),
+            _ => Error::Backend {
+                backend: BACKEND,
+                message,
+            },
+        },
+        E::LeaseKeepAliveError(m) if m.contains("lease not found") => Error::Lost(message),
+        E::TransportError(_) | E::IoError(_) | E::WatchError(_) | E::LeaseKeepAliveError(_) => {
+            unavailable(message)
+        }
+        E::InvalidArgs(_) | E::InvalidUri(_) | E::EndpointError(_) => Error::Config(message),
+        _ => Error::Backend {
+            backend: BACKEND,
+            message,
+        },
+    }
+}
+
+/// An [`Error::Unavailable`] of this backend.
+pub(crate) fn unavailable(message: String) -> Error {
+    Error::Unavailable {
+        backend: BACKEND,
+        message,
+    }
+}
+
+/// Runs one store call bounded by `after`, mapping its error.
+pub(crate) async fn bounded<T>(
+    operation: &'static str,
+    after: Duration,
+    call: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(after, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(map(operation, e)),
+        Err(_) => Err(Error::Timeout { operation, after }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_map_to_kinds() {
+        let e = map(
+            "renew",
+            etcd_client::Error::GRpcStatus(tonic::Status::not_found(
+                "etcdserver: requested lease not found",
+            )),
+        );
+        assert!(e.is_lost(), "{e}");
+        assert!(e.to_string().contains("requested lease not found"), "{e}");
+        let e = map(
+            "get",
+            etcd_client::Error::GRpcStatus(tonic::Status::unavailable("connection refused")),
+        );
+        assert!(matches!(e, Error::Unavailable { .. }), "{e}");
+        let e = map(
+            "get",
+            etcd_client::Error::GRpcStatus(tonic::Status::permission_denied(
+                "etcdserver: permission denied",
+            )),
+        );
+        assert!(matches!(e, Error::PermissionDenied { .. }), "{e}");
+        let e = map(
+            "keep-alive",
+            etcd_client::Error::LeaseKeepAliveError("lease not found".into()),
+        );
+        assert!(e.is_lost(), "{e}");
+        let e = map(
+            "put",
+            etcd_client::Error::GRpcStatus(tonic::Status::invalid_argument(
+                "etcdserver: request is too large",
+            )),
+        );
+        assert!(matches!(e, Error::Backend { .. }), "{e}");
+    }
+}

@@ -1,0 +1,594 @@
+//! leasehold-etcd against real etcd: the conformance suite on one node, and
+//! the etcd-specific behaviours of issue 4 (handover, partitions, cluster
+//! member loss, zombie candidates, no thundering herd).
+//!
+//! Every test starts its own etcd (single node or 3-member cluster) on free
+//! loopback ports through the harness; the harness stops it by pid on drop.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use leasehold_core::conformance::{Subject, run_all};
+use leasehold_core::{
+    Attempt, Backend, CancellationToken, ElectionOptions, Elector, Error, FencingToken, LossReason,
+};
+use leasehold_etcd::EtcdBackend;
+use leasehold_integration_tests::{EtcdCluster, EtcdNode, Proxy, unique_name};
+use tokio::time::{Instant, sleep, timeout};
+
+async fn start_node() -> EtcdNode {
+    EtcdNode::start()
+        .await
+        .unwrap_or_else(|e| panic!("could not start etcd: {e}"))
+}
+
+async fn connect(endpoints: &[String]) -> EtcdBackend {
+    EtcdBackend::builder()
+        .endpoints(endpoints.iter().cloned())
+        .request_timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {endpoints:?} failed: {e}"))
+}
+
+fn options(election: &str, candidate: &str, ttl_secs: u64) -> ElectionOptions {
+    ElectionOptions::new(election, candidate).with_ttl(Duration::from_secs(ttl_secs))
+}
+
+async fn elector(endpoints: &[String], election: &str, candidate: &str, ttl: u64) -> Elector {
+    let backend: Arc<dyn Backend> = Arc::new(connect(endpoints).await);
+    Elector::new(backend, options(election, candidate, ttl))
+        .unwrap_or_else(|e| panic!("options refused: {e}"))
+}
+
+async fn lock_within(e: &Elector, within: Duration, what: &str) -> leasehold_core::Leadership {
+    match timeout(within, e.lock()).await {
+        Ok(Ok(l)) => l,
+        Ok(Err(err)) => panic!("{what}: lock failed: {err}"),
+        Err(_) => panic!("{what}: did not lead within {within:?}"),
+    }
+}
+
+/// The conformance subject: a single etcd node, 2 s leases (etcd's minimum).
+struct EtcdSubject {
+    endpoints: Vec<String>,
+}
+
+impl Subject for EtcdSubject {
+    fn client<'life0, 'async_trait>(
+        &'life0 self,
+    ) -> Pin<Box<dyn Future<Output = Arc<dyn Backend>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move { Arc::new(connect(&self.endpoints).await) as Arc<dyn Backend> })
+    }
+
+    fn options(&self, election: &str, candidate: &str) -> ElectionOptions {
+        options(election, candidate, 2)
+    }
+
+    fn slack(&self) -> Duration {
+        // etcd's lessor looks for expired leases every 500 ms; the rest is
+        // room for a loaded machine.
+        Duration::from_millis(1500)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_suite_on_a_single_node() {
+    let node = start_node().await;
+    let subject = EtcdSubject {
+        endpoints: vec![node.endpoint()],
+    };
+    timeout(Duration::from_secs(240), run_all(&subject))
+        .await
+        .expect("the conformance suite did not finish within 240 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttl_below_two_seconds_is_refused() {
+    let backend: Arc<dyn Backend> = Arc::new(connect(&["http://127.0.0.1:1".to_owned()]).await);
+    let err = Elector::new(
+        backend,
+        ElectionOptions::new("e", "c").with_ttl(Duration::from_millis(1500)),
+    )
+    .expect_err("a 1.5 s ttl must be refused");
+    let text = err.to_string();
+    assert!(
+        matches!(err, Error::InvalidOption { field: "ttl", .. }) && text.contains("minimum"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_is_unavailable_not_a_panic() {
+    // A port nobody listens on: bind, note it, close.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let backend = EtcdBackend::builder()
+        .endpoints([format!("http://127.0.0.1:{port}")])
+        .request_timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(1))
+        .connect()
+        .await
+        .expect("connecting is lazy and must not fail without auth");
+    let started = Instant::now();
+    let err = backend
+        .leader("anything")
+        .await
+        .expect_err("a read from a closed port must fail");
+    assert!(
+        matches!(err, Error::Unavailable { .. } | Error::Timeout { .. }),
+        "expected Unavailable or Timeout, got {err:?}"
+    );
+    assert!(err.is_transient(), "{err:?} must be retried by the engine");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// `unlock()` hands over at once (no wait for lease expiry), so does dropping
+/// the guard; tokens strictly increase.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn handover_on_unlock_and_on_drop() {
+    const TTL: u64 = 10;
+    let node = start_node().await;
+    let endpoints = vec![node.endpoint()];
+    let election = unique_name("handover");
+    let a = elector(&endpoints, &election, "alpha", TTL).await;
+    let b = elector(&endpoints, &election, "beta", TTL).await;
+
+    let la = lock_within(&a, Duration::from_secs(10), "alpha first").await;
+    let b2 = b.clone();
+    let waiting = tokio::spawn(async move { b2.lock().await });
+    sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "beta led while alpha holds");
+
+    let released = Instant::now();
+    let ta = la.fencing_token();
+    la.unlock().await.expect("unlock");
+    let lb = timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("beta did not take over within 5 s of alpha's unlock (ttl is 10 s)")
+        .expect("task")
+        .expect("beta lock");
+    let handover = released.elapsed();
+    assert!(
+        lb.fencing_token() > ta,
+        "token {} after {ta}",
+        lb.fencing_token()
+    );
+    assert_eq!(
+        b.leader().await.expect("leader").map(|l| l.id),
+        Some("beta".to_owned())
+    );
+
+    let a2 = a.clone();
+    let waiting = tokio::spawn(async move { a2.lock().await });
+    sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "alpha led while beta holds");
+    let tb = lb.fencing_token();
+    let dropped = Instant::now();
+    drop(lb);
+    let la = timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("alpha did not take over within 5 s of beta's guard being dropped")
+        .expect("task")
+        .expect("alpha lock");
+    assert!(la.fencing_token() > tb);
+    eprintln!(
+        "handover on unlock: {handover:?}, on drop: {:?}",
+        dropped.elapsed()
+    );
+    la.unlock().await.expect("unlock");
+    assert_eq!(a.leader().await.expect("leader"), None);
+}
+
+/// A leader cut off by a partition steps down on its own clock before the
+/// server expires its lease; the other candidate wins only after that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blackholed_leader_steps_down_before_anyone_takes_over() {
+    const TTL: u64 = 3;
+    let node = start_node().await;
+    let proxy = Proxy::start(node.client_addr()).await;
+    let election = unique_name("blackhole");
+    let a = elector(
+        &[format!("http://{}", proxy.addr())],
+        &election,
+        "alpha",
+        TTL,
+    )
+    .await;
+    let b = elector(&[node.endpoint()], &election, "beta", TTL).await;
+
+    let la = lock_within(&a, Duration::from_secs(10), "alpha").await;
+    let b2 = b.clone();
+    let waiting = tokio::spawn(async move {
+        let l = b2.lock().await;
+        (Instant::now(), l)
+    });
+    sleep(Duration::from_millis(500)).await;
+    let lost = la.lost();
+    proxy.blackhole();
+    let cut = Instant::now();
+
+    let reason = timeout(Duration::from_secs(TTL * 2), lost)
+        .await
+        .expect("alpha did not report leadership lost within 2 ttl of the partition");
+    let lost_at = Instant::now();
+    let (won_at, lb) = timeout(Duration::from_secs(TTL * 4), waiting)
+        .await
+        .expect("beta did not take over after alpha's lease expired")
+        .expect("task");
+    let lb = lb.expect("beta lock");
+    assert!(
+        matches!(reason, LossReason::Unreachable { .. }),
+        "a partitioned leader cannot hear that its lease is gone: {reason}"
+    );
+    assert!(
+        lost_at - cut <= Duration::from_secs(TTL),
+        "alpha stepped down {:?} after the cut, later than its ttl",
+        lost_at - cut
+    );
+    assert!(
+        lost_at <= won_at,
+        "UNSAFE: beta won {:?} before alpha stepped down",
+        lost_at - won_at
+    );
+    assert!(lb.fencing_token() > la.fencing_token());
+    eprintln!(
+        "partition: alpha lost after {:?}, beta won after {:?}",
+        lost_at - cut,
+        won_at - cut
+    );
+    proxy.heal();
+    lb.unlock().await.expect("unlock");
+}
+
+/// One term of a candidate, as its campaign loop saw it.
+#[derive(Debug, Clone)]
+struct Term {
+    candidate: usize,
+    token: FencingToken,
+    start: Instant,
+    end: Option<Instant>,
+}
+
+type Terms = Arc<Mutex<Vec<Term>>>;
+
+/// Campaigns for ever (until `stop`), recording every term.
+fn campaign_loop(
+    elector: Elector,
+    candidate: usize,
+    terms: Terms,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let result = elector
+            .run(stop, |l| {
+                let terms = terms.clone();
+                async move {
+                    let index = {
+                        let mut t = terms.lock().unwrap_or_else(|p| p.into_inner());
+                        t.push(Term {
+                            candidate,
+                            token: l.fencing_token(),
+                            start: Instant::now(),
+                            end: None,
+                        });
+                        t.len() - 1
+                    };
+                    l.lost().await;
+                    let mut t = terms.lock().unwrap_or_else(|p| p.into_inner());
+                    t[index].end = Some(Instant::now());
+                }
+            })
+            .await;
+        if let Err(e) = result {
+            panic!("candidate {candidate}: campaign failed: {e}");
+        }
+    })
+}
+
+fn snapshot(terms: &Terms) -> Vec<Term> {
+    terms.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// No two terms overlap, and tokens grow with time.
+fn assert_no_overlap(terms: &[Term]) {
+    let mut sorted = terms.to_vec();
+    sorted.sort_by_key(|t| t.start);
+    for pair in sorted.windows(2) {
+        let (prev, next) = (&pair[0], &pair[1]);
+        let end = prev
+            .end
+            .unwrap_or_else(|| panic!("TWO LEADERS: {prev:?} never ended but {next:?} started"));
+        assert!(end <= next.start, "TWO LEADERS: {prev:?} overlaps {next:?}");
+        assert!(
+            next.token > prev.token,
+            "tokens went down: {prev:?} then {next:?}"
+        );
+    }
+}
+
+/// The candidate leading now (a term without an end), waiting up to `within`
+/// for one that started after `after`.
+async fn current_leader(terms: &Terms, after: Instant, within: Duration, what: &str) -> Term {
+    let until = Instant::now() + within;
+    loop {
+        if let Some(t) = snapshot(terms)
+            .into_iter()
+            .find(|t| t.end.is_none() && t.start >= after)
+        {
+            return t;
+        }
+        assert!(
+            Instant::now() < until,
+            "{what}: no new leader within {within:?}; terms: {:?}",
+            snapshot(terms)
+        );
+        sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn raft_leader(cluster: &EtcdCluster) -> Option<usize> {
+    for (i, m) in cluster.members().iter().enumerate() {
+        if !m.is_running() {
+            continue;
+        }
+        if let Ok(resp) = leasehold_integration_tests::http::get(m.client_addr(), "/metrics").await
+            && resp
+                .body
+                .lines()
+                .any(|l| l.trim() == "etcd_server_is_leader 1")
+        {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// 3-member cluster, each candidate talking to one member: killing the
+/// member under the leader makes it step down and another candidate take
+/// over; killing the raft leader keeps one leader. Never two at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_member_loss_keeps_one_leader() {
+    const TTL: u64 = 3;
+    let cluster = EtcdCluster::start(3)
+        .await
+        .unwrap_or_else(|e| panic!("could not start a 3-member etcd cluster: {e}"));
+    let endpoints = cluster.endpoints();
+    let election = unique_name("cluster");
+    let terms: Terms = Arc::default();
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+    for (i, endpoint) in endpoints.iter().enumerate() {
+        let e = elector(
+            std::slice::from_ref(endpoint),
+            &election,
+            &format!("c{i}"),
+            TTL,
+        )
+        .await;
+        tasks.push(campaign_loop(e, i, terms.clone(), stop.clone()));
+    }
+    let t0 = Instant::now();
+    let first = current_leader(&terms, t0, Duration::from_secs(15), "start").await;
+
+    // Kill the member the leader talks to.
+    cluster.member(first.candidate).kill();
+    let killed = Instant::now();
+    let second = current_leader(&terms, killed, Duration::from_secs(TTL * 6), "member kill").await;
+    assert_ne!(
+        second.candidate, first.candidate,
+        "the cut-off candidate cannot lead"
+    );
+    eprintln!("member kill: new leader after {:?}", second.start - killed);
+    cluster
+        .member(first.candidate)
+        .restart()
+        .await
+        .unwrap_or_else(|e| panic!("restarting the killed member failed: {e}"));
+
+    // Kill the raft leader (it may or may not be the leader's member).
+    let raft = raft_leader(&cluster)
+        .await
+        .expect("a healthy cluster has a raft leader");
+    cluster.member(raft).kill();
+    let killed = Instant::now();
+    sleep(Duration::from_secs(TTL * 3)).await;
+    let now = snapshot(&terms);
+    let leading: Vec<_> = now.iter().filter(|t| t.end.is_none()).collect();
+    assert_eq!(
+        leading.len(),
+        1,
+        "after killing the raft leader (member {raft}) there must be exactly one leader: {now:?}"
+    );
+    let holder = leading[0].clone();
+    let store = connect(&[endpoints[(raft + 1) % 3].clone()]).await;
+    let seen = timeout(Duration::from_secs(10), store.leader(&election))
+        .await
+        .expect("leader() answered")
+        .expect("leader() on a surviving member");
+    assert_eq!(
+        seen.map(|l| l.token),
+        Some(holder.token),
+        "the store and the candidates disagree about the leader"
+    );
+    eprintln!(
+        "raft leader kill: candidate c{} leads {:?} after the kill (term started {:?} after it)",
+        holder.candidate,
+        killed.elapsed(),
+        holder.start.checked_duration_since(killed)
+    );
+
+    stop.cancel();
+    for t in tasks {
+        timeout(Duration::from_secs(TTL * 4), t)
+            .await
+            .expect("a campaign loop did not stop")
+            .expect("campaign loop panicked");
+    }
+    assert_no_overlap(&snapshot(&terms));
+}
+
+/// A queued candidate whose lease expires while it is cut off notices after
+/// the partition heals and campaigns again with a new lease: it never wins
+/// with its dead claim (etcd issue 19597).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_candidate_whose_lease_expired_while_queued_campaigns_again() {
+    const TTL: u64 = 2;
+    let node = start_node().await;
+    let proxy = Proxy::start(node.client_addr()).await;
+    let direct = vec![node.endpoint()];
+    let election = unique_name("zombie");
+    let leader = elector(&direct, &election, "leader", TTL).await;
+    let zombie = elector(
+        &[format!("http://{}", proxy.addr())],
+        &election,
+        "zombie",
+        TTL,
+    )
+    .await;
+    let patient = elector(&direct, &election, "patient", TTL).await;
+
+    let ll = lock_within(&leader, Duration::from_secs(10), "leader").await;
+    let z = zombie.clone();
+    let zombie_run = tokio::spawn(async move { z.lock().await });
+    sleep(Duration::from_millis(500)).await;
+    let p = patient.clone();
+    let patient_run = tokio::spawn(async move { p.lock().await });
+    sleep(Duration::from_millis(500)).await;
+
+    // Cut the zombie off well past its ttl: etcd expires its lease and key.
+    proxy.blackhole();
+    sleep(Duration::from_secs(TTL * 3)).await;
+    proxy.heal();
+    sleep(Duration::from_millis(500)).await;
+
+    let tl = ll.fencing_token();
+    ll.unlock().await.expect("unlock");
+    let lp = timeout(Duration::from_secs(10), patient_run)
+        .await
+        .expect("the patient candidate, next in line, did not lead")
+        .expect("task")
+        .expect("patient lock");
+    assert!(
+        !zombie_run.is_finished(),
+        "the zombie led (or failed) while the patient candidate was next in line"
+    );
+    assert!(lp.fencing_token() > tl);
+    let tp = lp.fencing_token();
+    lp.unlock().await.expect("unlock");
+    let lz = timeout(Duration::from_secs(TTL * 5), zombie_run)
+        .await
+        .expect("the re-campaigned candidate did not lead after the others left")
+        .expect("task")
+        .expect("zombie lock");
+    assert!(
+        lz.fencing_token() > tp,
+        "STALE WIN: the zombie led with token {} from before the patient candidate's {tp}",
+        lz.fencing_token()
+    );
+    assert_eq!(
+        zombie.leader().await.expect("leader").map(|l| l.token),
+        Some(lz.fencing_token())
+    );
+    lz.unlock().await.expect("unlock");
+}
+
+/// 100 candidates in one process: each release wakes exactly the next one
+/// (one watch event per handover, however long the queue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_candidates_hand_over_one_by_one_without_a_herd() {
+    const N: usize = 100;
+    const TTL: u64 = 10;
+    let node = start_node().await;
+    let shared = Arc::new(connect(&[node.endpoint()]).await);
+    let backend: Arc<dyn Backend> = shared.clone();
+    let election = unique_name("herd");
+    let holders = Arc::new(AtomicUsize::new(0));
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let e = Elector::new(backend.clone(), options(&election, &format!("c{i}"), TTL))
+            .expect("options");
+        let (holders, overlaps, tx, shared) = (
+            holders.clone(),
+            overlaps.clone(),
+            tx.clone(),
+            shared.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let l = e.lock().await.expect("lock");
+            if holders.fetch_add(1, Ordering::SeqCst) != 0 {
+                overlaps.fetch_add(1, Ordering::SeqCst);
+            }
+            let _ = tx.send((l.fencing_token(), shared.stats().watch_events));
+            sleep(Duration::from_millis(5)).await;
+            holders.fetch_sub(1, Ordering::SeqCst);
+            l.unlock().await.expect("unlock");
+        }));
+    }
+    drop(tx);
+    for t in tasks {
+        timeout(Duration::from_secs(120), t)
+            .await
+            .expect("the queue did not drain within 120 s")
+            .expect("candidate task panicked");
+    }
+    let mut seen = Vec::new();
+    while let Some(x) = rx.recv().await {
+        seen.push(x);
+    }
+    assert_eq!(seen.len(), N, "not every candidate led once");
+    assert_eq!(overlaps.load(Ordering::SeqCst), 0, "TWO LEADERS at once");
+    assert!(
+        seen.windows(2).all(|w| w[0].0 < w[1].0),
+        "leaders did not follow the queue order: {:?}",
+        seen.iter().map(|s| s.0).collect::<Vec<_>>()
+    );
+    // Watch events between consecutive acquisitions.
+    let per_handover: Vec<u64> = seen.windows(2).map(|w| w[1].1 - w[0].1).collect();
+    let total: u64 = per_handover.iter().sum();
+    let max = per_handover.iter().copied().max().unwrap_or(0);
+    eprintln!(
+        "{N} candidates: {total} watch events over {} handovers (max {max} per handover); stats {:?}",
+        per_handover.len(),
+        shared.stats()
+    );
+    assert!(
+        max <= 3,
+        "a handover woke {max} watchers: a thundering herd ({per_handover:?})"
+    );
+    assert!(
+        total <= 2 * per_handover.len() as u64,
+        "{total} watch events for {} handovers",
+        per_handover.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_lock_on_a_held_election_reports_the_holder() {
+    let node = start_node().await;
+    let endpoints = vec![node.endpoint()];
+    let election = unique_name("try");
+    let a = elector(&endpoints, &election, "alpha", 5).await;
+    let b = elector(&endpoints, &election, "beta", 5).await;
+    let la = lock_within(&a, Duration::from_secs(10), "alpha").await;
+    match b.try_lock().await {
+        Ok(Attempt::Held(Some(info))) => {
+            assert_eq!(info.id, "alpha");
+            assert_eq!(info.token, la.fencing_token());
+        }
+        other => panic!("expected Held(alpha), got {other:?}"),
+    }
+    la.unlock().await.expect("unlock");
+}
