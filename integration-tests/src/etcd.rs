@@ -406,7 +406,11 @@ fn sum_metric(text: &str, name: &str) -> Option<u64> {
 }
 
 fn etcd_binary() -> Result<PathBuf, HarnessError> {
-    if let Some(path) = std::env::var_os("LEASEHOLD_ETCD") {
+    resolve_etcd_binary(std::env::var_os("LEASEHOLD_ETCD"))
+}
+
+fn resolve_etcd_binary(override_path: Option<OsString>) -> Result<PathBuf, HarnessError> {
+    if let Some(path) = override_path {
         let path = PathBuf::from(path);
         return if path.is_file() {
             Ok(path)
@@ -442,5 +446,16 @@ mod tests {
             grpc_server_started_total{grpc_method=\"Put\"} 4\n";
         assert_eq!(sum_metric(text, "grpc_server_handled_total"), Some(10));
         assert_eq!(sum_metric(text, "nope"), None);
+    }
+
+    #[test]
+    fn a_missing_binary_names_the_install_command() {
+        let message = resolve_etcd_binary(Some("/nonexistent/etcd".into()))
+            .expect_err("no binary there")
+            .to_string();
+        assert!(
+            message.contains("apt-get install -y etcd-server"),
+            "{message}"
+        );
     }
 }

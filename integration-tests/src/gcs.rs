@@ -209,7 +209,13 @@ impl FakeGcs {
 }
 
 fn fake_gcs_binary() -> Result<PathBuf, HarnessError> {
-    let (path, looked) = match std::env::var_os("LEASEHOLD_FAKE_GCS_SERVER") {
+    resolve_fake_gcs_binary(std::env::var_os("LEASEHOLD_FAKE_GCS_SERVER"))
+}
+
+fn resolve_fake_gcs_binary(
+    override_path: Option<std::ffi::OsString>,
+) -> Result<PathBuf, HarnessError> {
+    let (path, looked) = match override_path {
         Some(path) => {
             let path = PathBuf::from(path);
             let looked = format!("LEASEHOLD_FAKE_GCS_SERVER={}", path.display());
@@ -230,5 +236,22 @@ fn fake_gcs_binary() -> Result<PathBuf, HarnessError> {
             looked,
             install: INSTALL.into(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_binary_names_the_setup_script() {
+        let error = resolve_fake_gcs_binary(Some("/nonexistent/fake-gcs-server".into()))
+            .expect_err("no binary there");
+        let message = error.to_string();
+        assert!(message.contains("bash scripts/setup"), "{message}");
+        assert!(
+            message.contains("/nonexistent/fake-gcs-server"),
+            "{message}"
+        );
     }
 }

@@ -182,6 +182,14 @@ impl ServerProcess {
         if let Err(e) = kill(Pid::from_raw(state.pid as i32), signal) {
             panic!("kill -{signal} {} ({}): {e}", state.pid, self.label);
         }
+        // Signals are delivered asynchronously: wait until every thread has
+        // actually stopped (or left the stopped state), so that a test's next
+        // request meets the state it asked for.
+        match signal {
+            Signal::SIGSTOP => wait_for_thread_states(state.pid, true),
+            Signal::SIGCONT => wait_for_thread_states(state.pid, false),
+            _ => {}
+        }
     }
 
     /// Kills the process (if running) and starts it again with the same arguments.
@@ -250,6 +258,30 @@ impl Drop for ServerProcess {
             );
         }
         self.kill();
+    }
+}
+
+/// Waits (at most 2 s) until all threads of `pid` are stopped (`T` in
+/// `/proc/PID/task/*/stat`), or none is.
+fn wait_for_thread_states(pid: u32, stopped: bool) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            return;
+        };
+        let all_match = tasks.filter_map(|t| t.ok()).all(|task| {
+            let stat = fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            // The state is the first field after the parenthesised command name.
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .unwrap_or("");
+            (state == "T" || state == "t") == stopped
+        });
+        if all_match {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
     }
 }
 
@@ -417,6 +449,22 @@ mod tests {
         fs::write(&path, text).unwrap();
         let tail = log_tail(&path, 3);
         assert_eq!(tail, "line 197\nline 198\nline 199");
+    }
+
+    #[test]
+    fn a_failing_test_still_stops_its_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let sleep = find_on_path("sleep").expect("sleep(1) on PATH");
+        let log = dir.path().join("log");
+        let process = ServerProcess::spawn("sleeper", &sleep, vec!["30".into()], log).unwrap();
+        let pid = process.pid();
+        // Drop runs while unwinding: it prints the log tail and kills the process.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _process = process;
+            panic!("a failing test");
+        }));
+        assert!(outcome.is_err());
+        assert!(!Path::new(&format!("/proc/{pid}")).exists());
     }
 
     #[test]

@@ -126,6 +126,24 @@ async fn etcd_cluster_survives_a_member_kill_and_the_member_restarts() {
     victim.restart().await.expect("restart the killed member");
     assert!(victim.is_running());
 
+    // A full outage: every member killed, then all started again on their data.
+    for member in cluster.members() {
+        member.kill();
+    }
+    cluster
+        .restart_stopped()
+        .await
+        .expect("restart the whole cluster");
+    let range = http::post(
+        cluster.member(2).client_addr(),
+        "/v3/kv/range",
+        "application/json",
+        format!(r#"{{"key":"{KEY_B64}"}}"#).as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert!(range.body.contains(VALUE_B64), "{}", range.body);
+
     let pids: Vec<u32> = cluster.members().iter().map(EtcdNode::pid).collect();
     drop(cluster);
     for pid in pids {
@@ -183,6 +201,16 @@ async fn zookeeper_ensemble_survives_a_member_kill_and_the_member_restarts() {
 
     victim.restart().await.expect("restart the killed member");
     assert_eq!(victim.mode().await.unwrap(), "follower");
+
+    // A full outage: every member killed, then all started again.
+    for member in ensemble.members() {
+        member.kill();
+    }
+    ensemble
+        .restart_stopped()
+        .await
+        .expect("restart the whole ensemble");
+    assert!(ensemble.leader().await.is_some());
 
     let pids: Vec<u32> = ensemble.members().iter().map(ZkServer::pid).collect();
     drop(ensemble);
