@@ -170,6 +170,7 @@ impl EtcdNode {
     }
 
     /// Freezes the process with SIGSTOP: its sockets stay open but nothing answers.
+    /// Returns once every thread of the process has stopped.
     ///
     /// # Panics
     ///

@@ -173,6 +173,7 @@ impl FakeGcs {
     }
 
     /// Freezes the process with SIGSTOP: its socket stays open but nothing answers.
+    /// Returns once every thread of the process has stopped.
     ///
     /// # Panics
     ///

@@ -210,6 +210,7 @@ impl ZkServer {
     }
 
     /// Freezes the JVM with SIGSTOP: its sockets stay open but nothing answers.
+    /// Returns once every thread of the process has stopped.
     ///
     /// # Panics
     ///
