@@ -592,3 +592,259 @@ async fn try_lock_on_a_held_election_reports_the_holder() {
     }
     la.unlock().await.expect("unlock");
 }
+
+/// etcd's built-in auth: no credentials and a wrong password are refused
+/// with a typed error; the right ones carry a whole term (KV, lease
+/// keep-alive stream, watch).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_and_password_auth() {
+    let node = start_node().await;
+    let endpoints = vec![node.endpoint()];
+    for (path, body) in [
+        ("/v3/auth/role/add", r#"{"name":"root"}"#),
+        (
+            "/v3/auth/user/add",
+            r#"{"name":"root","password":"rootpw"}"#,
+        ),
+        ("/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#),
+        ("/v3/auth/enable", "{}"),
+    ] {
+        let resp = leasehold_integration_tests::http::post(
+            node.client_addr(),
+            path,
+            "application/json",
+            body.as_bytes(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(resp.status, 200, "{path}: {}", resp.body);
+    }
+
+    let anonymous = connect(&endpoints).await;
+    let err = anonymous
+        .leader("x")
+        .await
+        .expect_err("a read without credentials must be refused");
+    assert!(matches!(err, Error::PermissionDenied { .. }), "{err:?}");
+
+    let err = EtcdBackend::builder()
+        .endpoints(endpoints.iter().cloned())
+        .auth("root", "wrong")
+        .connect()
+        .await
+        .expect_err("a wrong password must be refused");
+    assert!(matches!(err, Error::PermissionDenied { .. }), "{err:?}");
+    assert!(!format!("{err:?}").contains("wrong\""), "{err:?}");
+
+    let backend = EtcdBackend::builder()
+        .endpoints(endpoints.iter().cloned())
+        .auth("root", "rootpw")
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("login as root: {e}"));
+    let election = unique_name("auth");
+    let e = Elector::new(Arc::new(backend), options(&election, "alpha", 2)).expect("options");
+    let rx = e.observe().await.expect("observe with auth");
+    let l = lock_within(&e, Duration::from_secs(10), "auth").await;
+    sleep(Duration::from_secs(3)).await;
+    assert!(
+        !l.is_lost(),
+        "renewal with auth failed: {:?}",
+        l.loss_reason()
+    );
+    assert_eq!(
+        rx.borrow().as_ref().map(|i| i.token),
+        Some(l.fencing_token()),
+        "the watch with auth did not see the leader"
+    );
+    l.unlock().await.expect("unlock");
+}
+
+/// An etcd serving https with client-certificate auth, for the TLS test
+/// (the harness starts plain http only). Killed by pid when dropped.
+struct TlsEtcd {
+    _child: tokio::process::Child,
+    dir: tempfile::TempDir,
+    endpoint: String,
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("running openssl failed ({e}); install it with `apt-get install -y openssl`")
+        });
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl TlsEtcd {
+    fn start() -> TlsEtcd {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = dir.path();
+        std::fs::write(
+            d.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("write");
+        std::fs::write(d.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("write");
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec![
+            "req",
+            "-x509",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=leasehold-test-ca",
+        ];
+        ca.extend(ec);
+        ca.extend(["-keyout", "ca.key", "-out", "ca.crt"]);
+        openssl(d, &ca);
+        for (name, cn) in [("server", "/CN=127.0.0.1"), ("client", "/CN=leasehold")] {
+            let (key, csr, crt, ext) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.crt"),
+                format!("{name}.ext"),
+            );
+            let mut req = vec!["req", "-subj", cn];
+            req.extend(ec);
+            req.extend(["-keyout", key.as_str(), "-out", csr.as_str()]);
+            openssl(d, &req);
+            openssl(
+                d,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    "ca.crt",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-days",
+                    "1",
+                    "-extfile",
+                    &ext,
+                    "-out",
+                    &crt,
+                ],
+            );
+        }
+        let (client, peer) = (free_port(), free_port());
+        let endpoint = format!("https://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let log = std::fs::File::create(d.join("etcd.log")).expect("log file");
+        let child = tokio::process::Command::new("etcd")
+            .args(["--name", "tls", "--data-dir"])
+            .arg(d.join("data"))
+            .args(["--listen-client-urls", &endpoint])
+            .args(["--advertise-client-urls", &endpoint])
+            .args(["--listen-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-cluster", &format!("tls={peer_url}")])
+            .args(["--initial-cluster-state", "new"])
+            .arg("--cert-file")
+            .arg(d.join("server.crt"))
+            .arg("--key-file")
+            .arg(d.join("server.key"))
+            .arg("--trusted-ca-file")
+            .arg(d.join("ca.crt"))
+            .arg("--client-cert-auth")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("could not run etcd ({e}); install it with `apt-get install -y etcd-server`")
+            });
+        TlsEtcd {
+            _child: child,
+            dir,
+            endpoint,
+        }
+    }
+
+    fn read(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.dir.path().join(name)).expect("read a generated file")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+}
+
+/// TLS with a private CA and a client certificate: a term works end to end;
+/// a client without a certificate gets an error, not a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_client_certificate() {
+    let etcd = TlsEtcd::start();
+    let connect_tls = || {
+        EtcdBackend::builder()
+            .endpoints([etcd.endpoint.clone()])
+            .tls_ca_pem(etcd.read("ca.crt"))
+            .tls_client_identity_pem(etcd.read("client.crt"), etcd.read("client.key"))
+            .request_timeout(Duration::from_secs(2))
+            .connect()
+    };
+    let backend = connect_tls().await.expect("TLS settings are accepted");
+    // Ready when a read succeeds: at most 150 tries, 100 ms apart.
+    let mut ready = false;
+    for _ in 0..150 {
+        if backend.leader("probe").await.is_ok() {
+            ready = true;
+            break;
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        ready,
+        "etcd with TLS did not answer within 15 s; its log:\n{}",
+        etcd.log()
+    );
+
+    let election = unique_name("tls");
+    let e = Elector::new(Arc::new(backend), options(&election, "alpha", 2)).expect("options");
+    let l = lock_within(&e, Duration::from_secs(10), "tls").await;
+    sleep(Duration::from_secs(3)).await;
+    assert!(
+        !l.is_lost(),
+        "renewal over TLS failed: {:?}",
+        l.loss_reason()
+    );
+    assert_eq!(
+        e.leader().await.expect("leader").map(|i| i.token),
+        Some(l.fencing_token())
+    );
+    l.unlock().await.expect("unlock");
+
+    let no_cert = EtcdBackend::builder()
+        .endpoints([etcd.endpoint.clone()])
+        .tls_ca_pem(etcd.read("ca.crt"))
+        .request_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .expect("settings");
+    let err = no_cert
+        .leader("x")
+        .await
+        .expect_err("a client without a certificate must be refused");
+    eprintln!("without a client certificate: {err}");
+}

@@ -24,6 +24,18 @@ pub(crate) fn map(operation: &str, e: etcd_client::Error) -> Error {
                 backend: BACKEND,
                 message,
             },
+            // etcd reports a missing or refused login as an invalid argument.
+            Code::InvalidArgument
+                if status.message().contains("user name is empty")
+                    || status.message().contains("authentication failed") =>
+            {
+                Error::PermissionDenied {
+                    backend: BACKEND,
+                    message: format!(
+                        "{message} (give the user and password of an etcd user with .auth(user, password))"
+                    ),
+                }
+            }
             Code::NotFound if status.message().contains("lease not found") => Error::Lost(message),
             _ => Error::Backend {
                 backend: BACKEND,
@@ -86,6 +98,13 @@ mod tests {
             "get",
             etcd_client::Error::GRpcStatus(tonic::Status::permission_denied(
                 "etcdserver: permission denied",
+            )),
+        );
+        assert!(matches!(e, Error::PermissionDenied { .. }), "{e}");
+        let e = map(
+            "get",
+            etcd_client::Error::GRpcStatus(tonic::Status::invalid_argument(
+                "etcdserver: user name is empty",
             )),
         );
         assert!(matches!(e, Error::PermissionDenied { .. }), "{e}");
