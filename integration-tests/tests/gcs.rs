@@ -525,3 +525,31 @@ async fn missing_bucket_is_a_configuration_error() {
         other => panic!("expected a configuration error naming the bucket, got {other:?}"),
     }
 }
+
+/// A lease record overwritten by another program ends the term (renew is
+/// `Lost`), and nobody overwrites the foreign data afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn overwritten_record_ends_the_term() {
+    let gcs = emulator().await;
+    let election = unique_name("overwritten");
+    let backend = backend_at(&gcs.endpoint()).await;
+    let object = backend.object_name(&election);
+    let claim = match backend
+        .try_acquire(&request(&election, "alpha", None))
+        .await
+    {
+        Ok(AcquireOutcome::Acquired(c)) => c,
+        other => panic!("{other:?}"),
+    };
+    raw_write(backend.client(), &object, "not a lease", claim.version)
+        .await
+        .unwrap()
+        .expect("overwriting at the current generation");
+    match backend.renew(&claim).await {
+        Err(Error::Lost(m)) => assert!(m.contains(&object), "{m}"),
+        other => panic!("expected Lost, got {other:?}"),
+    }
+    // Nothing of this term is left to release; the foreign data stays.
+    backend.release(&claim).await.unwrap();
+    assert_eq!(raw_read(backend.client(), &object).await, b"not a lease");
+}

@@ -254,7 +254,16 @@ impl GcsBackend {
     async fn renew_slow(&self, claim: &Claim) -> Result<Claim> {
         let term = claim.token.get();
         let object = claim.key.as_str();
-        let Some((record, generation)) = self.read(object).await? else {
+        let read = match self.read(object).await {
+            // Whatever overwrote the record, this term's lease is gone.
+            Err(Error::InvalidRecord { path, message, .. }) => {
+                return Err(Error::Lost(format!(
+                    "{path} no longer holds a lease record ({message})"
+                )));
+            }
+            other => other?,
+        };
+        let Some((record, generation)) = read else {
             return Err(Error::Lost(format!(
                 "{} was deleted; the election starts over (and its term count with it)",
                 self.gs_url(object)
@@ -429,8 +438,8 @@ impl Backend for GcsBackend {
     }
 
     /// Write the record back as released, keeping the term, under the
-    /// claim's generation. A record of another term, a released one or no
-    /// object means there is nothing left to release.
+    /// claim's generation. A record of another term, a released one, no
+    /// object or foreign data means there is nothing left to release.
     async fn release(&self, claim: &Claim) -> Result<()> {
         let term = claim.token.get();
         let object = claim.key.as_str();
@@ -442,7 +451,13 @@ impl Backend for GcsBackend {
             }
         }
         for _ in 0..RELEASE_ATTEMPTS {
-            let Some((record, generation)) = self.read(object).await? else {
+            let read = match self.read(object).await {
+                // Foreign data replaced the record: the term is over, and
+                // the data is not ours to touch.
+                Err(Error::InvalidRecord { .. }) => break,
+                other => other?,
+            };
+            let Some((record, generation)) = read else {
                 break;
             };
             if record.term != term || record.released {
