@@ -700,3 +700,103 @@ async fn a_hundred_candidates_hand_over_one_by_one_without_a_herd() {
         "{handover_packets:.1} packets per handover: waiters other than the successor are woken"
     );
 }
+
+/// A `try_acquire` cancelled after its node was created (the reply was still
+/// on its way) leaves no second node behind: the next attempt adopts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_acquire_leaves_no_orphan_in_the_line() {
+    let server = start_server().await;
+    let proxy = Proxy::start(server.client_addr()).await;
+    let backend = connect(&proxy.addr().to_string(), TTL).await;
+    let election = unique_name("orphan");
+    let req = AcquireRequest {
+        election: election.clone(),
+        candidate: "once".into(),
+        value: b"v".to_vec(),
+        ttl: TTL,
+        claim: None,
+        expired_revision: None,
+    };
+    // Make the directory first, so that the cancelled call's only write is
+    // the node itself.
+    match backend.try_acquire(&req).await {
+        Ok(AcquireOutcome::Acquired(c)) => backend.release(&c).await.expect("release"),
+        other => panic!("first acquire: {other:?}"),
+    }
+    proxy.delay(Duration::from_millis(400));
+    let cancelled = timeout(Duration::from_millis(150), backend.try_acquire(&req)).await;
+    assert!(
+        cancelled.is_err(),
+        "the slowed call should have been cancelled"
+    );
+    proxy.pass();
+    let observer = connect(&server.connect_string(), TTL).await;
+    let dir = format!("/{election}");
+    // The cancelled creation reaches the server.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while observer
+        .client()
+        .list_children(&dir)
+        .await
+        .expect("list")
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the cancelled creation never arrived"
+        );
+        sleep(Duration::from_millis(50)).await;
+    }
+    let claim = match backend.try_acquire(&req).await {
+        Ok(AcquireOutcome::Acquired(c)) => c,
+        other => panic!("the retry must lead (no one else is in line): {other:?}"),
+    };
+    let children = observer.client().list_children(&dir).await.expect("list");
+    assert_eq!(
+        children.len(),
+        1,
+        "the retry queued a second node instead of adopting the first: {children:?}"
+    );
+    assert!(
+        claim.key.ends_with(&children[0]),
+        "{} vs {children:?}",
+        claim.key
+    );
+    backend.release(&claim).await.expect("release");
+    assert_eq!(observer.leader(&election).await.expect("leader"), None);
+}
+
+/// The leader watch keeps its armed watch across cancelled `next` calls:
+/// a change made while no `next` was running is still reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_watch_survives_cancelled_next_calls() {
+    let server = start_server().await;
+    let cs = server.connect_string();
+    let election = unique_name("watch");
+    let observer = connect(&cs, TTL).await;
+    let mut w = observer.watch(&election).await.expect("watch");
+    assert_eq!(w.next().await.expect("first"), None);
+    for _ in 0..3 {
+        assert!(
+            timeout(Duration::from_millis(20), w.next()).await.is_err(),
+            "nothing changed yet"
+        );
+    }
+    let a = elector(&cs, &election, "alpha", TTL).await;
+    let la = lock_within(&a, Duration::from_secs(10), "alpha").await;
+    let seen = timeout(Duration::from_secs(5), w.next())
+        .await
+        .expect("the change was lost")
+        .expect("next");
+    assert_eq!(seen.map(|l| l.token), Some(la.fencing_token()));
+    la.unlock().await.expect("unlock");
+    let seen = timeout(Duration::from_secs(5), async {
+        loop {
+            if w.next().await.expect("next").is_none() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "the vacancy was not reported");
+}
