@@ -62,6 +62,46 @@ async fn lock_within(e: &Elector, within: Duration, what: &str) -> Leadership {
     }
 }
 
+/// A first attempt's request, as the engine would send it.
+fn request(election: &str, candidate: &str, value: &[u8], ttl: Duration) -> AcquireRequest {
+    AcquireRequest {
+        election: election.to_owned(),
+        candidate: candidate.to_owned(),
+        value: value.to_vec(),
+        ttl,
+        claim: None,
+        expired_revision: None,
+    }
+}
+
+/// `e` campaigns in the background; 300 ms later it must still be waiting.
+async fn queue_behind(
+    e: &Elector,
+    holder: &str,
+) -> tokio::task::JoinHandle<leasehold_core::Result<Leadership>> {
+    let e2 = e.clone();
+    let waiting = tokio::spawn(async move { e2.lock().await });
+    sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "{} led while {holder} holds",
+        e.options().candidate_id
+    );
+    waiting
+}
+
+/// The queued candidate's leadership, once `what` happened.
+async fn takes_over(
+    waiting: tokio::task::JoinHandle<leasehold_core::Result<Leadership>>,
+    what: &str,
+) -> Leadership {
+    timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap_or_else(|_| panic!("no takeover within 5 s of {what}"))
+        .expect("task")
+        .unwrap_or_else(|e| panic!("lock after {what}: {e}"))
+}
+
 fn addr_key(client: &Arc<dyn Backend>) -> usize {
     Arc::as_ptr(client).cast::<()>() as usize
 }
@@ -220,18 +260,11 @@ async fn handover_on_unlock_on_guard_drop_and_on_client_drop() {
     let b = elector(&cs, &election, "beta", ttl).await;
 
     let la = lock_within(&a, Duration::from_secs(10), "alpha first").await;
-    let b2 = b.clone();
-    let waiting = tokio::spawn(async move { b2.lock().await });
-    sleep(Duration::from_millis(300)).await;
-    assert!(!waiting.is_finished(), "beta led while alpha holds");
+    let waiting = queue_behind(&b, "alpha").await;
     let ta = la.fencing_token();
     let released = Instant::now();
     la.unlock().await.expect("unlock");
-    let lb = timeout(Duration::from_secs(5), waiting)
-        .await
-        .expect("beta did not take over within 5 s of alpha's unlock (session is 10 s)")
-        .expect("task")
-        .expect("beta lock");
+    let lb = takes_over(waiting, "alpha's unlock").await;
     let on_unlock = released.elapsed();
     let tb = lb.fencing_token();
     assert!(tb > ta, "token {tb} after {ta}");
@@ -241,17 +274,10 @@ async fn handover_on_unlock_on_guard_drop_and_on_client_drop() {
     );
 
     // Dropping the guard releases in the background.
-    let a2 = a.clone();
-    let waiting = tokio::spawn(async move { a2.lock().await });
-    sleep(Duration::from_millis(300)).await;
-    assert!(!waiting.is_finished(), "alpha led while beta holds");
+    let waiting = queue_behind(&a, "beta").await;
     let dropped = Instant::now();
     drop(lb);
-    let la = timeout(Duration::from_secs(5), waiting)
-        .await
-        .expect("alpha did not take over within 5 s of beta's guard being dropped")
-        .expect("task")
-        .expect("alpha lock");
+    let la = takes_over(waiting, "beta's guard being dropped").await;
     let on_drop = dropped.elapsed();
     let ta2 = la.fencing_token();
     assert!(ta2 > tb);
@@ -261,30 +287,18 @@ async fn handover_on_unlock_on_guard_drop_and_on_client_drop() {
     // its session is closed, the server deletes its node at once, long
     // before the session could expire.
     let ghost = connect(&cs, ttl).await;
-    let req = AcquireRequest {
-        election: election.clone(),
-        candidate: "ghost".into(),
-        value: Vec::new(),
-        ttl,
-        claim: None,
-        expired_revision: None,
-    };
-    let ghost_claim = match ghost.try_acquire(&req).await {
+    let ghost_claim = match ghost
+        .try_acquire(&request(&election, "ghost", b"", ttl))
+        .await
+    {
         Ok(AcquireOutcome::Acquired(c)) => c,
         other => panic!("ghost should lead a free election: {other:?}"),
     };
     assert!(ghost_claim.token > ta2);
-    let a2 = a.clone();
-    let waiting = tokio::spawn(async move { a2.lock().await });
-    sleep(Duration::from_millis(300)).await;
-    assert!(!waiting.is_finished(), "alpha led while the ghost holds");
+    let waiting = queue_behind(&a, "the ghost").await;
     let gone = Instant::now();
     drop(ghost);
-    let la = timeout(Duration::from_secs(5), waiting)
-        .await
-        .expect("alpha did not take over within 5 s of the ghost client being dropped")
-        .expect("task")
-        .expect("alpha lock");
+    let la = takes_over(waiting, "the ghost client being dropped").await;
     let on_client_drop = gone.elapsed();
     assert!(la.fencing_token() > ghost_claim.token);
     eprintln!(
@@ -709,14 +723,7 @@ async fn a_cancelled_acquire_leaves_no_orphan_in_the_line() {
     let proxy = Proxy::start(server.client_addr()).await;
     let backend = connect(&proxy.addr().to_string(), TTL).await;
     let election = unique_name("orphan");
-    let req = AcquireRequest {
-        election: election.clone(),
-        candidate: "once".into(),
-        value: b"v".to_vec(),
-        ttl: TTL,
-        claim: None,
-        expired_revision: None,
-    };
+    let req = request(&election, "once", b"v", TTL);
     // Make the directory first, so that the cancelled call's only write is
     // the node itself.
     match backend.try_acquire(&req).await {
