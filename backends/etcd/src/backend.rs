@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, KeyValue, LeaseKeepAliveStream, LeaseKeeper,
     PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
-    WatchStream,
+    WatchResponse, WatchStream,
 };
 use leasehold_core::{
     AcquireOutcome, AcquireRequest, Backend, Capabilities, Claim, ElectionOptions, Error,
@@ -319,8 +319,8 @@ impl EtcdBackend {
     }
 
     /// One keep-alive of `lease`: on the open stream, or on a new one when
-    /// there is none or the open one fails. Returns the lease's new ttl.
-    async fn keep_alive(&self, lease: i64) -> Result<i64> {
+    /// there is none or the open one fails.
+    async fn keep_alive(&self, lease: i64) -> Result<()> {
         let slot = self.keeper_slot(lease);
         let mut held = slot.lock().await;
         // Taken out and put back only after a full exchange: a call dropped
@@ -335,7 +335,7 @@ impl EtcdBackend {
                 match k.stream.message().await {
                     Ok(Some(resp)) if resp.ttl() > 0 => {
                         *held = Some(k);
-                        return Ok(resp.ttl());
+                        return Ok(());
                     }
                     Ok(Some(_)) => {
                         drop(held);
@@ -351,9 +351,9 @@ impl EtcdBackend {
         self.inner.counters.request();
         match lease_client.keep_alive(lease).await {
             Ok((keeper, stream)) => {
-                *held = Some(Keeper { keeper, stream });
                 // keep_alive() has read the first reply and checked its ttl.
-                Ok(1)
+                *held = Some(Keeper { keeper, stream });
+                Ok(())
             }
             Err(e) => {
                 let e = map("open lease keep-alive stream", e);
@@ -409,12 +409,7 @@ impl EtcdBackend {
             .with_filters([WatchFilterType::NoPut]);
         let mut stream = self.open_watch(pred.key().to_vec(), options).await?;
         loop {
-            let resp = stream
-                .message()
-                .await
-                .map_err(|e| map("watch predecessor", e))?
-                .ok_or_else(|| unavailable("watch predecessor: the stream was closed".into()))?;
-            self.inner.counters.events(resp.events().len());
+            let resp = self.next_response(&mut stream, "watch predecessor").await?;
             if resp.canceled()
                 || resp
                     .events()
@@ -435,16 +430,27 @@ impl EtcdBackend {
         }
         let mut stream = self.open_watch(range.into_bytes(), options).await?;
         loop {
-            let resp = stream
-                .message()
-                .await
-                .map_err(|e| map("watch election", e))?
-                .ok_or_else(|| unavailable("watch election: the stream was closed".into()))?;
-            self.inner.counters.events(resp.events().len());
+            let resp = self.next_response(&mut stream, "watch election").await?;
             if resp.canceled() || !resp.events().is_empty() {
                 return Ok(());
             }
         }
+    }
+
+    /// The next message of a watch, counted; a closed stream is an error.
+    /// Cancel safe: a message is taken from the stream only when complete.
+    async fn next_response(
+        &self,
+        stream: &mut WatchStream,
+        operation: &str,
+    ) -> Result<WatchResponse> {
+        let resp = stream
+            .message()
+            .await
+            .map_err(|e| map(operation, e))?
+            .ok_or_else(|| unavailable(format!("{operation}: the stream was closed")))?;
+        self.inner.counters.events(resp.events().len());
+        Ok(resp)
     }
 
     async fn open_watch(&self, key: Vec<u8>, options: WatchOptions) -> Result<WatchStream> {
@@ -727,11 +733,9 @@ impl LeaderWatch for EtcdLeaderWatch {
         }
         loop {
             let resp = self
-                .stream
-                .message()
-                .await
-                .map_err(|e| map("watch election", e))?
-                .ok_or_else(|| unavailable("watch election: the stream was closed".into()))?;
+                .backend
+                .next_response(&mut self.stream, "watch election")
+                .await?;
             if resp.canceled() {
                 return Err(Error::Backend {
                     backend: BACKEND,
@@ -742,7 +746,6 @@ impl LeaderWatch for EtcdLeaderWatch {
                     ),
                 });
             }
-            self.backend.inner.counters.events(resp.events().len());
             for event in resp.events() {
                 let Some(kv) = event.kv() else { continue };
                 match event.event_type() {
