@@ -171,7 +171,9 @@ mod tests {
 
     #[tokio::test]
     async fn timings_that_do_not_fit_are_refused() {
-        let e = connect("memory://x?ttl=2s&renew_interval=2s").await.unwrap_err();
+        let e = connect("memory://x?ttl=2s&renew_interval=2s")
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("renew_interval"), "{e}");
         let e = connect("memory://x?ttl=soon").await.unwrap_err();
         assert!(e.to_string().contains("`ttl`"), "{e}");

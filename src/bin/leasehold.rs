@@ -384,9 +384,12 @@ async fn run(elector: &Elector, command: &[String], grace: Duration, forever: bo
                     }
                     emit("stepping_down", json!({ "reason": "renewals failing; stopping the command before the local deadline" }));
                     let s = stop_child(&mut child, leadership.deadline()).await;
-                    let reason = leadership.loss_reason();
-                    if let Some(r) = &reason {
-                        emit("lost", reason_json(r));
+                    // The done signal fires at the deadline at the latest,
+                    // unless a renewal got through meanwhile.
+                    let wait = grace + Duration::from_millis(200);
+                    match tokio::time::timeout(wait, leadership.lost()).await {
+                        Ok(r) => emit("lost", reason_json(&r)),
+                        Err(_) => emit("lost", json!({ "reason": "stepped_down", "detail": "renewals were failing; the command was stopped before the local deadline" })),
                     }
                     break Outcome::Lost(s);
                 }

@@ -1,0 +1,280 @@
+//! The facade against real stores: the same example binary elects a leader
+//! on etcd, ZooKeeper and Cloud Storage chosen by configuration alone, and
+//! `leasehold run` stops its command before another candidate's starts.
+//!
+//! The stores are started by the integration harness on free loopback ports
+//! (install them with `bash scripts/setup`).
+#![cfg(all(
+    feature = "cli",
+    feature = "etcd",
+    feature = "zookeeper",
+    feature = "gcs"
+))]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use leasehold_integration_tests::{EtcdNode, FakeGcs, Proxy, ZkServer, unique_name};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::{Instant, sleep, timeout};
+
+/// The example binaries sit next to the test binaries' `deps` folder.
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile> folder");
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the examples first (cargo test --all-targets does, or cargo build --examples)",
+        path.display()
+    );
+    path
+}
+
+async fn run_config_switch(config: &Path, envs: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(example("config_switch"));
+    cmd.arg(config).kill_on_drop(true);
+    for v in leasehold::config::ENV_VARS {
+        cmd.env_remove(v);
+    }
+    cmd.env_remove("STORAGE_EMULATOR_HOST");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("config_switch did not finish within 60s")
+        .expect("config_switch could not start");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "config_switch failed with {}:\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_example_elects_on_every_store_chosen_by_config_alone() {
+    let (etcd, zk, gcs) = tokio::join!(EtcdNode::start(), ZkServer::start(), FakeGcs::start());
+    let etcd = etcd.expect("start etcd (install: bash scripts/setup)");
+    let zk = zk.expect("start ZooKeeper (install: bash scripts/setup)");
+    let gcs = gcs.expect("start fake-gcs-server (install: bash scripts/setup)");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let election = unique_name("config-switch");
+    let stores = [
+        (
+            "etcd",
+            format!(
+                "[store]\nkind = \"etcd\"\nendpoints = [\"{}\"]\n",
+                etcd.client_addr()
+            ),
+        ),
+        (
+            "zookeeper",
+            format!(
+                "[store]\nkind = \"zookeeper\"\nhosts = [\"{}\"]\nchroot = \"/leasehold-test\"\nsession_timeout = \"4s\"\n",
+                zk.client_addr()
+            ),
+        ),
+        (
+            "gcs",
+            format!(
+                "[store]\nkind = \"gcs\"\nbucket = \"{}\"\nendpoint = \"{}\"\nprefix = \"locks\"\n",
+                gcs.bucket(),
+                gcs.endpoint()
+            ),
+        ),
+    ];
+    for (kind, store) in &stores {
+        // Only the [store] section differs between the runs.
+        let text = format!("election = \"{election}\"\nid = \"switcher\"\nttl = \"4s\"\n{store}");
+        let path = dir.path().join(format!("{kind}.toml"));
+        std::fs::write(&path, text).expect("write config");
+        let out = run_config_switch(&path, &[]).await;
+        assert!(
+            out.contains(&format!("\"store\":\"{kind}\"")) && out.contains("\"store_agrees\":true"),
+            "{kind}: unexpected output {out}"
+        );
+    }
+    // The environment alone can switch the store too.
+    let empty = dir.path().join("empty.toml");
+    std::fs::write(&empty, "").expect("write config");
+    let url = format!("etcd://{}/{election}-env?ttl=4s&id=env", etcd.client_addr());
+    let out = run_config_switch(&empty, &[("LEASEHOLD_URL", &url)]).await;
+    assert!(
+        out.contains("\"store\":\"etcd\"") && out.contains("\"leader\":\"env\""),
+        "{out}"
+    );
+}
+
+fn cli() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_leasehold"));
+    for v in leasehold::config::ENV_VARS {
+        cmd.env_remove(v);
+    }
+    cmd.kill_on_drop(true);
+    cmd
+}
+
+/// A `leasehold run` whose command logs `start` once and `alive` every 20 ms,
+/// each line with the candidate id and a nanosecond wall-clock stamp.
+fn spawn_run(store: &str, id: &str, log: &Path) -> Child {
+    let script = format!(
+        "echo \"start $LEASEHOLD_LEADER_ID $(date +%s%N) $LEASEHOLD_TOKEN\" >> {log}; \
+         while :; do echo \"alive $LEASEHOLD_LEADER_ID $(date +%s%N)\" >> {log}; sleep 0.02; done",
+        log = log.display()
+    );
+    cli()
+        .args([
+            "--store",
+            store,
+            "run",
+            "--name",
+            "run-handover",
+            "--id",
+            id,
+            "--",
+        ])
+        .args(["sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start leasehold run")
+}
+
+/// Lines of the command log as (kind, id, nanos).
+fn read_log(log: &Path) -> Vec<(String, String, u128)> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut p = l.split_whitespace();
+            Some((
+                p.next()?.to_owned(),
+                p.next()?.to_owned(),
+                p.next()?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+async fn wait_for_line(log: &Path, kind: &str, id: &str, within: Duration) {
+    let until = Instant::now() + within;
+    while Instant::now() < until {
+        if read_log(log).iter().any(|(k, i, _)| k == kind && i == id) {
+            return;
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "no `{kind} {id}` line within {within:?}; log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leasehold_run_stops_its_command_before_another_candidates_starts() {
+    let etcd = EtcdNode::start()
+        .await
+        .expect("start etcd (install: bash scripts/setup)");
+    let proxy = Proxy::start(etcd.client_addr()).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("commands.log");
+    let prefix = unique_name("/run");
+    let via_proxy = format!("etcd://{}?ttl=3s&prefix={prefix}", proxy.addr());
+    let direct = format!("etcd://{}?ttl=3s&prefix={prefix}", etcd.client_addr());
+
+    let mut a = spawn_run(&via_proxy, "A", &log);
+    wait_for_line(&log, "start", "A", Duration::from_secs(20)).await;
+    let mut b = spawn_run(&direct, "B", &log);
+    sleep(Duration::from_millis(500)).await;
+    assert!(
+        !read_log(&log)
+            .iter()
+            .any(|(k, i, _)| k == "start" && i == "B"),
+        "B's command started while A leads"
+    );
+
+    // Cut A off from etcd: it must stop its command before its lease can
+    // expire on the server, so B's command starts only after A's is gone.
+    let cut = Instant::now();
+    proxy.blackhole();
+    wait_for_line(&log, "start", "B", Duration::from_secs(20)).await;
+    let took = cut.elapsed();
+
+    let lines = read_log(&log);
+    let last_a = lines
+        .iter()
+        .filter(|(_, i, _)| i == "A")
+        .map(|l| l.2)
+        .max()
+        .expect("A's command logged");
+    let first_b = lines
+        .iter()
+        .filter(|(k, i, _)| k == "start" && i == "B")
+        .map(|l| l.2)
+        .min()
+        .expect("B's command logged");
+    assert!(
+        last_a < first_b,
+        "OVERLAP: A's command was alive {} ms after B's started",
+        (last_a - first_b) / 1_000_000
+    );
+    println!(
+        "handover after the cut: {took:?}; gap between A's last sign of life and B's start: {} ms",
+        (first_b - last_a) / 1_000_000
+    );
+
+    // A (not --forever) exits once its command is gone; its events say why.
+    let a_status = timeout(Duration::from_secs(10), a.wait())
+        .await
+        .expect("leasehold run A did not exit after losing")
+        .expect("wait A");
+    assert!(
+        !a_status.success(),
+        "A's command was killed, so A reports failure"
+    );
+    let mut a_out = String::new();
+    if let Some(out) = a.stdout.take() {
+        let mut lines = BufReader::new(out).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            a_out.push_str(&l);
+            a_out.push('\n');
+        }
+    }
+    assert!(
+        a_out.contains("\"event\":\"elected\"") && a_out.contains("\"event\":\"lost\""),
+        "A's events: {a_out}"
+    );
+
+    // B resigns on SIGTERM and exits with its command's status.
+    if let Some(pid) = b.id() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let b_status = timeout(Duration::from_secs(10), b.wait())
+        .await
+        .expect("leasehold run B did not exit on SIGTERM")
+        .expect("wait B");
+    assert!(!b_status.success(), "B's command was stopped by SIGTERM");
+    let leader = cli()
+        .args(["--store", &direct, "leader", "--name", "run-handover"])
+        .output()
+        .await
+        .expect("leasehold leader");
+    assert_eq!(
+        leader.status.code(),
+        Some(1),
+        "nobody leads after B resigned: {}",
+        String::from_utf8_lossy(&leader.stdout)
+    );
+}
