@@ -102,6 +102,10 @@ pub fn process_memory_store() -> &'static memory::MemoryStore {
     STORE.get_or_init(memory::MemoryStore::new)
 }
 
+#[cfg_attr(
+    all(feature = "etcd", feature = "zookeeper", feature = "gcs"),
+    allow(dead_code)
+)]
 fn feature_off(scheme: &str, feature: &str) -> Error {
     Error::Config(format!(
         "the {scheme} store needs leasehold's `{feature}` cargo feature, which this build does not have; enable it in Cargo.toml (features = [\"{feature}\"])"
