@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
+/// The macro [`Subject`] implementations need (`#[async_trait]` on the
+/// `impl`), re-exported so a backend's tests need no dependency of their own.
+pub use async_trait::async_trait;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep, timeout};
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
+use leasehold_core::conformance::async_trait;
 use leasehold_core::conformance::{self, Subject};
 use leasehold_core::memory::MemoryStore;
 use leasehold_core::{Backend, ElectionOptions};

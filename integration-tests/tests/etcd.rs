@@ -5,13 +5,11 @@
 //! Every test starts its own etcd (single node or 3-member cluster) on free
 //! loopback ports through the harness; the harness stops it by pid on drop.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use leasehold_core::conformance::{Subject, run_all};
+use leasehold_core::conformance::{Subject, async_trait, run_all};
 use leasehold_core::{
     Attempt, Backend, CancellationToken, ElectionOptions, Elector, Error, FencingToken, LossReason,
 };
@@ -58,15 +56,10 @@ struct EtcdSubject {
     endpoints: Vec<String>,
 }
 
+#[async_trait]
 impl Subject for EtcdSubject {
-    fn client<'life0, 'async_trait>(
-        &'life0 self,
-    ) -> Pin<Box<dyn Future<Output = Arc<dyn Backend>> + Send + 'async_trait>>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move { Arc::new(connect(&self.endpoints).await) as Arc<dyn Backend> })
+    async fn client(&self) -> Arc<dyn Backend> {
+        Arc::new(connect(&self.endpoints).await)
     }
 
     fn options(&self, election: &str, candidate: &str) -> ElectionOptions {

@@ -5,12 +5,10 @@
 //! `ifGenerationMatch`, every compare-and-swap test below would pass
 //! vacuously, so the canary fails loudly instead.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use leasehold_core::conformance::{self, Subject};
+use leasehold_core::conformance::{self, Subject, async_trait};
 use leasehold_core::{
     AcquireOutcome, AcquireRequest, Attempt, Backend, ElectionOptions, Elector, Error,
     FencingToken, LossReason,
@@ -158,15 +156,10 @@ struct GcsSubject {
     gcs: FakeGcs,
 }
 
-// `Subject` is an `async_trait`; this is the form the macro expands to, so
-// that the tests need no extra dependency.
+#[async_trait]
 impl Subject for GcsSubject {
-    fn client<'a, 'b>(&'a self) -> Pin<Box<dyn Future<Output = Arc<dyn Backend>> + Send + 'b>>
-    where
-        'a: 'b,
-        Self: 'b,
-    {
-        Box::pin(client(&self.gcs))
+    async fn client(&self) -> Arc<dyn Backend> {
+        client(&self.gcs).await
     }
 
     fn options(&self, election: &str, candidate: &str) -> ElectionOptions {

@@ -7,14 +7,12 @@
 //! tickTime 500 ms) on free loopback ports through the harness, which stops it
 //! by pid on drop.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use leasehold_core::conformance::{Subject, run_all};
+use leasehold_core::conformance::{Subject, async_trait, run_all};
 use leasehold_core::{
     AcquireOutcome, AcquireRequest, Attempt, Backend, ElectionOptions, Elector, Error, Leadership,
     LossReason,
@@ -126,23 +124,16 @@ impl ZkSubject {
     }
 }
 
+#[async_trait]
 impl Subject for ZkSubject {
-    fn client<'life0, 'async_trait>(
-        &'life0 self,
-    ) -> Pin<Box<dyn Future<Output = Arc<dyn Backend>> + Send + 'async_trait>>
-    where
-        'life0: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move {
-            let proxy = Arc::new(Proxy::start(self.server).await);
-            let client: Arc<dyn Backend> = Arc::new(connect(&proxy.addr().to_string(), TTL).await);
-            self.links
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((addr_key(&client), proxy));
-            client
-        })
+    async fn client(&self) -> Arc<dyn Backend> {
+        let proxy = Arc::new(Proxy::start(self.server).await);
+        let client: Arc<dyn Backend> = Arc::new(connect(&proxy.addr().to_string(), TTL).await);
+        self.links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((addr_key(&client), proxy));
+        client
     }
 
     fn options(&self, election: &str, candidate: &str) -> ElectionOptions {
@@ -156,28 +147,12 @@ impl Subject for ZkSubject {
         Duration::from_secs(2)
     }
 
-    fn vanish<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        client: &'life1 Arc<dyn Backend>,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'async_trait>>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move { self.link(client).blackhole() })
+    async fn vanish(&self, client: &Arc<dyn Backend>) {
+        self.link(client).blackhole();
     }
 
-    fn revive<'life0, 'life1, 'async_trait>(
-        &'life0 self,
-        client: &'life1 Arc<dyn Backend>,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'async_trait>>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(async move { self.link(client).heal() })
+    async fn revive(&self, client: &Arc<dyn Backend>) {
+        self.link(client).heal();
     }
 }
 
