@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use leasehold_core::{AcquireOutcome, AcquireRequest, Backend, ElectionOptions, Elector};
 use leasehold_etcd::EtcdBackend;
-use leasehold_integration_tests::{EtcdNode, unique_name};
+use leasehold_integration_tests::{EtcdNode, bench::report, unique_name};
 use tokio::time::{Instant, sleep, timeout};
 
 async fn connect(endpoint: &str) -> EtcdBackend {
@@ -36,26 +36,6 @@ fn elector(backend: &EtcdBackend, election: &str, candidate: &str, ttl: Duration
     .unwrap_or_else(|e| panic!("options: {e}"))
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn summary(name: &str, mut samples: Vec<Duration>) {
-    samples.sort();
-    println!(
-        "{name}: n={} p50={:.2?} p99={:.2?} min={:.2?} max={:.2?}",
-        samples.len(),
-        percentile(&samples, 50.0),
-        percentile(&samples, 99.0),
-        samples.first().copied().unwrap_or_default(),
-        samples.last().copied().unwrap_or_default(),
-    );
-}
-
 async fn uncontended_acquire(endpoint: &str, rounds: usize) {
     let backend = connect(endpoint).await;
     let e = elector(
@@ -71,7 +51,7 @@ async fn uncontended_acquire(endpoint: &str, rounds: usize) {
         samples.push(t.elapsed());
         l.unlock().await.unwrap_or_else(|e| panic!("unlock: {e}"));
     }
-    summary("uncontended acquire (lock on a free election)", samples);
+    report("uncontended acquire (lock on a free election)", samples);
 }
 
 async fn handover(endpoint: &str, rounds: usize) {
@@ -102,7 +82,7 @@ async fn handover(endpoint: &str, rounds: usize) {
         .unlock()
         .await
         .unwrap_or_else(|e| panic!("unlock: {e}"));
-    summary(
+    report(
         "handover on unlock (unlock called -> successor leads)",
         samples,
     );
@@ -148,7 +128,7 @@ async fn crash_failover(endpoint: &str, ttl: Duration, rounds: usize) {
             .map(|d| format!("{:.0?}", d.saturating_sub(ttl)))
             .collect()
     };
-    summary(
+    report(
         &format!("crash failover, ttl {ttl:?} (last refresh sent -> successor leads)"),
         samples,
     );

@@ -16,7 +16,7 @@ use leasehold_core::{
     AcquireOutcome, AcquireRequest, Backend, ElectionOptions, Elector, Leadership,
 };
 use leasehold_gcs::GcsBackend;
-use leasehold_integration_tests::{FAKE_GCS_BUCKET, FakeGcs, unique_name};
+use leasehold_integration_tests::{FAKE_GCS_BUCKET, FakeGcs, bench::report, unique_name};
 use tokio::time::{Instant, sleep, timeout};
 
 async fn client(gcs: &FakeGcs) -> Arc<dyn Backend> {
@@ -41,25 +41,6 @@ async fn lock(e: &Elector) -> Leadership {
         .await
         .expect("lock timed out")
         .expect("lock failed")
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn report(what: &str, mut samples: Vec<Duration>) {
-    samples.sort();
-    println!(
-        "{what:<44} n={:<4} p50={:>9.3?} p99={:>9.3?} max={:>9.3?}",
-        samples.len(),
-        percentile(&samples, 0.50),
-        percentile(&samples, 0.99),
-        samples.last().copied().unwrap_or_default()
-    );
 }
 
 /// Requests the emulator logged so far for objects under `path_part`.

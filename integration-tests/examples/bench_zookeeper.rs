@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leasehold_core::{Backend, ElectionOptions, Elector, Leadership};
-use leasehold_integration_tests::{Proxy, ZkServer, unique_name};
+use leasehold_integration_tests::{Proxy, ZkServer, bench::report, unique_name};
 use leasehold_zookeeper::ZkBackend;
 use tokio::time::{Instant, sleep, timeout};
 
@@ -37,25 +37,6 @@ async fn lock(e: &Elector) -> Leadership {
         .await
         .expect("lock timed out")
         .expect("lock failed")
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn report(what: &str, mut samples: Vec<Duration>) {
-    samples.sort();
-    println!(
-        "{what:<40} n={:<4} p50={:>9.3?} p99={:>9.3?} max={:>9.3?}",
-        samples.len(),
-        percentile(&samples, 0.50),
-        percentile(&samples, 0.99),
-        samples.last().copied().unwrap_or_default()
-    );
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -37,6 +37,7 @@
 //! # }
 //! ```
 
+pub mod bench;
 mod error;
 mod etcd;
 mod gcs;
