@@ -123,6 +123,29 @@ impl Elector {
         }
     }
 
+    /// Campaign until this candidate leads or `cancel` fires.
+    ///
+    /// Unlike dropping a [`lock`](Self::lock) future, which only signals the
+    /// campaign to stop, this waits for the campaign to end: when `cancel`
+    /// fires first it returns `Ok(None)` once this candidate's queued claim
+    /// has been withdrawn from the store (or the withdrawal failed, bounded
+    /// by the request timeout). A process that exits right after it leaves
+    /// no claim behind for the next candidate to wait out.
+    ///
+    /// # Errors
+    /// As [`lock`](Self::lock).
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`lock`](Self::lock) (but then nothing waits for the
+    /// withdrawal).
+    pub async fn lock_cancellable(&self, cancel: &CancellationToken) -> Result<Option<Leadership>> {
+        match self.campaign_with(Mode::Block, cancel.child_token()).await {
+            Ok(attempt) => Ok(attempt.leadership()),
+            Err(Error::Cancelled) if cancel.is_cancelled() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Try once: lead now if the election is free, else say who leads.
     ///
     /// On a fair-queue backend a queued claim is withdrawn before this
@@ -225,9 +248,9 @@ impl Elector {
         Fut: Future<Output = ()>,
     {
         loop {
-            let leadership = tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                l = self.lock() => l?,
+            // Returns only once a queued claim is withdrawn.
+            let Some(leadership) = self.lock_cancellable(&cancel).await? else {
+                return Ok(());
             };
             let term = leadership.clone();
             let token = term.fencing_token();
@@ -263,7 +286,13 @@ impl Elector {
     /// Run one campaign in a task of its own so that dropping the caller's
     /// future can never leave a lease or a queued claim behind.
     async fn campaign(&self, mode: Mode) -> Result<Attempt> {
-        let cancel = CancellationToken::new();
+        self.campaign_with(mode, CancellationToken::new()).await
+    }
+
+    /// [`campaign`](Self::campaign) stopped by `cancel` as well as by
+    /// dropping the future. When `cancel` fires, the result arrives only
+    /// after the campaign task has withdrawn its claim.
+    async fn campaign_with(&self, mode: Mode, cancel: CancellationToken) -> Result<Attempt> {
         let on_drop = cancel.clone().drop_guard();
         let (tx, rx) = oneshot::channel();
         let span = tracing::info_span!(
