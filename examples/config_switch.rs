@@ -1,7 +1,7 @@
 //! One program, any store: the store is chosen by configuration alone.
 //!
-//! Run: `cargo run --example config_switch -- examples/leasehold.toml`
-//! or:  `LEASEHOLD_URL=etcd://127.0.0.1:2379/demo cargo run --example config_switch`
+//! Run: `cargo run --features full --example config_switch -- examples/leasehold.toml`
+//! or:  `LEASEHOLD_URL=etcd://127.0.0.1:2379/demo cargo run --features etcd --example config_switch`
 //!
 //! It reads an [`ElectionConfig`] from the TOML file given as the first
 //! argument (if any), applies the `LEASEHOLD_*` environment variables, wins
@@ -40,13 +40,13 @@ async fn run() -> leasehold::Result<()> {
         }
     };
     let seen = elector.leader().await?;
-    println!(
-        "{{\"store\":\"{}\",\"election\":\"{}\",\"leader\":\"{}\",\"token\":{},\"store_agrees\":{}}}",
-        store.kind(),
-        elector.options().election,
-        leadership.leader().id,
-        leadership.fencing_token(),
-        seen.is_some_and(|l| l.token == leadership.fencing_token())
-    );
+    let line = serde_json::json!({
+        "store": store.kind(),
+        "election": elector.options().election,
+        "leader": leadership.leader().id,
+        "token": leadership.fencing_token().get(),
+        "store_agrees": seen.is_some_and(|l| l.token == leadership.fencing_token()),
+    });
+    println!("{line}");
     leadership.unlock().await
 }

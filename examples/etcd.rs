@@ -1,7 +1,7 @@
 //! The etcd backend built in code (rather than from a URL): win the election,
 //! show the fencing token and what the store says, hand over.
 //!
-//! Run: `docker compose up -d etcd && cargo run --example etcd -- [http://127.0.0.1:2379]`
+//! Run: `docker compose up -d etcd && cargo run --features etcd --example etcd -- [http://127.0.0.1:2379]`
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! The gcs backend built in code (rather than from a URL): win the election,
 //! show the fencing token and what the store says, hand over.
 //!
-//! Run: `docker compose up -d gcs && cargo run --example gcs -- [http://127.0.0.1:4443]`
+//! Run: `docker compose up -d gcs && cargo run --features gcs --example gcs -- [http://127.0.0.1:4443]`
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,7 +5,8 @@
 //!
 //! Run: `cargo run --example graceful -- [STORE_URL]` (default
 //! `memory://graceful-demo?ttl=3s`), then press Ctrl-C. Start it twice
-//! against a real store (e.g. `etcd://127.0.0.1:2379/graceful-demo`) and
+//! against a real store (`cargo run --features full --example graceful --
+//! etcd://127.0.0.1:2379/graceful-demo`) and
 //! stop the leader to watch the handover.
 
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! The zookeeper backend built in code (rather than from a URL): win the election,
 //! show the fencing token and what the store says, hand over.
 //!
-//! Run: `docker compose up -d zookeeper && cargo run --example zookeeper -- [127.0.0.1:2181/leasehold]`
+//! Run: `docker compose up -d zookeeper && cargo run --features zookeeper --example zookeeper -- [127.0.0.1:2181/leasehold]`
 
 use std::sync::Arc;
 use std::time::Duration;

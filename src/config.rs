@@ -335,35 +335,32 @@ pub fn default_candidate_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Parse `"1.5s"`, `"500ms"`, `"2m"`, `"1h"` (a non-negative number and a
-/// unit: `ms`, `s`, `m`, `h`).
+/// Parse a duration as Go, etcdctl and consul users write it: `"500ms"`,
+/// `"10s"`, `"1.5s"`, `"1m30s"`, `"2h"` (jiff's friendly format, so
+/// `"1 minute 30 seconds"` and ISO 8601 `"PT1M30S"` work too). Negative
+/// durations and calendar units (days and longer) are refused.
 ///
 /// # Errors
 /// [`Error::Config`] naming `field` and the accepted forms.
 pub fn parse_duration(field: &str, text: &str) -> Result<Duration> {
-    let bad = || {
+    let bad = |why: &str| {
         Error::Config(format!(
-            "`{field}`: {text:?} is not a duration; write a number and a unit, e.g. \"500ms\", \"10s\", \"1.5s\", \"2m\", \"1h\""
+            "`{field}`: {text:?} is not a duration ({why}); write e.g. \"500ms\", \"10s\", \"1.5s\", \"1m30s\", \"2h\""
         ))
     };
     let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(bad)?;
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| bad())?;
-    let scale = match unit.trim() {
-        "ms" => 0.001,
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => return Err(bad()),
-    };
-    let secs = n * scale;
-    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
-        return Err(bad());
+    if t.is_empty() {
+        return Err(bad("it is empty"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    // A bare number has no unit: "10" could mean seconds or milliseconds.
+    if t.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err(bad("a number needs a unit"));
+    }
+    let signed: jiff::SignedDuration = t.parse().map_err(|e: jiff::Error| bad(&e.to_string()))?;
+    if signed.is_negative() {
+        return Err(bad("it is negative"));
+    }
+    Duration::try_from(signed).map_err(|_| bad("it is out of range"))
 }
 
 #[cfg(test)]
@@ -388,6 +385,17 @@ mod tests {
             parse_duration("ttl", "2m").unwrap(),
             Duration::from_secs(120)
         );
+        // As Go's time.ParseDuration, etcdctl and consul write them.
+        for (text, want) in [
+            ("1m30s", Duration::from_secs(90)),
+            ("2h", Duration::from_secs(7200)),
+            ("1h2m3.5s", Duration::from_millis(3_723_500)),
+            ("1.5m", Duration::from_secs(90)),
+            ("0.25s", Duration::from_millis(250)),
+            ("1 minute 30 seconds", Duration::from_secs(90)),
+        ] {
+            assert_eq!(parse_duration("ttl", text).unwrap(), want, "{text}");
+        }
         for bad in [
             "",
             "10",

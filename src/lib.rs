@@ -28,8 +28,17 @@
 //!
 //! ## Cargo features
 //!
-//! `etcd`, `zookeeper` and `gcs` (all on by default) each bring one backend
-//! and its URL schemes. The memory backend is always there.
+//! The defaults are lean: the engine and the in-memory store. `etcd`,
+//! `zookeeper` and `gcs` each bring one backend and its URL schemes; `full`
+//! brings all three. A URL whose backend is compiled out is an error naming
+//! the feature to turn on. The `etcd` feature builds etcd's gRPC definitions
+//! and needs `protoc` with the protobuf well-known types (Debian:
+//! `apt-get install protobuf-compiler libprotobuf-dev`; macOS: `brew install
+//! protobuf`; or point `PROTOC=` at a protoc binary).
+//!
+//! The `leasehold` command-line tool is its own package, `leasehold-cli`,
+//! with every backend on.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 use std::sync::{Arc, OnceLock};
 
@@ -43,10 +52,13 @@ pub use leasehold_core::{
 pub use leasehold_core as core;
 
 #[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub use leasehold_etcd as etcd;
 #[cfg(feature = "gcs")]
+#[cfg_attr(docsrs, doc(cfg(feature = "gcs")))]
 pub use leasehold_gcs as gcs;
 #[cfg(feature = "zookeeper")]
+#[cfg_attr(docsrs, doc(cfg(feature = "zookeeper")))]
 pub use leasehold_zookeeper as zookeeper;
 
 pub mod config;

@@ -304,30 +304,24 @@ fn parse_query(q: &str) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-/// Percent-decode `s` (and `+` stays `+`), as UTF-8.
+/// Percent-decode `s` (`+` stays `+`), as UTF-8.
 fn decode(what: &str, s: &str) -> Result<String> {
+    // percent-encoding passes a malformed escape through as is; a URL with
+    // one is a typo, so refuse it with a message rather than guess.
     let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| {
-                    err(format!(
-                        "{what}: bad percent-escape (write %XX with two hex digits)"
-                    ))
-                })?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
+    for (i, _) in s.match_indices('%') {
+        let ok = bytes
+            .get(i + 1..i + 3)
+            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
+        if !ok {
+            return Err(err(format!(
+                "{what}: bad percent-escape (write %XX with two hex digits)"
+            )));
         }
     }
-    String::from_utf8(out)
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(|c| c.into_owned())
         .map_err(|_| err(format!("{what}: percent-escapes do not decode to UTF-8")))
 }
 

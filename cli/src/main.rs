@@ -10,12 +10,12 @@
 //! Events are printed as one JSON object per line on stdout.
 
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use leasehold::config::parse_duration;
 use leasehold::{CancellationToken, ElectionConfig, Elector, LeaderInfo, Leadership, LossReason};
-use serde_json::{Value, json};
+use serde::Serialize;
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, sleep, sleep_until};
 
@@ -79,58 +79,111 @@ enum Cmd {
     Observe(Election),
 }
 
-fn now_iso() -> String {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (proleptic Gregorian).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
+/// One line of the CLI's output on stdout: a JSON object with an `event`
+/// tag and a `ts` (RFC 3339, UTC, milliseconds).
+#[derive(Serialize, Debug)]
+struct Line<'a> {
+    #[serde(flatten)]
+    event: Event<'a>,
+    ts: String,
 }
 
-fn emit(event: &str, mut fields: Value) {
-    if let Value::Object(m) = &mut fields {
-        m.insert("ts".into(), json!(now_iso()));
-        m.insert("event".into(), json!(event));
+/// The events the CLI prints, documented in the README.
+#[derive(Serialize, Debug)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum Event<'a> {
+    /// This candidate leads (`pid`: the command's, for `run`).
+    Elected {
+        id: &'a str,
+        token: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pid: Option<u32>,
+    },
+    /// This candidate's term ended.
+    Lost { reason: Reason, detail: String },
+    /// Who leads now (observe, campaign).
+    Leader(LeaderView),
+    /// Renewals are failing: `run` is stopping its command before the
+    /// local deadline.
+    SteppingDown { reason: &'static str },
+    /// The campaign ended on request; the claim is withdrawn.
+    Resigned { id: &'a str },
+    /// `run`'s command ended.
+    Exited {
+        status: Option<i32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
+        token: u64,
+    },
+}
+
+/// Why a term ended.
+#[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum Reason {
+    /// Released on request.
+    Released,
+    /// The store says the lease is gone.
+    LeaseLost,
+    /// The store could not be reached before the local deadline.
+    Unreachable,
+    /// `run` stopped its command early because renewals were failing.
+    SteppedDown,
+    /// A reason this version does not know.
+    Other,
+}
+
+/// The current leader, or `{"leader": null}`.
+#[derive(Serialize, Debug, Default)]
+struct LeaderView {
+    leader: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<u64>,
+}
+
+impl LeaderView {
+    fn of(l: &Option<LeaderInfo>) -> Self {
+        match l {
+            Some(l) => LeaderView {
+                leader: Some(l.id.clone()),
+                value: Some(String::from_utf8_lossy(&l.value).into_owned()),
+                token: Some(l.token.get()),
+            },
+            None => LeaderView::default(),
+        }
     }
-    println!("{fields}");
 }
 
-fn leader_json(l: &Option<LeaderInfo>) -> Value {
-    match l {
-        Some(l) => json!({
-            "leader": l.id,
-            "value": String::from_utf8_lossy(&l.value),
-            "token": l.token.get(),
-        }),
-        None => json!({ "leader": null }),
+fn print_json(value: &impl Serialize) {
+    match serde_json::to_string(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("leasehold: cannot encode an event: {e}"),
     }
 }
 
-fn reason_json(r: &LossReason) -> Value {
-    let kind = match r {
-        LossReason::Released => "released",
-        LossReason::LeaseLost(_) => "lease_lost",
-        LossReason::Unreachable { .. } => "unreachable",
-        _ => "other",
+fn emit(event: Event<'_>) {
+    let ts = jiff::Timestamp::now()
+        .round(jiff::Unit::Millisecond)
+        .unwrap_or_else(|_| jiff::Timestamp::now());
+    print_json(&Line {
+        event,
+        ts: ts.to_string(),
+    });
+}
+
+fn lost(r: &LossReason) -> Event<'static> {
+    let reason = match r {
+        LossReason::Released => Reason::Released,
+        LossReason::LeaseLost(_) => Reason::LeaseLost,
+        LossReason::Unreachable { .. } => Reason::Unreachable,
+        _ => Reason::Other,
     };
-    json!({ "reason": kind, "detail": r.to_string() })
+    Event::Lost {
+        reason,
+        detail: r.to_string(),
+    }
 }
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
@@ -206,7 +259,7 @@ async fn main() -> ExitCode {
     match &cli.command {
         Cmd::Leader(_) => match elector.leader().await {
             Ok(l) => {
-                println!("{}", leader_json(&l));
+                print_json(&LeaderView::of(&l));
                 if l.is_some() {
                     ExitCode::SUCCESS
                 } else {
@@ -239,7 +292,7 @@ async fn observe(elector: &Elector, stop: CancellationToken) -> ExitCode {
     };
     loop {
         let now = rx.borrow_and_update().clone();
-        emit("leader", leader_json(&now));
+        emit(Event::Leader(LeaderView::of(&now)));
         tokio::select! {
             _ = stop.cancelled() => return ExitCode::SUCCESS,
             r = rx.changed() => if r.is_err() { return ExitCode::SUCCESS },
@@ -259,12 +312,13 @@ async fn campaign(elector: &Elector) -> ExitCode {
         .run(stop.clone(), |l: Leadership| {
             let id = id.clone();
             async move {
-                emit(
-                    "elected",
-                    json!({ "id": id, "token": l.fencing_token().get() }),
-                );
+                emit(Event::Elected {
+                    id: &id,
+                    token: l.fencing_token().get(),
+                    pid: None,
+                });
                 let reason = l.lost().await;
-                emit("lost", reason_json(&reason));
+                emit(lost(&reason));
             }
         })
         .await;
@@ -272,7 +326,9 @@ async fn campaign(elector: &Elector) -> ExitCode {
     let _ = watcher.await;
     match result {
         Ok(()) => {
-            emit("resigned", json!({ "id": elector.options().candidate_id }));
+            emit(Event::Resigned {
+                id: &elector.options().candidate_id,
+            });
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),
@@ -357,10 +413,11 @@ async fn run(elector: &Elector, command: &[String], grace: Duration, forever: bo
                 return fail(format!("cannot start {:?}: {e}", command[0]));
             }
         };
-        emit(
-            "elected",
-            json!({ "id": id, "token": token, "pid": child.id() }),
-        );
+        emit(Event::Elected {
+            id: &id,
+            token,
+            pid: child.id(),
+        });
         // Start stopping the command when the deadline comes within the
         // grace (renewals failing); kill it at the deadline at the latest.
         let status = loop {
@@ -375,21 +432,21 @@ async fn run(elector: &Elector, command: &[String], grace: Duration, forever: bo
                     // The store says someone else may lead already: kill now.
                     let _ = child.start_kill();
                     let s = child.wait().await;
-                    emit("lost", reason_json(&reason));
+                    emit(lost(&reason));
                     break Outcome::Lost(s);
                 }
                 _ = sleep_until(warn_at) => {
                     if leadership.deadline() - grace > Instant::now() {
                         continue; // renewed meanwhile
                     }
-                    emit("stepping_down", json!({ "reason": "renewals failing; stopping the command before the local deadline" }));
+                    emit(Event::SteppingDown { reason: "renewals failing; stopping the command before the local deadline" });
                     let s = stop_child(&mut child, leadership.deadline()).await;
                     // The done signal fires at the deadline at the latest,
                     // unless a renewal got through meanwhile.
                     let wait = grace + Duration::from_millis(200);
                     match tokio::time::timeout(wait, leadership.lost()).await {
-                        Ok(r) => emit("lost", reason_json(&r)),
-                        Err(_) => emit("lost", json!({ "reason": "stepped_down", "detail": "renewals were failing; the command was stopped before the local deadline" })),
+                        Ok(r) => emit(lost(&r)),
+                        Err(_) => emit(Event::Lost { reason: Reason::SteppedDown, detail: "renewals were failing; the command was stopped before the local deadline".into() }),
                     }
                     break Outcome::Lost(s);
                 }
@@ -404,7 +461,12 @@ async fn run(elector: &Elector, command: &[String], grace: Duration, forever: bo
         }
         let code = match &status {
             Ok(s) => {
-                emit("exited", json!({ "status": s.code(), "token": token }));
+                use std::os::unix::process::ExitStatusExt;
+                emit(Event::Exited {
+                    status: s.code(),
+                    signal: s.signal(),
+                    token,
+                });
                 exit_code(*s)
             }
             Err(e) => fail(format!("waiting for the command failed: {e}")),

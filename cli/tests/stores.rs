@@ -4,12 +4,7 @@
 //!
 //! The stores are started by the integration harness on free loopback ports
 //! (install them with `bash scripts/setup`).
-#![cfg(all(
-    feature = "cli",
-    feature = "etcd",
-    feature = "zookeeper",
-    feature = "gcs"
-))]
+#![cfg(all(feature = "etcd", feature = "zookeeper", feature = "gcs"))]
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

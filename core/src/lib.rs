@@ -22,6 +22,7 @@
 //!   [`Attempt::Held`]; a store outage is an [`Error`] that counts against
 //!   the deadline; [`LossReason`] tells "the lease is gone" from "the store
 //!   could not be reached in time".
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
 mod elector;
@@ -34,6 +35,7 @@ mod retry;
 mod types;
 
 #[cfg(feature = "conformance")]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 
 pub use backend::{Backend, LeaderWatch};
