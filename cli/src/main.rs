@@ -9,15 +9,25 @@
 //!
 //! Events are printed as one JSON object per line on stdout.
 
+mod supervise;
+
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use leasehold::config::parse_duration;
 use leasehold::{CancellationToken, ElectionConfig, Elector, LeaderInfo, Leadership, LossReason};
 use serde::Serialize;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::time::{Instant, sleep, sleep_until};
+
+use crate::supervise::Tree;
+
+/// The exit status when `--timeout` ran out before this candidate was
+/// elected (GNU timeout's).
+const TIMED_OUT: u8 = 124;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -56,12 +66,24 @@ struct Election {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Become a candidate and stay one; print an event per line (elected,
-    /// lost, leader changes); resign cleanly on SIGTERM or Ctrl-C.
-    Campaign(Election),
-    /// Run a command only while leading; stop it before anyone else can lead.
+    /// lost, leader changes); resign cleanly on SIGTERM, SIGINT, SIGHUP or
+    /// SIGQUIT.
+    Campaign {
+        #[command(flatten)]
+        election: Election,
+        /// Give up if not elected within this time, e.g. 30s (exit 124).
+        #[arg(long)]
+        timeout: Option<String>,
+    },
+    /// Run a command only while leading; stop it, with everything it started,
+    /// before anyone else can lead.
     Run {
         #[command(flatten)]
         election: Election,
+        /// Give up if not elected within this time, e.g. 30s (exit 124;
+        /// the command never starts).
+        #[arg(long)]
+        timeout: Option<String>,
         /// Time between SIGTERM and SIGKILL; it must end before the local
         /// deadline (default: the largest that fits, at most 5s).
         #[arg(long)]
@@ -69,6 +91,13 @@ enum Cmd {
         /// Campaign again after each term instead of exiting.
         #[arg(long)]
         forever: bool,
+        /// Wait this long after being elected before starting the command,
+        /// e.g. 2s, holding the lease: a term that ended without the old
+        /// leader's knowing (an administrator revoked its lease) gives the
+        /// old leader this long to notice and kill its command (consul's
+        /// lock-delay; see the README).
+        #[arg(long)]
+        start_delay: Option<String>,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -77,6 +106,12 @@ enum Cmd {
     Leader(Election),
     /// Print every leader change as a JSON line until interrupted.
     Observe(Election),
+    /// Internal: the guardian `run` starts next to its command.
+    #[command(name = "__guard", hide = true)]
+    Guard {
+        /// The command's process group.
+        pgid: String,
+    },
 }
 
 /// One line of the CLI's output on stdout: a JSON object with an `event`
@@ -108,13 +143,19 @@ enum Event<'a> {
     SteppingDown { reason: &'static str },
     /// The campaign ended on request; the claim is withdrawn.
     Resigned { id: &'a str },
-    /// `run`'s command ended.
+    /// `run`'s command ended (its own process; everything it started is
+    /// gone too by the time this is printed).
     Exited {
         status: Option<i32>,
         #[serde(skip_serializing_if = "Option::is_none")]
         signal: Option<i32>,
         token: u64,
     },
+    /// `--timeout` ran out before this candidate was elected; its claim is
+    /// withdrawn.
+    TimedOut { id: &'a str, after_ms: u64 },
+    /// leasehold got a signal (`signal`: its name) and is stopping.
+    Signalled { signal: &'static str },
 }
 
 /// Why a term ended.
@@ -191,26 +232,69 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// Cancelled on SIGTERM or SIGINT.
-fn shutdown_token() -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
-    tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+/// Shutdown on SIGTERM, SIGINT, SIGHUP or SIGQUIT: `token` is cancelled at
+/// the first one, and `received` tells which it was.
+#[derive(Clone)]
+struct Shutdown {
+    token: CancellationToken,
+    signal: Arc<AtomicI32>,
+}
+
+impl Shutdown {
+    /// Starts listening (in a task of its own).
+    fn listen() -> Shutdown {
+        use tokio::signal::unix::{SignalKind, signal};
+        let shutdown = Shutdown {
+            token: CancellationToken::new(),
+            signal: Arc::new(AtomicI32::new(0)),
+        };
+        for (kind, sig) in [
+            (SignalKind::terminate(), nix::sys::signal::Signal::SIGTERM),
+            (SignalKind::interrupt(), nix::sys::signal::Signal::SIGINT),
+            (SignalKind::hangup(), nix::sys::signal::Signal::SIGHUP),
+            (SignalKind::quit(), nix::sys::signal::Signal::SIGQUIT),
+        ] {
+            let mut stream = match signal(kind) {
                 Ok(s) => s,
                 Err(e) => {
-                    eprintln!("leasehold: cannot listen for SIGTERM: {e}");
-                    return;
+                    eprintln!("leasehold: cannot listen for {sig}: {e}");
+                    continue;
                 }
             };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+            let s = shutdown.clone();
+            tokio::spawn(async move {
+                // Every delivery is taken (the handler stays installed); the
+                // first signal decides the exit status.
+                while stream.recv().await.is_some() {
+                    let _ = s.signal.compare_exchange(
+                        0,
+                        sig as i32,
+                        Ordering::SeqCst,
+                        Ordering::SeqCst,
+                    );
+                    s.token.cancel();
+                }
+            });
         }
-        t.cancel();
-    });
-    token
+        shutdown
+    }
+
+    /// The signal received, if any.
+    fn received(&self) -> Option<nix::sys::signal::Signal> {
+        nix::sys::signal::Signal::try_from(self.signal.load(Ordering::SeqCst)).ok()
+    }
+
+    /// The shell's exit status for the signal received (128 + its number).
+    fn exit_code(&self) -> Option<ExitCode> {
+        self.received()
+            .map(|s| ExitCode::from(u8::try_from(128 + s as i32).unwrap_or(1)))
+    }
+
+    fn announce(&self) {
+        if let Some(s) = self.received() {
+            emit(Event::Signalled { signal: s.as_str() });
+        }
+    }
 }
 
 async fn build(cli: &Cli, e: &Election) -> leasehold::Result<Elector> {
@@ -242,6 +326,9 @@ async fn build(cli: &Cli, e: &Election) -> leasehold::Result<Elector> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Guard { pgid } = &cli.command {
+        return supervise::guard_main(pgid).await;
+    }
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -249,8 +336,19 @@ async fn main() -> ExitCode {
             .init();
     }
     let election = match &cli.command {
-        Cmd::Campaign(e) | Cmd::Leader(e) | Cmd::Observe(e) => e.clone(),
-        Cmd::Run { election, .. } => election.clone(),
+        Cmd::Leader(e) | Cmd::Observe(e) => e.clone(),
+        Cmd::Campaign { election, .. } | Cmd::Run { election, .. } => election.clone(),
+        Cmd::Guard { .. } => return fail("__guard is internal to leasehold run"),
+    };
+    let timeout = match &cli.command {
+        Cmd::Campaign { timeout, .. } | Cmd::Run { timeout, .. } => match timeout {
+            Some(t) => match parse_duration("timeout", t) {
+                Ok(d) => Some(d),
+                Err(e) => return fail(e),
+            },
+            None => None,
+        },
+        _ => None,
     };
     let elector = match build(&cli, &election).await {
         Ok(e) => e,
@@ -268,11 +366,12 @@ async fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
-        Cmd::Observe(_) => observe(&elector, shutdown_token()).await,
-        Cmd::Campaign(_) => campaign(&elector).await,
+        Cmd::Observe(_) => observe(&elector, Shutdown::listen().token).await,
+        Cmd::Campaign { .. } => campaign(&elector, timeout).await,
         Cmd::Run {
             grace,
             forever,
+            start_delay,
             command,
             ..
         } => {
@@ -280,8 +379,26 @@ async fn main() -> ExitCode {
                 Ok(g) => g,
                 Err(e) => return fail(e),
             };
-            run(&elector, command, grace, *forever).await
+            let start_delay = match start_delay
+                .as_deref()
+                .map(|d| parse_duration("start_delay", d))
+            {
+                None => Duration::ZERO,
+                Some(Ok(d)) => d,
+                Some(Err(e)) => return fail(e),
+            };
+            let how = How {
+                grace,
+                forever: *forever,
+                wait_for: timeout,
+                start_delay,
+            };
+            // Awaited here, on the thread that lives as long as the process:
+            // the command's parent-death signal is tied to the thread that
+            // spawned it (see supervise).
+            run(&elector, command, how).await
         }
+        Cmd::Guard { .. } => fail("__guard is internal to leasehold run"),
     }
 }
 
@@ -300,18 +417,53 @@ async fn observe(elector: &Elector, stop: CancellationToken) -> ExitCode {
     }
 }
 
-async fn campaign(elector: &Elector) -> ExitCode {
-    let stop = shutdown_token();
+/// Locks a mutex even if a panicking thread poisoned it (the data is plain
+/// flags).
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+async fn campaign(elector: &Elector, wait_for: Option<Duration>) -> ExitCode {
+    let shutdown = Shutdown::listen();
+    // Cancelled on a signal, or when --timeout runs out before the election.
+    let stop = shutdown.token.child_token();
     let watcher = {
         let elector = elector.clone();
         let stop = stop.clone();
         tokio::spawn(async move { observe(&elector, stop).await })
     };
+    // (elected once, timed out): decided under one lock, so a term won at
+    // the moment the timeout runs out is either served or given back.
+    let state = Arc::new(Mutex::new((false, false)));
+    let timer = wait_for.map(|d| {
+        let state = state.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            sleep(d).await;
+            let mut s = locked(&state);
+            if !s.0 {
+                s.1 = true;
+                stop.cancel();
+            }
+        })
+    });
     let id = elector.options().candidate_id.clone();
     let result = elector
         .run(stop.clone(), |l: Leadership| {
             let id = id.clone();
+            let state = state.clone();
             async move {
+                {
+                    let mut s = locked(&state);
+                    if s.1 {
+                        return; // timed out just now: give the term back
+                    }
+                    s.0 = true;
+                }
                 emit(Event::Elected {
                     id: &id,
                     token: l.fencing_token().get(),
@@ -322,9 +474,20 @@ async fn campaign(elector: &Elector) -> ExitCode {
             }
         })
         .await;
+    if let Some(t) = timer {
+        t.abort();
+    }
     stop.cancel();
     let _ = watcher.await;
+    let timed_out = locked(&state).1;
     match result {
+        Ok(()) if timed_out => {
+            emit(Event::TimedOut {
+                id: &elector.options().candidate_id,
+                after_ms: wait_for.map(millis).unwrap_or(0),
+            });
+            ExitCode::from(TIMED_OUT)
+        }
         Ok(()) => {
             emit(Event::Resigned {
                 id: &elector.options().candidate_id,
@@ -354,15 +517,6 @@ fn grace_for(elector: &Elector, given: Option<&str>) -> Result<Duration, String>
     Ok(grace)
 }
 
-fn signal_child(child: &Child, sig: nix::sys::signal::Signal) {
-    if let Some(pid) = child.id() {
-        let pid = nix::unistd::Pid::from_raw(pid as i32);
-        if let Err(e) = nix::sys::signal::kill(pid, sig) {
-            eprintln!("leasehold: cannot send {sig} to the command: {e}");
-        }
-    }
-}
-
 fn exit_code(status: std::process::ExitStatus) -> ExitCode {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
@@ -372,42 +526,110 @@ fn exit_code(status: std::process::ExitStatus) -> ExitCode {
     }
 }
 
-/// Stop the child: SIGTERM, then SIGKILL at `kill_at`.
-async fn stop_child(
-    child: &mut Child,
-    kill_at: Instant,
-) -> std::io::Result<std::process::ExitStatus> {
-    signal_child(child, nix::sys::signal::Signal::SIGTERM);
-    tokio::select! {
-        s = child.wait() => s,
-        _ = sleep_until(kill_at) => {
-            let _ = child.start_kill();
-            child.wait().await
-        }
-    }
+/// Why `run` is stopping its command.
+enum Ending {
+    /// The command's own process exited (what it started is stopped too).
+    Exited,
+    /// leasehold got a signal.
+    Signalled,
+    /// The store says the lease is gone: kill at once.
+    Lost(LossReason),
+    /// Renewals are failing and the local deadline is within the grace.
+    SteppingDown,
 }
 
-async fn run(elector: &Elector, command: &[String], grace: Duration, forever: bool) -> ExitCode {
-    let stop = shutdown_token();
+/// Campaign until elected, a signal, or `wait_for` runs out (`Ok(None)`;
+/// then the claim is withdrawn).
+async fn acquire(
+    elector: &Elector,
+    shutdown: &Shutdown,
+    wait_for: Option<Duration>,
+) -> leasehold::Result<Option<Leadership>> {
+    let cancel = shutdown.token.child_token();
+    let timer = wait_for.map(|d| {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            sleep(d).await;
+            cancel.cancel();
+        })
+    });
+    // Returns `None` only once the queued claim is withdrawn.
+    let got = elector.lock_cancellable(&cancel).await;
+    if let Some(t) = timer {
+        t.abort();
+    }
+    got
+}
+
+/// `run`'s options.
+struct How {
+    grace: Duration,
+    forever: bool,
+    /// `--timeout`: the first campaign gives up after this.
+    wait_for: Option<Duration>,
+    start_delay: Duration,
+}
+
+async fn run(elector: &Elector, command: &[String], how: How) -> ExitCode {
+    let How {
+        grace,
+        forever,
+        wait_for,
+        start_delay,
+    } = how;
+    let shutdown = Shutdown::listen();
+    if let Err(e) = supervise::become_subreaper() {
+        return fail(format!(
+            "cannot become a child subreaper (prctl PR_SET_CHILD_SUBREAPER: {e}); without it, processes that leave the command's process group could outlive it"
+        ));
+    }
     let id = elector.options().candidate_id.clone();
+    let mut first = true;
+    // Bounded by the user: without --forever one term; with it, until a signal.
     loop {
-        let leadership = tokio::select! {
-            _ = stop.cancelled() => return ExitCode::from(143),
-            l = elector.lock() => match l {
-                Ok(l) => l,
-                Err(e) => return fail(e),
-            },
+        let leadership = match acquire(elector, &shutdown, wait_for.filter(|_| first)).await {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                if let Some(code) = shutdown.exit_code() {
+                    shutdown.announce();
+                    return code;
+                }
+                emit(Event::TimedOut {
+                    id: &id,
+                    after_ms: wait_for.map(millis).unwrap_or(0),
+                });
+                return ExitCode::from(TIMED_OUT);
+            }
+            Err(e) => return fail(e),
         };
+        first = false;
         let token = leadership.fencing_token().get();
-        let mut child = match Command::new(&command[0])
-            .args(&command[1..])
+        if !start_delay.is_zero() {
+            tokio::select! {
+                _ = sleep(start_delay) => {}
+                _ = shutdown.token.cancelled() => {
+                    shutdown.announce();
+                    if let Err(e) = leadership.unlock().await {
+                        eprintln!("leasehold: release failed ({e}); the lease will expire");
+                    }
+                    return shutdown.exit_code().unwrap_or(ExitCode::from(1));
+                }
+                reason = leadership.lost() => {
+                    emit(lost(&reason));
+                    if forever {
+                        continue;
+                    }
+                    return fail("the lease was lost during --start-delay, before the command started");
+                }
+            }
+        }
+        let mut cmd = Command::new(&command[0]);
+        cmd.args(&command[1..])
             .env("LEASEHOLD_TOKEN", token.to_string())
             .env("LEASEHOLD_LEADER_ID", &id)
-            .env("LEASEHOLD_ELECTION", &elector.options().election)
-            .kill_on_drop(true)
-            .spawn()
-        {
-            Ok(c) => c,
+            .env("LEASEHOLD_ELECTION", &elector.options().election);
+        let mut tree = match Tree::spawn(cmd) {
+            Ok(t) => t,
             Err(e) => {
                 let _ = leadership.unlock().await;
                 return fail(format!("cannot start {:?}: {e}", command[0]));
@@ -416,47 +638,80 @@ async fn run(elector: &Elector, command: &[String], grace: Duration, forever: bo
         emit(Event::Elected {
             id: &id,
             token,
-            pid: child.id(),
+            pid: Some(tree.pid()),
         });
+        let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         // Start stopping the command when the deadline comes within the
         // grace (renewals failing); kill it at the deadline at the latest.
-        let status = loop {
+        let ending = loop {
             let warn_at = leadership.deadline() - grace;
             tokio::select! {
-                s = child.wait() => break Outcome::Exited(s),
-                _ = stop.cancelled() => {
-                    let s = stop_child(&mut child, Instant::now() + grace.min(leadership.deadline() - Instant::now())).await;
-                    break Outcome::Stopped(s);
-                }
-                reason = leadership.lost() => {
-                    // The store says someone else may lead already: kill now.
-                    let _ = child.start_kill();
-                    let s = child.wait().await;
-                    emit(lost(&reason));
-                    break Outcome::Lost(s);
-                }
+                _ = tree.main_exited() => break Ending::Exited,
+                _ = shutdown.token.cancelled() => break Ending::Signalled,
+                reason = leadership.lost() => break Ending::Lost(reason),
                 _ = sleep_until(warn_at) => {
                     if leadership.deadline() - grace > Instant::now() {
                         continue; // renewed meanwhile
                     }
-                    emit(Event::SteppingDown { reason: "renewals failing; stopping the command before the local deadline" });
-                    let s = stop_child(&mut child, leadership.deadline()).await;
-                    // The done signal fires at the deadline at the latest,
-                    // unless a renewal got through meanwhile.
-                    let wait = grace + Duration::from_millis(200);
-                    match tokio::time::timeout(wait, leadership.lost()).await {
-                        Ok(r) => emit(lost(&r)),
-                        Err(_) => emit(Event::Lost { reason: Reason::SteppedDown, detail: "renewals were failing; the command was stopped before the local deadline".into() }),
-                    }
-                    break Outcome::Lost(s);
+                    break Ending::SteppingDown;
                 }
+                _ = housekeeping.tick() => tree.housekeep().await,
             }
         };
-        let status = match status {
-            Outcome::Exited(s) | Outcome::Stopped(s) | Outcome::Lost(s) => s,
+        let now = Instant::now();
+        let kill_at = match &ending {
+            Ending::Exited | Ending::Signalled => (now + grace).min(leadership.deadline()),
+            Ending::SteppingDown => leadership.deadline(),
+            Ending::Lost(_) => now,
         };
-        // The command is gone: only now may the lease go to someone else.
-        if let Err(e) = leadership.unlock().await {
+        match &ending {
+            Ending::Signalled => shutdown.announce(),
+            Ending::SteppingDown => emit(Event::SteppingDown {
+                reason: "renewals failing; stopping the command before the local deadline",
+            }),
+            _ => {}
+        }
+        // A lost lease kills at once, at any moment of the stop.
+        let lost_signal = leadership.lost();
+        let stopped = tree.stop(kill_at, async move {
+            lost_signal.await;
+        });
+        let stopped = stopped.await;
+        match &ending {
+            Ending::Lost(reason) => emit(lost(reason)),
+            Ending::SteppingDown => {
+                // The done signal fires at the deadline at the latest,
+                // unless a renewal got through meanwhile.
+                let wait = grace + Duration::from_millis(200);
+                match tokio::time::timeout(wait, leadership.lost()).await {
+                    Ok(r) => emit(lost(&r)),
+                    Err(_) => emit(Event::Lost {
+                        reason: Reason::SteppedDown,
+                        detail: "renewals were failing; the command was stopped before the local deadline".into(),
+                    }),
+                }
+            }
+            _ => {
+                if let Some(r) = leadership.loss_reason() {
+                    emit(lost(&r));
+                }
+            }
+        }
+        if let Err(left) = stopped {
+            // Not releasing: the lease expires on its own after the ttl, the
+            // only protection left (with fencing tokens) for those processes.
+            eprintln!(
+                "leasehold: processes {left:?} of the command are still alive {KILL_WAIT:?} after SIGKILL (uninterruptible sleep?); exiting without releasing the lease, which expires after its ttl",
+                KILL_WAIT = supervise::KILL_WAIT
+            );
+            std::process::exit(1);
+        }
+        let status = tree.finish().await;
+        // The command is gone, all of it: only now may the lease go to
+        // someone else.
+        if !leadership.is_lost()
+            && let Err(e) = leadership.unlock().await
+        {
             eprintln!("leasehold: release failed ({e}); the lease will expire");
         }
         let code = match &status {
@@ -471,15 +726,18 @@ async fn run(elector: &Elector, command: &[String], grace: Duration, forever: bo
             }
             Err(e) => fail(format!("waiting for the command failed: {e}")),
         };
-        if stop.is_cancelled() || !forever {
+        if let Some(code) = shutdown.exit_code() {
             return code;
         }
-        sleep(elector.options().retry_interval).await;
+        if !forever {
+            return code;
+        }
+        tokio::select! {
+            _ = sleep(elector.options().retry_interval) => {}
+            _ = shutdown.token.cancelled() => {
+                shutdown.announce();
+                return shutdown.exit_code().unwrap_or(code);
+            }
+        }
     }
-}
-
-enum Outcome {
-    Exited(std::io::Result<std::process::ExitStatus>),
-    Stopped(std::io::Result<std::process::ExitStatus>),
-    Lost(std::io::Result<std::process::ExitStatus>),
 }
