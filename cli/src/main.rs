@@ -233,10 +233,12 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
 }
 
 /// Shutdown on SIGTERM, SIGINT, SIGHUP or SIGQUIT: `token` is cancelled at
-/// the first one, and `received` tells which it was.
+/// the first one, and `received` tells which it was; `again` at the second
+/// (`run` then kills its command at once instead of waiting out the grace).
 #[derive(Clone)]
 struct Shutdown {
     token: CancellationToken,
+    again: CancellationToken,
     signal: Arc<AtomicI32>,
 }
 
@@ -246,6 +248,7 @@ impl Shutdown {
         use tokio::signal::unix::{SignalKind, signal};
         let shutdown = Shutdown {
             token: CancellationToken::new(),
+            again: CancellationToken::new(),
             signal: Arc::new(AtomicI32::new(0)),
         };
         for (kind, sig) in [
@@ -266,13 +269,15 @@ impl Shutdown {
                 // Every delivery is taken (the handler stays installed); the
                 // first signal decides the exit status.
                 while stream.recv().await.is_some() {
-                    let _ = s.signal.compare_exchange(
-                        0,
-                        sig as i32,
-                        Ordering::SeqCst,
-                        Ordering::SeqCst,
-                    );
-                    s.token.cancel();
+                    let first = s
+                        .signal
+                        .compare_exchange(0, sig as i32, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok();
+                    if first {
+                        s.token.cancel();
+                    } else {
+                        s.again.cancel();
+                    }
                 }
             });
         }
@@ -671,10 +676,15 @@ async fn run(elector: &Elector, command: &[String], how: How) -> ExitCode {
             }),
             _ => {}
         }
-        // A lost lease kills at once, at any moment of the stop.
+        // A lost lease kills at once, at any moment of the stop; so does a
+        // second signal.
         let lost_signal = leadership.lost();
+        let again = shutdown.again.clone();
         let stopped = tree.stop(kill_at, async move {
-            lost_signal.await;
+            tokio::select! {
+                _ = lost_signal => {}
+                _ = again.cancelled() => {}
+            }
         });
         let stopped = stopped.await;
         match &ending {

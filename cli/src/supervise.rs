@@ -217,6 +217,10 @@ impl Tree {
     /// Reaps escaped descendants that exited and tells the guardian about
     /// process groups that left the command's. Call it now and then while
     /// the command runs.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in effect: a group whose line to the guardian was
+    /// interrupted is not sent again (the guardian then misses it).
     pub(crate) async fn housekeep(&mut self) {
         let live = self.live();
         let new: Vec<i32> = live
@@ -377,6 +381,9 @@ impl Guardian {
 /// stdin closes without `done` (leasehold died), SIGKILLs every group it
 /// knows, the command's first. It ignores SIGTERM, SIGINT, SIGHUP and SIGQUIT
 /// (they are for leasehold, which stops the command itself).
+///
+/// # Cancel safety
+/// Not meant to be cancelled: it is the guardian process's whole life.
 pub(crate) async fn guard_main(pgid: &str) -> std::process::ExitCode {
     use tokio::io::AsyncBufReadExt;
     use tokio::signal::unix::{SignalKind, signal};

@@ -44,6 +44,9 @@ enum Shape {
     /// The shell double-forks the work into a session of its own with
     /// `setsid` (it leaves the process group), and the work ignores SIGTERM.
     Setsid,
+    /// Like `Grandchild`, but the shell and the work both ignore SIGTERM:
+    /// only SIGKILL ends them.
+    Stubborn,
 }
 
 /// One test's files: the work's log and the worker script.
@@ -78,6 +81,9 @@ impl Work {
                 "echo \"pid {who} $$ 0\" >> {log}; \
                  setsid sh -c 'echo \"pid {who} $$ 0\" >> {log}; python3 {worker} {log} {who} stubborn &'; \
                  exec sleep 600"
+            ),
+            Shape::Stubborn => format!(
+                "trap '' TERM; echo \"pid {who} $$ 0\" >> {log}; python3 {worker} {log} {who} stubborn & wait"
             ),
         };
         vec!["sh".into(), "-c".into(), script]
@@ -413,13 +419,18 @@ async fn zookeeper_every_process_of_the_old_command_is_gone_before_the_next_star
 }
 
 /// `kill -9` of A's leasehold: its command (the shell and its background
-/// worker) is gone within a second, before B's starts.
-async fn kill_9(store: &str, case: &str) {
+/// worker, or the worker it double-forked into a session of its own) is
+/// gone within a second, before B's starts.
+async fn kill_9(store: &str, shape: Shape, case: &str) {
     let work = Work::new();
     let election = unique_name("kill9");
-    let shape = Shape::Grandchild;
     let mut a = spawn_run(store, &election, "A", &[], &work.command("A", shape));
     work.wait_start("A", Duration::from_secs(20)).await;
+    if let Shape::Setsid = shape {
+        // leasehold looks for escaped groups every second and tells its
+        // guardian; give it that second.
+        sleep(Duration::from_millis(1500)).await;
+    }
     let mut b = spawn_run(store, &election, "B", &[], &work.command("B", shape));
     sleep(Duration::from_millis(500)).await;
     assert!(
@@ -454,8 +465,12 @@ async fn kill_9_of_leasehold_takes_its_command_with_it() {
     let etcd = etcd.expect("start etcd (install: bash scripts/setup)");
     let zk = zk.expect("start ZooKeeper (install: bash scripts/setup)");
     let prefix = unique_name("/kill9");
-    kill_9(&etcd_url(etcd.client_addr(), &prefix, "3s"), "etcd kill -9").await;
-    kill_9(&zk_url(zk.client_addr(), "3s"), "zookeeper kill -9").await;
+    let etcd = etcd_url(etcd.client_addr(), &prefix, "3s");
+    let zk = zk_url(zk.client_addr(), "3s");
+    kill_9(&etcd, Shape::Grandchild, "etcd kill -9").await;
+    kill_9(&etcd, Shape::Setsid, "etcd kill -9, setsid").await;
+    kill_9(&zk, Shape::Grandchild, "zookeeper kill -9").await;
+    kill_9(&zk, Shape::Setsid, "zookeeper kill -9, setsid").await;
 }
 
 /// A leads, B and then C wait; SIGTERM to the waiting B; then A releases.
@@ -525,19 +540,8 @@ async fn lease_lost_while_stopping_kills_at_once() {
     );
     let work = Work::new();
     let election = unique_name("stopping");
-    // The shell and the work both ignore SIGTERM: only SIGKILL ends them.
-    let stubborn = |who: &str| {
-        vec![
-            "sh".to_owned(),
-            "-c".to_owned(),
-            format!(
-                "trap '' TERM; echo \"pid {who} $$ 0\" >> {log}; python3 {worker} {log} {who} stubborn & wait",
-                log = work.log.display(),
-                worker = work.worker.display()
-            ),
-        ]
-    };
-    let mut a = spawn_run(&store, &election, "A", &["--grace", "5s"], &stubborn("A"));
+    let stubborn = work.command("A", Shape::Stubborn);
+    let mut a = spawn_run(&store, &election, "A", &["--grace", "5s"], &stubborn);
     work.wait_start("A", Duration::from_secs(20)).await;
     // B waits out A's detection of the revoke (see `handover`).
     let mut b = spawn_run(
@@ -564,6 +568,47 @@ async fn lease_lost_while_stopping_kills_at_once() {
     );
     let _ = wait_exit(&mut a, Duration::from_secs(10), "A").await;
     stop(&mut b).await;
+}
+
+/// A second signal while `run` waits out the grace kills the command at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_kills_at_once() {
+    let etcd = EtcdNode::start()
+        .await
+        .expect("start etcd (install: bash scripts/setup)");
+    let prefix = unique_name("/again");
+    // Renewals every 500 ms leave room for a 5 s grace.
+    let store = format!(
+        "{}&renew_interval=500ms",
+        etcd_url(etcd.client_addr(), &prefix, "10s")
+    );
+    let work = Work::new();
+    let election = unique_name("again");
+    let stubborn = work.command("A", Shape::Stubborn);
+    let mut a = spawn_run(&store, &election, "A", &["--grace", "5s"], &stubborn);
+    work.wait_start("A", Duration::from_secs(20)).await;
+    let first = monotonic_ns();
+    signal(&a, Signal::SIGINT);
+    sleep(Duration::from_millis(300)).await;
+    assert!(
+        !work.alive("A").is_empty(),
+        "the stubborn command ignores SIGTERM and lives through the grace"
+    );
+    signal(&a, Signal::SIGINT);
+    let status = wait_exit(&mut a, Duration::from_secs(10), "A after two SIGINTs").await;
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "the first signal decides the status"
+    );
+    let alive = work.alive("A");
+    assert!(alive.is_empty(), "{alive:?} outlived leasehold");
+    let lived = Duration::from_nanos(work.last_alive("A").saturating_sub(first));
+    println!("A's work lived {lived:?} after the first SIGINT (second at 300ms, grace 5s)");
+    assert!(
+        lived < Duration::from_secs(4),
+        "A's work lived {lived:?} after the first SIGINT: the second did not kill at once"
+    );
 }
 
 /// Exit statuses: 130/143/129/131 when leasehold was signalled, the command's
