@@ -13,7 +13,7 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::leadership::Leadership;
 use crate::options::ElectionOptions;
-use crate::retry::{Backoff, jittered};
+use crate::retry::{Backoff, RenewSchedule, jittered};
 use crate::types::{AcquireOutcome, AcquireRequest, Claim, LeaderInfo};
 
 /// The outcome of [`Elector::try_lock`].
@@ -38,7 +38,9 @@ impl Attempt {
 /// One candidate in one election, on one backend.
 ///
 /// The elector owns time: it renews leases, retries store errors with
-/// jittered exponential backoff, and steps down at the local deadline. The
+/// exponential backoff capped at the retry interval (equal jitter; see
+/// [`ElectionOptions::retry_interval`]), and steps down at the local
+/// deadline. The
 /// backend only performs single atomic steps.
 ///
 /// Cheap to clone; clones share the backend and options.
@@ -532,7 +534,10 @@ impl Campaign {
             }
         };
         tokio::pin!(watch);
-        let mut renew_backoff = Backoff::new(opts.retry_interval);
+        // The same schedule as a leader's heartbeat: after an error, try
+        // again at least every retry interval and once shortly before the
+        // claim's local deadline.
+        let mut schedule = RenewSchedule::new(opts);
         let mut next_renew = held.as_ref().map(|h| h.anchor + opts.renew_interval);
         loop {
             let renew_at = next_renew.unwrap_or(poll_at);
@@ -548,12 +553,14 @@ impl Campaign {
                 return WaitEnd::Retry;
             };
             let sent = Instant::now();
-            match self.call("renew", self.backend.renew(&h.claim)).await {
+            let claim_deadline = h.anchor + lifetime;
+            let bound = schedule.call_bound(sent, claim_deadline);
+            match bounded(bound, "renew", self.backend.renew(&h.claim)).await {
                 Ok(claim) => {
                     h.claim = claim;
                     h.anchor = sent;
                     next_renew = Some(sent + opts.renew_interval);
-                    renew_backoff.reset();
+                    schedule.reset();
                 }
                 Err(Error::Lost(message)) => {
                     tracing::warn!(%message, "queued claim expired while waiting; campaigning again");
@@ -568,7 +575,7 @@ impl Campaign {
                         return WaitEnd::Retry;
                     }
                     tracing::debug!(error = %e, "renewing the queued claim failed; retrying");
-                    next_renew = Some(Instant::now() + renew_backoff.next_delay());
+                    next_renew = Some(schedule.retry_at(sent, Instant::now(), claim_deadline));
                 }
             }
         }

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::options::ElectionOptions;
-use crate::retry::Backoff;
+use crate::retry::RenewSchedule;
 use crate::types::{Claim, FencingToken, LeaderInfo};
 
 /// Why a term ended.
@@ -298,8 +298,10 @@ impl Leadership {
     }
 }
 
-/// Renew every renew interval; retry errors with jittered backoff; fire
-/// lost when the store says so or at the local deadline.
+/// Renew every renew interval; after an error try again at least every
+/// retry interval, with a last attempt shortly before the local deadline
+/// (see [`RenewSchedule`]); fire lost when the store says so or at the local
+/// deadline.
 async fn heartbeat(
     state: Arc<TermState>,
     backend: Arc<dyn Backend>,
@@ -310,7 +312,7 @@ async fn heartbeat(
     let lifetime = options.deadline_after_renewal();
     let mut deadline = anchor + lifetime;
     let mut next = anchor + options.renew_interval;
-    let mut backoff = Backoff::new(options.retry_interval);
+    let mut schedule = RenewSchedule::new(&options);
     let mut last_error: Option<Error> = None;
     let span = tracing::debug_span!("heartbeat", election = %options.election, candidate = %options.candidate_id);
     loop {
@@ -322,7 +324,8 @@ async fn heartbeat(
         }
         let claim = state.claim();
         let sent = Instant::now();
-        let call = timeout(options.request_timeout, backend.renew(&claim));
+        let bound = schedule.call_bound(sent, deadline);
+        let call = timeout(bound, backend.renew(&claim));
         let result = tokio::select! {
             biased;
             _ = stop.cancelled() => return,
@@ -335,7 +338,7 @@ async fn heartbeat(
                 deadline = sent + lifetime;
                 *lock(&state.deadline) = deadline;
                 next = sent + options.renew_interval;
-                backoff.reset();
+                schedule.reset();
                 last_error = None;
                 span.in_scope(|| tracing::trace!("renewed"));
             }
@@ -345,17 +348,19 @@ async fn heartbeat(
                 return;
             }
             Ok(Err(e)) => {
-                span.in_scope(|| tracing::warn!(error = %e, "renewal failed; retrying"));
+                let now = Instant::now();
+                next = schedule.retry_at(sent, now, deadline);
+                span.in_scope(|| tracing::warn!(error = %e, retry_in = ?next - now, left = ?deadline - now, "renewal failed; retrying"));
                 last_error = Some(e);
-                next = (Instant::now() + backoff.next_delay()).min(deadline);
             }
             Err(_) => {
-                span.in_scope(|| tracing::warn!(after = ?options.request_timeout, "renewal timed out; retrying"));
+                let now = Instant::now();
+                next = schedule.retry_at(sent, now, deadline);
+                span.in_scope(|| tracing::warn!(after = ?bound, retry_in = ?next - now, left = ?deadline - now, "renewal timed out (or gave way to the last attempt before the deadline); retrying"));
                 last_error = Some(Error::Timeout {
                     operation: "renew",
-                    after: options.request_timeout,
+                    after: bound,
                 });
-                next = (Instant::now() + backoff.next_delay()).min(deadline);
             }
         }
     }
