@@ -115,8 +115,11 @@ impl Elector {
     ///
     /// # Cancel safety
     /// Cancel safe. The campaign runs in a task of its own; dropping this
-    /// future stops it and withdraws this candidate's claim, and a lease won
-    /// at the moment of cancellation is released at once.
+    /// future signals it to stop, and that task then withdraws this
+    /// candidate's claim (or releases a lease won at the moment of
+    /// cancellation) in the background: nothing waits for it. To end a
+    /// campaign and wait until the claim is gone (before a process exits),
+    /// use [`lock_cancellable`](Self::lock_cancellable).
     pub async fn lock(&self) -> Result<Leadership> {
         match self.campaign(Mode::Block).await? {
             Attempt::Leader(l) => Ok(l),
@@ -131,18 +134,37 @@ impl Elector {
     /// campaign to stop, this waits for the campaign to end: when `cancel`
     /// fires first it returns `Ok(None)` once this candidate's queued claim
     /// has been withdrawn from the store (or the withdrawal failed, bounded
-    /// by the request timeout). A process that exits right after it leaves
-    /// no claim behind for the next candidate to wait out.
+    /// by the request timeout; the claim then expires with its lease). A
+    /// process that exits right after it leaves no claim behind for the
+    /// next candidate to wait out.
+    ///
+    /// A win that races the cancellation (the store made this candidate the
+    /// leader while `cancel` fired) is given back: when `cancel` has fired
+    /// by the time the campaign ends, the lease is released (awaited,
+    /// bounded by the request timeout) and the result is `Ok(None)`. So
+    /// `Ok(Some(_))` always means a term that began before `cancel` fired.
     ///
     /// # Errors
     /// As [`lock`](Self::lock).
     ///
     /// # Cancel safety
     /// Cancel safe, as [`lock`](Self::lock) (but then nothing waits for the
-    /// withdrawal).
+    /// withdrawal, and a lease won meanwhile is released in the background).
     pub async fn lock_cancellable(&self, cancel: &CancellationToken) -> Result<Option<Leadership>> {
         match self.campaign_with(Mode::Block, cancel.child_token()).await {
-            Ok(attempt) => Ok(attempt.leadership()),
+            Ok(attempt) => match attempt.leadership() {
+                Some(leadership) if cancel.is_cancelled() => {
+                    tracing::info!(
+                        token = %leadership.fencing_token(),
+                        "won as the campaign was cancelled; releasing"
+                    );
+                    if let Err(e) = leadership.unlock().await {
+                        tracing::warn!(error = %e, "releasing a lease won while cancelling failed");
+                    }
+                    Ok(None)
+                }
+                other => Ok(other),
+            },
             Err(Error::Cancelled) if cancel.is_cancelled() => Ok(None),
             Err(e) => Err(e),
         }

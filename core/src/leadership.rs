@@ -154,8 +154,20 @@ impl Drop for TermGuard {
 /// Pass [`fencing_token`](Self::fencing_token) to the resource you protect.
 ///
 /// Clones share the term. [`unlock`](Self::unlock) on any clone releases the
-/// lease at once (fast handover); when the last clone is dropped the lease
-/// is released in the background.
+/// lease at once (fast handover) and returns when the store has answered.
+///
+/// # Dropping without `unlock`
+///
+/// When the last clone is dropped the done signal fires at once and the
+/// release is *started* in the background: a task spawned on the current
+/// tokio runtime, bounded by the request timeout. Nothing waits for it. If
+/// the process exits (or the runtime shuts down) right after the drop, the
+/// release may never reach the store, and the next candidate waits until
+/// the store expires the lease (the ttl; ZooKeeper removes it when the
+/// session is closed or times out). Dropped outside a tokio runtime, the lease
+/// is not released at all. To know the lease is gone before you exit, call
+/// `unlock().await`; that is what [`Elector::run`](crate::Elector::run)
+/// does.
 #[derive(Debug, Clone)]
 pub struct Leadership {
     guard: Arc<TermGuard>,

@@ -501,3 +501,131 @@ async fn failed_queued_claim_renewals_are_retried_until_just_before_the_deadline
         o.retry_interval
     );
 }
+
+/// Issue 12: `lock_cancellable` returns only once the queued claim is gone
+/// from the store, so the candidate behind it leads at once when the leader
+/// goes, even when the withdrawal itself is slow.
+#[tokio::test(start_paused = true)]
+async fn lock_cancellable_returns_only_once_the_queued_claim_is_withdrawn() {
+    let store = MemoryStore::new();
+    let a = elector(&store, "a");
+    let (backend, faults) = FaultyBackend::wrap(Arc::new(store.client()));
+    let b = Elector::new(backend, options("b")).unwrap();
+    let c = elector(&store, "c");
+    let la = a.lock().await.unwrap();
+    let cancel = CancellationToken::new();
+    let b_task = tokio::spawn({
+        let cancel = cancel.clone();
+        async move {
+            let r = b.lock_cancellable(&cancel).await;
+            (Instant::now(), r)
+        }
+    });
+    sleep(Duration::from_millis(10)).await;
+    let c_task = tokio::spawn(async move {
+        let l = c.lock().await.unwrap();
+        (Instant::now(), l)
+    });
+    sleep(Duration::from_millis(10)).await;
+    assert_eq!(store.queue_len("jobs"), 3);
+    // b's store calls now take 200 ms: its withdrawal too.
+    let slow = Duration::from_millis(200);
+    faults.set(Fault::Delay(slow));
+    let cancelled_at = Instant::now();
+    cancel.cancel();
+    let (returned_at, r) = timeout(TTL, b_task).await.unwrap().unwrap();
+    assert!(r.unwrap().is_none(), "a cancelled campaign does not lead");
+    assert_eq!(
+        store.queue_len("jobs"),
+        2,
+        "b's claim must be gone when lock_cancellable returns"
+    );
+    assert!(
+        returned_at - cancelled_at >= slow,
+        "returned before its withdrawal could finish"
+    );
+    assert_eq!(faults.calls().release, 1);
+    let released_at = Instant::now();
+    la.unlock().await.unwrap();
+    let (c_at, lc) = timeout(Duration::from_millis(10), c_task)
+        .await
+        .expect("c must lead at once: nothing is queued ahead of it")
+        .unwrap();
+    assert_eq!(c_at, released_at);
+    assert_eq!(lc.leader().id, "c");
+}
+
+/// Issue 12: a cancel that races a win leaves no lease behind: the lease
+/// won while the cancel was in flight is released before
+/// `lock_cancellable` returns `None`.
+#[tokio::test(start_paused = true)]
+async fn lock_cancellable_racing_a_win_leaves_no_lease_behind() {
+    let store = MemoryStore::new();
+    let a = elector(&store, "a");
+    let (backend, faults) = FaultyBackend::wrap(Arc::new(store.client()));
+    let b = Elector::new(backend, options("b")).unwrap();
+    let la = a.lock().await.unwrap();
+    let cancel = CancellationToken::new();
+    let b_task = tokio::spawn({
+        let cancel = cancel.clone();
+        async move { b.lock_cancellable(&cancel).await }
+    });
+    sleep(Duration::from_millis(10)).await;
+    // b's next acquire (woken by a's release) takes 200 ms; cancel while it
+    // is in flight: the store makes b the leader, the caller wants out.
+    faults.set(Fault::Delay(Duration::from_millis(200)));
+    la.unlock().await.unwrap();
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!(faults.calls().acquire, 2, "b's acquire is in flight");
+    cancel.cancel();
+    let r = timeout(TTL, b_task).await.unwrap().unwrap().unwrap();
+    assert!(
+        r.is_none(),
+        "a campaign cancelled before it returned must not hand out leadership"
+    );
+    assert_eq!(
+        store.queue_len("jobs"),
+        0,
+        "the lease won in the race must be released before lock_cancellable returns"
+    );
+    assert_eq!(faults.calls().release, 1);
+}
+
+/// Issue 12: `run` cancelled while waiting returns only after its queued
+/// claim is withdrawn, and never starts the work.
+#[tokio::test(start_paused = true)]
+async fn run_cancelled_while_waiting_returns_only_after_withdrawal() {
+    let store = MemoryStore::new();
+    let a = elector(&store, "a");
+    let (backend, faults) = FaultyBackend::wrap(Arc::new(store.client()));
+    let b = Elector::new(backend, options("b")).unwrap();
+    let la = a.lock().await.unwrap();
+    let cancel = CancellationToken::new();
+    let terms = Arc::new(AtomicU32::new(0));
+    let runner = tokio::spawn({
+        let cancel = cancel.clone();
+        let terms = terms.clone();
+        async move {
+            b.run(cancel, move |l| {
+                terms.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    l.lost().await;
+                }
+            })
+            .await
+        }
+    });
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(store.queue_len("jobs"), 2);
+    faults.set(Fault::Delay(Duration::from_millis(200)));
+    cancel.cancel();
+    timeout(TTL, runner).await.unwrap().unwrap().unwrap();
+    assert_eq!(
+        store.queue_len("jobs"),
+        1,
+        "run returned before its queued claim was withdrawn"
+    );
+    assert_eq!(faults.calls().release, 1);
+    assert_eq!(terms.load(Ordering::SeqCst), 0, "run led after its cancel");
+    assert!(!la.is_lost());
+}
