@@ -218,8 +218,24 @@ impl Elector {
     /// or polls every (jittered) retry interval on backends without one.
     /// A background task feeds it until every receiver is dropped.
     ///
+    /// What the receiver sees when the store fails after the start:
+    ///
+    /// * Errors that may pass (unreachable, timeouts) are retried for ever
+    ///   with backoff; meanwhile the value stays the last leader seen, which
+    ///   may be out of date (a warning is logged once failures have lasted a
+    ///   ttl, at debug level before).
+    /// * Errors that retrying cannot fix (permission denied, a record that
+    ///   is not leasehold's, a missing bucket or chroot) are logged at warn
+    ///   level and end the observation: the sender is dropped, so
+    ///   `changed()` returns an error. The value is then the last leader
+    ///   seen, no longer followed; it never turns into `None` because of an
+    ///   error. Call [`leader`](Self::leader) to get the error itself (it
+    ///   fails the same way).
+    ///
     /// # Errors
-    /// The first read of the leader failed.
+    /// The first read of the leader failed: for example
+    /// [`Error::PermissionDenied`] when the credentials may not read the
+    /// election.
     ///
     /// # Cancel safety
     /// Cancel safe.
@@ -611,7 +627,9 @@ enum WaitEnd {
     Stop,
 }
 
-/// Feed an observer's watch channel until every receiver is gone.
+/// Feed an observer's watch channel until every receiver is gone, or until
+/// an error that retrying cannot fix (then the sender is dropped and the
+/// receivers see the channel closed).
 async fn observe_task(
     backend: Arc<dyn Backend>,
     options: ElectionOptions,
@@ -630,7 +648,16 @@ async fn observe_task(
             }
         });
     };
-    let watchable = backend.capabilities().watch;
+    let give_up = |e: &Error| {
+        tracing::warn!(
+            error = %e,
+            "observing stopped: the store refused in a way retrying cannot fix; \
+             the receivers see the channel closed (Elector::leader returns the error)"
+        );
+    };
+    let mut watchable = backend.capabilities().watch;
+    // When the current run of failures began, and whether it was reported.
+    let mut failing: Option<(Instant, bool)> = None;
     loop {
         if watchable && stream.is_none() {
             // The watch broke earlier: try to reopen it (polling meanwhile).
@@ -642,6 +669,8 @@ async fn observe_task(
             .await
             {
                 Ok(s) => stream = Some(s),
+                Err(Error::NotSupported { .. }) => watchable = false,
+                Err(e) if !e.is_transient() => return give_up(&e),
                 Err(e) => tracing::debug!(error = %e, "reopening the watch failed; polling"),
             }
         }
@@ -665,11 +694,26 @@ async fn observe_task(
         };
         match result {
             Ok(next) => {
+                if let Some((_, true)) = failing {
+                    tracing::info!("observing the store again");
+                }
+                failing = None;
                 backoff.reset();
                 publish(next);
             }
+            Err(e) if !e.is_transient() => return give_up(&e),
             Err(e) => {
-                tracing::debug!(error = %e, "observing failed; reopening");
+                let (since, reported) = failing.get_or_insert((Instant::now(), false));
+                if !*reported && since.elapsed() >= options.ttl {
+                    *reported = true;
+                    tracing::warn!(
+                        error = %e,
+                        failing_for = ?since.elapsed(),
+                        "observing keeps failing; the leader shown may be out of date (retrying)"
+                    );
+                } else {
+                    tracing::debug!(error = %e, "observing failed; reopening");
+                }
                 tokio::select! {
                     _ = tx.closed() => return,
                     _ = sleep(backoff.next_delay()) => {}

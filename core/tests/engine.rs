@@ -629,3 +629,48 @@ async fn run_cancelled_while_waiting_returns_only_after_withdrawal() {
     assert_eq!(terms.load(Ordering::SeqCst), 0, "run led after its cancel");
     assert!(!la.is_lost());
 }
+
+/// Issue 11 part 6: an observer whose reads start failing with an error
+/// retrying cannot fix (permission denied) stops and closes its channel,
+/// keeping the last leader seen; it never reports "no leader" for it. An
+/// outage that may pass is retried and keeps the channel open.
+#[tokio::test(start_paused = true)]
+async fn an_observer_stops_on_a_permission_error_and_retries_an_outage() {
+    let store = MemoryStore::polling();
+    let a = elector(&store, "a");
+    let (backend, faults) = FaultyBackend::wrap(Arc::new(store.client()));
+    let watcher = Elector::new(backend, options("w")).unwrap();
+    let mut rx = watcher.observe().await.unwrap();
+    let la = a.lock().await.unwrap();
+    timeout(TTL, rx.changed()).await.unwrap().unwrap();
+    let seen = rx.borrow_and_update().clone();
+    assert_eq!(seen.as_ref().map(|l| l.token), Some(la.fencing_token()));
+
+    faults.set(Fault::Fail);
+    assert!(
+        timeout(TTL * 5, rx.changed()).await.is_err(),
+        "an outage must neither close the channel nor change the leader shown"
+    );
+    let polls = faults.calls().leader;
+    assert!(polls >= 10, "the outage is retried ({polls} polls)");
+
+    let denied = Error::PermissionDenied {
+        backend: "memory",
+        message: "no read permission on the election".into(),
+    };
+    faults.set(Fault::Error(denied.clone()));
+    let r = timeout(TTL, rx.changed())
+        .await
+        .expect("a permission error must end the observation");
+    assert!(r.is_err(), "the channel is closed, not changed");
+    assert_eq!(*rx.borrow(), seen, "the last leader seen stays");
+    assert_eq!(watcher.leader().await, Err(denied));
+    let calls = faults.calls().leader;
+    sleep(TTL * 3).await;
+    assert_eq!(
+        faults.calls().leader,
+        calls,
+        "a stopped observer polls no more"
+    );
+    la.unlock().await.unwrap();
+}
