@@ -410,6 +410,10 @@ impl Campaign {
         // revision seen and when it was first seen.
         let mut observed: Option<(i64, Instant)> = None;
         let mut backoff = Backoff::new(opts.retry_interval);
+        // While a queued claim is held, failed steps are retried on the
+        // claim's renewal schedule (a last attempt shortly before its local
+        // deadline); a successful step leads to wait_turn, which renews it.
+        let mut claim_schedule = RenewSchedule::new(opts);
         loop {
             if self.cancel.is_cancelled() {
                 self.withdraw(held).await;
@@ -432,7 +436,11 @@ impl Campaign {
                 expired_revision,
             };
             let sent = Instant::now();
-            let outcome = self.call("acquire", self.backend.try_acquire(&req)).await;
+            let bound = match &held {
+                Some(h) => claim_schedule.call_bound(sent, h.anchor + lifetime),
+                None => opts.request_timeout,
+            };
+            let outcome = bounded(bound, "acquire", self.backend.try_acquire(&req)).await;
             let (leader, revision) = match outcome {
                 Ok(AcquireOutcome::Acquired(claim)) => {
                     let anchor = held.as_ref().map_or(sent, |h| h.anchor);
@@ -454,6 +462,7 @@ impl Campaign {
                     revision,
                 }) => {
                     backoff.reset();
+                    claim_schedule.reset();
                     held = match (queued, held.take()) {
                         (Some(claim), Some(old)) => Some(Held {
                             claim,
@@ -484,7 +493,11 @@ impl Campaign {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "acquire failed; retrying");
-                    let delay = backoff.next_delay();
+                    let now = Instant::now();
+                    let delay = match &held {
+                        Some(h) => claim_schedule.retry_at(sent, now, h.anchor + lifetime) - now,
+                        None => backoff.next_delay(),
+                    };
                     if !self.pause(mode, delay).await {
                         self.withdraw(held).await;
                         return self.stopped(mode);
