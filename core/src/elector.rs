@@ -13,7 +13,7 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::leadership::Leadership;
 use crate::options::ElectionOptions;
-use crate::retry::{Backoff, jittered};
+use crate::retry::{Backoff, RenewSchedule, jittered};
 use crate::types::{AcquireOutcome, AcquireRequest, Claim, LeaderInfo};
 
 /// The outcome of [`Elector::try_lock`].
@@ -38,7 +38,9 @@ impl Attempt {
 /// One candidate in one election, on one backend.
 ///
 /// The elector owns time: it renews leases, retries store errors with
-/// jittered exponential backoff, and steps down at the local deadline. The
+/// exponential backoff capped at the retry interval (equal jitter; see
+/// [`ElectionOptions::retry_interval`]), and steps down at the local
+/// deadline. The
 /// backend only performs single atomic steps.
 ///
 /// Cheap to clone; clones share the backend and options.
@@ -113,8 +115,11 @@ impl Elector {
     ///
     /// # Cancel safety
     /// Cancel safe. The campaign runs in a task of its own; dropping this
-    /// future stops it and withdraws this candidate's claim, and a lease won
-    /// at the moment of cancellation is released at once.
+    /// future signals it to stop, and that task then withdraws this
+    /// candidate's claim (or releases a lease won at the moment of
+    /// cancellation) in the background: nothing waits for it. To end a
+    /// campaign and wait until the claim is gone (before a process exits),
+    /// use [`lock_cancellable`](Self::lock_cancellable).
     pub async fn lock(&self) -> Result<Leadership> {
         match self.campaign(Mode::Block).await? {
             Attempt::Leader(l) => Ok(l),
@@ -129,18 +134,37 @@ impl Elector {
     /// campaign to stop, this waits for the campaign to end: when `cancel`
     /// fires first it returns `Ok(None)` once this candidate's queued claim
     /// has been withdrawn from the store (or the withdrawal failed, bounded
-    /// by the request timeout). A process that exits right after it leaves
-    /// no claim behind for the next candidate to wait out.
+    /// by the request timeout; the claim then expires with its lease). A
+    /// process that exits right after it leaves no claim behind for the
+    /// next candidate to wait out.
+    ///
+    /// A win that races the cancellation (the store made this candidate the
+    /// leader while `cancel` fired) is given back: when `cancel` has fired
+    /// by the time the campaign ends, the lease is released (awaited,
+    /// bounded by the request timeout) and the result is `Ok(None)`. So
+    /// `Ok(Some(_))` always means a term that began before `cancel` fired.
     ///
     /// # Errors
     /// As [`lock`](Self::lock).
     ///
     /// # Cancel safety
     /// Cancel safe, as [`lock`](Self::lock) (but then nothing waits for the
-    /// withdrawal).
+    /// withdrawal, and a lease won meanwhile is released in the background).
     pub async fn lock_cancellable(&self, cancel: &CancellationToken) -> Result<Option<Leadership>> {
         match self.campaign_with(Mode::Block, cancel.child_token()).await {
-            Ok(attempt) => Ok(attempt.leadership()),
+            Ok(attempt) => match attempt.leadership() {
+                Some(leadership) if cancel.is_cancelled() => {
+                    tracing::info!(
+                        token = %leadership.fencing_token(),
+                        "won as the campaign was cancelled; releasing"
+                    );
+                    if let Err(e) = leadership.unlock().await {
+                        tracing::warn!(error = %e, "releasing a lease won while cancelling failed");
+                    }
+                    Ok(None)
+                }
+                other => Ok(other),
+            },
             Err(Error::Cancelled) if cancel.is_cancelled() => Ok(None),
             Err(e) => Err(e),
         }
@@ -194,8 +218,24 @@ impl Elector {
     /// or polls every (jittered) retry interval on backends without one.
     /// A background task feeds it until every receiver is dropped.
     ///
+    /// What the receiver sees when the store fails after the start:
+    ///
+    /// * Errors that may pass (unreachable, timeouts) are retried for ever
+    ///   with backoff; meanwhile the value stays the last leader seen, which
+    ///   may be out of date (a warning is logged once failures have lasted a
+    ///   ttl, at debug level before).
+    /// * Errors that retrying cannot fix (permission denied, a record that
+    ///   is not leasehold's, a missing bucket or chroot) are logged at warn
+    ///   level and end the observation: the sender is dropped, so
+    ///   `changed()` returns an error. The value is then the last leader
+    ///   seen, no longer followed; it never turns into `None` because of an
+    ///   error. Call [`leader`](Self::leader) to get the error itself (it
+    ///   fails the same way).
+    ///
     /// # Errors
-    /// The first read of the leader failed.
+    /// The first read of the leader failed: for example
+    /// [`Error::PermissionDenied`] when the credentials may not read the
+    /// election.
     ///
     /// # Cancel safety
     /// Cancel safe.
@@ -370,6 +410,10 @@ impl Campaign {
         // revision seen and when it was first seen.
         let mut observed: Option<(i64, Instant)> = None;
         let mut backoff = Backoff::new(opts.retry_interval);
+        // While a queued claim is held, failed steps are retried on the
+        // claim's renewal schedule (a last attempt shortly before its local
+        // deadline); a successful step leads to wait_turn, which renews it.
+        let mut claim_schedule = RenewSchedule::new(opts);
         loop {
             if self.cancel.is_cancelled() {
                 self.withdraw(held).await;
@@ -392,7 +436,11 @@ impl Campaign {
                 expired_revision,
             };
             let sent = Instant::now();
-            let outcome = self.call("acquire", self.backend.try_acquire(&req)).await;
+            let bound = match &held {
+                Some(h) => claim_schedule.call_bound(sent, h.anchor + lifetime),
+                None => opts.request_timeout,
+            };
+            let outcome = bounded(bound, "acquire", self.backend.try_acquire(&req)).await;
             let (leader, revision) = match outcome {
                 Ok(AcquireOutcome::Acquired(claim)) => {
                     let anchor = held.as_ref().map_or(sent, |h| h.anchor);
@@ -414,6 +462,7 @@ impl Campaign {
                     revision,
                 }) => {
                     backoff.reset();
+                    claim_schedule.reset();
                     held = match (queued, held.take()) {
                         (Some(claim), Some(old)) => Some(Held {
                             claim,
@@ -444,7 +493,11 @@ impl Campaign {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "acquire failed; retrying");
-                    let delay = backoff.next_delay();
+                    let now = Instant::now();
+                    let delay = match &held {
+                        Some(h) => claim_schedule.retry_at(sent, now, h.anchor + lifetime) - now,
+                        None => backoff.next_delay(),
+                    };
                     if !self.pause(mode, delay).await {
                         self.withdraw(held).await;
                         return self.stopped(mode);
@@ -532,7 +585,10 @@ impl Campaign {
             }
         };
         tokio::pin!(watch);
-        let mut renew_backoff = Backoff::new(opts.retry_interval);
+        // The same schedule as a leader's heartbeat: after an error, try
+        // again at least every retry interval and once shortly before the
+        // claim's local deadline.
+        let mut schedule = RenewSchedule::new(opts);
         let mut next_renew = held.as_ref().map(|h| h.anchor + opts.renew_interval);
         loop {
             let renew_at = next_renew.unwrap_or(poll_at);
@@ -548,12 +604,14 @@ impl Campaign {
                 return WaitEnd::Retry;
             };
             let sent = Instant::now();
-            match self.call("renew", self.backend.renew(&h.claim)).await {
+            let claim_deadline = h.anchor + lifetime;
+            let bound = schedule.call_bound(sent, claim_deadline);
+            match bounded(bound, "renew", self.backend.renew(&h.claim)).await {
                 Ok(claim) => {
                     h.claim = claim;
                     h.anchor = sent;
                     next_renew = Some(sent + opts.renew_interval);
-                    renew_backoff.reset();
+                    schedule.reset();
                 }
                 Err(Error::Lost(message)) => {
                     tracing::warn!(%message, "queued claim expired while waiting; campaigning again");
@@ -568,7 +626,7 @@ impl Campaign {
                         return WaitEnd::Retry;
                     }
                     tracing::debug!(error = %e, "renewing the queued claim failed; retrying");
-                    next_renew = Some(Instant::now() + renew_backoff.next_delay());
+                    next_renew = Some(schedule.retry_at(sent, Instant::now(), claim_deadline));
                 }
             }
         }
@@ -582,7 +640,9 @@ enum WaitEnd {
     Stop,
 }
 
-/// Feed an observer's watch channel until every receiver is gone.
+/// Feed an observer's watch channel until every receiver is gone, or until
+/// an error that retrying cannot fix (then the sender is dropped and the
+/// receivers see the channel closed).
 async fn observe_task(
     backend: Arc<dyn Backend>,
     options: ElectionOptions,
@@ -601,7 +661,16 @@ async fn observe_task(
             }
         });
     };
-    let watchable = backend.capabilities().watch;
+    let give_up = |e: &Error| {
+        tracing::warn!(
+            error = %e,
+            "observing stopped: the store refused in a way retrying cannot fix; \
+             the receivers see the channel closed (Elector::leader returns the error)"
+        );
+    };
+    let mut watchable = backend.capabilities().watch;
+    // When the current run of failures began, and whether it was reported.
+    let mut failing: Option<(Instant, bool)> = None;
     loop {
         if watchable && stream.is_none() {
             // The watch broke earlier: try to reopen it (polling meanwhile).
@@ -613,6 +682,8 @@ async fn observe_task(
             .await
             {
                 Ok(s) => stream = Some(s),
+                Err(Error::NotSupported { .. }) => watchable = false,
+                Err(e) if !e.is_transient() => return give_up(&e),
                 Err(e) => tracing::debug!(error = %e, "reopening the watch failed; polling"),
             }
         }
@@ -636,11 +707,26 @@ async fn observe_task(
         };
         match result {
             Ok(next) => {
+                if let Some((_, true)) = failing {
+                    tracing::info!("observing the store again");
+                }
+                failing = None;
                 backoff.reset();
                 publish(next);
             }
+            Err(e) if !e.is_transient() => return give_up(&e),
             Err(e) => {
-                tracing::debug!(error = %e, "observing failed; reopening");
+                let (since, reported) = failing.get_or_insert((Instant::now(), false));
+                if !*reported && since.elapsed() >= options.ttl {
+                    *reported = true;
+                    tracing::warn!(
+                        error = %e,
+                        failing_for = ?since.elapsed(),
+                        "observing keeps failing; the leader shown may be out of date (retrying)"
+                    );
+                } else {
+                    tracing::debug!(error = %e, "observing failed; reopening");
+                }
                 tokio::select! {
                     _ = tx.closed() => return,
                     _ = sleep(backoff.next_delay()) => {}

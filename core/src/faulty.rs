@@ -35,6 +35,9 @@ pub enum Fault {
     Delay(Duration),
     /// Each call fails at once with [`Error::Unavailable`].
     Fail,
+    /// Each call fails at once with this error (for example
+    /// [`Error::PermissionDenied`], as when credentials lose their rights).
+    Error(Error),
     /// Calls never complete (a partition that swallows requests).
     BlackHole,
     /// Calls wait until the fault changes, then proceed (a paused client
@@ -161,6 +164,7 @@ impl FaultyBackend {
                         message: "injected failure".into(),
                     });
                 }
+                Fault::Error(e) => return Err(e),
                 Fault::BlackHole => return std::future::pending().await,
                 Fault::Pause => {
                     if rx.changed().await.is_err() {

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::options::ElectionOptions;
-use crate::retry::Backoff;
+use crate::retry::RenewSchedule;
 use crate::types::{Claim, FencingToken, LeaderInfo};
 
 /// Why a term ended.
@@ -154,8 +154,20 @@ impl Drop for TermGuard {
 /// Pass [`fencing_token`](Self::fencing_token) to the resource you protect.
 ///
 /// Clones share the term. [`unlock`](Self::unlock) on any clone releases the
-/// lease at once (fast handover); when the last clone is dropped the lease
-/// is released in the background.
+/// lease at once (fast handover) and returns when the store has answered.
+///
+/// # Dropping without `unlock`
+///
+/// When the last clone is dropped the done signal fires at once and the
+/// release is *started* in the background: a task spawned on the current
+/// tokio runtime, bounded by the request timeout. Nothing waits for it. If
+/// the process exits (or the runtime shuts down) right after the drop, the
+/// release may never reach the store, and the next candidate waits until
+/// the store expires the lease (the ttl; ZooKeeper removes it when the
+/// session is closed or times out). Dropped outside a tokio runtime, the lease
+/// is not released at all. To know the lease is gone before you exit, call
+/// `unlock().await`; that is what [`Elector::run`](crate::Elector::run)
+/// does.
 #[derive(Debug, Clone)]
 pub struct Leadership {
     guard: Arc<TermGuard>,
@@ -298,8 +310,10 @@ impl Leadership {
     }
 }
 
-/// Renew every renew interval; retry errors with jittered backoff; fire
-/// lost when the store says so or at the local deadline.
+/// Renew every renew interval; after an error try again at least every
+/// retry interval, with a last attempt shortly before the local deadline
+/// (see [`RenewSchedule`]); fire lost when the store says so or at the local
+/// deadline.
 async fn heartbeat(
     state: Arc<TermState>,
     backend: Arc<dyn Backend>,
@@ -310,7 +324,7 @@ async fn heartbeat(
     let lifetime = options.deadline_after_renewal();
     let mut deadline = anchor + lifetime;
     let mut next = anchor + options.renew_interval;
-    let mut backoff = Backoff::new(options.retry_interval);
+    let mut schedule = RenewSchedule::new(&options);
     let mut last_error: Option<Error> = None;
     let span = tracing::debug_span!("heartbeat", election = %options.election, candidate = %options.candidate_id);
     loop {
@@ -322,7 +336,8 @@ async fn heartbeat(
         }
         let claim = state.claim();
         let sent = Instant::now();
-        let call = timeout(options.request_timeout, backend.renew(&claim));
+        let bound = schedule.call_bound(sent, deadline);
+        let call = timeout(bound, backend.renew(&claim));
         let result = tokio::select! {
             biased;
             _ = stop.cancelled() => return,
@@ -335,7 +350,7 @@ async fn heartbeat(
                 deadline = sent + lifetime;
                 *lock(&state.deadline) = deadline;
                 next = sent + options.renew_interval;
-                backoff.reset();
+                schedule.reset();
                 last_error = None;
                 span.in_scope(|| tracing::trace!("renewed"));
             }
@@ -345,17 +360,19 @@ async fn heartbeat(
                 return;
             }
             Ok(Err(e)) => {
-                span.in_scope(|| tracing::warn!(error = %e, "renewal failed; retrying"));
+                let now = Instant::now();
+                next = schedule.retry_at(sent, now, deadline);
+                span.in_scope(|| tracing::warn!(error = %e, retry_in = ?next - now, left = ?deadline - now, "renewal failed; retrying"));
                 last_error = Some(e);
-                next = (Instant::now() + backoff.next_delay()).min(deadline);
             }
             Err(_) => {
-                span.in_scope(|| tracing::warn!(after = ?options.request_timeout, "renewal timed out; retrying"));
+                let now = Instant::now();
+                next = schedule.retry_at(sent, now, deadline);
+                span.in_scope(|| tracing::warn!(after = ?bound, retry_in = ?next - now, left = ?deadline - now, "renewal timed out (or gave way to the last attempt before the deadline); retrying"));
                 last_error = Some(Error::Timeout {
                     operation: "renew",
-                    after: options.request_timeout,
+                    after: bound,
                 });
-                next = (Instant::now() + backoff.next_delay()).min(deadline);
             }
         }
     }

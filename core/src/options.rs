@@ -27,8 +27,16 @@ pub struct ElectionOptions {
     pub ttl: Duration,
     /// How often the leader (and a queued candidate) renews its lease.
     pub renew_interval: Duration,
-    /// How often to retry after a store error, and how often to poll on
-    /// backends without a watch (jittered).
+    /// The longest wait before trying again after a store error, and how
+    /// often to poll on backends without a watch (give or take 20 %).
+    ///
+    /// Retries back off exponentially from a quarter of this interval up to
+    /// the whole of it, each delay drawn from `[d/2, d]` ("equal jitter",
+    /// never longer than the interval). A lease renewal (the leader's, or a
+    /// queued candidate's claim) that keeps failing is tried again at least
+    /// this often until its local deadline, and once more
+    /// `min(retry_interval, request_timeout) / 2` before the deadline, so that
+    /// its answer can still arrive in time.
     pub retry_interval: Duration,
     /// Subtracted from the ttl to get the local deadline: a leader whose
     /// last successful renewal was *sent* at `t` reports leadership lost at

@@ -593,25 +593,7 @@ async fn try_lock_on_a_held_election_reports_the_holder() {
 async fn user_and_password_auth() {
     let node = start_node().await;
     let endpoints = vec![node.endpoint()];
-    for (path, body) in [
-        ("/v3/auth/role/add", r#"{"name":"root"}"#),
-        (
-            "/v3/auth/user/add",
-            r#"{"name":"root","password":"rootpw"}"#,
-        ),
-        ("/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#),
-        ("/v3/auth/enable", "{}"),
-    ] {
-        let resp = leasehold_integration_tests::http::post(
-            node.client_addr(),
-            path,
-            "application/json",
-            body.as_bytes(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{path}: {e}"));
-        assert_eq!(resp.status, 200, "{path}: {}", resp.body);
-    }
+    enable_auth(&node, &[]).await;
 
     let anonymous = connect(&endpoints).await;
     let err = anonymous
@@ -840,4 +822,184 @@ async fn tls_with_a_client_certificate() {
         .await
         .expect_err("a client without a certificate must be refused");
     eprintln!("without a client certificate: {err}");
+}
+
+/// Turns on etcd's auth through its HTTP gateway: user `root` (password
+/// `rootpw`, role `root`), then `before` (more gateway calls, made while
+/// auth is still off), then `/v3/auth/enable`.
+async fn enable_auth(node: &EtcdNode, before: &[(&str, &str)]) {
+    let root = [
+        ("/v3/auth/role/add", r#"{"name":"root"}"#),
+        (
+            "/v3/auth/user/add",
+            r#"{"name":"root","password":"rootpw"}"#,
+        ),
+        ("/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#),
+    ];
+    let enable = [("/v3/auth/enable", "{}")];
+    for (path, body) in root.iter().chain(before).chain(&enable) {
+        let resp = leasehold_integration_tests::http::post(
+            node.client_addr(),
+            path,
+            "application/json",
+            body.as_bytes(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert_eq!(resp.status, 200, "{path} {body}: {}", resp.body);
+    }
+}
+
+/// Runs `etcdctl` as root against `endpoint`; panics with its output on failure.
+fn etcdctl_as_root(endpoint: &str, args: &[&str]) {
+    let out = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .arg("--user=root:rootpw")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "could not run etcdctl ({e}); install it with `apt-get install -y etcd-client` (scripts/setup does)"
+            )
+        });
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn connect_as(endpoints: &[String], user: &str, password: &str) -> Arc<dyn Backend> {
+    let backend = EtcdBackend::builder()
+        .endpoints(endpoints.iter().cloned())
+        .request_timeout(Duration::from_secs(2))
+        .auth(user, password)
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("login as {user}: {e}"));
+    Arc::new(backend)
+}
+
+fn assert_denied_naming_the_range(err: &Error, election: &str, what: &str) {
+    match err {
+        Error::PermissionDenied { message, .. } => {
+            assert!(
+                message.contains(&format!("/leasehold/{election}/"))
+                    && message.contains("grant-permission"),
+                "{what}: the error must name the range and what to grant: {message}"
+            );
+        }
+        other => panic!("{what}: expected PermissionDenied, got {other:?}"),
+    }
+}
+
+/// Issue 11 part 6: a user without read permission on the election's keys
+/// gets `Error::PermissionDenied` naming the range and what to grant from
+/// `leader()`, `observe()` and every way of campaigning, never "no leader".
+/// An observer whose read permission is revoked follows its open watch
+/// (etcd checks permissions when a watch is created); once that watch breaks
+/// (here: etcd restarts) the observer cannot reopen it, and it stops with its
+/// channel closed and the last leader it saw, instead of retrying at debug
+/// level for ever (before this change: no change and no error for as long
+/// as the test watched).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_without_read_permission_gets_an_error_never_no_leader() {
+    let node = start_node().await;
+    let endpoint = node.endpoint();
+    let endpoints = vec![endpoint.clone()];
+    // `nobody` may read nothing; `reader` may read every election (the
+    // range /leasehold/ .. /leasehold0, base64 in the gateway's JSON).
+    enable_auth(
+        &node,
+        &[
+            ("/v3/auth/role/add", r#"{"name":"nothing"}"#),
+            (
+                "/v3/auth/user/add",
+                r#"{"name":"nobody","password":"nobodypw"}"#,
+            ),
+            ("/v3/auth/user/grant", r#"{"user":"nobody","role":"nothing"}"#),
+            ("/v3/auth/role/add", r#"{"name":"reader"}"#),
+            (
+                "/v3/auth/role/grant",
+                r#"{"name":"reader","perm":{"permType":"READ","key":"L2xlYXNlaG9sZC8=","range_end":"L2xlYXNlaG9sZDA="}}"#,
+            ),
+            (
+                "/v3/auth/user/add",
+                r#"{"name":"reader","password":"readerpw"}"#,
+            ),
+            ("/v3/auth/user/grant", r#"{"user":"reader","role":"reader"}"#),
+        ],
+    )
+    .await;
+    let election = unique_name("denied");
+    let root = Elector::new(
+        connect_as(&endpoints, "root", "rootpw").await,
+        options(&election, "alpha", 2),
+    )
+    .expect("options");
+    let la = lock_within(&root, Duration::from_secs(10), "root").await;
+
+    let nobody = Elector::new(
+        connect_as(&endpoints, "nobody", "nobodypw").await,
+        options(&election, "beta", 2),
+    )
+    .expect("options");
+    let err = nobody.leader().await.expect_err("leader() must fail");
+    assert_denied_naming_the_range(&err, &election, "leader()");
+    let err = nobody.observe().await.expect_err("observe() must fail");
+    assert_denied_naming_the_range(&err, &election, "observe()");
+    let err = nobody.try_lock().await.expect_err("try_lock() must fail");
+    assert_denied_naming_the_range(&err, &election, "try_lock()");
+    let err = nobody
+        .lock_timeout(Duration::from_secs(30))
+        .await
+        .expect_err("lock_timeout() must fail, not wait");
+    assert_denied_naming_the_range(&err, &election, "lock_timeout()");
+
+    let reader = Elector::new(
+        connect_as(&endpoints, "reader", "readerpw").await,
+        options(&election, "gamma", 2),
+    )
+    .expect("options");
+    let mut rx = reader.observe().await.expect("reader may observe");
+    let seen = rx.borrow_and_update().clone();
+    assert_eq!(seen.as_ref().map(|l| l.token), Some(la.fencing_token()));
+
+    etcdctl_as_root(
+        &endpoint,
+        &[
+            "role",
+            "revoke-permission",
+            "reader",
+            "--prefix=true",
+            "/leasehold/",
+        ],
+    );
+    let err = reader
+        .leader()
+        .await
+        .expect_err("revoked: leader() must fail");
+    assert_denied_naming_the_range(&err, &election, "leader() after the revoke");
+    // Break the open watch: the observer must reopen it, and cannot.
+    node.restart().await.expect("restart etcd");
+    let ended = timeout(Duration::from_secs(30), async {
+        loop {
+            if rx.changed().await.is_err() {
+                return;
+            }
+            assert!(
+                rx.borrow_and_update().is_some(),
+                "an observer without permission must never report \"no leader\""
+            );
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the observer kept going silently without read permission"
+    );
+    assert_eq!(*rx.borrow(), seen, "the last leader seen stays");
+    drop(la);
 }

@@ -182,6 +182,31 @@ impl EtcdBackend {
         self.inner.request_timeout
     }
 
+    /// Says which keys a "permission denied" was about and what to grant:
+    /// etcd's own message names neither. Other errors pass unchanged.
+    fn denied(&self, e: Error, election: &str, need: &str) -> Error {
+        match e {
+            Error::PermissionDenied { backend, message }
+                if message.contains("permission denied") =>
+            {
+                Error::PermissionDenied {
+                    backend,
+                    message: format!(
+                        "{message}: the etcd user may not {what} the keys of election {election:?} (range {range:?}); grant its role {need} permission on that range, or on the whole prefix: etcdctl role grant-permission <role> --prefix=true {need} {prefix}/",
+                        what = if need == "read" {
+                            "read"
+                        } else {
+                            "read and write"
+                        },
+                        range = election_prefix(&self.inner.prefix, election),
+                        prefix = self.inner.prefix,
+                    ),
+                }
+            }
+            other => other,
+        }
+    }
+
     /// The key a claim must have to be one of this backend's claims of its election.
     fn own_key(&self, claim: &Claim) -> String {
         candidate_key(&self.inner.prefix, &claim.election, claim.session)
@@ -553,6 +578,7 @@ impl Backend for EtcdBackend {
             None => self.campaign(req).await,
             Some(claim) => self.recheck(req, claim).await,
         }
+        .map_err(|e| self.denied(e, &req.election, "readwrite"))
     }
 
     /// Cancel safe: a call dropped half way closes its keep-alive stream; the
@@ -585,7 +611,7 @@ impl Backend for EtcdBackend {
                 self.forget_keeper(claim.session);
                 Err(e)
             }
-            (Err(e), _) | (_, Err(e)) => Err(e),
+            (Err(e), _) | (_, Err(e)) => Err(self.denied(e, &claim.election, "readwrite")),
         }
     }
 
@@ -612,7 +638,9 @@ impl Backend for EtcdBackend {
             )]);
         let mut kv = self.inner.client.kv_client();
         self.inner.counters.request();
-        let resp = bounded("delete candidate key", t, kv.txn(txn)).await?;
+        let resp = bounded("delete candidate key", t, kv.txn(txn))
+            .await
+            .map_err(|e| self.denied(e, &claim.election, "readwrite"))?;
         let ours = resp.succeeded() || first_kv(&resp.op_responses()).is_none();
         if ours {
             let mut lease_client = self.inner.client.lease_client();
@@ -638,7 +666,8 @@ impl Backend for EtcdBackend {
             self.timeout(),
             kv.get(range, Some(Self::first_by_create())),
         )
-        .await?;
+        .await
+        .map_err(|e| self.denied(e, election, "read"))?;
         resp.kvs()
             .first()
             .map(|kv| decode(kv.key(), kv.value(), kv.create_revision()))
@@ -651,6 +680,7 @@ impl Backend for EtcdBackend {
             Some(claim) => self.wait_predecessor(claim).await,
             None => self.wait_range(election, revision).await,
         }
+        .map_err(|e| self.denied(e, election, "read"))
     }
 
     async fn watch(&self, election: &str) -> Result<Box<dyn LeaderWatch>> {
@@ -662,7 +692,8 @@ impl Backend for EtcdBackend {
             self.timeout(),
             kv.get(range.as_str(), Some(GetOptions::new().with_prefix())),
         )
-        .await?;
+        .await
+        .map_err(|e| self.denied(e, election, "read"))?;
         let start = header_revision(resp.header(), "read election")? + 1;
         let keys = resp
             .kvs()
@@ -676,7 +707,10 @@ impl Backend for EtcdBackend {
             })
             .collect();
         let options = WatchOptions::new().with_prefix().with_start_revision(start);
-        let stream = self.open_watch(range.into_bytes(), options).await?;
+        let stream = self
+            .open_watch(range.into_bytes(), options)
+            .await
+            .map_err(|e| self.denied(e, election, "read"))?;
         Ok(Box::new(EtcdLeaderWatch {
             backend: self.clone(),
             stream,
