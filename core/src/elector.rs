@@ -138,6 +138,12 @@ impl Elector {
     /// process that exits right after it leaves no claim behind for the
     /// next candidate to wait out.
     ///
+    /// How long that takes after `cancel` fires: a store call already in
+    /// flight is let finish (each is bounded by the request timeout), then
+    /// the withdrawal (or the release of a lease won meanwhile) is one more
+    /// bounded call; so at most about two request timeouts, and one round
+    /// trip when the store answers.
+    ///
     /// A win that races the cancellation (the store made this candidate the
     /// leader while `cancel` fired) is given back: when `cancel` has fired
     /// by the time the campaign ends, the lease is released (awaited,
