@@ -40,8 +40,7 @@ impl Attempt {
 /// The elector owns time: it renews leases, retries store errors with
 /// exponential backoff capped at the retry interval (equal jitter; see
 /// [`ElectionOptions::retry_interval`]), and steps down at the local
-/// deadline. The
-/// backend only performs single atomic steps.
+/// deadline. The backend only performs single atomic steps.
 ///
 /// Cheap to clone; clones share the backend and options.
 ///
@@ -230,8 +229,9 @@ impl Elector {
     ///   with backoff; meanwhile the value stays the last leader seen, which
     ///   may be out of date (a warning is logged once failures have lasted a
     ///   ttl, at debug level before).
-    /// * Errors that retrying cannot fix (permission denied, a record that
-    ///   is not leasehold's, a missing bucket or chroot) are logged at warn
+    /// * Errors that retrying cannot fix (those that are not
+    ///   [`Error::is_transient`]: permission denied, a record that is not
+    ///   leasehold's, a configuration error) are logged at warn
     ///   level and end the observation: the sender is dropped, so
     ///   `changed()` returns an error. The value is then the last leader
     ///   seen, no longer followed; it never turns into `None` because of an
