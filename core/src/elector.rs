@@ -40,8 +40,7 @@ impl Attempt {
 /// The elector owns time: it renews leases, retries store errors with
 /// exponential backoff capped at the retry interval (equal jitter; see
 /// [`ElectionOptions::retry_interval`]), and steps down at the local
-/// deadline. The
-/// backend only performs single atomic steps.
+/// deadline. The backend only performs single atomic steps.
 ///
 /// Cheap to clone; clones share the backend and options.
 ///
@@ -138,6 +137,12 @@ impl Elector {
     /// process that exits right after it leaves no claim behind for the
     /// next candidate to wait out.
     ///
+    /// How long that takes after `cancel` fires: a store call already in
+    /// flight is let finish (each is bounded by the request timeout), then
+    /// the withdrawal (or the release of a lease won meanwhile) is one more
+    /// bounded call; so at most about two request timeouts, and one round
+    /// trip when the store answers.
+    ///
     /// A win that races the cancellation (the store made this candidate the
     /// leader while `cancel` fired) is given back: when `cancel` has fired
     /// by the time the campaign ends, the lease is released (awaited,
@@ -224,8 +229,9 @@ impl Elector {
     ///   with backoff; meanwhile the value stays the last leader seen, which
     ///   may be out of date (a warning is logged once failures have lasted a
     ///   ttl, at debug level before).
-    /// * Errors that retrying cannot fix (permission denied, a record that
-    ///   is not leasehold's, a missing bucket or chroot) are logged at warn
+    /// * Errors that retrying cannot fix (those that are not
+    ///   [`Error::is_transient`]: permission denied, a record that is not
+    ///   leasehold's, a configuration error) are logged at warn
     ///   level and end the observation: the sender is dropped, so
     ///   `changed()` returns an error. The value is then the last leader
     ///   seen, no longer followed; it never turns into `None` because of an

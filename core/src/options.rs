@@ -36,7 +36,8 @@ pub struct ElectionOptions {
     /// queued candidate's claim) that keeps failing is tried again at least
     /// this often until its local deadline, and once more
     /// `min(retry_interval, request_timeout) / 2` before the deadline, so that
-    /// its answer can still arrive in time.
+    /// its answer can still arrive in time (a renewal still unanswered at
+    /// that moment is abandoned for this last attempt).
     pub retry_interval: Duration,
     /// Subtracted from the ttl to get the local deadline: a leader whose
     /// last successful renewal was *sent* at `t` reports leadership lost at

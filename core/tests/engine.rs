@@ -712,3 +712,39 @@ async fn an_observer_stops_on_a_permission_error_and_retries_an_outage() {
     );
     la.unlock().await.unwrap();
 }
+
+/// Issue 12: ending a campaign is bounded even when the store swallows
+/// every call: the call in flight and the withdrawal take at most a request
+/// timeout each, and the claim is then left to expire with its lease.
+#[tokio::test(start_paused = true)]
+async fn lock_cancellable_is_bounded_when_the_store_swallows_calls() {
+    let store = MemoryStore::new();
+    let a = elector(&store, "a");
+    let (backend, faults) = FaultyBackend::wrap(Arc::new(store.client()));
+    let b = Elector::new(backend, options("b")).unwrap();
+    let _la = a.lock().await.unwrap();
+    let cancel = CancellationToken::new();
+    let b_task = tokio::spawn({
+        let cancel = cancel.clone();
+        async move { b.lock_cancellable(&cancel).await }
+    });
+    sleep(Duration::from_millis(10)).await;
+    assert_eq!(store.queue_len("jobs"), 2, "b is queued");
+    // Past the first renewal of b's claim, which now hangs.
+    faults.set(Fault::BlackHole);
+    sleep(options("b").renew_interval + Duration::from_millis(100)).await;
+    let cancelled_at = Instant::now();
+    cancel.cancel();
+    let r = b_task.await.unwrap();
+    let took = Instant::now() - cancelled_at;
+    assert!(r.unwrap().is_none());
+    let bound = options("b").request_timeout * 2;
+    assert!(
+        took <= bound,
+        "ending the campaign took {took:?}, more than {bound:?}"
+    );
+    assert_eq!(faults.calls().release, 1, "the withdrawal was tried");
+    // The claim expires with its lease on the store.
+    sleep(TTL).await;
+    assert_eq!(store.queue_len("jobs"), 1);
+}
