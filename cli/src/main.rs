@@ -417,7 +417,15 @@ async fn observe(elector: &Elector, stop: CancellationToken) -> ExitCode {
         emit(Event::Leader(LeaderView::of(&now)));
         tokio::select! {
             _ = stop.cancelled() => return ExitCode::SUCCESS,
-            r = rx.changed() => if r.is_err() { return ExitCode::SUCCESS },
+            r = rx.changed() => if r.is_err() {
+                // The observer stopped on an error that retrying cannot fix
+                // (permission revoked, the election's path gone): ask the
+                // store once more to say which, and fail with it.
+                return match elector.leader().await {
+                    Err(e) => fail(e),
+                    Ok(_) => fail("observing the election stopped on an error that retrying cannot fix (RUST_LOG=leasehold_core=warn shows it)"),
+                };
+            },
         }
     }
 }
