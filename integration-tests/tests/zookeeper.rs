@@ -590,7 +590,12 @@ async fn acls_keep_unauthenticated_clients_out() {
     let mallory =
         Elector::new(stranger.clone(), options(&election, "mallory", TTL)).expect("options");
     match mallory.try_lock().await {
-        Err(Error::PermissionDenied { .. }) => {}
+        Err(e @ Error::PermissionDenied { .. }) => {
+            assert!(
+                e.to_string().contains(&dir),
+                "the error must name {dir}: {e}"
+            );
+        }
         other => panic!("an unauthenticated candidate must be refused: {other:?}"),
     }
     assert!(!l.is_lost(), "{:?}", l.loss_reason());
@@ -618,7 +623,12 @@ async fn acls_keep_unauthenticated_clients_out() {
         Elector::new(Arc::new(private), options(&secret_election, "carol", TTL)).expect("options");
     let lc = lock_within(&carol, Duration::from_secs(10), "carol").await;
     match stranger.leader(&secret_election).await {
-        Err(Error::PermissionDenied { .. }) => {}
+        Err(e @ Error::PermissionDenied { .. }) => {
+            assert!(
+                e.to_string().contains(&secret_election),
+                "the error must name the election's node: {e}"
+            );
+        }
         other => panic!("a private election must not be readable: {other:?}"),
     }
     lc.unlock().await.expect("unlock");
@@ -897,6 +907,35 @@ async fn line(cs: &str, election: &str) -> Vec<String> {
     children
 }
 
+/// Alpha unlocks; beta, queued behind it, must lead within ttl plus slack
+/// (a phantom node of a live session in between would stop it for good),
+/// alone in the line.
+async fn next_leads_after_unlock(
+    la: Leadership,
+    waiting: tokio::task::JoinHandle<leasehold_core::Result<Leadership>>,
+    cs: &str,
+    election: &str,
+    what: &str,
+) {
+    let released = Instant::now();
+    la.unlock().await.expect("unlock");
+    let slack = Duration::from_secs(2);
+    let lb = match timeout(TTL + slack, waiting).await {
+        Ok(l) => l.expect("task").expect("beta lock"),
+        Err(_) => panic!(
+            "{what}: nobody led for {:?} after alpha's unlock; the line is {:?} (gamma's client still runs, so its session and any node of it stay)",
+            released.elapsed(),
+            line(cs, election).await
+        ),
+    };
+    eprintln!(
+        "{what}: beta led {:?} after alpha's unlock",
+        released.elapsed()
+    );
+    assert_eq!(line(cs, election).await.len(), 1);
+    lb.unlock().await.expect("unlock");
+}
+
 /// Issue 11, part 3. A queued candidate withdraws, and its delete is lost in
 /// a connection reset (the request never reaches the server). Its session
 /// survives the reset, so its node would stay in the line for as long as
@@ -940,24 +979,8 @@ async fn a_withdrawal_lost_in_a_connection_reset_leaves_no_phantom_in_the_line()
         "gamma should have withdrawn: {withdrawn:?}"
     );
 
-    let released = Instant::now();
-    la.unlock().await.expect("unlock");
-    let slack = Duration::from_secs(2);
-    let lb = match timeout(TTL + slack, waiting).await {
-        Ok(l) => l.expect("task").expect("beta lock"),
-        Err(_) => panic!(
-            "nobody led for {:?} after alpha's unlock; the line is {:?} (gamma's client still runs, so its session and node stay)",
-            released.elapsed(),
-            line(&cs, &election).await
-        ),
-    };
-    eprintln!(
-        "lost withdrawal: beta led {:?} after alpha's unlock",
-        released.elapsed()
-    );
-    assert_eq!(line(&cs, &election).await.len(), 1);
-    lb.unlock().await.expect("unlock");
-    // gamma's session is still alive (its client was never dropped).
+    next_leads_after_unlock(la, waiting, &cs, &election, "lost withdrawal").await;
+    // gamma's session was alive all along (its client was never dropped).
     drop(c);
 }
 
@@ -993,23 +1016,7 @@ async fn a_campaign_ended_while_its_create_was_in_flight_leaves_no_node_behind()
         line(&cs, &election).await
     );
     let waiting = queue_behind(&b, "alpha").await;
-    let released = Instant::now();
-    la.unlock().await.expect("unlock");
-    let slack = Duration::from_secs(2);
-    let lb = match timeout(TTL + slack, waiting).await {
-        Ok(l) => l.expect("task").expect("beta lock"),
-        Err(_) => panic!(
-            "nobody led for {:?} after alpha's unlock; the line is {:?}",
-            released.elapsed(),
-            line(&cs, &election).await
-        ),
-    };
-    eprintln!(
-        "lost create: beta led {:?} after alpha's unlock",
-        released.elapsed()
-    );
-    assert_eq!(line(&cs, &election).await.len(), 1);
-    lb.unlock().await.expect("unlock");
+    next_leads_after_unlock(la, waiting, &cs, &election, "lost create").await;
     drop(c);
 }
 
