@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -35,6 +36,10 @@ pub struct ZkBackend {
     config: Arc<Config>,
     current: Mutex<Client>,
     reconnect: tokio::sync::Mutex<()>,
+    /// The shortest `request_timeout` of the elections validated on this
+    /// backend (nanoseconds; `u64::MAX`: none yet): the engine's bound on
+    /// `release`, which answers well within it.
+    engine_bound: AtomicU64,
 }
 
 impl fmt::Debug for ZkBackend {
@@ -78,6 +83,7 @@ impl ZkBackend {
             config,
             current: Mutex::new(client),
             reconnect: tokio::sync::Mutex::new(()),
+            engine_bound: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -429,6 +435,8 @@ impl Backend for ZkBackend {
 
     fn validate(&self, options: &ElectionOptions) -> Result<()> {
         self.dir(&options.election)?;
+        let bound = u64::try_from(options.request_timeout.as_nanos()).unwrap_or(u64::MAX);
+        self.engine_bound.fetch_min(bound, Ordering::Relaxed);
         let client = self.current();
         self.check_ttl(&client, options.ttl)?;
         let negotiated = client.session_timeout();
@@ -553,19 +561,27 @@ impl Backend for ZkBackend {
             bound,
         )
         .spawn();
-        match tokio::time::timeout(bound, done).await {
+        // Answer well within the engine's bound on this call, so that the
+        // engine never gives up on it (it would log that the lease will
+        // expire, which a pinging ZooKeeper session does not).
+        let engine = Duration::from_nanos(self.engine_bound.load(Ordering::Relaxed));
+        let wait = bound.min(engine / 2);
+        match tokio::time::timeout(wait, done).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(Error::Backend {
                 backend: NAME,
                 message: format!("the task deleting {} ended without an answer", claim.key),
             }),
-            Err(_) => Err(Error::Unavailable {
-                backend: NAME,
-                message: format!(
-                    "deleting {} was not confirmed within {bound:?}; the delete is retried in the background until it succeeds or ZooKeeper session {:#x} ends",
-                    claim.key, claim.session
-                ),
-            }),
+            Err(_) => {
+                // Handed over: the node goes when the delete lands or the
+                // session ends, whichever comes first.
+                tracing::warn!(
+                    node = %claim.key,
+                    session = %format_args!("{:#x}", claim.session),
+                    "delete not confirmed within {wait:?}; it is retried in the background until it succeeds or the session ends"
+                );
+                Ok(())
+            }
         }
     }
 
