@@ -80,11 +80,12 @@ pub(crate) async fn zookeeper(
     if let Some(c) = chroot {
         connect.push_str(c);
     }
-    // The session is the lease: its timeout is the election's ttl unless
-    // given on its own.
+    // The session is the lease: unless given on its own, the shortest one
+    // that covers the election's timings (ttl - safety_margin +
+    // renew_interval; see docs/zookeeper.md).
     let session = match session_timeout {
         Some(t) => parse_duration("session_timeout", t)?,
-        None => options.ttl,
+        None => leasehold_zookeeper::ZkBackend::min_session_timeout(options),
     };
     let mut b = leasehold_zookeeper::ZkBackend::builder()
         .connect_string(connect)

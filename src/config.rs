@@ -76,7 +76,9 @@ pub enum StoreConfig {
         /// The chroot path elections live under (e.g. `/leasehold`).
         #[serde(default)]
         chroot: Option<String>,
-        /// The session timeout, e.g. `"6s"`; it is the election's ttl.
+        /// The session timeout, e.g. `"6s"`: the lease. Default: the shortest
+        /// that covers the election's timings (ttl - safety_margin +
+        /// renew_interval); given without `ttl`, the ttl is 30/37 of it.
         #[serde(default)]
         session_timeout: Option<String>,
         /// User for digest authentication (nodes get ACLs for this user).
@@ -279,15 +281,19 @@ impl ElectionConfig {
         })?;
         let id = cfg.id.unwrap_or_else(default_candidate_id);
         let mut options = ElectionOptions::new(election, id);
-        // A ZooKeeper session timeout is the election's ttl.
+        // Given only a ZooKeeper session timeout, the ttl is the longest one
+        // the session covers with the derived timings: the session must
+        // cover ttl - ttl/10 + ttl/3 = 37/30 ttl (docs/zookeeper.md).
         let zk_session = match &store {
             StoreConfig::Zookeeper {
                 session_timeout, ..
             } => session_timeout.clone(),
             _ => None,
         };
-        if let Some(ttl) = cfg.ttl.as_deref().or(zk_session.as_deref()) {
+        if let Some(ttl) = cfg.ttl.as_deref() {
             options = options.with_ttl(parse_duration("ttl", ttl)?);
+        } else if let Some(session) = zk_session.as_deref() {
+            options = options.with_ttl(parse_duration("session_timeout", session)? * 30 / 37);
         }
         let fields = [
             (

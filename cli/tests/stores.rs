@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use leasehold_integration_tests::{EtcdNode, FakeGcs, Proxy, ZkServer, unique_name};
+use leasehold_integration_tests::{
+    EtcdNode, FakeGcs, Proxy, ZkServer, create_zk_path, unique_name,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, sleep, timeout};
@@ -61,6 +63,10 @@ async fn the_same_example_elects_on_every_store_chosen_by_config_alone() {
     let etcd = etcd.expect("start etcd (install: bash scripts/setup)");
     let zk = zk.expect("start ZooKeeper (install: bash scripts/setup)");
     let gcs = gcs.expect("start fake-gcs-server (install: bash scripts/setup)");
+    // A chroot is the operator's to create; leasehold does not.
+    create_zk_path(&zk.connect_string(), "/leasehold-test")
+        .await
+        .expect("create the ZooKeeper chroot");
     let dir = tempfile::tempdir().expect("temp dir");
     let election = unique_name("config-switch");
     let stores = [
@@ -74,7 +80,7 @@ async fn the_same_example_elects_on_every_store_chosen_by_config_alone() {
         (
             "zookeeper",
             format!(
-                "[store]\nkind = \"zookeeper\"\nhosts = [\"{}\"]\nchroot = \"/leasehold-test\"\nsession_timeout = \"4s\"\n",
+                "[store]\nkind = \"zookeeper\"\nhosts = [\"{}\"]\nchroot = \"/leasehold-test\"\nsession_timeout = \"5s\"\n",
                 zk.client_addr()
             ),
         ),

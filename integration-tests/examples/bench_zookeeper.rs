@@ -24,12 +24,13 @@ async fn connect(connect_string: &str, session: Duration) -> Arc<dyn Backend> {
     Arc::new(backend)
 }
 
+/// An elector on a session of `session`, with the longest ttl that session
+/// covers (`ZkBackend::min_session_timeout`: 37/30 of the ttl with the
+/// derived timings).
 async fn elector(cs: &str, election: &str, candidate: &str, session: Duration) -> Elector {
-    Elector::new(
-        connect(cs, session).await,
-        ElectionOptions::new(election, candidate).with_ttl(session),
-    )
-    .unwrap_or_else(|e| panic!("options: {e}"))
+    let options = ElectionOptions::new(election, candidate).with_ttl(session * 30 / 37);
+    assert!(ZkBackend::min_session_timeout(&options) <= session);
+    Elector::new(connect(cs, session).await, options).unwrap_or_else(|e| panic!("options: {e}"))
 }
 
 async fn lock(e: &Elector) -> Leadership {

@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 
 use crate::HarnessError;
 use crate::process::{START_ATTEMPTS, ServerProcess, find_on_path, free_ports, start_timeout};
+use crate::proxy::Proxy;
 
 /// The `tickTime` every harness ZooKeeper runs with. ZooKeeper clamps session
 /// timeouts to 2..20 ticks, so sessions of 1 s to 10 s are allowed.
@@ -323,6 +324,19 @@ impl ZkServer {
 #[derive(Debug)]
 pub struct ZkEnsemble {
     members: Vec<ZkServer>,
+    /// With [`ZkEnsemble::start_with_peer_proxies`]: the fault proxies every
+    /// member reaches every other member's quorum and election ports through.
+    peer_links: Vec<PeerLink>,
+}
+
+/// The two proxies member `from` reaches member `to` through (its quorum and
+/// its leader-election port).
+#[derive(Debug)]
+struct PeerLink {
+    from: usize,
+    to: usize,
+    quorum: Proxy,
+    election: Proxy,
 }
 
 impl ZkEnsemble {
@@ -341,6 +355,32 @@ impl ZkEnsemble {
     ///
     /// Cancel safe: processes started so far are killed when the future is dropped.
     pub async fn start(n: usize) -> Result<ZkEnsemble, HarnessError> {
+        ZkEnsemble::start_inner(n, false).await
+    }
+
+    /// Like [`start`](Self::start), but every member reaches every other
+    /// member's quorum and leader-election ports through a fault
+    /// [`Proxy`] of its own (each member's `zoo.cfg` names the proxies for its
+    /// peers), so that [`isolate`](Self::isolate) can cut one member off from
+    /// its peers while its clients stay connected to it. The proxies run on
+    /// the caller's tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// As for [`ZkServer::start`].
+    ///
+    /// # Panics
+    ///
+    /// If `n` is 0.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: processes started so far are killed when the future is dropped.
+    pub async fn start_with_peer_proxies(n: usize) -> Result<ZkEnsemble, HarnessError> {
+        ZkEnsemble::start_inner(n, true).await
+    }
+
+    async fn start_inner(n: usize, proxied: bool) -> Result<ZkEnsemble, HarnessError> {
         assert!(n > 0, "a zookeeper ensemble needs at least one member");
         let java = java_binary()?;
         let classpath = classpath()?;
@@ -348,18 +388,39 @@ impl ZkEnsemble {
         for _ in 0..START_ATTEMPTS {
             // Per member: client, quorum and leader-election ports.
             let ports = free_ports(3 * n)?;
-            let peers: String = (0..n)
-                .map(|i| {
-                    format!(
-                        "server.{}=127.0.0.1:{}:{}\n",
-                        i + 1,
-                        ports[3 * i + 1],
-                        ports[3 * i + 2]
-                    )
-                })
-                .collect();
+            let real = |i: usize| (ports[3 * i + 1], ports[3 * i + 2]);
+            let mut peer_links = Vec::new();
+            if proxied {
+                for from in 0..n {
+                    for to in (0..n).filter(|&to| to != from) {
+                        let (quorum, election) = real(to);
+                        peer_links.push(PeerLink {
+                            from,
+                            to,
+                            quorum: Proxy::start(loopback(quorum)).await,
+                            election: Proxy::start(loopback(election)).await,
+                        });
+                    }
+                }
+            }
+            // Member `from`'s view of member `to`: its own ports for itself,
+            // the proxies of the link otherwise.
+            let ports_seen = |from: usize, to: usize| -> (u16, u16) {
+                peer_links
+                    .iter()
+                    .find(|l| l.from == from && l.to == to)
+                    .map_or(real(to), |l| {
+                        (l.quorum.addr().port(), l.election.addr().port())
+                    })
+            };
             let mut members = Vec::with_capacity(n);
             for i in 0..n {
+                let peers: String = (0..n)
+                    .map(|to| {
+                        let (quorum, election) = ports_seen(i, to);
+                        format!("server.{}=127.0.0.1:{quorum}:{election}\n", to + 1)
+                    })
+                    .collect();
                 members.push(ZkServer::spawn(
                     &java,
                     &classpath,
@@ -368,7 +429,10 @@ impl ZkEnsemble {
                     Some(&peers),
                 )?);
             }
-            let ensemble = ZkEnsemble { members };
+            let ensemble = ZkEnsemble {
+                members,
+                peer_links,
+            };
             match ensemble.wait_serving(start_timeout(READY_TIMEOUT)).await {
                 Ok(()) => return Ok(ensemble),
                 Err(e @ HarnessError::Exited { .. }) => last_error = Some(e),
@@ -447,6 +511,83 @@ impl ZkEnsemble {
             member.process.respawn()?;
         }
         self.wait_serving(start_timeout(READY_TIMEOUT)).await
+    }
+
+    /// Cuts member `i` (0-based) off from its peers: every proxy on a link
+    /// from or to it black-holes (a partition; connections stay open, no
+    /// byte moves). Its clients stay connected to it; it keeps answering
+    /// them from its own copy until it gives up on the ensemble's leader
+    /// (after `syncLimit` x `tickTime`).
+    ///
+    /// # Panics
+    ///
+    /// If the ensemble was not started with
+    /// [`start_with_peer_proxies`](Self::start_with_peer_proxies), or `i` is
+    /// out of range.
+    pub fn isolate(&self, i: usize) {
+        self.peer_links_of(i).for_each(|l| {
+            l.quorum.blackhole();
+            l.election.blackhole();
+        });
+    }
+
+    /// Undoes [`isolate`](Self::isolate): the links of member `i` carry bytes again.
+    ///
+    /// # Panics
+    ///
+    /// As for [`isolate`](Self::isolate).
+    pub fn reconnect(&self, i: usize) {
+        self.peer_links_of(i).for_each(|l| {
+            l.quorum.heal();
+            l.election.heal();
+        });
+    }
+
+    fn peer_links_of(&self, i: usize) -> impl Iterator<Item = &PeerLink> {
+        assert!(
+            !self.peer_links.is_empty(),
+            "isolate/reconnect need an ensemble from ZkEnsemble::start_with_peer_proxies"
+        );
+        assert!(i < self.members.len(), "no member {i}");
+        self.peer_links
+            .iter()
+            .filter(move |l| l.from == i || l.to == i)
+    }
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+/// Creates `path` and its missing parents (persistent, open ACL) on the
+/// ZooKeeper at `connect_string`, as an operator creates a chroot
+/// (`zkCli.sh create /apps`) before pointing leasehold at it.
+///
+/// # Errors
+///
+/// The server cannot be reached or refuses the creation.
+///
+/// # Cancel safety
+///
+/// Cancel safe; a dropped call may have created some of the nodes.
+pub async fn create_zk_path(connect_string: &str, path: &str) -> Result<(), HarnessError> {
+    use leasehold_zookeeper::zookeeper_client as zk;
+    let work = async {
+        let client = zk::Client::connect(connect_string)
+            .await
+            .map_err(|e| format!("connect to {connect_string}: {e}"))?;
+        let mode = zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+        client
+            .mkdir(path, &mode)
+            .await
+            .map_err(|e| format!("create {path}: {e}"))
+    };
+    match tokio::time::timeout(Duration::from_secs(20), work).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(message)) => Err(HarnessError::Protocol(format!("zookeeper: {message}"))),
+        Err(_) => Err(HarnessError::Protocol(format!(
+            "zookeeper: creating {path} on {connect_string} took over 20s"
+        ))),
     }
 }
 

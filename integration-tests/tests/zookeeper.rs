@@ -17,10 +17,11 @@ use leasehold_core::{
     AcquireOutcome, AcquireRequest, Attempt, Backend, ElectionOptions, Elector, Error, Leadership,
     LossReason,
 };
-use leasehold_integration_tests::{Proxy, ZkEnsemble, ZkServer, unique_name};
+use leasehold_integration_tests::{Proxy, ZkEnsemble, ZkServer, create_zk_path, unique_name};
 use leasehold_zookeeper::ZkBackend;
 use leasehold_zookeeper::zookeeper_client as zk;
 use tokio::time::{Instant, sleep, timeout};
+use tokio_util::sync::CancellationToken;
 
 /// The conformance ttl (= session timeout): short, but long enough for a JVM
 /// on a busy 2-core machine not to expire healthy sessions.
@@ -46,8 +47,14 @@ fn options(election: &str, candidate: &str, ttl: Duration) -> ElectionOptions {
     ElectionOptions::new(election, candidate).with_ttl(ttl)
 }
 
+/// The shortest session that is safe for a ttl with the derived timings
+/// (`ElectionOptions::with_ttl`): `ttl - ttl/10 + ttl/3`.
+fn session_for(ttl: Duration) -> Duration {
+    ZkBackend::min_session_timeout(&options("any", "any", ttl))
+}
+
 async fn elector(connect_string: &str, election: &str, candidate: &str, ttl: Duration) -> Elector {
-    let backend: Arc<dyn Backend> = Arc::new(connect(connect_string, ttl).await);
+    let backend: Arc<dyn Backend> = Arc::new(connect(connect_string, session_for(ttl)).await);
     Elector::new(backend, options(election, candidate, ttl))
         .unwrap_or_else(|e| panic!("options refused: {e}"))
 }
@@ -128,7 +135,8 @@ impl ZkSubject {
 impl Subject for ZkSubject {
     async fn client(&self) -> Arc<dyn Backend> {
         let proxy = Arc::new(Proxy::start(self.server).await);
-        let client: Arc<dyn Backend> = Arc::new(connect(&proxy.addr().to_string(), TTL).await);
+        let client: Arc<dyn Backend> =
+            Arc::new(connect(&proxy.addr().to_string(), session_for(TTL)).await);
         self.links
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -141,10 +149,11 @@ impl Subject for ZkSubject {
     }
 
     fn slack(&self) -> Duration {
-        // The server expires sessions on tick boundaries (500 ms); then a
-        // watch notification and one round trip; the rest is room for a
-        // loaded machine.
-        Duration::from_secs(2)
+        // The session is longer than the ttl (session_for: 3.7 s); the
+        // server expires sessions on tick boundaries (500 ms); then a watch
+        // notification and one round trip; the rest is room for a loaded
+        // machine.
+        Duration::from_secs(3)
     }
 
     async fn vanish(&self, client: &Arc<dyn Backend>) {
@@ -184,8 +193,20 @@ async fn a_ttl_longer_than_the_session_is_refused() {
             && text.contains("session"),
         "{text}"
     );
-    Elector::new(backend.clone(), options("e", "c", Duration::from_secs(10)))
-        .expect("a ttl equal to the session timeout is fine");
+    // A ttl up to the session is not enough: the session must also cover
+    // one renew interval beyond the leader's local deadline.
+    let err = Elector::new(backend.clone(), options("e", "c", Duration::from_secs(10)))
+        .expect_err("ttl 10s with the derived timings needs a session of 12.334s");
+    let text = err.to_string();
+    assert!(
+        matches!(err, Error::InvalidOption { field: "ttl", .. })
+            && text.contains("12.334s")
+            && text.contains("renew_interval"),
+        "{text}"
+    );
+    let fits = options("e", "c", Duration::from_secs(8));
+    assert!(ZkBackend::min_session_timeout(&fits) <= Duration::from_secs(10));
+    Elector::new(backend.clone(), fits).expect("ttl 8s fits a 10s session");
     let err = Elector::new(backend, options("a/../b", "c", Duration::from_secs(10)))
         .expect_err("a path ZooKeeper refuses must be refused");
     assert!(
@@ -230,7 +251,7 @@ async fn handover_on_unlock_on_guard_drop_and_on_client_drop() {
     let server = start_server().await;
     let cs = server.connect_string();
     let election = unique_name("handover");
-    let ttl = Duration::from_secs(10);
+    let ttl = Duration::from_secs(8);
     let a = elector(&cs, &election, "alpha", ttl).await;
     let b = elector(&cs, &election, "beta", ttl).await;
 
@@ -411,7 +432,7 @@ async fn ensemble_member_and_leader_loss_keep_the_leadership() {
         .map(|p| p.addr().to_string())
         .collect::<Vec<_>>()
         .join(",");
-    let ttl = Duration::from_secs(10);
+    let ttl = Duration::from_secs(8);
     let election = unique_name("ensemble");
     let a = elector(&via_proxies, &election, "alpha", ttl).await;
     let b = elector(&ensemble.connect_string(), &election, "beta", ttl).await;
@@ -512,10 +533,17 @@ async fn ensemble_member_and_leader_loss_keep_the_leadership() {
 async fn acls_keep_unauthenticated_clients_out() {
     let server = start_server().await;
     let cs = format!("{}/{}", server.connect_string(), unique_name("acl-root"));
+    // The operator creates the chroot; leasehold never does.
+    create_zk_path(
+        &server.connect_string(),
+        &cs[cs.find('/').expect("chroot")..],
+    )
+    .await
+    .expect("create the chroot");
     let election = unique_name("acl");
     let owner = ZkBackend::builder()
         .connect_string(&cs)
-        .session_timeout(TTL)
+        .session_timeout(session_for(TTL))
         .digest_auth("alice", "s3cret")
         .connect()
         .await
@@ -524,10 +552,10 @@ async fn acls_keep_unauthenticated_clients_out() {
     let alice = Elector::new(owner.clone(), options(&election, "alice", TTL)).expect("options");
     let l = lock_within(&alice, Duration::from_secs(10), "alice").await;
 
-    let stranger = connect(&cs, TTL).await;
+    let stranger = connect(&cs, session_for(TTL)).await;
     let imposter = ZkBackend::builder()
         .connect_string(&cs)
-        .session_timeout(TTL)
+        .session_timeout(session_for(TTL))
         .digest_auth("alice", "wrong password")
         .connect()
         .await
@@ -562,7 +590,12 @@ async fn acls_keep_unauthenticated_clients_out() {
     let mallory =
         Elector::new(stranger.clone(), options(&election, "mallory", TTL)).expect("options");
     match mallory.try_lock().await {
-        Err(Error::PermissionDenied { .. }) => {}
+        Err(e @ Error::PermissionDenied { .. }) => {
+            assert!(
+                e.to_string().contains(&dir),
+                "the error must name {dir}: {e}"
+            );
+        }
         other => panic!("an unauthenticated candidate must be refused: {other:?}"),
     }
     assert!(!l.is_lost(), "{:?}", l.loss_reason());
@@ -579,7 +612,7 @@ async fn acls_keep_unauthenticated_clients_out() {
     // Without public read, strangers cannot even see who leads.
     let private = ZkBackend::builder()
         .connect_string(&cs)
-        .session_timeout(TTL)
+        .session_timeout(session_for(TTL))
         .digest_auth("alice", "s3cret")
         .public_read(false)
         .connect()
@@ -590,7 +623,12 @@ async fn acls_keep_unauthenticated_clients_out() {
         Elector::new(Arc::new(private), options(&secret_election, "carol", TTL)).expect("options");
     let lc = lock_within(&carol, Duration::from_secs(10), "carol").await;
     match stranger.leader(&secret_election).await {
-        Err(Error::PermissionDenied { .. }) => {}
+        Err(e @ Error::PermissionDenied { .. }) => {
+            assert!(
+                e.to_string().contains(&secret_election),
+                "the error must name the election's node: {e}"
+            );
+        }
         other => panic!("a private election must not be readable: {other:?}"),
     }
     lc.unlock().await.expect("unlock");
@@ -606,7 +644,7 @@ async fn a_hundred_candidates_hand_over_one_by_one_without_a_herd() {
     let server = start_server().await;
     let cs = server.connect_string();
     let election = unique_name("hundred");
-    let ttl = Duration::from_secs(10);
+    let ttl = Duration::from_secs(8);
     let mut electors = Vec::with_capacity(N);
     for i in 0..N {
         electors.push(elector(&cs, &election, &format!("c{i:03}"), ttl).await);
@@ -691,7 +729,9 @@ async fn a_hundred_candidates_hand_over_one_by_one_without_a_herd() {
 }
 
 /// A `try_acquire` cancelled after its node was created (the reply was still
-/// on its way) leaves no second node behind: the next attempt adopts it.
+/// on its way) leaves nothing in the line: the node is found by its
+/// protected name and deleted in the background, and the next attempt
+/// queues (here: leads) with a node of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_acquire_leaves_no_orphan_in_the_line() {
     let server = start_server().await;
@@ -714,18 +754,21 @@ async fn a_cancelled_acquire_leaves_no_orphan_in_the_line() {
     proxy.pass();
     let observer = connect(&server.connect_string(), TTL).await;
     let dir = format!("/{election}");
-    // The cancelled creation reaches the server.
+    // The cancelled creation reaches the server, and its node is deleted.
+    sleep(Duration::from_secs(1)).await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while observer
-        .client()
-        .list_children(&dir)
-        .await
-        .expect("list")
-        .is_empty()
-    {
+    loop {
+        let children = observer
+            .client()
+            .list_children(&dir)
+            .await
+            .unwrap_or_default();
+        if children.is_empty() {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
-            "the cancelled creation never arrived"
+            "the cancelled creation's node was left in the line: {children:?}"
         );
         sleep(Duration::from_millis(50)).await;
     }
@@ -734,11 +777,7 @@ async fn a_cancelled_acquire_leaves_no_orphan_in_the_line() {
         other => panic!("the retry must lead (no one else is in line): {other:?}"),
     };
     let children = observer.client().list_children(&dir).await.expect("list");
-    assert_eq!(
-        children.len(),
-        1,
-        "the retry queued a second node instead of adopting the first: {children:?}"
-    );
+    assert_eq!(children.len(), 1, "{children:?}");
     assert!(
         claim.key.ends_with(&children[0]),
         "{} vs {children:?}",
@@ -781,4 +820,261 @@ async fn the_leader_watch_survives_cancelled_next_calls() {
     })
     .await;
     assert!(seen.is_ok(), "the vacancy was not reported");
+}
+
+/// Issue 11, part 1. A 3-member ensemble whose members reach each other only
+/// through fault proxies. Leader A's client talks to one follower alone, B's
+/// to the other two members. That follower is cut off from its peers: it
+/// keeps answering A's reads from its own copy until it gives up on the
+/// ensemble (syncLimit x tickTime = 5 s), while the quorum expires A's
+/// session and lets B lead. A's renewals must prove the session alive at the
+/// quorum, so A reports lost before B leads (monotonic clock, one process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_on_a_member_cut_off_from_its_peers_steps_down_before_anyone_else_leads() {
+    let ensemble = ZkEnsemble::start_with_peer_proxies(3)
+        .await
+        .unwrap_or_else(|e| panic!("could not start a ZooKeeper ensemble: {e}"));
+    let zk_leader = zk_leader_index(&ensemble, Duration::from_secs(30)).await;
+    let cut = (0..3).find(|&i| i != zk_leader).expect("a follower");
+    let others = (0..3)
+        .filter(|&i| i != cut)
+        .map(|i| ensemble.member(i).connect_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let election = unique_name("cut-off-member");
+    let a = elector(
+        &ensemble.member(cut).connect_string(),
+        &election,
+        "alpha",
+        TTL,
+    )
+    .await;
+    let b = elector(&others, &election, "beta", TTL).await;
+    let la = lock_within(&a, Duration::from_secs(20), "alpha").await;
+    let b2 = b.clone();
+    let waiting = tokio::spawn(async move {
+        let l = b2.lock().await;
+        (l, Instant::now())
+    });
+    // A few renewals in good health first.
+    sleep(TTL).await;
+    assert!(!waiting.is_finished(), "beta led while alpha holds");
+    assert!(!la.is_lost(), "lost before the cut: {:?}", la.loss_reason());
+
+    let cut_at = Instant::now();
+    ensemble.isolate(cut);
+    let la2 = la.clone();
+    let lost = tokio::spawn(async move {
+        let reason = la2.lost().await;
+        (reason, Instant::now())
+    });
+    let (lb, won_at) = timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect(
+            "beta did not lead within 30 s of the cut (the quorum should expire alpha's session)",
+        )
+        .expect("task");
+    let lb = lb.expect("beta lock");
+    let (reason, lost_at) = timeout(Duration::from_secs(30), lost)
+        .await
+        .expect("alpha never reported leadership lost")
+        .expect("task");
+    eprintln!(
+        "cut-off member: alpha lost after {:?} ({reason}), beta led after {:?}",
+        lost_at - cut_at,
+        won_at - cut_at
+    );
+    assert!(
+        lost_at <= won_at,
+        "TWO LEADERS for {:?}: beta led {:?} after the cut, alpha reported lost only {:?} after it",
+        lost_at - won_at,
+        won_at - cut_at,
+        lost_at - cut_at
+    );
+    assert!(lb.fencing_token() > la.fencing_token());
+    lb.unlock().await.expect("unlock");
+}
+
+/// The line of `election`, as seen by a fresh session on `cs`.
+async fn line(cs: &str, election: &str) -> Vec<String> {
+    let observer = connect(cs, TTL).await;
+    let mut children = observer
+        .client()
+        .list_children(&format!("/{election}"))
+        .await
+        .unwrap_or_default();
+    children.sort();
+    children
+}
+
+/// Alpha unlocks; beta, queued behind it, must lead within ttl plus slack
+/// (a phantom node of a live session in between would stop it for good),
+/// alone in the line.
+async fn next_leads_after_unlock(
+    la: Leadership,
+    waiting: tokio::task::JoinHandle<leasehold_core::Result<Leadership>>,
+    cs: &str,
+    election: &str,
+    what: &str,
+) {
+    let released = Instant::now();
+    la.unlock().await.expect("unlock");
+    let slack = Duration::from_secs(2);
+    let lb = match timeout(TTL + slack, waiting).await {
+        Ok(l) => l.expect("task").expect("beta lock"),
+        Err(_) => panic!(
+            "{what}: nobody led for {:?} after alpha's unlock; the line is {:?} (gamma's client still runs, so its session and any node of it stay)",
+            released.elapsed(),
+            line(cs, election).await
+        ),
+    };
+    eprintln!(
+        "{what}: beta led {:?} after alpha's unlock",
+        released.elapsed()
+    );
+    assert_eq!(line(cs, election).await.len(), 1);
+    lb.unlock().await.expect("unlock");
+}
+
+/// Issue 11, part 3. A queued candidate withdraws, and its delete is lost in
+/// a connection reset (the request never reaches the server). Its session
+/// survives the reset, so its node would stay in the line for as long as
+/// the process lives; the delete must be retried until it lands. The next
+/// candidate then leads within ttl plus slack of the leader's unlock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_withdrawal_lost_in_a_connection_reset_leaves_no_phantom_in_the_line() {
+    let server = start_server().await;
+    let cs = server.connect_string();
+    let proxy = Proxy::start(server.client_addr()).await;
+    let election = unique_name("lost-delete");
+    let a = elector(&cs, &election, "alpha", TTL).await;
+    let c = elector(&proxy.addr().to_string(), &election, "gamma", TTL).await;
+    let b = elector(&cs, &election, "beta", TTL).await;
+    let la = lock_within(&a, Duration::from_secs(10), "alpha").await;
+    // gamma queues second, beta third.
+    let stop_c = CancellationToken::new();
+    let c2 = c.clone();
+    let stop = stop_c.clone();
+    let c_task = tokio::spawn(async move { c2.lock_cancellable(&stop).await });
+    let queued_by = Instant::now() + Duration::from_secs(10);
+    while line(&cs, &election).await.len() < 2 {
+        assert!(Instant::now() < queued_by, "gamma never queued");
+        sleep(Duration::from_millis(50)).await;
+    }
+    let waiting = queue_behind(&b, "alpha").await;
+    assert_eq!(line(&cs, &election).await.len(), 3);
+
+    // gamma withdraws; its delete sits in the slowed proxy and is reset.
+    proxy.delay(Duration::from_millis(500));
+    stop_c.cancel();
+    sleep(Duration::from_millis(150)).await;
+    proxy.reset_all();
+    proxy.pass();
+    let withdrawn = timeout(Duration::from_secs(20), c_task)
+        .await
+        .expect("gamma's campaign did not end")
+        .expect("task");
+    assert!(
+        matches!(withdrawn, Ok(None)),
+        "gamma should have withdrawn: {withdrawn:?}"
+    );
+
+    next_leads_after_unlock(la, waiting, &cs, &election, "lost withdrawal").await;
+    // gamma's session was alive all along (its client was never dropped).
+    drop(c);
+}
+
+/// Issue 11, part 3. A campaign whose create answer never arrived (the call
+/// timed out while the reply was on its way) ends: the node the server
+/// created must be found and deleted, not left ahead of the next candidate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_campaign_ended_while_its_create_was_in_flight_leaves_no_node_behind() {
+    let server = start_server().await;
+    let cs = server.connect_string();
+    let proxy = Proxy::start(server.client_addr()).await;
+    let election = unique_name("lost-create");
+    let a = elector(&cs, &election, "alpha", TTL).await;
+    // gamma gives every call 300 ms; its link delays each way by 250 ms, so
+    // its create lands on the server but the answer comes too late.
+    let mut gamma = options(&election, "gamma", TTL);
+    gamma.request_timeout = Duration::from_millis(300);
+    let c_backend: Arc<dyn Backend> =
+        Arc::new(connect(&proxy.addr().to_string(), session_for(TTL)).await);
+    let c = Elector::new(c_backend, gamma).expect("options");
+    let b = elector(&cs, &election, "beta", TTL).await;
+    let la = lock_within(&a, Duration::from_secs(10), "alpha").await;
+    proxy.delay(Duration::from_millis(250));
+    match timeout(Duration::from_secs(10), c.try_lock()).await {
+        Ok(Err(e)) if e.is_transient() => {}
+        other => panic!("the slowed try_lock should have timed out: {other:?}"),
+    }
+    proxy.pass();
+    // Whatever was still on its way has arrived.
+    sleep(Duration::from_secs(1)).await;
+    eprintln!(
+        "line after the timed-out try_lock: {:?}",
+        line(&cs, &election).await
+    );
+    let waiting = queue_behind(&b, "alpha").await;
+    next_leads_after_unlock(la, waiting, &cs, &election, "lost create").await;
+    drop(c);
+}
+
+/// Issue 11, part 6. A chroot that does not exist is an operator error that
+/// names the path, for readers (`leader`, `observe`) and candidates alike;
+/// never "nobody leads". An election node missing under an existing chroot is
+/// simply an election nobody has joined yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_chroot_is_an_error_that_names_it_not_no_leader() {
+    let server = start_server().await;
+    let missing = format!("/{}", unique_name("no-such-chroot"));
+    let cs = format!("{}{missing}", server.connect_string());
+    let backend: Arc<dyn Backend> = Arc::new(connect(&cs, session_for(TTL)).await);
+    let e = Elector::new(backend.clone(), options("orders", "c", TTL)).expect("options");
+    let names_it = |what: &str, r: leasehold_core::Result<String>| match r {
+        Err(err) => {
+            let text = err.to_string();
+            assert!(
+                text.contains(&missing) && text.contains("does not exist"),
+                "{what}: the error must name the missing chroot {missing}: {text}"
+            );
+            assert!(!err.is_transient(), "{what}: not worth retrying: {err}");
+        }
+        Ok(v) => panic!("{what} against a missing chroot answered {v}"),
+    };
+    names_it("leader()", e.leader().await.map(|l| format!("{l:?}")));
+    names_it(
+        "observe()",
+        e.observe().await.map(|r| format!("{:?}", *r.borrow())),
+    );
+    names_it(
+        "try_lock()",
+        timeout(Duration::from_secs(10), e.try_lock())
+            .await
+            .expect("try_lock must not hang on a missing chroot")
+            .map(|a| format!("{a:?}")),
+    );
+    names_it(
+        "lock()",
+        timeout(Duration::from_secs(10), e.lock())
+            .await
+            .expect("lock must fail, not wait, on a missing chroot")
+            .map(|l| format!("leading with {}", l.fencing_token())),
+    );
+    // leasehold did not create it behind the operator's back.
+    let root = connect(&server.connect_string(), session_for(TTL)).await;
+    assert_eq!(
+        root.client().check_stat(&missing).await.expect("exists"),
+        None,
+        "the chroot was created"
+    );
+
+    // Once the operator creates it, the same backend works, and an election
+    // nobody joined yet is "no leader", not an error.
+    create_zk_path(&server.connect_string(), &missing)
+        .await
+        .expect("create the chroot");
+    assert_eq!(e.leader().await.expect("leader"), None);
+    let l = lock_within(&e, Duration::from_secs(10), "after the chroot exists").await;
+    l.unlock().await.expect("unlock");
 }

@@ -2,7 +2,8 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,9 +15,8 @@ use zookeeper_client as zk;
 use zookeeper_client::{Acls, Client, CreateMode, Stat};
 
 use crate::builder::{Config, ZkBackendBuilder};
-use crate::node::{
-    base_name, decode, election_dir, encode, node_prefix, sequence_of, sorted_candidates,
-};
+use crate::cleanup::{Delete, Target};
+use crate::node::{base_name, decode, election_dir, encode, node_prefix, sorted_candidates};
 use crate::watch::ZkLeaderWatch;
 
 pub(crate) const NAME: &str = "zookeeper";
@@ -24,26 +24,6 @@ pub(crate) const NAME: &str = "zookeeper";
 /// How many times one call re-reads when the line changes under it (a
 /// leader node deleted between listing and reading it).
 const MAX_REREADS: usize = 5;
-
-/// How many possibly-orphaned creations are remembered (see `Pending`).
-const MAX_PENDING: usize = 64;
-
-/// A node creation whose outcome is unknown (timed out, connection lost,
-/// cancelled): the node may exist, ahead of this candidate's next one.
-/// The next creation with the same data in the same directory on the same
-/// session adopts it instead of queueing twice.
-///
-/// While the call that made the node runs, `owner` is alive and the node is
-/// not an orphan (two calls of one candidate must not adopt each other's).
-#[derive(Clone)]
-struct Pending {
-    session: i64,
-    dir: String,
-    /// `_c_<uuid>-latch-`: the node name without its sequence (unique).
-    name_prefix: String,
-    data: Vec<u8>,
-    owner: Weak<()>,
-}
 
 /// The ZooKeeper backend: one client session, shared by every election run
 /// through it. The session is the lease: the server deletes this backend's
@@ -56,7 +36,10 @@ pub struct ZkBackend {
     config: Arc<Config>,
     current: Mutex<Client>,
     reconnect: tokio::sync::Mutex<()>,
-    pending: Mutex<Vec<Pending>>,
+    /// The shortest `request_timeout` of the elections validated on this
+    /// backend (nanoseconds; `u64::MAX`: none yet): the engine's bound on
+    /// `release`, which answers well within it.
+    engine_bound: AtomicU64,
 }
 
 impl fmt::Debug for ZkBackend {
@@ -100,14 +83,43 @@ impl ZkBackend {
             config,
             current: Mutex::new(client),
             reconnect: tokio::sync::Mutex::new(()),
-            pending: Mutex::new(Vec::new()),
+            engine_bound: AtomicU64::new(u64::MAX),
         })
     }
 
     /// The session timeout the server granted (it clamps the requested one
-    /// to 2..20 × its tickTime). An election's ttl must not exceed it.
+    /// to 2..20 × its tickTime). It must cover
+    /// [`min_session_timeout`](Self::min_session_timeout) of every election
+    /// run through this backend.
     pub fn session_timeout(&self) -> Duration {
         self.current().session_timeout()
+    }
+
+    /// The shortest session timeout that is safe for `options`:
+    /// `ttl - safety_margin + renew_interval` (at least
+    /// `(ttl - safety_margin) x 20/17`, for the client's idle pings), rounded
+    /// up to the millisecond. `Backend::validate` refuses options that need
+    /// more than the session the server granted.
+    ///
+    /// Why: a renewal's session touch reaches the ZooKeeper leader only with
+    /// the member's next ping reply. A member cut off from its peers right
+    /// after a renewal passed never delivers it, and the ZooKeeper leader
+    /// then counts the session from the request before (one renew interval
+    /// earlier), while the leader's local deadline counts from the renewal.
+    /// See docs/zookeeper.md.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use leasehold_core::ElectionOptions;
+    /// use leasehold_zookeeper::ZkBackend;
+    ///
+    /// let options = ElectionOptions::new("orders", "node-1").with_ttl(Duration::from_secs(6));
+    /// // 6 s - 600 ms + 2 s
+    /// assert_eq!(ZkBackend::min_session_timeout(&options), Duration::from_millis(7400));
+    /// ```
+    pub fn min_session_timeout(options: &ElectionOptions) -> Duration {
+        let usable = options.ttl.saturating_sub(options.safety_margin);
+        round_up_ms((usable + options.renew_interval).max(usable * 20 / 17))
     }
 
     /// The current session's id (it changes when an expired session is
@@ -144,6 +156,28 @@ impl ZkBackend {
         election_dir(election, self.config.chroot.is_none())
     }
 
+    /// `path` as the server knows it (with the chroot), for messages.
+    fn full_path(&self, path: &str) -> String {
+        format!("{}{path}", self.config.chroot.as_deref().unwrap_or(""))
+    }
+
+    /// Map an error of a request on `path`, naming the path.
+    fn at(&self, operation: &'static str, path: &str, e: zk::Error) -> Error {
+        with_path(map_err(operation, e), &self.full_path(path))
+    }
+
+    /// [`Error::Config`] naming the chroot when it does not exist on the
+    /// server: the operator creates it, leasehold never does (a misspelled
+    /// chroot must not read as an election nobody has joined).
+    async fn check_chroot(&self, client: &Client) -> Result<()> {
+        check_chroot(
+            client,
+            self.config.chroot.as_deref(),
+            self.request_timeout(client),
+        )
+        .await
+    }
+
     /// Run one request, bounded by the request timeout.
     async fn call<T>(
         &self,
@@ -178,11 +212,6 @@ impl ZkBackend {
         );
         let fresh = open_session(&self.config).await?;
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = fresh.clone();
-        let id = fresh.session_id().0;
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|p| p.session == id);
         Ok(fresh)
     }
 
@@ -222,35 +251,18 @@ impl ZkBackend {
         Ok(())
     }
 
-    /// Create this candidate's node (or adopt one an interrupted attempt
-    /// left behind). The node stays remembered as pending until the caller
-    /// has handed it to the engine (`forget`), so that a failure or a
-    /// cancellation between here and there cannot leave it in the line.
+    /// Create this candidate's node `<dir>/_c_<protect>-latch-<seq>`,
+    /// creating the election directory when it is missing.
     async fn create_claim(
         &self,
         client: &Client,
         dir: &str,
+        protect: &str,
         req: &AcquireRequest,
-        alive: &Arc<()>,
-    ) -> Result<(Claim, Pending)> {
+    ) -> Result<Claim> {
         let data = encode(&req.candidate, &req.value);
         let session = client.session_id().0;
-        if let Some(adopted) = self
-            .adopt_orphan(client, dir, &req.election, &data, alive)
-            .await?
-        {
-            return Ok(adopted);
-        }
-        let protect = uuid::Uuid::new_v4().to_string();
-        let prefix = node_prefix(dir, &protect);
-        let pending = Pending {
-            session,
-            dir: dir.to_owned(),
-            name_prefix: base_name(&prefix).to_owned(),
-            data: data.clone(),
-            owner: Arc::downgrade(alive),
-        };
-        self.remember(pending.clone());
+        let prefix = node_prefix(dir, protect);
         let mode = CreateMode::EphemeralSequential.with_acls(self.acls());
         let dir_mode = CreateMode::Container.with_acls(self.acls());
         for _ in 0..3 {
@@ -263,18 +275,19 @@ impl ZkBackend {
                 .await?;
             match outcome {
                 Ok((stat, sequence)) => {
-                    let claim = Claim {
+                    return Ok(Claim {
                         election: req.election.clone(),
                         key: format!("{prefix}{sequence}"),
                         session,
                         token: token_of(&stat, &prefix)?,
                         version: i64::from(stat.version),
-                    };
-                    return Ok((claim, pending));
+                    });
                 }
                 Err(zk::Error::NoNode) => {
                     // The election directory does not exist (yet, or any
                     // more: an empty container is reaped by the server).
+                    // `mkdir` creates it and its parents below the chroot,
+                    // never the chroot itself.
                     match self
                         .call(
                             client,
@@ -284,132 +297,27 @@ impl ZkBackend {
                         .await?
                     {
                         Ok(()) => {}
-                        Err(e) => {
-                            self.forget(&pending);
-                            return Err(map_err("create election directory", e));
+                        Err(zk::Error::NoNode) => {
+                            self.check_chroot(client).await?;
+                            return Err(self.at(
+                                "create election directory",
+                                dir,
+                                zk::Error::NoNode,
+                            ));
                         }
+                        Err(e) => return Err(self.at("create election directory", dir, e)),
                     }
                 }
-                Err(e) => {
-                    if !ambiguous(&e) {
-                        self.forget(&pending);
-                    }
-                    return Err(map_err("create candidate node", e));
-                }
+                Err(e) => return Err(self.at("create candidate node in", dir, e)),
             }
         }
-        self.forget(&pending);
         Err(Error::Unavailable {
             backend: NAME,
             message: format!(
-                "the election directory {dir} kept disappearing while creating a candidate node; retry"
+                "the election directory {} kept disappearing while creating a candidate node; retry",
+                self.full_path(dir)
             ),
         })
-    }
-
-    fn remember(&self, p: Pending) {
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        if pending.len() >= MAX_PENDING {
-            pending.remove(0);
-        }
-        pending.push(p);
-    }
-
-    fn forget(&self, p: &Pending) {
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|q| q.name_prefix != p.name_prefix);
-    }
-
-    /// A node from an earlier attempt of the same candidate that never
-    /// reached the engine (the reply was lost, the call timed out or was
-    /// cancelled) would sit in the line, owned by this session, until the
-    /// session ends. Find it and take it as this candidate's claim.
-    async fn adopt_orphan(
-        &self,
-        client: &Client,
-        dir: &str,
-        election: &str,
-        data: &[u8],
-        alive: &Arc<()>,
-    ) -> Result<Option<(Claim, Pending)>> {
-        let session = client.session_id().0;
-        let suspects: Vec<Pending> = self
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .filter(|p| {
-                p.session == session
-                    && p.dir == dir
-                    && p.data == data
-                    && p.owner.strong_count() == 0
-            })
-            .cloned()
-            .collect();
-        if suspects.is_empty() {
-            return Ok(None);
-        }
-        // Requests of one session are ordered: a creation still in flight is
-        // applied before this listing is answered.
-        let children = match self
-            .call(client, "list candidates", client.list_children(dir))
-            .await?
-        {
-            Ok(children) => children,
-            Err(zk::Error::NoNode) => Vec::new(),
-            Err(e) => return Err(map_err("list candidates", e)),
-        };
-        let mut adopted = None;
-        for p in &suspects {
-            let found = children
-                .iter()
-                .find(|n| n.starts_with(&p.name_prefix) && sequence_of(n).is_some());
-            if let Some(name) = found {
-                let path = format!("{dir}/{name}");
-                let stat = match self
-                    .call(client, "read candidate node", client.check_stat(&path))
-                    .await?
-                {
-                    Ok(stat) => stat,
-                    Err(e) => return Err(map_err("read candidate node", e)),
-                };
-                if let Some(stat) = stat.filter(|s| s.ephemeral_owner == session) {
-                    if adopted.is_none() {
-                        tracing::debug!(%path, "adopting a candidate node left by an interrupted attempt");
-                        let claim = Claim {
-                            election: election.to_owned(),
-                            key: path,
-                            session,
-                            token: token_of(&stat, name)?,
-                            version: i64::from(stat.version),
-                        };
-                        // Stays pending, now owned by this call, until
-                        // handed to the engine.
-                        let owner = Arc::downgrade(alive);
-                        for q in self
-                            .pending
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .iter_mut()
-                            .filter(|q| q.name_prefix == p.name_prefix)
-                        {
-                            q.owner = owner.clone();
-                        }
-                        adopted = Some((claim, p.clone()));
-                        continue;
-                    } else {
-                        // A second orphan of the same candidate: leave the line.
-                        let _ = self
-                            .call(client, "delete candidate node", client.delete(&path, None))
-                            .await;
-                    }
-                }
-            }
-            self.forget(p);
-        }
-        Ok(adopted)
     }
 
     /// Where `claim` stands: first in line (leader) or behind someone.
@@ -422,7 +330,14 @@ impl ZkBackend {
             {
                 Ok(children) => children,
                 Err(zk::Error::NoNode) => return Err(node_gone(&claim)),
-                Err(e) => return Err(claim_err("list candidates", &claim, e)),
+                Err(zk::Error::SessionExpired) => {
+                    return Err(claim_err(
+                        "list candidates",
+                        &claim,
+                        zk::Error::SessionExpired,
+                    ));
+                }
+                Err(e) => return Err(self.at("list candidates of", dir, e)),
             };
             let line = sorted_candidates(children);
             let Some(position) = line.iter().position(|(_, name)| *name == own) else {
@@ -446,7 +361,14 @@ impl ZkBackend {
                 }
                 // The leader left between the two reads: look again.
                 Err(zk::Error::NoNode) => continue,
-                Err(e) => return Err(claim_err("read leader node", &claim, e)),
+                Err(zk::Error::SessionExpired) => {
+                    return Err(claim_err(
+                        "read leader node",
+                        &claim,
+                        zk::Error::SessionExpired,
+                    ));
+                }
+                Err(e) => return Err(self.at("read leader node", &leader_path, e)),
             }
         }
         // The line keeps moving; report the place without a leader, the
@@ -470,8 +392,13 @@ impl ZkBackend {
                 .await?
             {
                 Ok(children) => children,
-                Err(zk::Error::NoNode) => return Ok(None),
-                Err(e) => return Err(map_err("list candidates", e)),
+                Err(zk::Error::NoNode) => {
+                    // Nobody joined this election yet, unless the chroot
+                    // itself is missing.
+                    self.check_chroot(client).await?;
+                    return Ok(None);
+                }
+                Err(e) => return Err(self.at("list candidates of", dir, e)),
             };
             let line = sorted_candidates(children);
             let Some((_, first)) = line.first() else {
@@ -484,7 +411,7 @@ impl ZkBackend {
             {
                 Ok((data, stat)) => return Ok(Some(leader_info(&data, &stat, &path)?)),
                 Err(zk::Error::NoNode) => continue,
-                Err(e) => return Err(map_err("read leader node", e)),
+                Err(e) => return Err(self.at("read leader node", &path, e)),
             }
         }
         Err(Error::Unavailable {
@@ -508,7 +435,25 @@ impl Backend for ZkBackend {
 
     fn validate(&self, options: &ElectionOptions) -> Result<()> {
         self.dir(&options.election)?;
-        self.check_ttl(&self.current(), options.ttl)
+        let bound = u64::try_from(options.request_timeout.as_nanos()).unwrap_or(u64::MAX);
+        self.engine_bound.fetch_min(bound, Ordering::Relaxed);
+        let client = self.current();
+        self.check_ttl(&client, options.ttl)?;
+        let negotiated = client.session_timeout();
+        let needed = min_session_timeout_within(options, negotiated);
+        if needed > negotiated {
+            return Err(Error::invalid_option(
+                "ttl",
+                format!(
+                    "ttl {:?} with safety_margin {:?} and renew_interval {:?} needs a ZooKeeper session of at least {needed:?} (ttl - safety_margin + renew_interval: a member cut off from its peers just after a renewal may never pass that renewal's session touch on to the ZooKeeper leader, which then counts the session from the request before; see docs/zookeeper.md), but the server granted {negotiated:?} ({:?} was requested); ask for a session_timeout of {needed:?} or more (ZkBackend::min_session_timeout), or lower the ttl / raise the safety_margin",
+                    options.ttl,
+                    options.safety_margin,
+                    options.renew_interval,
+                    self.config.session_timeout
+                ),
+            ));
+        }
+        Ok(())
     }
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<AcquireOutcome> {
@@ -517,13 +462,32 @@ impl Backend for ZkBackend {
             None => {
                 let client = self.live_client().await?;
                 self.check_ttl(&client, req.ttl)?;
-                // Alive for as long as this call runs (dropped if cancelled).
-                let alive = Arc::new(());
-                let (claim, pending) = self.create_claim(&client, &dir, req, &alive).await?;
-                let outcome = self.evaluate(&client, &dir, claim).await;
-                // Handed to the engine (or gone): no longer an orphan.
+                // Until the engine has the claim, a node this call creates
+                // is nobody's: if the call fails after the create may have
+                // been applied, or is cancelled, the guard finds the node by
+                // its protected name and deletes it in the background.
+                let protect = uuid::Uuid::new_v4().to_string();
+                let guard = Unclaimed(Some(Delete::new(
+                    client.clone(),
+                    Target::Created {
+                        dir: dir.clone(),
+                        protect: protect.clone(),
+                    },
+                    self.request_timeout(&client),
+                )));
+                let outcome = match self.create_claim(&client, &dir, &protect, req).await {
+                    Ok(claim) => self.evaluate(&client, &dir, claim).await,
+                    // Refused (no permission, no chroot, ...): nothing was
+                    // created. Only an unanswered create may have been applied.
+                    Err(e) if !e.is_transient() => {
+                        guard.disarm();
+                        return Err(e);
+                    }
+                    Err(e) => Err(e),
+                };
+                // Handed to the engine, or gone with its session.
                 if matches!(outcome, Ok(_) | Err(Error::Lost(_))) {
-                    self.forget(&pending);
+                    guard.disarm();
                 }
                 outcome
             }
@@ -545,14 +509,20 @@ impl Backend for ZkBackend {
 
     async fn renew(&self, claim: &Claim) -> Result<Claim> {
         let client = self.claim_client(claim)?;
-        // One round trip that proves the session is alive on the server now
-        // and that the node is still there (and still ours).
+        // The member this client talks to answers reads from its own copy,
+        // which may be stale: a member cut off from its peers keeps
+        // answering (for syncLimit x tickTime) after the quorum has expired
+        // this session. `sync` goes through the ZooKeeper leader: it fails
+        // (times out) on a member that cannot reach the leader, and its
+        // answer comes after any close of this session the leader has
+        // committed. The read that follows then proves the node still there
+        // and ours. Both within one request timeout.
+        let proof = async {
+            client.sync(&claim.key).await?;
+            client.check_stat(&claim.key).await
+        };
         match self
-            .call(
-                &client,
-                "check candidate node",
-                client.check_stat(&claim.key),
-            )
+            .call(&client, "check candidate node at the quorum", proof)
             .await?
         {
             Ok(Some(stat)) if stat.ephemeral_owner == claim.session => Ok(Claim {
@@ -577,45 +547,41 @@ impl Backend for ZkBackend {
         };
         // The path names this claim alone (random uuid + sequence); the
         // version check guards against a node recreated under the same name.
-        let version = i32::try_from(claim.version).ok();
-        let outcome = self
-            .call(
-                &client,
-                "delete candidate node",
-                client.delete(&claim.key, version),
-            )
-            .await?;
-        match outcome {
-            Ok(()) | Err(zk::Error::NoNode | zk::Error::SessionExpired) => Ok(()),
-            Err(zk::Error::BadVersion) => {
-                // Someone rewrote the node's data; delete it only if it is
-                // still this session's ephemeral node.
-                match self
-                    .call(
-                        &client,
-                        "check candidate node",
-                        client.check_stat(&claim.key),
-                    )
-                    .await?
-                {
-                    Ok(Some(stat)) if stat.ephemeral_owner == claim.session => {
-                        match self
-                            .call(
-                                &client,
-                                "delete candidate node",
-                                client.delete(&claim.key, Some(stat.version)),
-                            )
-                            .await?
-                        {
-                            Ok(()) | Err(zk::Error::NoNode) => Ok(()),
-                            Err(e) => Err(map_err("delete candidate node", e)),
-                        }
-                    }
-                    Ok(_) | Err(zk::Error::NoNode) => Ok(()),
-                    Err(e) => Err(map_err("check candidate node", e)),
-                }
+        // The delete runs in a task of its own and is retried until the node
+        // is gone or the session ends: a delete lost in a connection reset
+        // would otherwise leave the node in the line for as long as this
+        // process keeps the session alive.
+        let bound = self.request_timeout(&client);
+        let done = Delete::new(
+            client,
+            Target::Node {
+                path: claim.key.clone(),
+                version: i32::try_from(claim.version).ok(),
+            },
+            bound,
+        )
+        .spawn();
+        // Answer well within the engine's bound on this call, so that the
+        // engine never gives up on it (it would log that the lease will
+        // expire, which a pinging ZooKeeper session does not).
+        let engine = Duration::from_nanos(self.engine_bound.load(Ordering::Relaxed));
+        let wait = bound.min(engine / 2);
+        match tokio::time::timeout(wait, done).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(Error::Backend {
+                backend: NAME,
+                message: format!("the task deleting {} ended without an answer", claim.key),
+            }),
+            Err(_) => {
+                // Handed over: the node goes when the delete lands or the
+                // session ends, whichever comes first.
+                tracing::warn!(
+                    node = %claim.key,
+                    session = %format_args!("{:#x}", claim.session),
+                    "delete not confirmed within {wait:?}; it is retried in the background until it succeeds or the session ends"
+                );
+                Ok(())
             }
-            Err(e) => Err(map_err("delete candidate node", e)),
         }
     }
 
@@ -707,7 +673,12 @@ impl Backend for ZkBackend {
         let dir = self.dir(election)?;
         let client = self.live_client().await?;
         let timeout = self.request_timeout(&client);
-        Ok(Box::new(ZkLeaderWatch::new(client, dir, timeout)))
+        Ok(Box::new(ZkLeaderWatch::new(
+            client,
+            dir,
+            self.config.chroot.clone(),
+            timeout,
+        )))
     }
 }
 
@@ -733,24 +704,87 @@ async fn open_session(config: &Config) -> Result<Client> {
         tracing::warn!(
             requested = ?config.session_timeout,
             ?negotiated,
-            "the ZooKeeper server changed the session timeout (it allows 2 to 20 x its tickTime); election ttls must not exceed the negotiated value"
+            "the ZooKeeper server changed the session timeout (it allows 2 to 20 x its tickTime); it must cover ttl - safety_margin + renew_interval of every election (ZkBackend::min_session_timeout)"
         );
     }
     let Some(chroot) = &config.chroot else {
         return Ok(client);
     };
-    let request_bound = config.request_timeout.unwrap_or(negotiated / 3);
-    let mode = CreateMode::Persistent.with_acls(Acls::new(&config.acls));
-    tokio::time::timeout(request_bound, client.mkdir(chroot, &mode))
-        .await
-        .map_err(|_| Error::Timeout {
-            operation: "create chroot",
-            after: request_bound,
-        })?
-        .map_err(|e| map_err("create chroot", e))?;
+    // The chroot is not created here: it is the operator's (a misspelled one
+    // must be an error, not an empty election). Requests report it missing.
     client
         .chroot(chroot.clone())
         .map_err(|_| Error::Config(format!("ZooKeeper refused the chroot {chroot:?}")))
+}
+
+/// [`Error::Config`] naming `chroot` when it does not exist on the server.
+pub(crate) async fn check_chroot(
+    client: &Client,
+    chroot: Option<&str>,
+    bound: Duration,
+) -> Result<()> {
+    let Some(chroot) = chroot else {
+        return Ok(());
+    };
+    let operation = "check the chroot";
+    match tokio::time::timeout(bound, client.check_stat("/")).await {
+        Err(_) => Err(Error::Timeout {
+            operation,
+            after: bound,
+        }),
+        Ok(Ok(Some(_))) => Ok(()),
+        Ok(Ok(None)) => Err(Error::Config(format!(
+            "ZooKeeper path {chroot} does not exist; create it (zkCli.sh create {chroot}) or fix the chroot in the connect string (leasehold does not create chroots)"
+        ))),
+        Ok(Err(e)) => Err(with_path(map_err(operation, e), chroot)),
+    }
+}
+
+/// The shortest session timeout that is safe for `options` (see
+/// [`ZkBackend::min_session_timeout`]), assuming the session granted is
+/// `session` (for the client's idle ping, 3/20 of it).
+fn min_session_timeout_within(options: &ElectionOptions, session: Duration) -> Duration {
+    let usable = options.ttl.saturating_sub(options.safety_margin);
+    let gap = options.renew_interval.max(session * 3 / 20);
+    round_up_ms(usable + gap)
+}
+
+fn round_up_ms(d: Duration) -> Duration {
+    let ms = d.as_nanos().div_ceil(1_000_000);
+    Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
+/// A create whose claim has not reached the engine yet; dropped armed, it
+/// deletes the node the create may have made.
+struct Unclaimed(Option<Delete>);
+
+impl Unclaimed {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Unclaimed {
+    fn drop(&mut self) {
+        if let Some(delete) = self.0.take() {
+            delete.spawn_detached();
+        }
+    }
+}
+
+/// Name `path` in a permission error (the store's message does not).
+fn with_path(e: Error, path: &str) -> Error {
+    match e {
+        Error::PermissionDenied { backend, message } => Error::PermissionDenied {
+            backend,
+            message: format!("{path}: {message}"),
+        },
+        Error::Backend { backend, message } => Error::Backend {
+            backend,
+            message: format!("{path}: {message}"),
+        },
+        e => e,
+    }
 }
 
 /// The fencing token of a node: its creation zxid.
@@ -778,11 +812,6 @@ fn node_gone(claim: &Claim) -> Error {
         "the candidate node {} no longer exists (its session {:#x} expired or it was deleted); campaign again",
         claim.key, claim.session
     ))
-}
-
-/// `true` when a failed write may still have been applied.
-fn ambiguous(e: &zk::Error) -> bool {
-    matches!(e, zk::Error::ConnectionLoss | zk::Error::Timeout)
 }
 
 /// Map an error of a call made for `claim`: an expired session means the
@@ -847,6 +876,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_minimum_session_passes_the_check_it_is_made_for() {
+        for ms in [10, 999, 2000, 3000, 4321, 6000, 8000, 15000, 60000] {
+            let options = ElectionOptions::new("e", "c").with_ttl(Duration::from_millis(ms));
+            let session = ZkBackend::min_session_timeout(&options);
+            assert!(
+                min_session_timeout_within(&options, session) <= session,
+                "ttl {ms} ms: session {session:?}"
+            );
+            // Not a millisecond more than needed.
+            let shorter = session - Duration::from_millis(1);
+            assert!(
+                min_session_timeout_within(&options, shorter) > shorter,
+                "ttl {ms} ms"
+            );
+        }
+        // A renew interval shorter than 3/20 of the session: the client's idle
+        // ping is the older proven touch.
+        let mut options = ElectionOptions::new("e", "c").with_ttl(Duration::from_secs(10));
+        options.renew_interval = Duration::from_millis(100);
+        let session = ZkBackend::min_session_timeout(&options);
+        assert_eq!(session, Duration::from_millis(10_589));
+        assert!(min_session_timeout_within(&options, session) <= session);
+    }
+
+    #[test]
     fn errors_map_to_the_right_kind() {
         assert!(map_err("x", zk::Error::ConnectionLoss).is_transient());
         assert!(map_err("x", zk::Error::Timeout).is_transient());
@@ -863,6 +917,8 @@ mod tests {
         };
         assert!(claim_err("x", &claim, zk::Error::SessionExpired).is_lost());
         assert!(!claim_err("x", &claim, zk::Error::ConnectionLoss).is_lost());
+        let denied = with_path(map_err("list candidates", zk::Error::NoAuth), "/apps/e");
+        assert!(denied.to_string().contains("/apps/e"), "{denied}");
         let msg = map_err("delete candidate node", zk::Error::NoAuth).to_string();
         assert!(
             msg.contains("delete candidate node") && msg.contains("digest_auth"),

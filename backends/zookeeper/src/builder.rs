@@ -104,7 +104,9 @@ impl ZkBackendBuilder {
 
     /// The ZooKeeper connect string: comma-separated `host:port` pairs,
     /// optionally followed by a chroot (`zk1:2181,zk2:2181/app/locks`). The
-    /// chroot node is created (with the election ACLs) when it is missing.
+    /// chroot must exist: leasehold never creates it, and a missing one is
+    /// an [`Error::Config`] naming it (from `leader`, `observe` and every
+    /// campaign), never "no leader".
     pub fn connect_string(mut self, connect_string: impl Into<String>) -> Self {
         self.connect_string = Some(connect_string.into());
         self
@@ -112,8 +114,9 @@ impl ZkBackendBuilder {
 
     /// The session timeout to ask the server for (default 15 s). The server
     /// clamps it to 2..20 × its tickTime; the negotiated value is
-    /// [`ZkBackend::session_timeout`]. The session is the lease: an
-    /// election's ttl must not exceed it.
+    /// [`ZkBackend::session_timeout`]. The session is the lease: it must
+    /// cover `ttl - safety_margin + renew_interval` of every election run
+    /// through the backend ([`ZkBackend::min_session_timeout`]).
     pub fn session_timeout(mut self, timeout: Duration) -> Self {
         self.session_timeout = timeout;
         self
@@ -134,7 +137,7 @@ impl ZkBackendBuilder {
     }
 
     /// Authenticate with ZooKeeper's `digest` scheme and protect every node
-    /// leasehold creates (chroot, election directories, candidate nodes)
+    /// leasehold creates (election directories, candidate nodes)
     /// with ACLs: all rights for this identity, nothing (or read, see
     /// [`public_read`](Self::public_read)) for anyone else. Clients without
     /// these credentials then cannot delete, overwrite or add candidates.
@@ -212,7 +215,7 @@ impl ZkBackendBuilder {
     /// # Errors
     /// [`Error::Config`] / [`Error::InvalidOption`] for bad settings,
     /// [`Error::Timeout`] or [`Error::Unavailable`] when no server answers
-    /// in time, [`Error::PermissionDenied`] when the chroot cannot be created.
+    /// in time, [`Error::PermissionDenied`] when the credentials are refused.
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped call leaves no session behind.

@@ -11,15 +11,23 @@
 //! * **Fencing token.** The czxid (creation transaction id) of the leader's
 //!   node: every later node has a greater one.
 //! * **Lease.** The ZooKeeper session: the server deletes a session's nodes
-//!   when it expires (no heartbeat for the negotiated session timeout). An
-//!   election's ttl must not exceed the negotiated session timeout
-//!   ([`ZkBackend::session_timeout`]), which `Backend::validate` checks, so
-//!   that a cut-off leader's local deadline always comes before the server
-//!   can expire its session and hand the lead to someone else. The engine's
-//!   renewal is one `exists` on the own node (it proves the session is alive
-//!   on the server and the node is still there); an expired session is
+//!   when it expires (no heartbeat for the negotiated session timeout). The
+//!   negotiated session timeout ([`ZkBackend::session_timeout`]) must cover
+//!   `ttl - safety_margin + renew_interval`
+//!   ([`ZkBackend::min_session_timeout`]), which `Backend::validate` checks,
+//!   so that a cut-off leader's local deadline always comes before the
+//!   server can expire its session and hand the lead to someone else. The
+//!   engine's renewal is a `sync` and an `exists` of the own node: the `sync`
+//!   goes through the ZooKeeper leader, so a member cut off from its peers
+//!   cannot renew from its stale copy; an expired session is
 //!   [`Error::Lost`](leasehold_core::Error::Lost) at once, and the next
 //!   campaign opens a new session.
+//! * **Deletes are guaranteed.** A release whose delete outcome is unknown,
+//!   and a node whose create answer was lost, are deleted in the background
+//!   until the node is gone or the session ends (a session outlives
+//!   connection resets, so nothing else would remove them).
+//! * **Chroot.** The chroot of the connect string must exist; leasehold never
+//!   creates it, and reports a missing one as an error naming it.
 //! * **Node data.** The candidate id, then (when the leader value is not
 //!   empty) a NUL byte and the value.
 //! * **Security.** With [`ZkBackendBuilder::digest_auth`], every node
@@ -33,13 +41,13 @@
 //! use leasehold_core::{ElectionOptions, Elector};
 //! use leasehold_zookeeper::ZkBackend;
 //!
+//! let options = ElectionOptions::new("orders", "node-1").with_ttl(Duration::from_secs(8));
 //! let backend = ZkBackend::builder()
 //!     .connect_string("127.0.0.1:2181/leasehold")
-//!     .session_timeout(Duration::from_secs(10))
+//!     .session_timeout(ZkBackend::min_session_timeout(&options))
 //!     .connect()
 //!     .await?;
-//! let ttl = backend.session_timeout();
-//! let elector = Elector::new(Arc::new(backend), ElectionOptions::new("orders", "node-1").with_ttl(ttl))?;
+//! let elector = Elector::new(Arc::new(backend), options)?;
 //! let leadership = elector.lock().await?;
 //! println!("leading with token {}", leadership.fencing_token());
 //! # Ok(()) }
@@ -47,6 +55,7 @@
 
 mod backend;
 mod builder;
+mod cleanup;
 mod node;
 mod watch;
 

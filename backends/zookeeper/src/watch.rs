@@ -10,7 +10,7 @@ use leasehold_core::{Error, LeaderInfo, LeaderWatch, Result};
 use zookeeper_client as zk;
 use zookeeper_client::{Client, WatchedEvent};
 
-use crate::backend::{NAME, map_err};
+use crate::backend::{NAME, check_chroot, map_err};
 use crate::node::{decode, sorted_candidates};
 
 type Armed = Pin<Box<dyn Future<Output = WatchedEvent> + Send>>;
@@ -22,6 +22,7 @@ type Armed = Pin<Box<dyn Future<Output = WatchedEvent> + Send>>;
 pub(crate) struct ZkLeaderWatch {
     client: Client,
     dir: String,
+    chroot: Option<String>,
     timeout: Duration,
     /// The armed watch, kept across cancelled `next` calls.
     armed: Option<Armed>,
@@ -30,10 +31,16 @@ pub(crate) struct ZkLeaderWatch {
 }
 
 impl ZkLeaderWatch {
-    pub(crate) fn new(client: Client, dir: String, timeout: Duration) -> Self {
+    pub(crate) fn new(
+        client: Client,
+        dir: String,
+        chroot: Option<String>,
+        timeout: Duration,
+    ) -> Self {
         ZkLeaderWatch {
             client,
             dir,
+            chroot,
             timeout,
             armed: None,
             stale: true,
@@ -67,6 +74,8 @@ impl ZkLeaderWatch {
                         // Created in between: list it.
                         continue;
                     }
+                    // Nobody joined yet, unless the chroot itself is missing.
+                    check_chroot(&client, self.chroot.as_deref(), self.timeout).await?;
                     self.armed = Some(Box::pin(watcher.changed()));
                     return Ok(None);
                 }
