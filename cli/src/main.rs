@@ -623,7 +623,7 @@ async fn run(elector: &Elector, command: &[String], how: How) -> ExitCode {
                 _ = shutdown.token.cancelled() => {
                     shutdown.announce();
                     if let Err(e) = leadership.unlock().await {
-                        eprintln!("leasehold: release failed ({e}); the lease will expire");
+                        eprintln!("leasehold: release failed ({e}); the next candidate waits until the store ends the lease (its ttl; on ZooKeeper, when this process's session ends)");
                     }
                     return shutdown.exit_code().unwrap_or(ExitCode::from(1));
                 }
@@ -730,7 +730,7 @@ async fn run(elector: &Elector, command: &[String], how: How) -> ExitCode {
         if !leadership.is_lost()
             && let Err(e) = leadership.unlock().await
         {
-            eprintln!("leasehold: release failed ({e}); the lease will expire");
+            eprintln!("leasehold: release failed ({e}); the next candidate waits until the store ends the lease (its ttl; on ZooKeeper, when this process's session ends)");
         }
         let code = match &status {
             Ok(s) => {

@@ -314,7 +314,7 @@ impl Elector {
             }
             let ended_early = !term.is_lost();
             if let Err(e) = term.unlock().await {
-                tracing::warn!(%token, error = %e, "release after the term failed; the lease will expire");
+                tracing::warn!(%token, error = %e, "release after the term failed; the next candidate waits until the store ends the lease (etcd and Cloud Storage: its ttl; ZooKeeper: when this session ends)");
             }
             if cancel.is_cancelled() {
                 return Ok(());
@@ -403,7 +403,7 @@ impl Campaign {
         if let Some(h) = claim
             && let Err(e) = self.call("release", self.backend.release(&h.claim)).await
         {
-            tracing::debug!(key = %h.claim.key, error = %e, "withdrawing the claim failed; it will expire");
+            tracing::debug!(key = %h.claim.key, error = %e, "withdrawing the claim failed; it stays in the line until the store ends it (etcd: its ttl; ZooKeeper: when this session ends)");
         }
     }
 

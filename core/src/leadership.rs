@@ -131,14 +131,14 @@ impl Drop for TermGuard {
                 handle.spawn(async move {
                     match timeout(bound, backend.release(&claim)).await {
                         Ok(Ok(())) => tracing::debug!(key = %claim.key, "released on drop"),
-                        Ok(Err(e)) => tracing::warn!(key = %claim.key, error = %e, "release on drop failed; the lease will expire"),
-                        Err(_) => tracing::warn!(key = %claim.key, "release on drop timed out; the lease will expire"),
+                        Ok(Err(e)) => tracing::warn!(key = %claim.key, error = %e, "release on drop failed; the next candidate waits until the store ends the lease (etcd and Cloud Storage: its ttl; ZooKeeper: when this session ends)"),
+                        Err(_) => tracing::warn!(key = %claim.key, "release on drop timed out; unless it landed, the next candidate waits until the store ends the lease (etcd and Cloud Storage: its ttl; ZooKeeper: when this session ends)"),
                     }
                 });
             }
             Err(_) => tracing::warn!(
                 key = %claim.key,
-                "leadership dropped outside a tokio runtime: not released, the lease will expire"
+                "leadership dropped outside a tokio runtime: not released; the next candidate waits until the store ends the lease (etcd and Cloud Storage: its ttl; ZooKeeper: when this session ends)"
             ),
         }
     }
