@@ -152,6 +152,34 @@ impl FakeGcs {
         }
     }
 
+    /// Deletes `object` from `bucket` through the JSON API
+    /// (`DELETE /storage/v1/b/BUCKET/o/OBJECT`), as an operator or a bucket
+    /// lifecycle rule would. Returns `false` when there was no such object.
+    ///
+    /// # Errors
+    ///
+    /// The server does not answer, or answers other than 204, 200 or 404.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, but the object may have been deleted.
+    pub async fn delete_object(&self, bucket: &str, object: &str) -> Result<bool, HarnessError> {
+        let path = format!(
+            "/storage/v1/b/{}/o/{}",
+            percent_encode(bucket),
+            percent_encode(object)
+        );
+        let response = http::delete(self.addr(), &path).await?;
+        match response.status {
+            200 | 204 => Ok(true),
+            404 => Ok(false),
+            status => Err(HarnessError::Protocol(format!(
+                "fake-gcs-server: deleting gs://{bucket}/{object} answered {status} {}",
+                response.body
+            ))),
+        }
+    }
+
     /// The pid of the current process (after a restart, the new one).
     pub fn pid(&self) -> u32 {
         self.process.pid()
@@ -207,6 +235,20 @@ impl FakeGcs {
         self.process.respawn()?;
         self.wait_ready_with_bucket().await
     }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters (an
+/// object name in a URL path segment).
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 fn fake_gcs_binary() -> Result<PathBuf, HarnessError> {

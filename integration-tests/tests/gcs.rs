@@ -369,7 +369,7 @@ async fn partitioned_leader_steps_down_before_takeover() {
 }
 
 /// Ten candidates race for a free election, term after term: exactly one
-/// wins each term, with the next token.
+/// wins each term, with a greater token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_candidates_one_winner_per_term() {
     let gcs = emulator().await;
@@ -396,7 +396,11 @@ async fn ten_candidates_one_winner_per_term() {
         }
         assert_eq!(winners.len(), 1, "term {term}: winners {winners:?}");
         let (i, claim) = winners.pop().unwrap();
-        assert_eq!(claim.token, FencingToken(last.get() + 1), "term {term}");
+        assert!(
+            claim.token > last,
+            "term {term}: token {} is not above {last}",
+            claim.token
+        );
         last = claim.token;
         let leader = clients[0].leader(&election).await.unwrap().unwrap();
         assert_eq!((leader.id, leader.token), (format!("c{i}"), claim.token));
@@ -545,4 +549,92 @@ async fn overwritten_record_ends_the_term() {
     // Nothing of this term is left to release; the foreign data stays.
     backend.release(&claim).await.unwrap();
     assert_eq!(raw_read(backend.client(), &object).await, b"not a lease");
+}
+
+/// The bound on how long a leader may go on after its record was deleted:
+/// it must learn at its next renewal (every ttl/3), so this is generous.
+const LOST_BOUND: Duration = Duration::from_secs(15);
+
+/// The lease object is deleted by hand (or by a lifecycle rule) while alpha
+/// leads and beta waits: alpha must report lost, beta must not lead before
+/// alpha's lost fired, and beta's token must be greater than alpha's.
+/// `earlier_terms` terms are won and released before alpha's.
+async fn deleted_record_while_leading(name: &str, earlier_terms: usize) {
+    let gcs = emulator().await;
+    let election = unique_name(name);
+    let warm = client(&gcs).await;
+    for i in 0..earlier_terms {
+        let claim = match warm
+            .try_acquire(&request(&election, &format!("warm{i}"), None))
+            .await
+        {
+            Ok(AcquireOutcome::Acquired(c)) => c,
+            other => panic!("warm-up term {i} not won: {other:?}"),
+        };
+        warm.release(&claim).await.unwrap();
+    }
+    let a = Elector::new(client(&gcs).await, options(&election, "alpha")).unwrap();
+    let la = timeout(LONG, a.lock()).await.unwrap().unwrap();
+    let token_a = la.fencing_token();
+    let b = Elector::new(client(&gcs).await, options(&election, "beta")).unwrap();
+    let poll = b.options().retry_interval;
+    let follower = tokio::spawn(async move {
+        let l = timeout(LONG, b.lock()).await.unwrap().unwrap();
+        (Instant::now(), l)
+    });
+    // Let beta see alpha's record a few times.
+    sleep(poll * 3).await;
+    assert!(
+        !follower.is_finished(),
+        "beta led while alpha held the lease"
+    );
+    let object = backend_at(&gcs.endpoint()).await.object_name(&election);
+    let deleted_at = Instant::now();
+    assert!(
+        gcs.delete_object(gcs.bucket(), &object).await.unwrap(),
+        "{object} was not there to delete"
+    );
+    let reason = timeout(LOST_BOUND, la.lost()).await.unwrap_or_else(|_| {
+        panic!(
+            "UNSAFE: alpha (token {token_a}) still leads {LOST_BOUND:?} after its record was deleted (beta led: {})",
+            follower.is_finished()
+        )
+    });
+    let lost_at = Instant::now();
+    assert!(
+        matches!(reason, LossReason::LeaseLost(_)),
+        "alpha should learn at a renewal that its lease is gone, got {reason}"
+    );
+    let (won_at, lb) = follower.await.unwrap();
+    eprintln!(
+        "{name}: alpha (token {token_a}) lost {:?} after the deletion, beta (token {}) led {:?} after it",
+        lost_at - deleted_at,
+        lb.fencing_token(),
+        won_at.saturating_duration_since(deleted_at)
+    );
+    assert!(
+        lost_at < won_at,
+        "UNSAFE: beta led {:?} before alpha's lost fired",
+        lost_at - won_at
+    );
+    assert!(
+        lb.fencing_token() > token_a,
+        "UNSAFE: beta's token {} is not above alpha's {token_a} after the deletion",
+        lb.fencing_token()
+    );
+    assert_eq!(
+        a.leader().await.unwrap().map(|l| (l.id, l.token)),
+        Some(("beta".to_owned(), lb.fencing_token()))
+    );
+    lb.unlock().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleted_record_while_leading_a_later_term() {
+    deleted_record_while_leading("deleted-later", 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleted_record_while_leading_the_first_term() {
+    deleted_record_while_leading("deleted-first", 0).await;
 }
