@@ -3,10 +3,16 @@
 use std::ffi::OsString;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::process::{START_ATTEMPTS, ServerProcess, free_ports, start_timeout};
 use crate::{HarnessError, http};
@@ -234,6 +240,177 @@ impl FakeGcs {
     pub async fn restart(&self) -> Result<(), HarnessError> {
         self.process.respawn()?;
         self.wait_ready_with_bucket().await
+    }
+}
+
+/// A TCP proxy in front of fake-gcs-server that can lose the answer to an
+/// upload after the upload landed: the request reaches the server, which
+/// applies the write and answers; the answer is thrown away and the client's
+/// connection reset (as after a timeout, or a connection failure after the
+/// commit). Everything else passes through untouched.
+///
+/// Point the client under test at `http://` + [`addr`](Self::addr). Every
+/// task stops, and every connection closes, when it is dropped.
+#[derive(Debug)]
+pub struct AnswerDropper {
+    addr: SocketAddr,
+    armed: Arc<AtomicU64>,
+    dropped: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl AnswerDropper {
+    /// Listens on a free 127.0.0.1 port and forwards every connection to
+    /// `target` (the emulator's [`FakeGcs::addr`]).
+    ///
+    /// Must be called inside a tokio runtime; the proxy's tasks run on it.
+    ///
+    /// # Panics
+    ///
+    /// If no loopback port can be bound (the machine is out of ports).
+    pub async fn start(target: SocketAddr) -> AnswerDropper {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind the answer dropper on 127.0.0.1:0");
+        let addr = listener
+            .local_addr()
+            .expect("the answer dropper's local address");
+        let armed = Arc::new(AtomicU64::new(0));
+        let dropped = Arc::new(AtomicU64::new(0));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(dropper_accept_loop(
+            listener,
+            target,
+            Arc::clone(&armed),
+            Arc::clone(&dropped),
+            shutdown.clone(),
+        ));
+        AnswerDropper {
+            addr,
+            armed,
+            dropped,
+            shutdown,
+            task,
+        }
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Lose the answer of the next `count` uploads (`POST /upload/...`).
+    pub fn drop_upload_answers(&self, count: u64) {
+        self.armed.store(count, Ordering::SeqCst);
+    }
+
+    /// How many answers were lost so far (each one after its upload landed).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for AnswerDropper {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        self.task.abort();
+    }
+}
+
+async fn dropper_accept_loop(
+    listener: TcpListener,
+    target: SocketAddr,
+    armed: Arc<AtomicU64>,
+    dropped: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let client = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((client, _)) => client,
+                Err(_) => {
+                    // Out of file descriptors or similar: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let armed = Arc::clone(&armed);
+        let dropped = Arc::clone(&dropped);
+        let stop = shutdown.child_token();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = dropper_connection(client, target, &armed, &dropped) => {}
+            }
+        });
+    }
+}
+
+/// Serves one connection. HTTP/1.1 clients send a request only after the
+/// previous answer, so the first bytes from the server after an armed upload
+/// are that upload's answer: the server has applied it.
+async fn dropper_connection(
+    mut client: TcpStream,
+    target: SocketAddr,
+    armed: &AtomicU64,
+    dropped: &AtomicU64,
+) {
+    let Ok(mut upstream) = TcpStream::connect(target).await else {
+        let _ = client.set_zero_linger();
+        return;
+    };
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+    let doomed = AtomicBool::new(false);
+    let lost = {
+        let (mut client_read, mut client_write) = client.split();
+        let (mut upstream_read, mut upstream_write) = upstream.split();
+        let up = async {
+            let mut buffer = vec![0u8; 16 * 1024];
+            loop {
+                let n = client_read.read(&mut buffer).await?;
+                if n == 0 {
+                    let _ = upstream_write.shutdown().await;
+                    return Ok::<bool, std::io::Error>(false);
+                }
+                let chunk = &buffer[..n];
+                if chunk.windows(13).any(|w| w == b"POST /upload/")
+                    && armed
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |a| a.checked_sub(1))
+                        .is_ok()
+                {
+                    doomed.store(true, Ordering::SeqCst);
+                }
+                upstream_write.write_all(chunk).await?;
+            }
+        };
+        let down = async {
+            let mut buffer = vec![0u8; 16 * 1024];
+            loop {
+                let n = upstream_read.read(&mut buffer).await?;
+                if n == 0 {
+                    let _ = client_write.shutdown().await;
+                    return Ok::<bool, std::io::Error>(false);
+                }
+                if doomed.load(Ordering::SeqCst) {
+                    dropped.fetch_add(1, Ordering::SeqCst);
+                    return Ok(true);
+                }
+                client_write.write_all(&buffer[..n]).await?;
+            }
+        };
+        // Whichever side ends first ends the connection.
+        tokio::select! {
+            r = up => r.unwrap_or(false),
+            r = down => r.unwrap_or(false),
+        }
+    };
+    if lost {
+        // The client sees a reset instead of the answer.
+        let _ = client.set_zero_linger();
     }
 }
 

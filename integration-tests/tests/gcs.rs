@@ -15,7 +15,7 @@ use leasehold_core::{
 };
 use leasehold_gcs::GcsBackend;
 use leasehold_gcs::google_cloud_storage::client::Storage;
-use leasehold_integration_tests::{FakeGcs, Proxy, unique_name};
+use leasehold_integration_tests::{AnswerDropper, FakeGcs, Proxy, unique_name};
 use tokio::time::{Instant, sleep, timeout};
 
 /// The shortest ttl the backend allows: renew every ttl/3 = 1 s, Cloud
@@ -637,4 +637,76 @@ async fn deleted_record_while_leading_a_later_term() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deleted_record_while_leading_the_first_term() {
     deleted_record_while_leading("deleted-first", 0).await;
+}
+
+/// A create whose write landed but whose answer was lost is recognised by
+/// the candidate that wrote it (and only by it: another process with the
+/// same candidate id is told the election is held), which leads at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acquire_whose_answer_was_lost_is_recognised() {
+    let gcs = emulator().await;
+    let dropper = AnswerDropper::start(gcs.addr()).await;
+    let election = unique_name("lost-acquire");
+    let a = backend_at(&format!("http://{}", dropper.addr())).await;
+    dropper.drop_upload_answers(1);
+    let first = a.try_acquire(&request(&election, "alpha", None)).await;
+    assert_eq!(dropper.dropped(), 1, "no answer was dropped: {first:?}");
+    assert!(
+        matches!(first, Err(ref e) if e.is_transient()),
+        "a lost answer must be a transient error, got {first:?}"
+    );
+    let direct = client(&gcs).await;
+    let landed = direct
+        .leader(&election)
+        .await
+        .unwrap()
+        .expect("the write whose answer was lost did not land");
+    assert_eq!(landed.id, "alpha");
+    // Same candidate id, another process: not its write.
+    match direct.try_acquire(&request(&election, "alpha", None)).await {
+        Ok(AcquireOutcome::Held { leader, .. }) => {
+            assert_eq!(leader.map(|l| l.id).as_deref(), Some("alpha"));
+        }
+        other => panic!("another process with the same id took alpha's term: {other:?}"),
+    }
+    // The writer recognises its own write at its next attempt.
+    let claim = match a.try_acquire(&request(&election, "alpha", None)).await {
+        Ok(AcquireOutcome::Acquired(c)) => c,
+        other => panic!(
+            "the candidate whose write landed must lead at once, not wait a ttl behind itself: {other:?}"
+        ),
+    };
+    assert_eq!(claim.token, landed.token);
+    let claim = a.renew(&claim).await.unwrap();
+    a.release(&claim).await.unwrap();
+    assert_eq!(direct.leader(&election).await.unwrap(), None);
+}
+
+/// Through the engine: a lost answer to the winning write costs one retry,
+/// not a ttl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn elector_leads_at_once_after_a_lost_acquire_answer() {
+    let gcs = emulator().await;
+    let dropper = AnswerDropper::start(gcs.addr()).await;
+    let election = unique_name("lost-acquire-engine");
+    // A long ttl, so that "at once" and "after a ttl" are far apart.
+    let ttl = Duration::from_secs(12);
+    let backend: Arc<dyn Backend> =
+        Arc::new(backend_at(&format!("http://{}", dropper.addr())).await);
+    let a = Elector::new(
+        backend,
+        ElectionOptions::new(&election, "alpha").with_ttl(ttl),
+    )
+    .unwrap();
+    dropper.drop_upload_answers(1);
+    let started = Instant::now();
+    let la = timeout(LONG, a.lock()).await.unwrap().unwrap();
+    let took = started.elapsed();
+    eprintln!("led {took:?} after a lost acquire answer (ttl {ttl:?})");
+    assert_eq!(dropper.dropped(), 1, "no answer was dropped");
+    assert!(
+        took < ttl,
+        "alpha waited {took:?}, a ttl ({ttl:?}) behind its own write"
+    );
+    la.unlock().await.unwrap();
 }

@@ -37,11 +37,32 @@ struct Holding {
     acquired_at_ms: u64,
 }
 
+impl Holding {
+    /// Whether this is what `req`'s candidate would write.
+    fn is_for(&self, req: &AcquireRequest) -> bool {
+        self.holder == req.candidate && self.value == req.value && self.ttl == req.ttl
+    }
+}
+
+/// A write that starts a term and whose outcome is not known yet (sent, no
+/// answer: a timeout, a reset, a dropped future). Kept so that the next
+/// attempt recognises the record by its owner if the write landed.
+#[derive(Debug, Clone)]
+struct Pending {
+    owner: u64,
+    holding: Holding,
+    /// The generation the write was conditioned on: once the object is at
+    /// another generation that is not ours, the write can never land.
+    precondition: i64,
+}
+
 /// What this backend remembers between calls.
 #[derive(Debug, Default)]
 struct State {
     /// (object, owner) -> what that term's holder writes.
     holdings: HashMap<(String, u64), Holding>,
+    /// object -> this backend's term-starting write whose answer is unknown.
+    pending: HashMap<String, Pending>,
     /// Objects this backend has read a lease record from: when one of them
     /// is gone, it was deleted, and the deletion is treated as a change to
     /// observe for a full ttl before creating it again.
@@ -141,6 +162,21 @@ impl GcsBackend {
             .holdings
             .get(&(object.to_owned(), owner))
             .cloned()
+    }
+
+    fn pending(&self, object: &str) -> Option<Pending> {
+        self.state().pending.get(object).cloned()
+    }
+
+    fn set_pending(&self, object: &str, pending: Pending) {
+        self.state().pending.insert(object.to_owned(), pending);
+    }
+
+    fn clear_pending(&self, object: &str, owner: u64) {
+        let mut state = self.state();
+        if state.pending.get(object).is_some_and(|p| p.owner == owner) {
+            state.pending.remove(object);
+        }
     }
 
     fn has_seen(&self, object: &str) -> bool {
@@ -331,6 +367,42 @@ impl GcsBackend {
             ))),
         }
     }
+
+    /// The record read is this backend's own term-starting write whose answer
+    /// was lost: rewrite it under the generation read (so the term's
+    /// deadline counts from a write sent during this call) and lead.
+    async fn adopt(
+        &self,
+        req: &AcquireRequest,
+        object: &str,
+        pending: &Pending,
+        record: &Record,
+        generation: i64,
+    ) -> Result<AcquireOutcome> {
+        let token = record.token_at(generation);
+        let fresh = record_of(
+            &pending.holding,
+            pending.owner,
+            Some(token),
+            false,
+            unix_ms(),
+        );
+        match self.write(object, &fresh, generation).await? {
+            Write::Done(g) => {
+                self.clear_pending(object, pending.owner);
+                self.remember(object, pending.owner, pending.holding.clone());
+                tracing::info!(object = %self.gs_url(object), token, "found this candidate's own write whose answer was lost; leading");
+                Ok(AcquireOutcome::Acquired(Self::claim(
+                    &req.election,
+                    object,
+                    pending.owner,
+                    token,
+                    g,
+                )))
+            }
+            Write::Conflict => self.held_now(object).await,
+        }
+    }
 }
 
 /// A new per-term owner identity: 64 random bits (never 0), from the
@@ -407,11 +479,23 @@ impl Backend for GcsBackend {
     /// `req.expired_revision` (a new owner; the token is the new
     /// generation). A missing object that this backend has seen before was
     /// deleted: it is created only once the engine has observed its absence
-    /// (revision 0) for a full ttl.
+    /// (revision 0) for a full ttl. A record this backend wrote in an
+    /// earlier call whose answer was lost is recognised by its owner and
+    /// rewritten: this candidate leads at once.
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<AcquireOutcome> {
         let object = self.object_name(&req.election);
         let now = unix_ms();
         let read = self.read(&object).await?;
+        let pending = self.pending(&object);
+        if let (Some((record, generation)), Some(p)) = (&read, &pending) {
+            if record.owner == p.owner && !record.released && p.holding.is_for(req) {
+                return self.adopt(req, &object, p, record, *generation).await;
+            }
+            if *generation != p.precondition {
+                // The object moved on without our write: it can never land.
+                self.clear_pending(&object, p.owner);
+            }
+        }
         let precondition = match read {
             None => {
                 if self.has_seen(&object) && req.expired_revision != Some(0) {
@@ -455,10 +539,27 @@ impl Backend for GcsBackend {
             ttl: req.ttl,
             acquired_at_ms: now,
         };
-        let owner = new_owner();
+        // Retrying a write whose answer is unknown, under the same
+        // precondition: keep its owner, so that whichever attempt lands is
+        // recognised as ours.
+        let owner = match &pending {
+            Some(p) if p.precondition == precondition && p.holding.is_for(req) => p.owner,
+            _ => new_owner(),
+        };
+        // Registered before the write is sent: the call may be dropped
+        // while the write is in flight.
+        self.set_pending(
+            &object,
+            Pending {
+                owner,
+                holding: holding.clone(),
+                precondition,
+            },
+        );
         let record = record_of(&holding, owner, None, false, now);
         match self.write(&object, &record, precondition).await? {
             Write::Done(g) => {
+                self.clear_pending(&object, owner);
                 self.remember(&object, owner, holding);
                 let token = u64::try_from(g).unwrap_or(0);
                 Ok(AcquireOutcome::Acquired(Self::claim(
@@ -469,6 +570,8 @@ impl Backend for GcsBackend {
                     g,
                 )))
             }
+            // An earlier attempt of ours may have landed: the next call
+            // recognises it by its owner.
             Write::Conflict => self.held_now(&object).await,
         }
     }
