@@ -501,26 +501,39 @@ async fn options_below_the_write_rate_are_refused() {
     assert!(err.to_string().contains("one write per second"), "{err}");
 }
 
+/// A misspelled bucket is a clear error naming it, never "nobody leads".
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn missing_bucket_is_a_configuration_error() {
     let gcs = emulator().await;
-    let backend = GcsBackend::builder()
-        .bucket("no-such-bucket")
-        .endpoint(gcs.endpoint())
-        .anonymous()
-        .ignore_environment()
-        .build()
-        .await
-        .unwrap();
+    let backend: Arc<dyn Backend> = Arc::new(
+        GcsBackend::builder()
+            .bucket("no-such-bucket")
+            .endpoint(gcs.endpoint())
+            .anonymous()
+            .ignore_environment()
+            .build()
+            .await
+            .unwrap(),
+    );
     match backend.leader("e").await {
-        // The emulator answers 404 for the object of a missing bucket too.
-        Ok(None) | Err(Error::Config(_)) => {}
-        other => panic!("{other:?}"),
+        Err(Error::Config(m)) => assert!(m.contains("no-such-bucket"), "{m}"),
+        other => {
+            panic!("leader(): expected a configuration error naming the bucket, got {other:?}")
+        }
     }
     match backend.try_acquire(&request("e", "c", None)).await {
         Err(Error::Config(m)) => assert!(m.contains("no-such-bucket"), "{m}"),
         other => panic!("expected a configuration error naming the bucket, got {other:?}"),
     }
+    let e = Elector::new(backend, options("e", "c")).unwrap();
+    match e.observe().await {
+        Err(Error::Config(m)) => assert!(m.contains("no-such-bucket"), "{m}"),
+        Err(other) => panic!("observe(): expected a configuration error, got {other:?}"),
+        Ok(rx) => panic!("observe() on a missing bucket reported {:?}", *rx.borrow()),
+    }
+    // The bucket that exists still reads as "no leader" for a new election.
+    let real = client(&gcs).await;
+    assert_eq!(real.leader(&unique_name("fresh")).await.unwrap(), None);
 }
 
 /// A lease record overwritten by another program ends the term (renew is

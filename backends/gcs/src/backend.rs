@@ -23,6 +23,11 @@ const NAME: &str = "gcs";
 /// Cloud Storage accepts about one write per second to one object.
 pub const MIN_RENEW_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The object a bucket check writes to, under the prefix. Nothing is ever
+/// written there: the check's write is conditioned on generation 1, which
+/// no Cloud Storage object has (generations are microsecond timestamps).
+const BUCKET_PROBE: &str = ".leasehold-bucket-check";
+
 /// How many times release re-reads after a conflict before it concludes that
 /// the record is not this claim's any more.
 const RELEASE_ATTEMPTS: usize = 3;
@@ -67,6 +72,9 @@ struct State {
     /// is gone, it was deleted, and the deletion is treated as a change to
     /// observe for a full ttl before creating it again.
     seen: HashSet<String>,
+    /// The bucket is known to exist (or cannot be checked with these
+    /// credentials): a 404 on a read means "no such object".
+    bucket_checked: bool,
 }
 
 /// The result of one conditional write.
@@ -192,7 +200,10 @@ impl GcsBackend {
             .await
         {
             Ok(resp) => resp,
-            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) if is_not_found(&e) => {
+                self.check_bucket(object, &e).await?;
+                return Ok(None);
+            }
             Err(e) => return Err(self.map_err(e, "read", object)),
         };
         let meta = resp.object();
@@ -222,6 +233,58 @@ impl GcsBackend {
         let record = Record::decode(&body).map_err(invalid)?;
         self.state().seen.insert(object.to_owned());
         Ok(Some((record, generation)))
+    }
+
+    /// After a 404 on a read of `object`: make sure it means "no object",
+    /// not "no bucket" (Cloud Storage and emulators answer 404 for both).
+    /// Checked once per backend: from the error's message when it says so,
+    /// else with one write that cannot succeed in an existing bucket (412)
+    /// and fails with 404 in a missing one.
+    async fn check_bucket(&self, object: &str, e: &google_cloud_storage::Error) -> Result<()> {
+        if self.state().bucket_checked {
+            return Ok(());
+        }
+        let missing = |how: String| {
+            Error::Config(format!(
+                "bucket {} does not exist ({how}); check the bucket name in the URL or configuration, or create the bucket",
+                self.bucket
+            ))
+        };
+        if e.to_string()
+            .to_ascii_lowercase()
+            .contains("bucket does not exist")
+        {
+            return Err(missing(format!("reading {}: {e}", self.gs_url(object))));
+        }
+        let probe = self.object_name(BUCKET_PROBE);
+        let result = self
+            .client
+            .write_object(&self.bucket_path, &probe, Bytes::new())
+            .set_if_generation_match(1)
+            .with_idempotency(false)
+            .send_buffered()
+            .await;
+        match result {
+            // The precondition was checked, so the bucket exists (and an
+            // object at generation 1 would prove it too).
+            Ok(_) => {}
+            Err(e) if e.http_status_code() == Some(412) => {}
+            Err(e) if is_not_found(&e) => {
+                return Err(missing(format!(
+                    "reading {} and a conditional write to {} both answered 404",
+                    self.gs_url(object),
+                    self.gs_url(&probe)
+                )));
+            }
+            // Read-only credentials cannot run the check; reads were
+            // allowed, so take the 404 as "no object".
+            Err(e) if matches!(e.http_status_code(), Some(401 | 403)) => {
+                tracing::debug!(bucket = %self.bucket, error = %e, "cannot check that the bucket exists with these credentials");
+            }
+            Err(e) => return Err(self.map_err(e, "bucket check (write)", &probe)),
+        }
+        self.state().bucket_checked = true;
+        Ok(())
     }
 
     /// Write `record` if the object's generation is `generation` (0: if
