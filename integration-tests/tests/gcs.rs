@@ -661,6 +661,9 @@ async fn acquire_whose_answer_was_lost_is_recognised() {
     let dropper = AnswerDropper::start(gcs.addr()).await;
     let election = unique_name("lost-acquire");
     let a = backend_at(&format!("http://{}", dropper.addr())).await;
+    // The first 404 makes the backend check the bucket with a write: let it
+    // happen before the fault, which is meant for the lease write.
+    assert_eq!(a.leader(&election).await.unwrap(), None);
     dropper.drop_upload_answers(1);
     let first = a.try_acquire(&request(&election, "alpha", None)).await;
     assert_eq!(dropper.dropped(), 1, "no answer was dropped: {first:?}");
@@ -706,6 +709,8 @@ async fn elector_leads_at_once_after_a_lost_acquire_answer() {
     let ttl = Duration::from_secs(12);
     let backend: Arc<dyn Backend> =
         Arc::new(backend_at(&format!("http://{}", dropper.addr())).await);
+    // Let the backend's one bucket check (a write) pass before the fault.
+    assert_eq!(backend.leader(&election).await.unwrap(), None);
     let a = Elector::new(
         backend,
         ElectionOptions::new(&election, "alpha").with_ttl(ttl),
