@@ -728,3 +728,66 @@ async fn elector_leads_at_once_after_a_lost_acquire_answer() {
     );
     la.unlock().await.unwrap();
 }
+
+/// Real Cloud Storage answers 429 beyond about one write per second to an
+/// object (a handover or a lost-answer recovery at the smallest ttl can get
+/// there). A 429 is a transient error: it costs a retry, never the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_429_costs_a_retry_never_the_lease() {
+    let gcs = emulator().await;
+    let dropper = AnswerDropper::start(gcs.addr()).await;
+    let endpoint = format!("http://{}", dropper.addr());
+    let election = unique_name("throttled");
+    let a = backend_at(&endpoint).await;
+    let transient = |what: &str, e: &Error| {
+        assert!(
+            e.is_transient() && !e.is_lost() && matches!(e, Error::Unavailable { .. }),
+            "{what}: a 429 must be a transient Unavailable error, got {e:?}"
+        );
+    };
+    // Let the backend's one bucket check (a write) pass first.
+    assert_eq!(a.leader(&election).await.unwrap(), None);
+    dropper.throttle_uploads(1);
+    let e = a
+        .try_acquire(&request(&election, "alpha", None))
+        .await
+        .unwrap_err();
+    transient("try_acquire", &e);
+    let claim = match a.try_acquire(&request(&election, "alpha", None)).await {
+        Ok(AcquireOutcome::Acquired(c)) => c,
+        other => panic!("the retry after a 429 should win the free election: {other:?}"),
+    };
+    dropper.throttle_uploads(1);
+    transient("renew", &a.renew(&claim).await.unwrap_err());
+    let claim = a.renew(&claim).await.unwrap();
+    dropper.throttle_uploads(1);
+    transient("release", &a.release(&claim).await.unwrap_err());
+    a.release(&claim).await.unwrap();
+    assert_eq!(a.leader(&election).await.unwrap(), None);
+    assert_eq!(dropper.throttled(), 3);
+
+    // Through the engine: a throttled renewal is retried; the term goes on.
+    let backend: Arc<dyn Backend> = Arc::new(backend_at(&endpoint).await);
+    let e = Elector::new(backend, options(&election, "alpha")).unwrap();
+    let la = timeout(LONG, e.lock()).await.unwrap().unwrap();
+    dropper.throttle_uploads(1);
+    for _ in 0..100 {
+        if dropper.throttled() == 4 {
+            break;
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dropper.throttled(), 4, "no renewal was throttled");
+    // Two more renew intervals: the retried renewal and the next one.
+    sleep(e.options().renew_interval * 2).await;
+    assert!(
+        !la.is_lost(),
+        "one 429 cost the lease: {:?}",
+        la.loss_reason()
+    );
+    assert_eq!(
+        e.leader().await.unwrap().map(|l| l.token),
+        Some(la.fencing_token())
+    );
+    la.unlock().await.unwrap();
+}

@@ -338,7 +338,13 @@ impl GcsBackend {
                 "{what}: {e}; does bucket {} exist? create it first",
                 self.bucket
             )),
-            Some(408 | 429 | 500..=599) => Error::Unavailable {
+            Some(429) => Error::Unavailable {
+                backend: NAME,
+                message: format!(
+                    "{what}: {e}; Cloud Storage allows about one write per second to one object, so this is retried (a longer ttl makes it rarer)"
+                ),
+            },
+            Some(408 | 500..=599) => Error::Unavailable {
                 backend: NAME,
                 message: format!("{what}: {e}"),
             },
@@ -519,7 +525,7 @@ impl Backend for GcsBackend {
             return Err(Error::invalid_option(
                 "renew_interval",
                 format!(
-                    "{:?} is below Cloud Storage's limit of about one write per second per object; use at least 1s (ElectionOptions::with_ttl(3s) or more gives that)",
+                    "{:?} is below Cloud Storage's limit of about one write per second per object; use at least 1s (ElectionOptions::with_ttl(3s) or more gives that; 6s or more leaves room for handovers)",
                     options.renew_interval
                 ),
             ));
