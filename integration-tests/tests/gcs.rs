@@ -11,7 +11,7 @@ use std::time::Duration;
 use leasehold_core::conformance::{self, Subject, async_trait};
 use leasehold_core::{
     AcquireOutcome, AcquireRequest, Attempt, Backend, ElectionOptions, Elector, Error,
-    FencingToken, LossReason,
+    FencingToken, Leadership, LossReason,
 };
 use leasehold_gcs::GcsBackend;
 use leasehold_gcs::google_cloud_storage::client::Storage;
@@ -66,6 +66,15 @@ fn request(election: &str, candidate: &str, expired_revision: Option<i64>) -> Ac
         claim: None,
         expired_revision,
     }
+}
+
+/// Campaign in a task of its own; the task ends with the instant this
+/// candidate led and its leadership.
+fn campaign(elector: Elector) -> tokio::task::JoinHandle<(Instant, Leadership)> {
+    tokio::spawn(async move {
+        let l = timeout(LONG, elector.lock()).await.unwrap().unwrap();
+        (Instant::now(), l)
+    })
 }
 
 fn bucket_path() -> String {
@@ -187,10 +196,7 @@ async fn handover_on_unlock() {
     let b = Elector::new(client(&gcs).await, options(&election, "beta")).unwrap();
     let la = timeout(LONG, a.lock()).await.unwrap().unwrap();
     let poll = b.options().retry_interval;
-    let waiting = tokio::spawn(async move {
-        let l = timeout(LONG, b.lock()).await.unwrap().unwrap();
-        (Instant::now(), l)
-    });
+    let waiting = campaign(b);
     // Let beta poll a few times and see alpha leading.
     sleep(poll * 3).await;
     assert!(
@@ -226,10 +232,7 @@ async fn takeover_after_leader_vanishes() {
     };
     let b = Elector::new(client(&gcs).await, options(&election, "beta")).unwrap();
     let poll = b.options().retry_interval;
-    let follower = tokio::spawn(async move {
-        let l = timeout(LONG, b.lock()).await.unwrap().unwrap();
-        (Instant::now(), l)
-    });
+    let follower = campaign(b);
     // The ghost renews twice, a second apart, then vanishes.
     let mut last_sent = Instant::now();
     let mut last_seen = Instant::now();
@@ -331,10 +334,7 @@ async fn partitioned_leader_steps_down_before_takeover() {
     let a = Elector::new(Arc::new(cut_backend), cut_options).unwrap();
     let la = timeout(LONG, a.lock()).await.unwrap().unwrap();
     let b = Elector::new(client(&gcs).await, options(&election, "beta")).unwrap();
-    let follower = tokio::spawn(async move {
-        let l = timeout(LONG, b.lock()).await.unwrap().unwrap();
-        (Instant::now(), l)
-    });
+    let follower = campaign(b);
     sleep(Duration::from_millis(1500)).await;
     assert!(
         !la.is_lost(),
@@ -591,10 +591,7 @@ async fn deleted_record_while_leading(name: &str, earlier_terms: usize) {
     let token_a = la.fencing_token();
     let b = Elector::new(client(&gcs).await, options(&election, "beta")).unwrap();
     let poll = b.options().retry_interval;
-    let follower = tokio::spawn(async move {
-        let l = timeout(LONG, b.lock()).await.unwrap().unwrap();
-        (Instant::now(), l)
-    });
+    let follower = campaign(b);
     // Let beta see alpha's record a few times.
     sleep(poll * 3).await;
     assert!(

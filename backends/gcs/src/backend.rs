@@ -356,7 +356,10 @@ impl GcsBackend {
             }
             _ if e.is_authentication() => Error::PermissionDenied {
                 backend: NAME,
-                message: format!("{what}: {e}"),
+                message: format!(
+                    "{what}: {e}; no usable credentials for bucket {}: check the application default credentials (gcloud auth application-default login, GOOGLE_APPLICATION_CREDENTIALS) or the key file, or use anonymous access for an emulator",
+                    self.bucket
+                ),
             },
             _ => Error::Backend {
                 backend: NAME,
