@@ -649,6 +649,35 @@ async fn deleted_record_while_leading_the_first_term() {
     deleted_record_while_leading("deleted-first", 0).await;
 }
 
+/// A backend that only ever wrote the record (its leader created it and
+/// renews without reading) knows it existed: after a deletion, another
+/// elector on the same backend does not create it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleted_record_is_waited_out_by_the_backend_that_wrote_it() {
+    let gcs = emulator().await;
+    let election = unique_name("deleted-writer");
+    let shared = client(&gcs).await;
+    let a = Elector::new(shared.clone(), options(&election, "alpha")).unwrap();
+    let la = timeout(LONG, a.lock()).await.unwrap().unwrap();
+    let object = backend_at(&gcs.endpoint()).await.object_name(&election);
+    assert!(gcs.delete_object(gcs.bucket(), &object).await.unwrap());
+    let z = Elector::new(shared, options(&election, "zeta")).unwrap();
+    match z.try_lock().await.unwrap() {
+        Attempt::Held(None) => {}
+        Attempt::Held(Some(l)) => panic!("the deleted record came back: {l:?}"),
+        Attempt::Leader(l) => panic!(
+            "UNSAFE: zeta led at once (token {}) after the record of alpha (token {}, lost yet: {}) was deleted",
+            l.fencing_token(),
+            la.fencing_token(),
+            la.is_lost()
+        ),
+    }
+    let reason = timeout(LOST_BOUND, la.lost())
+        .await
+        .expect("alpha never learned that its record was deleted");
+    assert!(matches!(reason, LossReason::LeaseLost(_)), "{reason}");
+}
+
 /// A create whose write landed but whose answer was lost is recognised by
 /// the candidate that wrote it (and only by it: another process with the
 /// same candidate id is told the election is held), which leads at once.

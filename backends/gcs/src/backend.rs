@@ -68,8 +68,8 @@ struct State {
     holdings: HashMap<(String, u64), Holding>,
     /// object -> this backend's term-starting write whose answer is unknown.
     pending: HashMap<String, Pending>,
-    /// Objects this backend has read a lease record from: when one of them
-    /// is gone, it was deleted, and the deletion is treated as a change to
+    /// Objects this backend has read a lease record from or written one to:
+    /// when one of them is gone, it was deleted, and the deletion is treated as a change to
     /// observe for a full ttl before creating it again.
     seen: HashSet<String>,
     /// The bucket is known to exist (or cannot be checked with these
@@ -155,10 +155,12 @@ impl GcsBackend {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Keep what a holder writes; the object now counts as seen (a backend
+    /// that only ever wrote it knows it exists as well as one that read it).
     fn remember(&self, object: &str, owner: u64, holding: Holding) {
-        self.state()
-            .holdings
-            .insert((object.to_owned(), owner), holding);
+        let mut state = self.state();
+        state.seen.insert(object.to_owned());
+        state.holdings.insert((object.to_owned(), owner), holding);
     }
 
     fn forget(&self, object: &str, owner: u64) {

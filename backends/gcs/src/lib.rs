@@ -30,9 +30,9 @@
 //!   not released, for a full ttl on its own monotonic clock it calls
 //!   `try_acquire` with `expired_revision`, and the backend takes over with
 //!   one write conditioned on exactly that generation. A released record is
-//!   taken at once. A deleted record (missing, after this backend has seen
-//!   it) is observed the same way: created again only after a full ttl of
-//!   absence (revision 0).
+//!   taken at once. A deleted record (missing, after this backend has read
+//!   or written it) is observed the same way: created again only after a
+//!   full ttl of absence (revision 0).
 //! * **Renewal** rewrites the record under its generation (one request).
 //!   If the answer to an earlier write was lost, the precondition fails; the
 //!   backend then reads the record and, when it still has this claim's owner
