@@ -1,5 +1,7 @@
 //! From a [`StoreConfig`] to a connected backend, one function per store.
 
+#[cfg(feature = "gcs")]
+use crate::config::GcsCredentials;
 use crate::config::StoreConfig;
 #[cfg(any(feature = "etcd", feature = "zookeeper"))]
 use crate::config::parse_duration;
@@ -116,16 +118,18 @@ pub(crate) async fn gcs(
     if let Some(p) = prefix {
         b = b.prefix(p.clone());
     }
-    match (endpoint, credentials) {
-        (_, Some(file)) => {
-            if let Some(e) = endpoint {
-                b = b.endpoint(e.clone());
-            }
-            b = b.service_account_key_file(file.clone());
-        }
-        // A custom endpoint without credentials: an emulator.
-        (Some(e), None) => b = b.endpoint(e.clone()).anonymous(),
-        (None, None) => {}
+    // The endpoint and the credentials are independent: an endpoint alone
+    // (a private or regional one) keeps application default credentials.
+    if let Some(e) = endpoint {
+        b = b.endpoint(e.clone());
+    }
+    match credentials {
+        Some(GcsCredentials::Default) => b = b.application_default_credentials(),
+        Some(GcsCredentials::Anonymous) => b = b.anonymous(),
+        Some(GcsCredentials::KeyFile(file)) => b = b.service_account_key_file(file.clone()),
+        // The builder's default: application default credentials, or
+        // anonymous for the emulator named by STORAGE_EMULATOR_HOST.
+        None => {}
     }
     Ok(Arc::new(b.build().await?))
 }

@@ -32,6 +32,60 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// How a Cloud Storage store authenticates. Independent of its endpoint: a
+/// private or regional endpoint works with any of these.
+///
+/// Written as one string in URLs (`credentials=`) and config files
+/// (`credentials = "..."`): `default`, `none` (or `anonymous`), or the path
+/// of a service account key file (`./none` for a key file named `none`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+#[non_exhaustive]
+pub enum GcsCredentials {
+    /// Application default credentials (`GOOGLE_APPLICATION_CREDENTIALS`,
+    /// gcloud's login, the metadata server). Written `default`.
+    Default,
+    /// No credentials, for emulators. Written `none` or `anonymous`.
+    Anonymous,
+    /// A service account key file (JSON): any other value.
+    KeyFile(PathBuf),
+}
+
+impl GcsCredentials {
+    /// Parse the string form (see the type's documentation).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an empty string.
+    pub fn parse(text: &str) -> Result<Self> {
+        match text {
+            "" => Err(Error::Config(
+                "`credentials` is empty; use `none` (an emulator), `default` (application default credentials) or the path of a service account key file".to_owned(),
+            )),
+            "default" => Ok(GcsCredentials::Default),
+            "none" | "anonymous" => Ok(GcsCredentials::Anonymous),
+            path => Ok(GcsCredentials::KeyFile(PathBuf::from(path))),
+        }
+    }
+}
+
+impl TryFrom<String> for GcsCredentials {
+    type Error = Error;
+
+    fn try_from(text: String) -> Result<Self> {
+        GcsCredentials::parse(&text)
+    }
+}
+
+impl From<GcsCredentials> for String {
+    fn from(c: GcsCredentials) -> String {
+        match c {
+            GcsCredentials::Default => "default".to_owned(),
+            GcsCredentials::Anonymous => "none".to_owned(),
+            GcsCredentials::KeyFile(path) => path.display().to_string(),
+        }
+    }
+}
+
 /// Which store, and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
@@ -95,13 +149,16 @@ pub enum StoreConfig {
         /// The object name prefix elections live under.
         #[serde(default)]
         prefix: Option<String>,
-        /// A custom endpoint (an emulator), e.g. `http://127.0.0.1:4443`.
+        /// A custom endpoint (an emulator, a private or regional endpoint),
+        /// e.g. `http://127.0.0.1:4443`. It does not change the credentials.
         #[serde(default)]
         endpoint: Option<String>,
-        /// A service account key file; default: application default
-        /// credentials (anonymous with a custom endpoint).
+        /// How to authenticate; default: application default credentials
+        /// (anonymous when `STORAGE_EMULATOR_HOST` names the emulator and
+        /// no endpoint is given). An emulator at `endpoint` needs
+        /// [`GcsCredentials::Anonymous`] (`credentials = "none"`).
         #[serde(default)]
-        credentials: Option<PathBuf>,
+        credentials: Option<GcsCredentials>,
     },
 }
 
@@ -458,6 +515,46 @@ mod tests {
         assert_eq!(options.ttl, Duration::from_secs(4));
         assert_eq!(options.candidate_id, "from-env");
         assert_eq!(options.election, "orders");
+    }
+
+    #[test]
+    fn gcs_credentials_in_toml_are_independent_of_the_endpoint() {
+        let store = |extra: &str| {
+            let cfg = ElectionConfig::from_toml(&format!(
+                "election = \"e\"\n[store]\nkind = \"gcs\"\nbucket = \"b-b\"\nendpoint = \"https://storage.example:443\"\n{extra}"
+            ))
+            .unwrap();
+            match cfg.resolve().unwrap().0 {
+                StoreConfig::Gcs {
+                    endpoint,
+                    credentials,
+                    ..
+                } => {
+                    assert_eq!(endpoint.as_deref(), Some("https://storage.example:443"));
+                    credentials
+                }
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(store(""), None);
+        assert_eq!(
+            store("credentials = \"none\"\n"),
+            Some(GcsCredentials::Anonymous)
+        );
+        assert_eq!(
+            store("credentials = \"default\"\n"),
+            Some(GcsCredentials::Default)
+        );
+        assert_eq!(
+            store("credentials = \"/etc/key.json\"\n"),
+            Some(GcsCredentials::KeyFile("/etc/key.json".into()))
+        );
+        let e = ElectionConfig::from_toml(
+            "election = \"e\"\n[store]\nkind = \"gcs\"\nbucket = \"b-b\"\ncredentials = \"\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`credentials` is empty"), "{e}");
     }
 
     #[test]

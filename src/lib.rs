@@ -73,7 +73,7 @@ pub use url::SCHEMES;
 /// etcd://[user:password@]host:port[,host:port...]/ELECTION[?options]
 /// etcd+https://...?ca=ca.pem&cert=client.pem&key=client.key
 /// zk://[user:password@]host:port[,...][/chroot]/ELECTION[?session_timeout=6s]
-/// gs://BUCKET[/prefix]/ELECTION[?endpoint=http://127.0.0.1:4443&credentials=key.json]
+/// gs://BUCKET[/prefix]/ELECTION[?endpoint=URL&credentials=none|default|key.json]
 /// memory://ELECTION
 /// ```
 ///

@@ -4,7 +4,7 @@
 //! etcd://[user:password@]host:port[,host:port...]/ELECTION[?options]
 //! etcd+https://...                     (TLS: ca=, cert=, key=)
 //! zk://[user:password@]host:port[,...][/chroot/path]/ELECTION[?session_timeout=6s]
-//! gs://BUCKET[/prefix/path]/ELECTION[?endpoint=http://127.0.0.1:4443&credentials=key.json]
+//! gs://BUCKET[/prefix/path]/ELECTION[?endpoint=URL&credentials=none|default|key.json]
 //! memory://ELECTION
 //! ```
 //!
@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use crate::config::{ElectionConfig, Secret, StoreConfig};
+use crate::config::{ElectionConfig, GcsCredentials, Secret, StoreConfig};
 use crate::{Error, Result};
 
 const COMMON: [&str; 7] = [
@@ -199,7 +199,10 @@ pub(crate) fn parse(input: &str) -> Result<ElectionConfig> {
                 bucket: decode("bucket", hosts)?,
                 prefix,
                 endpoint: params.remove("endpoint"),
-                credentials: params.remove("credentials").map(PathBuf::from),
+                credentials: params
+                    .remove("credentials")
+                    .map(|c| GcsCredentials::parse(&c))
+                    .transpose()?,
             }
         }
         _ => unreachable_scheme(&scheme)?,
@@ -412,6 +415,41 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // The endpoint does not choose the credentials: each is given on its own.
+        let credentials = |url: &str| match parse(url).unwrap().store.unwrap() {
+            StoreConfig::Gcs {
+                endpoint,
+                credentials,
+                ..
+            } => (endpoint, credentials),
+            other => panic!("{other:?}"),
+        };
+        let private = Some("https://storage-eu.p.example".to_owned());
+        assert_eq!(
+            credentials("gs://b-b/e?endpoint=https://storage-eu.p.example"),
+            (private.clone(), None)
+        );
+        assert_eq!(
+            credentials("gs://b-b/e?endpoint=https://storage-eu.p.example&credentials=default"),
+            (private, Some(GcsCredentials::Default))
+        );
+        assert_eq!(
+            credentials("gs://b-b/e?endpoint=http://127.0.0.1:4443&credentials=none"),
+            (
+                Some("http://127.0.0.1:4443".to_owned()),
+                Some(GcsCredentials::Anonymous)
+            )
+        );
+        assert_eq!(
+            credentials("gs://b-b/e?credentials=anonymous"),
+            (None, Some(GcsCredentials::Anonymous))
+        );
+        assert_eq!(
+            credentials("gs://b-b/e?credentials=/keys/sa.json"),
+            (None, Some(GcsCredentials::KeyFile("/keys/sa.json".into())))
+        );
+        let e = parse("gs://b-b/e?credentials=").unwrap_err().to_string();
+        assert!(e.contains("`credentials` is empty"), "{e}");
         let cfg = parse("memory://my-election?value=10.0.0.1%3A80").unwrap();
         assert_eq!(cfg.election.as_deref(), Some("my-election"));
         assert_eq!(cfg.value.as_deref(), Some("10.0.0.1:80"));

@@ -87,7 +87,7 @@ async fn the_same_example_elects_on_every_store_chosen_by_config_alone() {
         (
             "gcs",
             format!(
-                "[store]\nkind = \"gcs\"\nbucket = \"{}\"\nendpoint = \"{}\"\nprefix = \"locks\"\n",
+                "[store]\nkind = \"gcs\"\nbucket = \"{}\"\nendpoint = \"{}\"\ncredentials = \"none\"\nprefix = \"locks\"\n",
                 gcs.bucket(),
                 gcs.endpoint()
             ),

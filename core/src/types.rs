@@ -12,8 +12,8 @@ use std::time::Duration;
 /// cannot corrupt anything.
 ///
 /// Sources: etcd, the create revision of the leader's key; ZooKeeper, the
-/// czxid of the leader's node; Cloud Storage, a term counter kept in the lease
-/// record; memory, a store-wide counter.
+/// czxid of the leader's node; Cloud Storage, the object generation of the
+/// write that started the term; memory, a store-wide counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct FencingToken(pub u64);
 
@@ -119,7 +119,8 @@ pub struct Claim {
     /// The store key / znode path / object name of this claim.
     pub key: String,
     /// The session or lease the claim is attached to (etcd lease id,
-    /// ZooKeeper session id, memory lease id; 0 where there is none).
+    /// ZooKeeper session id, memory lease id; Cloud Storage, the term's
+    /// random owner identity; 0 where there is none).
     pub session: i64,
     /// The fencing token this claim leads with.
     pub token: FencingToken,

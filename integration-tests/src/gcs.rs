@@ -3,10 +3,16 @@
 use std::ffi::OsString;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::process::{START_ATTEMPTS, ServerProcess, free_ports, start_timeout};
 use crate::{HarnessError, http};
@@ -152,6 +158,34 @@ impl FakeGcs {
         }
     }
 
+    /// Deletes `object` from `bucket` through the JSON API
+    /// (`DELETE /storage/v1/b/BUCKET/o/OBJECT`), as an operator or a bucket
+    /// lifecycle rule would. Returns `false` when there was no such object.
+    ///
+    /// # Errors
+    ///
+    /// The server does not answer, or answers other than 204, 200 or 404.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, but the object may have been deleted.
+    pub async fn delete_object(&self, bucket: &str, object: &str) -> Result<bool, HarnessError> {
+        let path = format!(
+            "/storage/v1/b/{}/o/{}",
+            percent_encode(bucket),
+            percent_encode(object)
+        );
+        let response = http::delete(self.addr(), &path).await?;
+        match response.status {
+            200 | 204 => Ok(true),
+            404 => Ok(false),
+            status => Err(HarnessError::Protocol(format!(
+                "fake-gcs-server: deleting gs://{bucket}/{object} answered {status} {}",
+                response.body
+            ))),
+        }
+    }
+
     /// The pid of the current process (after a restart, the new one).
     pub fn pid(&self) -> u32 {
         self.process.pid()
@@ -207,6 +241,263 @@ impl FakeGcs {
         self.process.respawn()?;
         self.wait_ready_with_bucket().await
     }
+}
+
+/// A TCP proxy in front of fake-gcs-server that can lose the answer to an
+/// upload after the upload landed: the request reaches the server, which
+/// applies the write and answers; the answer is thrown away and the client's
+/// connection reset (as after a timeout, or a connection failure after the
+/// commit). It can also answer uploads with 429 Too Many Requests itself, as
+/// Cloud Storage does beyond about one write per second to an object (the
+/// emulator has no such limit). Everything else passes through untouched.
+///
+/// Point the client under test at `http://` + [`addr`](Self::addr). Every
+/// task stops, and every connection closes, when it is dropped.
+#[derive(Debug)]
+pub struct AnswerDropper {
+    addr: SocketAddr,
+    faults: Arc<Faults>,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+#[derive(Debug, Default)]
+struct Faults {
+    drop_armed: AtomicU64,
+    dropped: AtomicU64,
+    throttle_armed: AtomicU64,
+    throttled: AtomicU64,
+}
+
+/// Takes one from `counter` if it is above zero.
+fn take_one(counter: &AtomicU64) -> bool {
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |a| a.checked_sub(1))
+        .is_ok()
+}
+
+impl AnswerDropper {
+    /// Listens on a free 127.0.0.1 port and forwards every connection to
+    /// `target` (the emulator's [`FakeGcs::addr`]).
+    ///
+    /// Must be called inside a tokio runtime; the proxy's tasks run on it.
+    ///
+    /// # Panics
+    ///
+    /// If no loopback port can be bound (the machine is out of ports).
+    pub async fn start(target: SocketAddr) -> AnswerDropper {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .expect("bind the answer dropper on 127.0.0.1:0");
+        let addr = listener
+            .local_addr()
+            .expect("the answer dropper's local address");
+        let faults = Arc::new(Faults::default());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(dropper_accept_loop(
+            listener,
+            target,
+            Arc::clone(&faults),
+            shutdown.clone(),
+        ));
+        AnswerDropper {
+            addr,
+            faults,
+            shutdown,
+            task,
+        }
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Lose the answer of the next `count` uploads (`POST /upload/...`).
+    pub fn drop_upload_answers(&self, count: u64) {
+        self.faults.drop_armed.store(count, Ordering::SeqCst);
+    }
+
+    /// How many answers were lost so far (each one after its upload landed).
+    pub fn dropped(&self) -> u64 {
+        self.faults.dropped.load(Ordering::SeqCst)
+    }
+
+    /// Answer the next `count` uploads with 429 Too Many Requests, without
+    /// passing them on: they do not land.
+    pub fn throttle_uploads(&self, count: u64) {
+        self.faults.throttle_armed.store(count, Ordering::SeqCst);
+    }
+
+    /// How many uploads were answered with 429 so far.
+    pub fn throttled(&self) -> u64 {
+        self.faults.throttled.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for AnswerDropper {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        self.task.abort();
+    }
+}
+
+async fn dropper_accept_loop(
+    listener: TcpListener,
+    target: SocketAddr,
+    faults: Arc<Faults>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let client = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((client, _)) => client,
+                Err(_) => {
+                    // Out of file descriptors or similar: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let faults = Arc::clone(&faults);
+        let stop = shutdown.child_token();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = dropper_connection(client, target, &faults) => {}
+            }
+        });
+    }
+}
+
+/// How a proxied connection ended.
+enum End {
+    /// Either side closed or failed.
+    Closed,
+    /// An upload's answer was thrown away: reset the client.
+    Lost,
+    /// An upload was held back (read in full): answer it with 429.
+    Throttled,
+}
+
+/// The 429 answer, with Cloud Storage's message for it.
+const TOO_MANY_REQUESTS: &str = r#"{"error":{"code":429,"message":"The object exceeded the rate limit for object mutation operations (create, update, and delete). Please reduce your request rate.","errors":[{"domain":"usageLimits","reason":"rateLimitExceeded","message":"The object exceeded the rate limit for object mutation operations (create, update, and delete). Please reduce your request rate."}]}}"#;
+
+/// Serves one connection. HTTP/1.1 clients send a request only after the
+/// previous answer, so the first bytes from the server after an armed upload
+/// are that upload's answer: the server has applied it.
+async fn dropper_connection(mut client: TcpStream, target: SocketAddr, faults: &Faults) {
+    let Ok(mut upstream) = TcpStream::connect(target).await else {
+        let _ = client.set_zero_linger();
+        return;
+    };
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+    let doomed = AtomicBool::new(false);
+    let end = {
+        let (mut client_read, mut client_write) = client.split();
+        let (mut upstream_read, mut upstream_write) = upstream.split();
+        let up = async {
+            let mut buffer = vec![0u8; 16 * 1024];
+            loop {
+                let n = client_read.read(&mut buffer).await?;
+                if n == 0 {
+                    let _ = upstream_write.shutdown().await;
+                    return Ok::<End, std::io::Error>(End::Closed);
+                }
+                let upload = buffer[..n].windows(13).any(|w| w == b"POST /upload/");
+                if upload && take_one(&faults.throttle_armed) {
+                    read_rest_of_request(&mut client_read, buffer[..n].to_vec()).await?;
+                    return Ok(End::Throttled);
+                }
+                if upload && take_one(&faults.drop_armed) {
+                    doomed.store(true, Ordering::SeqCst);
+                }
+                upstream_write.write_all(&buffer[..n]).await?;
+            }
+        };
+        let down = async {
+            let mut buffer = vec![0u8; 16 * 1024];
+            loop {
+                let n = upstream_read.read(&mut buffer).await?;
+                if n == 0 {
+                    let _ = client_write.shutdown().await;
+                    return Ok::<End, std::io::Error>(End::Closed);
+                }
+                if doomed.load(Ordering::SeqCst) {
+                    faults.dropped.fetch_add(1, Ordering::SeqCst);
+                    return Ok(End::Lost);
+                }
+                client_write.write_all(&buffer[..n]).await?;
+            }
+        };
+        // Whichever side ends first ends the connection.
+        tokio::select! {
+            r = up => r.unwrap_or(End::Closed),
+            r = down => r.unwrap_or(End::Closed),
+        }
+    };
+    match end {
+        // The client sees a reset instead of the answer.
+        End::Lost => {
+            let _ = client.set_zero_linger();
+        }
+        End::Throttled => {
+            let answer = format!(
+                "HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json; charset=UTF-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{TOO_MANY_REQUESTS}",
+                TOO_MANY_REQUESTS.len()
+            );
+            if client.write_all(answer.as_bytes()).await.is_ok() {
+                faults.throttled.fetch_add(1, Ordering::SeqCst);
+            }
+            let _ = client.shutdown().await;
+        }
+        End::Closed => {}
+    }
+}
+
+/// Reads until the request that starts `request` is complete (its headers
+/// and `Content-Length` bytes of body), bounded by the 1 MiB a lease record
+/// upload never reaches.
+async fn read_rest_of_request(
+    from: &mut tokio::net::tcp::ReadHalf<'_>,
+    mut request: Vec<u8>,
+) -> std::io::Result<()> {
+    let mut buffer = vec![0u8; 16 * 1024];
+    while request.len() < 1 << 20 {
+        if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&request[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if request.len() >= end + 4 + length {
+                return Ok(());
+            }
+        }
+        let n = from.read(&mut buffer).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        request.extend_from_slice(&buffer[..n]);
+    }
+    Ok(())
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters (an
+/// object name in a URL path segment).
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }
 
 fn fake_gcs_binary() -> Result<PathBuf, HarnessError> {

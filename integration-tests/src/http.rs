@@ -56,6 +56,19 @@ pub async fn post(
     request(addr, "POST", path, Some((content_type, body))).await
 }
 
+/// `DELETE path` on `addr`.
+///
+/// # Errors
+///
+/// As for [`get`].
+///
+/// # Cancel safety
+///
+/// Cancel safe, but the server may have received and applied the request.
+pub async fn delete(addr: SocketAddr, path: &str) -> Result<HttpResponse, HarnessError> {
+    request(addr, "DELETE", path, None).await
+}
+
 async fn request(
     addr: SocketAddr,
     method: &str,

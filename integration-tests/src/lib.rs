@@ -52,7 +52,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use error::HarnessError;
 pub use etcd::{EtcdCluster, EtcdNode};
-pub use gcs::{FAKE_GCS_BUCKET, FakeGcs};
+pub use gcs::{AnswerDropper, FAKE_GCS_BUCKET, FakeGcs};
 pub use proxy::{Proxy, ProxyMode};
 pub use zookeeper::{ZK_TICK_TIME, ZkEnsemble, ZkServer, create_zk_path, four_letter_word};
 

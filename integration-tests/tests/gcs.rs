@@ -11,11 +11,11 @@ use std::time::Duration;
 use leasehold_core::conformance::{self, Subject, async_trait};
 use leasehold_core::{
     AcquireOutcome, AcquireRequest, Attempt, Backend, ElectionOptions, Elector, Error,
-    FencingToken, LossReason,
+    FencingToken, Leadership, LossReason,
 };
 use leasehold_gcs::GcsBackend;
 use leasehold_gcs::google_cloud_storage::client::Storage;
-use leasehold_integration_tests::{FakeGcs, Proxy, unique_name};
+use leasehold_integration_tests::{AnswerDropper, FakeGcs, Proxy, unique_name};
 use tokio::time::{Instant, sleep, timeout};
 
 /// The shortest ttl the backend allows: renew every ttl/3 = 1 s, Cloud
@@ -66,6 +66,15 @@ fn request(election: &str, candidate: &str, expired_revision: Option<i64>) -> Ac
         claim: None,
         expired_revision,
     }
+}
+
+/// Campaign in a task of its own; the task ends with the instant this
+/// candidate led and its leadership.
+fn campaign(elector: Elector) -> tokio::task::JoinHandle<(Instant, Leadership)> {
+    tokio::spawn(async move {
+        let l = timeout(LONG, elector.lock()).await.unwrap().unwrap();
+        (Instant::now(), l)
+    })
 }
 
 fn bucket_path() -> String {
@@ -187,10 +196,7 @@ async fn handover_on_unlock() {
     let b = Elector::new(client(&gcs).await, options(&election, "beta")).unwrap();
     let la = timeout(LONG, a.lock()).await.unwrap().unwrap();
     let poll = b.options().retry_interval;
-    let waiting = tokio::spawn(async move {
-        let l = timeout(LONG, b.lock()).await.unwrap().unwrap();
-        (Instant::now(), l)
-    });
+    let waiting = campaign(b);
     // Let beta poll a few times and see alpha leading.
     sleep(poll * 3).await;
     assert!(
@@ -226,10 +232,7 @@ async fn takeover_after_leader_vanishes() {
     };
     let b = Elector::new(client(&gcs).await, options(&election, "beta")).unwrap();
     let poll = b.options().retry_interval;
-    let follower = tokio::spawn(async move {
-        let l = timeout(LONG, b.lock()).await.unwrap().unwrap();
-        (Instant::now(), l)
-    });
+    let follower = campaign(b);
     // The ghost renews twice, a second apart, then vanishes.
     let mut last_sent = Instant::now();
     let mut last_seen = Instant::now();
@@ -331,10 +334,7 @@ async fn partitioned_leader_steps_down_before_takeover() {
     let a = Elector::new(Arc::new(cut_backend), cut_options).unwrap();
     let la = timeout(LONG, a.lock()).await.unwrap().unwrap();
     let b = Elector::new(client(&gcs).await, options(&election, "beta")).unwrap();
-    let follower = tokio::spawn(async move {
-        let l = timeout(LONG, b.lock()).await.unwrap().unwrap();
-        (Instant::now(), l)
-    });
+    let follower = campaign(b);
     sleep(Duration::from_millis(1500)).await;
     assert!(
         !la.is_lost(),
@@ -369,7 +369,7 @@ async fn partitioned_leader_steps_down_before_takeover() {
 }
 
 /// Ten candidates race for a free election, term after term: exactly one
-/// wins each term, with the next token.
+/// wins each term, with a greater token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_candidates_one_winner_per_term() {
     let gcs = emulator().await;
@@ -396,7 +396,11 @@ async fn ten_candidates_one_winner_per_term() {
         }
         assert_eq!(winners.len(), 1, "term {term}: winners {winners:?}");
         let (i, claim) = winners.pop().unwrap();
-        assert_eq!(claim.token, FencingToken(last.get() + 1), "term {term}");
+        assert!(
+            claim.token > last,
+            "term {term}: token {} is not above {last}",
+            claim.token
+        );
         last = claim.token;
         let leader = clients[0].leader(&election).await.unwrap().unwrap();
         assert_eq!((leader.id, leader.token), (format!("c{i}"), claim.token));
@@ -497,26 +501,39 @@ async fn options_below_the_write_rate_are_refused() {
     assert!(err.to_string().contains("one write per second"), "{err}");
 }
 
+/// A misspelled bucket is a clear error naming it, never "nobody leads".
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn missing_bucket_is_a_configuration_error() {
     let gcs = emulator().await;
-    let backend = GcsBackend::builder()
-        .bucket("no-such-bucket")
-        .endpoint(gcs.endpoint())
-        .anonymous()
-        .ignore_environment()
-        .build()
-        .await
-        .unwrap();
+    let backend: Arc<dyn Backend> = Arc::new(
+        GcsBackend::builder()
+            .bucket("no-such-bucket")
+            .endpoint(gcs.endpoint())
+            .anonymous()
+            .ignore_environment()
+            .build()
+            .await
+            .unwrap(),
+    );
     match backend.leader("e").await {
-        // The emulator answers 404 for the object of a missing bucket too.
-        Ok(None) | Err(Error::Config(_)) => {}
-        other => panic!("{other:?}"),
+        Err(Error::Config(m)) => assert!(m.contains("no-such-bucket"), "{m}"),
+        other => {
+            panic!("leader(): expected a configuration error naming the bucket, got {other:?}")
+        }
     }
     match backend.try_acquire(&request("e", "c", None)).await {
         Err(Error::Config(m)) => assert!(m.contains("no-such-bucket"), "{m}"),
         other => panic!("expected a configuration error naming the bucket, got {other:?}"),
     }
+    let e = Elector::new(backend, options("e", "c")).unwrap();
+    match e.observe().await {
+        Err(Error::Config(m)) => assert!(m.contains("no-such-bucket"), "{m}"),
+        Err(other) => panic!("observe(): expected a configuration error, got {other:?}"),
+        Ok(rx) => panic!("observe() on a missing bucket reported {:?}", *rx.borrow()),
+    }
+    // The bucket that exists still reads as "no leader" for a new election.
+    let real = client(&gcs).await;
+    assert_eq!(real.leader(&unique_name("fresh")).await.unwrap(), None);
 }
 
 /// A lease record overwritten by another program ends the term (renew is
@@ -545,4 +562,258 @@ async fn overwritten_record_ends_the_term() {
     // Nothing of this term is left to release; the foreign data stays.
     backend.release(&claim).await.unwrap();
     assert_eq!(raw_read(backend.client(), &object).await, b"not a lease");
+}
+
+/// The bound on how long a leader may go on after its record was deleted:
+/// it must learn at its next renewal (every ttl/3), so this is generous.
+const LOST_BOUND: Duration = Duration::from_secs(15);
+
+/// The lease object is deleted by hand (or by a lifecycle rule) while alpha
+/// leads and beta waits: alpha must report lost, beta must not lead before
+/// alpha's lost fired, and beta's token must be greater than alpha's.
+/// `earlier_terms` terms are won and released before alpha's.
+async fn deleted_record_while_leading(name: &str, earlier_terms: usize) {
+    let gcs = emulator().await;
+    let election = unique_name(name);
+    let warm = client(&gcs).await;
+    for i in 0..earlier_terms {
+        let claim = match warm
+            .try_acquire(&request(&election, &format!("warm{i}"), None))
+            .await
+        {
+            Ok(AcquireOutcome::Acquired(c)) => c,
+            other => panic!("warm-up term {i} not won: {other:?}"),
+        };
+        warm.release(&claim).await.unwrap();
+    }
+    let a = Elector::new(client(&gcs).await, options(&election, "alpha")).unwrap();
+    let la = timeout(LONG, a.lock()).await.unwrap().unwrap();
+    let token_a = la.fencing_token();
+    let b = Elector::new(client(&gcs).await, options(&election, "beta")).unwrap();
+    let poll = b.options().retry_interval;
+    let follower = campaign(b);
+    // Let beta see alpha's record a few times.
+    sleep(poll * 3).await;
+    assert!(
+        !follower.is_finished(),
+        "beta led while alpha held the lease"
+    );
+    let object = backend_at(&gcs.endpoint()).await.object_name(&election);
+    let deleted_at = Instant::now();
+    assert!(
+        gcs.delete_object(gcs.bucket(), &object).await.unwrap(),
+        "{object} was not there to delete"
+    );
+    let reason = timeout(LOST_BOUND, la.lost()).await.unwrap_or_else(|_| {
+        panic!(
+            "UNSAFE: alpha (token {token_a}) still leads {LOST_BOUND:?} after its record was deleted (beta led: {})",
+            follower.is_finished()
+        )
+    });
+    let lost_at = Instant::now();
+    assert!(
+        matches!(reason, LossReason::LeaseLost(_)),
+        "alpha should learn at a renewal that its lease is gone, got {reason}"
+    );
+    let (won_at, lb) = follower.await.unwrap();
+    eprintln!(
+        "{name}: alpha (token {token_a}) lost {:?} after the deletion, beta (token {}) led {:?} after it",
+        lost_at - deleted_at,
+        lb.fencing_token(),
+        won_at.saturating_duration_since(deleted_at)
+    );
+    assert!(
+        lost_at < won_at,
+        "UNSAFE: beta led {:?} before alpha's lost fired",
+        lost_at - won_at
+    );
+    assert!(
+        lb.fencing_token() > token_a,
+        "UNSAFE: beta's token {} is not above alpha's {token_a} after the deletion",
+        lb.fencing_token()
+    );
+    assert_eq!(
+        a.leader().await.unwrap().map(|l| (l.id, l.token)),
+        Some(("beta".to_owned(), lb.fencing_token()))
+    );
+    lb.unlock().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleted_record_while_leading_a_later_term() {
+    deleted_record_while_leading("deleted-later", 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleted_record_while_leading_the_first_term() {
+    deleted_record_while_leading("deleted-first", 0).await;
+}
+
+/// A backend that only ever wrote the record (its leader created it and
+/// renews without reading) knows it existed: after a deletion, another
+/// elector on the same backend does not create it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleted_record_is_waited_out_by_the_backend_that_wrote_it() {
+    let gcs = emulator().await;
+    let election = unique_name("deleted-writer");
+    let shared = client(&gcs).await;
+    let a = Elector::new(shared.clone(), options(&election, "alpha")).unwrap();
+    let la = timeout(LONG, a.lock()).await.unwrap().unwrap();
+    let object = backend_at(&gcs.endpoint()).await.object_name(&election);
+    assert!(gcs.delete_object(gcs.bucket(), &object).await.unwrap());
+    let z = Elector::new(shared, options(&election, "zeta")).unwrap();
+    match z.try_lock().await.unwrap() {
+        Attempt::Held(None) => {}
+        Attempt::Held(Some(l)) => panic!("the deleted record came back: {l:?}"),
+        Attempt::Leader(l) => panic!(
+            "UNSAFE: zeta led at once (token {}) after the record of alpha (token {}, lost yet: {}) was deleted",
+            l.fencing_token(),
+            la.fencing_token(),
+            la.is_lost()
+        ),
+    }
+    let reason = timeout(LOST_BOUND, la.lost())
+        .await
+        .expect("alpha never learned that its record was deleted");
+    assert!(matches!(reason, LossReason::LeaseLost(_)), "{reason}");
+}
+
+/// A create whose write landed but whose answer was lost is recognised by
+/// the candidate that wrote it (and only by it: another process with the
+/// same candidate id is told the election is held), which leads at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn acquire_whose_answer_was_lost_is_recognised() {
+    let gcs = emulator().await;
+    let dropper = AnswerDropper::start(gcs.addr()).await;
+    let election = unique_name("lost-acquire");
+    let a = backend_at(&format!("http://{}", dropper.addr())).await;
+    // The first 404 makes the backend check the bucket with a write: let it
+    // happen before the fault, which is meant for the lease write.
+    assert_eq!(a.leader(&election).await.unwrap(), None);
+    dropper.drop_upload_answers(1);
+    let first = a.try_acquire(&request(&election, "alpha", None)).await;
+    assert_eq!(dropper.dropped(), 1, "no answer was dropped: {first:?}");
+    assert!(
+        matches!(first, Err(ref e) if e.is_transient()),
+        "a lost answer must be a transient error, got {first:?}"
+    );
+    let direct = client(&gcs).await;
+    let landed = direct
+        .leader(&election)
+        .await
+        .unwrap()
+        .expect("the write whose answer was lost did not land");
+    assert_eq!(landed.id, "alpha");
+    // Same candidate id, another process: not its write.
+    match direct.try_acquire(&request(&election, "alpha", None)).await {
+        Ok(AcquireOutcome::Held { leader, .. }) => {
+            assert_eq!(leader.map(|l| l.id).as_deref(), Some("alpha"));
+        }
+        other => panic!("another process with the same id took alpha's term: {other:?}"),
+    }
+    // The writer recognises its own write at its next attempt.
+    let claim = match a.try_acquire(&request(&election, "alpha", None)).await {
+        Ok(AcquireOutcome::Acquired(c)) => c,
+        other => panic!(
+            "the candidate whose write landed must lead at once, not wait a ttl behind itself: {other:?}"
+        ),
+    };
+    assert_eq!(claim.token, landed.token);
+    let claim = a.renew(&claim).await.unwrap();
+    a.release(&claim).await.unwrap();
+    assert_eq!(direct.leader(&election).await.unwrap(), None);
+}
+
+/// Through the engine: a lost answer to the winning write costs one retry,
+/// not a ttl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn elector_leads_at_once_after_a_lost_acquire_answer() {
+    let gcs = emulator().await;
+    let dropper = AnswerDropper::start(gcs.addr()).await;
+    let election = unique_name("lost-acquire-engine");
+    // A long ttl, so that "at once" and "after a ttl" are far apart.
+    let ttl = Duration::from_secs(12);
+    let backend: Arc<dyn Backend> =
+        Arc::new(backend_at(&format!("http://{}", dropper.addr())).await);
+    // Let the backend's one bucket check (a write) pass before the fault.
+    assert_eq!(backend.leader(&election).await.unwrap(), None);
+    let a = Elector::new(
+        backend,
+        ElectionOptions::new(&election, "alpha").with_ttl(ttl),
+    )
+    .unwrap();
+    dropper.drop_upload_answers(1);
+    let started = Instant::now();
+    let la = timeout(LONG, a.lock()).await.unwrap().unwrap();
+    let took = started.elapsed();
+    eprintln!("led {took:?} after a lost acquire answer (ttl {ttl:?})");
+    assert_eq!(dropper.dropped(), 1, "no answer was dropped");
+    assert!(
+        took < ttl,
+        "alpha waited {took:?}, a ttl ({ttl:?}) behind its own write"
+    );
+    la.unlock().await.unwrap();
+}
+
+/// Real Cloud Storage answers 429 beyond about one write per second to an
+/// object (a handover or a lost-answer recovery at the smallest ttl can get
+/// there). A 429 is a transient error: it costs a retry, never the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_429_costs_a_retry_never_the_lease() {
+    let gcs = emulator().await;
+    let dropper = AnswerDropper::start(gcs.addr()).await;
+    let endpoint = format!("http://{}", dropper.addr());
+    let election = unique_name("throttled");
+    let a = backend_at(&endpoint).await;
+    let transient = |what: &str, e: &Error| {
+        assert!(
+            e.is_transient() && !e.is_lost() && matches!(e, Error::Unavailable { .. }),
+            "{what}: a 429 must be a transient Unavailable error, got {e:?}"
+        );
+    };
+    // Let the backend's one bucket check (a write) pass first.
+    assert_eq!(a.leader(&election).await.unwrap(), None);
+    dropper.throttle_uploads(1);
+    let e = a
+        .try_acquire(&request(&election, "alpha", None))
+        .await
+        .unwrap_err();
+    transient("try_acquire", &e);
+    let claim = match a.try_acquire(&request(&election, "alpha", None)).await {
+        Ok(AcquireOutcome::Acquired(c)) => c,
+        other => panic!("the retry after a 429 should win the free election: {other:?}"),
+    };
+    dropper.throttle_uploads(1);
+    transient("renew", &a.renew(&claim).await.unwrap_err());
+    let claim = a.renew(&claim).await.unwrap();
+    dropper.throttle_uploads(1);
+    transient("release", &a.release(&claim).await.unwrap_err());
+    a.release(&claim).await.unwrap();
+    assert_eq!(a.leader(&election).await.unwrap(), None);
+    assert_eq!(dropper.throttled(), 3);
+
+    // Through the engine: a throttled renewal is retried; the term goes on.
+    let backend: Arc<dyn Backend> = Arc::new(backend_at(&endpoint).await);
+    let e = Elector::new(backend, options(&election, "alpha")).unwrap();
+    let la = timeout(LONG, e.lock()).await.unwrap().unwrap();
+    dropper.throttle_uploads(1);
+    for _ in 0..100 {
+        if dropper.throttled() == 4 {
+            break;
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dropper.throttled(), 4, "no renewal was throttled");
+    // Two more renew intervals: the retried renewal and the next one.
+    sleep(e.options().renew_interval * 2).await;
+    assert!(
+        !la.is_lost(),
+        "one 429 cost the lease: {:?}",
+        la.loss_reason()
+    );
+    assert_eq!(
+        e.leader().await.unwrap().map(|l| l.token),
+        Some(la.fencing_token())
+    );
+    la.unlock().await.unwrap();
 }

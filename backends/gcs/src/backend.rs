@@ -1,8 +1,10 @@
 //! The [`Backend`] implementation: reads and generation-conditional writes
 //! of one lease object per election.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,18 +23,58 @@ const NAME: &str = "gcs";
 /// Cloud Storage accepts about one write per second to one object.
 pub const MIN_RENEW_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The object a bucket check writes to, under the prefix. Nothing is ever
+/// written there: the check's write is conditioned on generation 1, which
+/// no Cloud Storage object has (generations are microsecond timestamps).
+const BUCKET_PROBE: &str = ".leasehold-bucket-check";
+
 /// How many times release re-reads after a conflict before it concludes that
 /// the record is not this claim's any more.
 const RELEASE_ATTEMPTS: usize = 3;
 
-/// What the holder of a term wrote, so that renewals need one write, not a
+/// What the holder of a term writes, so that renewals need one write, not a
 /// read and a write.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Holding {
     holder: String,
     value: Vec<u8>,
     ttl: Duration,
     acquired_at_ms: u64,
+}
+
+impl Holding {
+    /// Whether this is what `req`'s candidate would write.
+    fn is_for(&self, req: &AcquireRequest) -> bool {
+        self.holder == req.candidate && self.value == req.value && self.ttl == req.ttl
+    }
+}
+
+/// A write that starts a term and whose outcome is not known yet (sent, no
+/// answer: a timeout, a reset, a dropped future). Kept so that the next
+/// attempt recognises the record by its owner if the write landed.
+#[derive(Debug, Clone)]
+struct Pending {
+    owner: u64,
+    holding: Holding,
+    /// The generation the write was conditioned on: once the object is at
+    /// another generation that is not ours, the write can never land.
+    precondition: i64,
+}
+
+/// What this backend remembers between calls.
+#[derive(Debug, Default)]
+struct State {
+    /// (object, owner) -> what that term's holder writes.
+    holdings: HashMap<(String, u64), Holding>,
+    /// object -> this backend's term-starting write whose answer is unknown.
+    pending: HashMap<String, Pending>,
+    /// Objects this backend has read a lease record from or written one to:
+    /// when one of them is gone, it was deleted, and the deletion is treated as a change to
+    /// observe for a full ttl before creating it again.
+    seen: HashSet<String>,
+    /// The bucket is known to exist (or cannot be checked with these
+    /// credentials): a 404 on a read means "no such object".
+    bucket_checked: bool,
 }
 
 /// The result of one conditional write.
@@ -55,8 +97,7 @@ pub struct GcsBackend {
     bucket_path: String,
     bucket: String,
     prefix: String,
-    /// (object, term) -> what that term's holder writes.
-    holdings: Mutex<HashMap<(String, u64), Holding>>,
+    state: Mutex<State>,
 }
 
 impl GcsBackend {
@@ -71,7 +112,7 @@ impl GcsBackend {
             bucket_path: format!("projects/_/buckets/{bucket}"),
             bucket,
             prefix,
-            holdings: Mutex::new(HashMap::new()),
+            state: Mutex::new(State::default()),
         }
     }
 
@@ -105,25 +146,51 @@ impl GcsBackend {
         format!("gs://{}/{object}", self.bucket)
     }
 
-    fn holdings(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u64), Holding>> {
-        // A panic while holding this lock cannot leave the map inconsistent
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the state inconsistent
         // (every update is a single insert or remove), so a poisoned lock is
         // still usable.
-        self.holdings
+        self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn remember(&self, object: &str, term: u64, holding: Holding) {
-        self.holdings().insert((object.to_owned(), term), holding);
+    /// Keep what a holder writes; the object now counts as seen (a backend
+    /// that only ever wrote it knows it exists as well as one that read it).
+    fn remember(&self, object: &str, owner: u64, holding: Holding) {
+        let mut state = self.state();
+        state.seen.insert(object.to_owned());
+        state.holdings.insert((object.to_owned(), owner), holding);
     }
 
-    fn forget(&self, object: &str, term: u64) {
-        self.holdings().remove(&(object.to_owned(), term));
+    fn forget(&self, object: &str, owner: u64) {
+        self.state().holdings.remove(&(object.to_owned(), owner));
     }
 
-    fn holding(&self, object: &str, term: u64) -> Option<Holding> {
-        self.holdings().get(&(object.to_owned(), term)).cloned()
+    fn holding(&self, object: &str, owner: u64) -> Option<Holding> {
+        self.state()
+            .holdings
+            .get(&(object.to_owned(), owner))
+            .cloned()
+    }
+
+    fn pending(&self, object: &str) -> Option<Pending> {
+        self.state().pending.get(object).cloned()
+    }
+
+    fn set_pending(&self, object: &str, pending: Pending) {
+        self.state().pending.insert(object.to_owned(), pending);
+    }
+
+    fn clear_pending(&self, object: &str, owner: u64) {
+        let mut state = self.state();
+        if state.pending.get(object).is_some_and(|p| p.owner == owner) {
+            state.pending.remove(object);
+        }
+    }
+
+    fn has_seen(&self, object: &str) -> bool {
+        self.state().seen.contains(object)
     }
 
     /// Read the lease record and its generation; `None` when there is no object.
@@ -135,7 +202,10 @@ impl GcsBackend {
             .await
         {
             Ok(resp) => resp,
-            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) if is_not_found(&e) => {
+                self.check_bucket(object, &e).await?;
+                return Ok(None);
+            }
             Err(e) => return Err(self.map_err(e, "read", object)),
         };
         let meta = resp.object();
@@ -163,7 +233,60 @@ impl GcsBackend {
             }
         }
         let record = Record::decode(&body).map_err(invalid)?;
+        self.state().seen.insert(object.to_owned());
         Ok(Some((record, generation)))
+    }
+
+    /// After a 404 on a read of `object`: make sure it means "no object",
+    /// not "no bucket" (Cloud Storage and emulators answer 404 for both).
+    /// Checked once per backend: from the error's message when it says so,
+    /// else with one write that cannot succeed in an existing bucket (412)
+    /// and fails with 404 in a missing one.
+    async fn check_bucket(&self, object: &str, e: &google_cloud_storage::Error) -> Result<()> {
+        if self.state().bucket_checked {
+            return Ok(());
+        }
+        let missing = |how: String| {
+            Error::Config(format!(
+                "bucket {} does not exist ({how}); check the bucket name in the URL or configuration, or create the bucket",
+                self.bucket
+            ))
+        };
+        if e.to_string()
+            .to_ascii_lowercase()
+            .contains("bucket does not exist")
+        {
+            return Err(missing(format!("reading {}: {e}", self.gs_url(object))));
+        }
+        let probe = self.object_name(BUCKET_PROBE);
+        let result = self
+            .client
+            .write_object(&self.bucket_path, &probe, Bytes::new())
+            .set_if_generation_match(1)
+            .with_idempotency(false)
+            .send_buffered()
+            .await;
+        match result {
+            // The precondition was checked, so the bucket exists (and an
+            // object at generation 1 would prove it too).
+            Ok(_) => {}
+            Err(e) if e.http_status_code() == Some(412) => {}
+            Err(e) if is_not_found(&e) => {
+                return Err(missing(format!(
+                    "reading {} and a conditional write to {} both answered 404",
+                    self.gs_url(object),
+                    self.gs_url(&probe)
+                )));
+            }
+            // Read-only credentials cannot run the check; reads were
+            // allowed, so take the 404 as "no object".
+            Err(e) if matches!(e.http_status_code(), Some(401 | 403)) => {
+                tracing::debug!(bucket = %self.bucket, error = %e, "cannot check that the bucket exists with these credentials");
+            }
+            Err(e) => return Err(self.map_err(e, "bucket check (write)", &probe)),
+        }
+        self.state().bucket_checked = true;
+        Ok(())
     }
 
     /// Write `record` if the object's generation is `generation` (0: if
@@ -190,7 +313,7 @@ impl GcsBackend {
     async fn held_now(&self, object: &str) -> Result<AcquireOutcome> {
         Ok(match self.read(object).await? {
             Some((record, generation)) => AcquireOutcome::Held {
-                leader: record.leader(),
+                leader: record.leader(generation),
                 queued: None,
                 revision: generation,
             },
@@ -217,7 +340,13 @@ impl GcsBackend {
                 "{what}: {e}; does bucket {} exist? create it first",
                 self.bucket
             )),
-            Some(408 | 429 | 500..=599) => Error::Unavailable {
+            Some(429) => Error::Unavailable {
+                backend: NAME,
+                message: format!(
+                    "{what}: {e}; Cloud Storage allows about one write per second to one object, so this is retried (a longer ttl makes it rarer)"
+                ),
+            },
+            Some(408 | 500..=599) => Error::Unavailable {
                 backend: NAME,
                 message: format!("{what}: {e}"),
             },
@@ -229,7 +358,10 @@ impl GcsBackend {
             }
             _ if e.is_authentication() => Error::PermissionDenied {
                 backend: NAME,
-                message: format!("{what}: {e}"),
+                message: format!(
+                    "{what}: {e}; no usable credentials for bucket {}: check the application default credentials (gcloud auth application-default login, GOOGLE_APPLICATION_CREDENTIALS) or the key file, or use anonymous access for an emulator",
+                    self.bucket
+                ),
             },
             _ => Error::Backend {
                 backend: NAME,
@@ -238,21 +370,22 @@ impl GcsBackend {
         }
     }
 
-    fn claim(election: &str, object: &str, term: u64, generation: i64) -> Claim {
+    fn claim(election: &str, object: &str, owner: u64, token: u64, generation: i64) -> Claim {
         Claim {
             election: election.to_owned(),
             key: object.to_owned(),
-            session: 0,
-            token: FencingToken(term),
+            session: owner_to_session(owner),
+            token: FencingToken(token),
             version: generation,
         }
     }
 
     /// Renew when this backend does not know the claim's holding, or after a
-    /// conflict: read, check that the record is still this term's and not
-    /// released, rewrite it under the generation just read.
+    /// conflict: read, check that the record is still this claim's (its
+    /// owner) and not released, rewrite it under the generation just read.
     async fn renew_slow(&self, claim: &Claim) -> Result<Claim> {
-        let term = claim.token.get();
+        let owner = session_to_owner(claim.session);
+        let token = claim.token.get();
         let object = claim.key.as_str();
         let read = match self.read(object).await {
             // Whatever overwrote the record, this term's lease is gone.
@@ -265,54 +398,115 @@ impl GcsBackend {
         };
         let Some((record, generation)) = read else {
             return Err(Error::Lost(format!(
-                "{} was deleted; the election starts over (and its term count with it)",
+                "{} was deleted; candidates that saw it wait a full ttl before creating it again",
                 self.gs_url(object)
             )));
         };
-        if record.term != term {
+        if record.owner != owner {
             return Err(Error::Lost(format!(
-                "{} is at term {} (holder {:?}), not this claim's term {term}",
+                "{} was replaced: {} by {:?} (token {}), not this claim's term (token {token})",
                 self.gs_url(object),
-                record.term,
-                record.holder
+                if record.released { "released" } else { "held" },
+                record.holder,
+                record.token_at(generation)
             )));
         }
         if record.released {
             return Err(Error::Lost(format!(
-                "term {term} of {} was released",
+                "the term with token {token} of {} was released",
                 self.gs_url(object)
             )));
         }
-        // Only this term's holder writes a record of this term that is not
-        // released: this generation is ours (an earlier write whose answer
-        // was lost, or a renewal by another client of the same claim).
-        let fresh = Record {
-            renewed_at_ms: unix_ms(),
-            ..record.clone()
+        // Only this term's holder knows its owner: this generation is ours
+        // (an earlier write whose answer was lost, or a renewal by another
+        // client of the same claim).
+        let holding = Holding {
+            holder: record.holder,
+            value: record.value,
+            ttl: record.ttl,
+            acquired_at_ms: record.acquired_at_ms,
         };
+        let fresh = record_of(&holding, owner, Some(token), false, unix_ms());
         match self.write(object, &fresh, generation).await? {
             Write::Done(g) => {
-                self.remember(
-                    object,
-                    term,
-                    Holding {
-                        holder: record.holder,
-                        value: record.value,
-                        ttl: record.ttl,
-                        acquired_at_ms: record.acquired_at_ms,
-                    },
-                );
+                self.remember(object, owner, holding);
                 Ok(Claim {
                     version: g,
                     ..claim.clone()
                 })
             }
             Write::Conflict => Err(Error::Lost(format!(
-                "{} changed under term {term} while renewing; another candidate took over",
+                "{} changed while renewing the term with token {token}; another candidate took over",
                 self.gs_url(object)
             ))),
         }
     }
+
+    /// The record read is this backend's own term-starting write whose answer
+    /// was lost: rewrite it under the generation read (so the term's
+    /// deadline counts from a write sent during this call) and lead.
+    async fn adopt(
+        &self,
+        req: &AcquireRequest,
+        object: &str,
+        pending: &Pending,
+        record: &Record,
+        generation: i64,
+    ) -> Result<AcquireOutcome> {
+        let token = record.token_at(generation);
+        let fresh = record_of(
+            &pending.holding,
+            pending.owner,
+            Some(token),
+            false,
+            unix_ms(),
+        );
+        match self.write(object, &fresh, generation).await? {
+            Write::Done(g) => {
+                self.clear_pending(object, pending.owner);
+                self.remember(object, pending.owner, pending.holding.clone());
+                tracing::info!(object = %self.gs_url(object), token, "found this candidate's own write whose answer was lost; leading");
+                Ok(AcquireOutcome::Acquired(Self::claim(
+                    &req.election,
+                    object,
+                    pending.owner,
+                    token,
+                    g,
+                )))
+            }
+            Write::Conflict => self.held_now(object).await,
+        }
+    }
+}
+
+/// A new per-term owner identity: 64 random bits (never 0), from the
+/// standard library's randomly keyed SipHash over a process-wide counter
+/// and the time.
+fn new_owner() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    loop {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        hasher.write_u64(unix_ms());
+        hasher.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        let owner = hasher.finish();
+        if owner != 0 {
+            return owner;
+        }
+    }
+}
+
+/// The owner identity as `Claim::session` carries it (the same 64 bits).
+fn owner_to_session(owner: u64) -> i64 {
+    i64::from_ne_bytes(owner.to_ne_bytes())
+}
+
+fn session_to_owner(session: i64) -> u64 {
+    u64::from_ne_bytes(session.to_ne_bytes())
 }
 
 fn is_not_found(e: &google_cloud_storage::Error) -> bool {
@@ -336,7 +530,7 @@ impl Backend for GcsBackend {
             return Err(Error::invalid_option(
                 "renew_interval",
                 format!(
-                    "{:?} is below Cloud Storage's limit of about one write per second per object; use at least 1s (ElectionOptions::with_ttl(3s) or more gives that)",
+                    "{:?} is below Cloud Storage's limit of about one write per second per object; use at least 1s (ElectionOptions::with_ttl(3s) or more gives that; 6s or more leaves room for handovers)",
                     options.renew_interval
                 ),
             ));
@@ -356,17 +550,45 @@ impl Backend for GcsBackend {
 
     /// One read, then at most one conditional write: create (generation 0),
     /// take over a released record, or take over the record at
-    /// `req.expired_revision` with the term bumped.
+    /// `req.expired_revision` (a new owner; the token is the new
+    /// generation). A missing object that this backend has seen before was
+    /// deleted: it is created only once the engine has observed its absence
+    /// (revision 0) for a full ttl. A record this backend wrote in an
+    /// earlier call whose answer was lost is recognised by its owner and
+    /// rewritten: this candidate leads at once.
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<AcquireOutcome> {
         let object = self.object_name(&req.election);
         let now = unix_ms();
-        let (term, generation) = match self.read(&object).await? {
-            None => (1, 0),
+        let read = self.read(&object).await?;
+        let pending = self.pending(&object);
+        if let (Some((record, generation)), Some(p)) = (&read, &pending) {
+            if record.owner == p.owner && !record.released && p.holding.is_for(req) {
+                return self.adopt(req, &object, p, record, *generation).await;
+            }
+            if *generation != p.precondition {
+                // The object moved on without our write: it can never land.
+                self.clear_pending(&object, p.owner);
+            }
+        }
+        let precondition = match read {
+            None => {
+                if self.has_seen(&object) && req.expired_revision != Some(0) {
+                    // Deleted (by hand, or by a lifecycle rule) while its
+                    // holder may still lead: wait a full ttl, as for a
+                    // record seen unchanged.
+                    return Ok(AcquireOutcome::Held {
+                        leader: None,
+                        queued: None,
+                        revision: 0,
+                    });
+                }
+                0
+            }
             Some((record, generation)) => {
                 let expired = req.expired_revision == Some(generation);
                 if !record.released && !expired {
                     return Ok(AcquireOutcome::Held {
-                        leader: record.leader(),
+                        leader: record.leader(generation),
                         queued: None,
                         revision: generation,
                     });
@@ -382,14 +604,7 @@ impl Backend for GcsBackend {
                         ),
                     ));
                 }
-                let Some(term) = record.term.checked_add(1) else {
-                    return Err(Error::InvalidRecord {
-                        backend: NAME,
-                        path: self.gs_url(&object),
-                        message: "the term cannot grow any more".to_owned(),
-                    });
-                };
-                (term, generation)
+                generation
             }
         };
         let holding = Holding {
@@ -398,17 +613,39 @@ impl Backend for GcsBackend {
             ttl: req.ttl,
             acquired_at_ms: now,
         };
-        let record = record_of(&holding, term, false, now);
-        match self.write(&object, &record, generation).await? {
+        // Retrying a write whose answer is unknown, under the same
+        // precondition: keep its owner, so that whichever attempt lands is
+        // recognised as ours.
+        let owner = match &pending {
+            Some(p) if p.precondition == precondition && p.holding.is_for(req) => p.owner,
+            _ => new_owner(),
+        };
+        // Registered before the write is sent: the call may be dropped
+        // while the write is in flight.
+        self.set_pending(
+            &object,
+            Pending {
+                owner,
+                holding: holding.clone(),
+                precondition,
+            },
+        );
+        let record = record_of(&holding, owner, None, false, now);
+        match self.write(&object, &record, precondition).await? {
             Write::Done(g) => {
-                self.remember(&object, term, holding);
+                self.clear_pending(&object, owner);
+                self.remember(&object, owner, holding);
+                let token = u64::try_from(g).unwrap_or(0);
                 Ok(AcquireOutcome::Acquired(Self::claim(
                     &req.election,
                     &object,
-                    term,
+                    owner,
+                    token,
                     g,
                 )))
             }
+            // An earlier attempt of ours may have landed: the next call
+            // recognises it by its owner.
             Write::Conflict => self.held_now(&object).await,
         }
     }
@@ -416,11 +653,11 @@ impl Backend for GcsBackend {
     /// One conditional write under the claim's generation; after a conflict,
     /// one read and at most one more write (see [`GcsBackend`] docs).
     async fn renew(&self, claim: &Claim) -> Result<Claim> {
-        let term = claim.token.get();
+        let owner = session_to_owner(claim.session);
         let object = claim.key.as_str();
-        let result = match self.holding(object, term) {
+        let result = match self.holding(object, owner) {
             Some(holding) => {
-                let record = record_of(&holding, term, false, unix_ms());
+                let record = record_of(&holding, owner, Some(claim.token.get()), false, unix_ms());
                 match self.write(object, &record, claim.version).await? {
                     Write::Done(g) => Ok(Claim {
                         version: g,
@@ -432,21 +669,22 @@ impl Backend for GcsBackend {
             None => self.renew_slow(claim).await,
         };
         if matches!(result, Err(Error::Lost(_))) {
-            self.forget(object, term);
+            self.forget(object, owner);
         }
         result
     }
 
-    /// Write the record back as released, keeping the term, under the
-    /// claim's generation. A record of another term, a released one, no
-    /// object or foreign data means there is nothing left to release.
+    /// Write the record back as released under the claim's generation. A
+    /// record of another owner, a released one, no object or foreign data
+    /// means there is nothing left to release.
     async fn release(&self, claim: &Claim) -> Result<()> {
-        let term = claim.token.get();
+        let owner = session_to_owner(claim.session);
+        let token = claim.token.get();
         let object = claim.key.as_str();
-        if let Some(holding) = self.holding(object, term) {
-            let record = record_of(&holding, term, true, unix_ms());
+        if let Some(holding) = self.holding(object, owner) {
+            let record = record_of(&holding, owner, Some(token), true, unix_ms());
             if let Write::Done(_) = self.write(object, &record, claim.version).await? {
-                self.forget(object, term);
+                self.forget(object, owner);
                 return Ok(());
             }
         }
@@ -460,11 +698,12 @@ impl Backend for GcsBackend {
             let Some((record, generation)) = read else {
                 break;
             };
-            if record.term != term || record.released {
+            if record.owner != owner || record.released {
                 break;
             }
             let released = Record {
                 released: true,
+                token: Some(record.token_at(generation)),
                 renewed_at_ms: unix_ms(),
                 ..record
             };
@@ -472,7 +711,7 @@ impl Backend for GcsBackend {
                 break;
             }
         }
-        self.forget(object, term);
+        self.forget(object, owner);
         Ok(())
     }
 
@@ -483,7 +722,7 @@ impl Backend for GcsBackend {
         Ok(self
             .read(&object)
             .await?
-            .and_then(|(record, _)| record.leader()))
+            .and_then(|(record, generation)| record.leader(generation)))
     }
 
     async fn wait(&self, _election: &str, _claim: Option<&Claim>, _revision: i64) -> Result<()> {
@@ -501,11 +740,18 @@ impl Backend for GcsBackend {
     }
 }
 
-fn record_of(holding: &Holding, term: u64, released: bool, now: u64) -> Record {
+fn record_of(
+    holding: &Holding,
+    owner: u64,
+    token: Option<u64>,
+    released: bool,
+    now: u64,
+) -> Record {
     Record {
         holder: holding.holder.clone(),
+        owner,
+        token,
         value: holding.value.clone(),
-        term,
         ttl: holding.ttl,
         released,
         acquired_at_ms: holding.acquired_at_ms,

@@ -6,31 +6,37 @@
 //! ## Design
 //!
 //! * **One object per election**, `gs://<bucket>/<prefix>/<election>`,
-//!   holding a small JSON lease record: holder id, leader value, term, ttl,
-//!   a released flag and informational timestamps.
+//!   holding a small JSON lease record: holder id, a per-term random owner
+//!   identity, the fencing token, leader value, ttl, a released flag and
+//!   informational timestamps.
 //! * **Every change is one conditional write** with `ifGenerationMatch`:
 //!   create with generation 0, renew / take over / release with the
 //!   generation last read or written. A failed precondition (HTTP 412) is an
 //!   outcome, never retried: someone else won ([`AcquireOutcome::Held`] from
 //!   `try_acquire`, [`Error::Lost`] from `renew`, `Ok` from `release`). No
 //!   blind writes, no deletes, no metadata patches.
-//! * **Fencing token** = the record's term, bumped under the precondition on
-//!   every takeover, so it strictly increases across terms. The record is
-//!   never deleted: releasing writes a released record that keeps the term.
-//!   Deleting the object by hand restarts the count at 1, which breaks the
-//!   promise to resources that remember older tokens: don't.
+//! * **Fencing token** = the object generation of the write that started
+//!   the term. Generations of one object name only increase, across
+//!   overwrites and across deletions, so tokens strictly increase across
+//!   terms even when the object is deleted by hand.
+//! * **Owner identity**: each term draws a random 64-bit owner, kept in the
+//!   record and in [`Claim::session`](leasehold_core::Claim). Renew and
+//!   release act only on a record with their owner, so a leader whose record
+//!   was replaced (even at an equal token, even by a candidate with the same
+//!   id) learns it at its next renewal.
 //! * **Expiry without trusting clocks**: Cloud Storage does not expire
 //!   anything, so [`Capabilities::server_expiry`] is false. A follower (the
 //!   engine in leasehold-core) polls; after it has seen the same generation,
 //!   not released, for a full ttl on its own monotonic clock it calls
 //!   `try_acquire` with `expired_revision`, and the backend takes over with
 //!   one write conditioned on exactly that generation. A released record is
-//!   taken at once.
+//!   taken at once. A deleted record (missing, after this backend has read
+//!   or written it) is observed the same way: created again only after a
+//!   full ttl of absence (revision 0).
 //! * **Renewal** rewrites the record under its generation (one request).
 //!   If the answer to an earlier write was lost, the precondition fails; the
-//!   backend then reads the record and, when it is still this term's and not
-//!   released (only the term's holder writes such a record), rewrites it
-//!   under the generation it read.
+//!   backend then reads the record and, when it still has this claim's owner
+//!   and is not released, rewrites it under the generation it read.
 //!
 //! No watch ([`Backend::wait`] and [`Backend::watch`] return
 //! [`Error::NotSupported`]): followers poll every retry interval, with one
