@@ -1,42 +1,128 @@
 //! Engine behaviour under paused tokio time, on the in-memory backend with
 //! injected faults. Time is virtual: bounds here are exact, not generous.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use leasehold_core::faulty::{Fault, FaultyBackend};
+use leasehold_core::faulty::{Fault, FaultHandle, FaultyBackend};
 use leasehold_core::memory::MemoryStore;
 use leasehold_core::{
-    Attempt, Backend, CancellationToken, ElectionOptions, Elector, Error, LossReason,
+    Attempt, Backend, CancellationToken, ElectionOptions, Elector, Error, LeaderInfo, Leadership,
+    LossReason, Result,
 };
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
 const TTL: Duration = Duration::from_secs(3);
 
+/// Options for `candidate` in the election "jobs".
 fn options(candidate: &str) -> ElectionOptions {
-    ElectionOptions::new("jobs", candidate).with_ttl(TTL)
+    options_in("jobs", candidate)
+}
+
+/// Options for `candidate` in `election`, with the tests' ttl.
+fn options_in(election: &str, candidate: &str) -> ElectionOptions {
+    ElectionOptions::new(election, candidate).with_ttl(TTL)
 }
 
 fn elector(store: &MemoryStore, candidate: &str) -> Elector {
     Elector::new(Arc::new(store.client()), options(candidate)).unwrap()
 }
 
+/// An elector whose store calls go through a faulty client of its own, and
+/// the handle that sets its faults.
+fn faulty_elector(store: &MemoryStore, options: ElectionOptions) -> (Elector, FaultHandle) {
+    let (backend, faults) = FaultyBackend::wrap(Arc::new(store.client()));
+    (Elector::new(backend, options).unwrap(), faults)
+}
+
+/// A new store on which "a" leads, and "b", on a faulty client, has not
+/// campaigned yet.
+async fn a_leads_b_on_a_faulty_client() -> (MemoryStore, Leadership, Elector, FaultHandle) {
+    let store = MemoryStore::new();
+    let la = elector(&store, "a").lock().await.unwrap();
+    let (b, faults) = faulty_elector(&store, options("b"));
+    (store, la, b, faults)
+}
+
+/// "a", which has not campaigned yet, and "w", on a faulty client, which
+/// observes the election: its receiver and the handle that sets its faults.
+async fn a_and_a_faulty_observer(
+    store: &MemoryStore,
+) -> (
+    Elector,
+    Elector,
+    watch::Receiver<Option<LeaderInfo>>,
+    FaultHandle,
+) {
+    let (watcher, faults) = faulty_elector(store, options("w"));
+    let rx = watcher.observe().await.unwrap();
+    (elector(store, "a"), watcher, rx, faults)
+}
+
+/// Spawns `e.lock()`; the task returns when it led and the leadership.
+fn spawn_lock(e: Elector) -> JoinHandle<(Instant, Leadership)> {
+    tokio::spawn(async move {
+        let l = e.lock().await.unwrap();
+        (Instant::now(), l)
+    })
+}
+
+/// Spawns `e.lock_cancellable(cancel)` and gives it 10 ms to queue; the task
+/// returns when the call returned and what it returned.
+async fn queue_cancellable(
+    e: Elector,
+    cancel: &CancellationToken,
+) -> JoinHandle<(Instant, Result<Option<Leadership>>)> {
+    let cancel = cancel.clone();
+    let task = tokio::spawn(async move {
+        let r = e.lock_cancellable(&cancel).await;
+        (Instant::now(), r)
+    });
+    sleep(Duration::from_millis(10)).await;
+    task
+}
+
+/// Spawns `e.run(cancel, work)`.
+fn spawn_run<F, Fut>(e: Elector, cancel: &CancellationToken, work: F) -> JoinHandle<Result<()>>
+where
+    F: FnMut(Leadership) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let cancel = cancel.clone();
+    tokio::spawn(async move { e.run(cancel, work).await })
+}
+
+/// The output of `task`, which must finish within 10 ms: at once, in paused
+/// time, but for the store calls it makes.
+async fn at_once<T>(task: JoinHandle<T>, what: &str) -> T {
+    timeout(Duration::from_millis(10), task)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within 10 ms"))
+        .unwrap()
+}
+
+/// How long before its deadline the engine makes its last renewal attempt
+/// with options `o` (half of the shorter of retry interval and request
+/// timeout).
+fn last_call_lead(o: &ElectionOptions) -> Duration {
+    o.retry_interval.min(o.request_timeout) / 2
+}
+
 #[tokio::test(start_paused = true)]
 async fn leader_steps_down_by_its_deadline_when_the_store_goes_silent() {
     for store in [MemoryStore::new(), MemoryStore::polling()] {
-        let (backend, faults) = FaultyBackend::wrap(Arc::new(store.client()));
-        let a = Elector::new(backend, options("a")).unwrap();
+        let (a, faults) = faulty_elector(&store, options("a"));
         let b = elector(&store, "b");
         let la = a.lock().await.unwrap();
         sleep(TTL * 2).await; // a few renewals
         assert!(!la.is_lost());
         let deadline = la.deadline();
         faults.set(Fault::BlackHole);
-        let b_task = tokio::spawn(async move {
-            let lb = b.lock().await.unwrap();
-            (Instant::now(), lb)
-        });
+        let b_task = spawn_lock(b);
         let reason = timeout(TTL * 2, la.lost()).await.expect("lost never fired");
         let lost_at = Instant::now();
         assert!(
@@ -56,8 +142,7 @@ async fn leader_steps_down_by_its_deadline_when_the_store_goes_silent() {
 #[tokio::test(start_paused = true)]
 async fn slow_but_timely_renewals_keep_leadership() {
     let store = MemoryStore::new();
-    let (backend, faults) = FaultyBackend::wrap(Arc::new(store.client()));
-    let a = Elector::new(backend, options("a")).unwrap();
+    let (a, faults) = faulty_elector(&store, options("a"));
     let la = a.lock().await.unwrap();
     faults.set(Fault::Delay(Duration::from_millis(300)));
     sleep(TTL * 4).await;
@@ -68,8 +153,7 @@ async fn slow_but_timely_renewals_keep_leadership() {
 #[tokio::test(start_paused = true)]
 async fn failing_renewals_are_retried_and_recover_before_the_deadline() {
     let store = MemoryStore::new();
-    let (backend, faults) = FaultyBackend::wrap(Arc::new(store.client()));
-    let a = Elector::new(backend, options("a")).unwrap();
+    let (a, faults) = faulty_elector(&store, options("a"));
     let la = a.lock().await.unwrap();
     let before = faults.calls().renew;
     faults.set(Fault::Fail);
@@ -89,13 +173,10 @@ async fn lost_fires_at_once_when_the_store_says_another_holds_it() {
     let a = elector(&store, "a");
     let b = elector(&store, "b");
     let la = a.lock().await.unwrap();
-    let b_task = tokio::spawn(async move { b.lock().await.unwrap() });
+    let b_task = spawn_lock(b);
     sleep(Duration::from_millis(10)).await;
     assert!(store.expire_candidate("jobs", "a"));
-    let lb = timeout(Duration::from_millis(10), b_task)
-        .await
-        .unwrap()
-        .unwrap();
+    let (_, lb) = at_once(b_task, "b leads once a's claim is gone").await;
     let reason = timeout(a.options().renew_interval, la.lost())
         .await
         .expect("lost must fire at the next renewal");
@@ -109,10 +190,7 @@ async fn unlock_hands_over_to_a_waiter_at_once() {
         let a = elector(&store, "a");
         let b = elector(&store, "b");
         let la = a.lock().await.unwrap();
-        let b_task = tokio::spawn(async move {
-            let l = b.lock().await.unwrap();
-            (Instant::now(), l)
-        });
+        let b_task = spawn_lock(b);
         sleep(Duration::from_secs(1)).await;
         let released = Instant::now();
         la.unlock().await.unwrap();
@@ -136,14 +214,11 @@ async fn dropping_the_guard_releases() {
     let b = elector(&store, "b");
     let la = a.lock().await.unwrap();
     let done = la.cancellation_token();
-    let b_task = tokio::spawn(async move { b.lock().await.unwrap() });
+    let b_task = spawn_lock(b);
     sleep(Duration::from_millis(100)).await;
     drop(la);
     assert!(done.is_cancelled(), "dropping fires the done signal first");
-    let lb = timeout(Duration::from_millis(10), b_task)
-        .await
-        .unwrap()
-        .unwrap();
+    let (_, lb) = at_once(b_task, "b leads once a's guard is dropped").await;
     assert_eq!(lb.leader().id, "b");
 }
 
@@ -155,17 +230,11 @@ async fn run_campaigns_again_after_a_loss_and_stops_on_cancel() {
     let terms = Arc::new(AtomicU32::new(0));
     let cancel = CancellationToken::new();
     let t = terms.clone();
-    let runner = tokio::spawn({
-        let cancel = cancel.clone();
+    let runner = spawn_run(a, &cancel, move |leadership| {
+        let t = t.clone();
         async move {
-            a.run(cancel, move |leadership| {
-                let t = t.clone();
-                async move {
-                    t.fetch_add(1, Ordering::SeqCst);
-                    leadership.lost().await;
-                }
-            })
-            .await
+            t.fetch_add(1, Ordering::SeqCst);
+            leadership.lost().await;
         }
     });
     sleep(Duration::from_millis(100)).await;
@@ -201,26 +270,17 @@ async fn run_keeps_the_lease_until_the_work_has_stopped() {
     let cancel = CancellationToken::new();
     let stopped_at = Arc::new(std::sync::Mutex::new(None));
     let s = stopped_at.clone();
-    let runner = tokio::spawn({
-        let cancel = cancel.clone();
+    let runner = spawn_run(a, &cancel, move |leadership| {
+        let s = s.clone();
         async move {
-            a.run(cancel, move |leadership| {
-                let s = s.clone();
-                async move {
-                    leadership.lost().await;
-                    // Winding down takes a while; nobody may lead meanwhile.
-                    sleep(Duration::from_secs(5)).await;
-                    *s.lock().unwrap() = Some(Instant::now());
-                }
-            })
-            .await
+            leadership.lost().await;
+            // Winding down takes a while; nobody may lead meanwhile.
+            sleep(Duration::from_secs(5)).await;
+            *s.lock().unwrap() = Some(Instant::now());
         }
     });
     sleep(Duration::from_millis(100)).await;
-    let b_task = tokio::spawn(async move {
-        let l = b.lock().await.unwrap();
-        (Instant::now(), l)
-    });
+    let b_task = spawn_lock(b);
     cancel.cancel();
     let (b_at, _lb) = b_task.await.unwrap();
     let stopped = stopped_at.lock().unwrap().expect("work finished");
@@ -234,7 +294,7 @@ async fn a_waiter_whose_session_dies_starts_over_and_never_wins_with_it() {
     let a = elector(&store, "a");
     let b = elector(&store, "b");
     let la = a.lock().await.unwrap();
-    let b_task = tokio::spawn(async move { b.lock().await.unwrap() });
+    let b_task = spawn_lock(b);
     sleep(Duration::from_millis(10)).await;
     assert_eq!(store.queue_len("jobs"), 2);
     // b's first claim has token 2; kill its session while it waits.
@@ -244,10 +304,7 @@ async fn a_waiter_whose_session_dies_starts_over_and_never_wins_with_it() {
     sleep(a.options().renew_interval + Duration::from_millis(10)).await;
     assert_eq!(store.queue_len("jobs"), 2, "b must campaign again");
     la.unlock().await.unwrap();
-    let lb = timeout(Duration::from_millis(10), b_task)
-        .await
-        .unwrap()
-        .unwrap();
+    let (_, lb) = at_once(b_task, "b leads once a unlocks").await;
     assert!(lb.fencing_token().get() > 2, "b won with its dead claim");
 }
 
@@ -257,15 +314,12 @@ async fn a_dead_waiter_noticed_at_handover_starts_over() {
     let a = elector(&store, "a");
     let b = elector(&store, "b");
     let la = a.lock().await.unwrap();
-    let b_task = tokio::spawn(async move { b.lock().await.unwrap() });
+    let b_task = spawn_lock(b);
     sleep(Duration::from_millis(10)).await;
     assert!(store.expire_candidate("jobs", "b"));
     // Hand over before b's next renewal: its wake-up finds the claim gone.
     la.unlock().await.unwrap();
-    let lb = timeout(Duration::from_millis(10), b_task)
-        .await
-        .unwrap()
-        .unwrap();
+    let (_, lb) = at_once(b_task, "b leads once a unlocks").await;
     assert!(lb.fencing_token().get() > 2);
 }
 
@@ -304,8 +358,7 @@ async fn cancelling_lock_withdraws_the_queued_claim() {
 #[tokio::test(start_paused = true)]
 async fn a_store_outage_is_retried_until_it_ends() {
     let store = MemoryStore::new();
-    let (backend, faults) = FaultyBackend::wrap(Arc::new(store.client()));
-    let a = Elector::new(backend, options("a")).unwrap();
+    let (a, faults) = faulty_elector(&store, options("a"));
     faults.set(Fault::Fail);
     match a.try_lock().await {
         Err(Error::Unavailable { .. }) => {}
@@ -322,10 +375,7 @@ async fn a_store_outage_is_retried_until_it_ends() {
 #[tokio::test(start_paused = true)]
 async fn observers_follow_leaders_and_an_idle_follower_makes_no_calls() {
     let store = MemoryStore::new();
-    let a = elector(&store, "a");
-    let (backend, faults) = FaultyBackend::wrap(Arc::new(store.client()));
-    let watcher = Elector::new(backend, options("w")).unwrap();
-    let mut rx = watcher.observe().await.unwrap();
+    let (a, _watcher, mut rx, faults) = a_and_a_faulty_observer(&store).await;
     assert_eq!(*rx.borrow(), None);
     let la = a.lock().await.unwrap();
     rx.changed().await.unwrap();
@@ -377,8 +427,7 @@ async fn leaders_stepping_down(fault: Fault, back_before: Duration) -> usize {
     let backend: Arc<dyn Backend> = backend;
     let mut leaders = Vec::new();
     for i in 0..LEADERS {
-        let o = ElectionOptions::new(format!("jobs-{i}"), "a").with_ttl(TTL);
-        let e = Elector::new(backend.clone(), o).unwrap();
+        let e = Elector::new(backend.clone(), options_in(&format!("jobs-{i}"), "a")).unwrap();
         leaders.push(e.lock().await.unwrap());
     }
     let deadline = leaders[0].deadline();
@@ -418,8 +467,7 @@ async fn leaders_stepping_down(fault: Fault, back_before: Duration) -> usize {
 async fn failed_renewals_are_retried_until_just_before_the_deadline() {
     let o = options("a");
     assert_eq!(o.retry_interval, Duration::from_millis(500));
-    let last_call_lead = o.retry_interval.min(o.request_timeout) / 2;
-    for back_before in [o.retry_interval, last_call_lead] {
+    for back_before in [o.retry_interval, last_call_lead(&o)] {
         let lost = leaders_stepping_down(Fault::Fail, back_before).await;
         assert_eq!(
             lost, 0,
@@ -432,9 +480,7 @@ async fn failed_renewals_are_retried_until_just_before_the_deadline() {
 /// the request lost in it must not take the last attempt's place.
 #[tokio::test(start_paused = true)]
 async fn a_renewal_lost_in_a_healed_partition_gives_way_to_a_last_attempt() {
-    let o = options("a");
-    let last_call_lead = o.retry_interval.min(o.request_timeout) / 2;
-    let back_before = last_call_lead + Duration::from_millis(10);
+    let back_before = last_call_lead(&options("a")) + Duration::from_millis(10);
     let lost = leaders_stepping_down(Fault::BlackHole, back_before).await;
     assert_eq!(
         lost, 0,
@@ -457,7 +503,7 @@ async fn waiters_missing_their_deadline(
     let store = MemoryStore::new();
     let mut leaders = Vec::new();
     for i in 0..WAITERS {
-        let o = ElectionOptions::new(format!("jobs-{i}"), "a").with_ttl(TTL);
+        let o = options_in(&format!("jobs-{i}"), "a");
         let leader = Elector::new(Arc::new(store.client()), o).unwrap();
         leaders.push(leader.lock().await.unwrap());
     }
@@ -466,9 +512,7 @@ async fn waiters_missing_their_deadline(
     let mut waiters = Vec::new();
     let mut faults = Vec::new();
     for i in 0..WAITERS {
-        let (backend, f) = FaultyBackend::wrap(Arc::new(store.client()));
-        let e = ElectionOptions::new(format!("jobs-{i}"), "b").with_ttl(TTL);
-        let waiter = Elector::new(backend, e).unwrap();
+        let (waiter, f) = faulty_elector(&store, options_in(&format!("jobs-{i}"), "b"));
         waiters.push(tokio::spawn(async move { waiter.lock().await }));
         faults.push(f);
     }
@@ -496,10 +540,8 @@ async fn waiters_missing_their_deadline(
     drop(leaders);
     let mut requeued = 0;
     for w in waiters {
-        let l = timeout(Duration::from_millis(10), w)
+        let l = at_once(w, "a waiter leads once its leader is gone")
             .await
-            .unwrap()
-            .unwrap()
             .unwrap();
         assert_eq!(l.leader().id, "b");
         if l.fencing_token().get() > 2 * WAITERS as u64 {
@@ -521,7 +563,7 @@ async fn waiters_missing_their_deadline(
 #[tokio::test(start_paused = true)]
 async fn failed_queued_claim_renewals_are_retried_until_just_before_the_deadline() {
     let o = options("b");
-    let last_call_lead = o.retry_interval.min(o.request_timeout) / 2;
+    let last_call_lead = last_call_lead(&o);
     for (fail_after, back_before) in [
         (Duration::from_millis(1), o.retry_interval),
         (Duration::from_millis(1), last_call_lead),
@@ -545,25 +587,11 @@ async fn failed_queued_claim_renewals_are_retried_until_just_before_the_deadline
 /// goes, even when the withdrawal itself is slow.
 #[tokio::test(start_paused = true)]
 async fn lock_cancellable_returns_only_once_the_queued_claim_is_withdrawn() {
-    let store = MemoryStore::new();
-    let a = elector(&store, "a");
-    let (backend, faults) = FaultyBackend::wrap(Arc::new(store.client()));
-    let b = Elector::new(backend, options("b")).unwrap();
+    let (store, la, b, faults) = a_leads_b_on_a_faulty_client().await;
     let c = elector(&store, "c");
-    let la = a.lock().await.unwrap();
     let cancel = CancellationToken::new();
-    let b_task = tokio::spawn({
-        let cancel = cancel.clone();
-        async move {
-            let r = b.lock_cancellable(&cancel).await;
-            (Instant::now(), r)
-        }
-    });
-    sleep(Duration::from_millis(10)).await;
-    let c_task = tokio::spawn(async move {
-        let l = c.lock().await.unwrap();
-        (Instant::now(), l)
-    });
+    let b_task = queue_cancellable(b, &cancel).await;
+    let c_task = spawn_lock(c);
     sleep(Duration::from_millis(10)).await;
     assert_eq!(store.queue_len("jobs"), 3);
     // b's store calls now take 200 ms: its withdrawal too.
@@ -585,10 +613,7 @@ async fn lock_cancellable_returns_only_once_the_queued_claim_is_withdrawn() {
     assert_eq!(faults.calls().release, 1);
     let released_at = Instant::now();
     la.unlock().await.unwrap();
-    let (c_at, lc) = timeout(Duration::from_millis(10), c_task)
-        .await
-        .expect("c must lead at once: nothing is queued ahead of it")
-        .unwrap();
+    let (c_at, lc) = at_once(c_task, "c must lead at once: nothing is queued ahead of it").await;
     assert_eq!(c_at, released_at);
     assert_eq!(lc.leader().id, "c");
 }
@@ -598,17 +623,9 @@ async fn lock_cancellable_returns_only_once_the_queued_claim_is_withdrawn() {
 /// `lock_cancellable` returns `None`.
 #[tokio::test(start_paused = true)]
 async fn lock_cancellable_racing_a_win_leaves_no_lease_behind() {
-    let store = MemoryStore::new();
-    let a = elector(&store, "a");
-    let (backend, faults) = FaultyBackend::wrap(Arc::new(store.client()));
-    let b = Elector::new(backend, options("b")).unwrap();
-    let la = a.lock().await.unwrap();
+    let (store, la, b, faults) = a_leads_b_on_a_faulty_client().await;
     let cancel = CancellationToken::new();
-    let b_task = tokio::spawn({
-        let cancel = cancel.clone();
-        async move { b.lock_cancellable(&cancel).await }
-    });
-    sleep(Duration::from_millis(10)).await;
+    let b_task = queue_cancellable(b, &cancel).await;
     // b's next acquire (woken by a's release) takes 200 ms; cancel while it
     // is in flight: the store makes b the leader, the caller wants out.
     faults.set(Fault::Delay(Duration::from_millis(200)));
@@ -616,9 +633,9 @@ async fn lock_cancellable_racing_a_win_leaves_no_lease_behind() {
     sleep(Duration::from_millis(100)).await;
     assert_eq!(faults.calls().acquire, 2, "b's acquire is in flight");
     cancel.cancel();
-    let r = timeout(TTL, b_task).await.unwrap().unwrap().unwrap();
+    let (_, r) = timeout(TTL, b_task).await.unwrap().unwrap();
     assert!(
-        r.is_none(),
+        r.unwrap().is_none(),
         "a campaign cancelled before it returned must not hand out leadership"
     );
     assert_eq!(
@@ -633,24 +650,14 @@ async fn lock_cancellable_racing_a_win_leaves_no_lease_behind() {
 /// claim is withdrawn, and never starts the work.
 #[tokio::test(start_paused = true)]
 async fn run_cancelled_while_waiting_returns_only_after_withdrawal() {
-    let store = MemoryStore::new();
-    let a = elector(&store, "a");
-    let (backend, faults) = FaultyBackend::wrap(Arc::new(store.client()));
-    let b = Elector::new(backend, options("b")).unwrap();
-    let la = a.lock().await.unwrap();
+    let (store, la, b, faults) = a_leads_b_on_a_faulty_client().await;
     let cancel = CancellationToken::new();
     let terms = Arc::new(AtomicU32::new(0));
-    let runner = tokio::spawn({
-        let cancel = cancel.clone();
-        let terms = terms.clone();
+    let t = terms.clone();
+    let runner = spawn_run(b, &cancel, move |l| {
+        t.fetch_add(1, Ordering::SeqCst);
         async move {
-            b.run(cancel, move |l| {
-                terms.fetch_add(1, Ordering::SeqCst);
-                async move {
-                    l.lost().await;
-                }
-            })
-            .await
+            l.lost().await;
         }
     });
     sleep(Duration::from_secs(1)).await;
@@ -675,10 +682,7 @@ async fn run_cancelled_while_waiting_returns_only_after_withdrawal() {
 #[tokio::test(start_paused = true)]
 async fn an_observer_stops_on_a_permission_error_and_retries_an_outage() {
     let store = MemoryStore::polling();
-    let a = elector(&store, "a");
-    let (backend, faults) = FaultyBackend::wrap(Arc::new(store.client()));
-    let watcher = Elector::new(backend, options("w")).unwrap();
-    let mut rx = watcher.observe().await.unwrap();
+    let (a, watcher, mut rx, faults) = a_and_a_faulty_observer(&store).await;
     let la = a.lock().await.unwrap();
     timeout(TTL, rx.changed()).await.unwrap().unwrap();
     let seen = rx.borrow_and_update().clone();
@@ -718,25 +722,17 @@ async fn an_observer_stops_on_a_permission_error_and_retries_an_outage() {
 /// timeout each, and the claim is then left to expire with its lease.
 #[tokio::test(start_paused = true)]
 async fn lock_cancellable_is_bounded_when_the_store_swallows_calls() {
-    let store = MemoryStore::new();
-    let a = elector(&store, "a");
-    let (backend, faults) = FaultyBackend::wrap(Arc::new(store.client()));
-    let b = Elector::new(backend, options("b")).unwrap();
-    let _la = a.lock().await.unwrap();
+    let (store, _la, b, faults) = a_leads_b_on_a_faulty_client().await;
     let cancel = CancellationToken::new();
-    let b_task = tokio::spawn({
-        let cancel = cancel.clone();
-        async move { b.lock_cancellable(&cancel).await }
-    });
-    sleep(Duration::from_millis(10)).await;
+    let b_task = queue_cancellable(b, &cancel).await;
     assert_eq!(store.queue_len("jobs"), 2, "b is queued");
     // Past the first renewal of b's claim, which now hangs.
     faults.set(Fault::BlackHole);
     sleep(options("b").renew_interval + Duration::from_millis(100)).await;
     let cancelled_at = Instant::now();
     cancel.cancel();
-    let r = b_task.await.unwrap();
-    let took = Instant::now() - cancelled_at;
+    let (returned_at, r) = b_task.await.unwrap();
+    let took = returned_at - cancelled_at;
     assert!(r.unwrap().is_none());
     let bound = options("b").request_timeout * 2;
     assert!(
