@@ -10,11 +10,11 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::process::{START_ATTEMPTS, ServerProcess, free_ports, start_timeout};
+use crate::proxy::Acceptor;
 use crate::{HarnessError, http};
 
 /// The bucket every [`FakeGcs`] has from the start.
@@ -255,10 +255,8 @@ impl FakeGcs {
 /// task stops, and every connection closes, when it is dropped.
 #[derive(Debug)]
 pub struct AnswerDropper {
-    addr: SocketAddr,
+    acceptor: Acceptor,
     faults: Arc<Faults>,
-    shutdown: CancellationToken,
-    task: JoinHandle<()>,
 }
 
 #[derive(Debug, Default)]
@@ -286,31 +284,28 @@ impl AnswerDropper {
     ///
     /// If no loopback port can be bound (the machine is out of ports).
     pub async fn start(target: SocketAddr) -> AnswerDropper {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .expect("bind the answer dropper on 127.0.0.1:0");
-        let addr = listener
-            .local_addr()
-            .expect("the answer dropper's local address");
         let faults = Arc::new(Faults::default());
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(dropper_accept_loop(
-            listener,
-            target,
-            Arc::clone(&faults),
-            shutdown.clone(),
-        ));
+        let serve = {
+            let faults = Arc::clone(&faults);
+            move |client, stop: CancellationToken| {
+                let faults = Arc::clone(&faults);
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = dropper_connection(client, target, &faults) => {}
+                    }
+                });
+            }
+        };
         AnswerDropper {
-            addr,
+            acceptor: Acceptor::start("the answer dropper", serve).await,
             faults,
-            shutdown,
-            task,
         }
     }
 
     /// The address clients connect to.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.acceptor.addr()
     }
 
     /// Lose the answer of the next `count` uploads (`POST /upload/...`).
@@ -335,42 +330,6 @@ impl AnswerDropper {
     }
 }
 
-impl Drop for AnswerDropper {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        self.task.abort();
-    }
-}
-
-async fn dropper_accept_loop(
-    listener: TcpListener,
-    target: SocketAddr,
-    faults: Arc<Faults>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let client = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((client, _)) => client,
-                Err(_) => {
-                    // Out of file descriptors or similar: back off instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let faults = Arc::clone(&faults);
-        let stop = shutdown.child_token();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                _ = dropper_connection(client, target, &faults) => {}
-            }
-        });
-    }
-}
-
 /// How a proxied connection ended.
 enum End {
     /// Either side closed or failed.
@@ -392,7 +351,6 @@ async fn dropper_connection(mut client: TcpStream, target: SocketAddr, faults: &
         let _ = client.set_zero_linger();
         return;
     };
-    let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
     let doomed = AtomicBool::new(false);
     let end = {

@@ -48,12 +48,10 @@ pub enum ProxyMode {
 /// ```
 #[derive(Debug)]
 pub struct Proxy {
-    addr: SocketAddr,
+    acceptor: Acceptor,
     target: SocketAddr,
     mode: watch::Sender<ProxyMode>,
     shared: Arc<Shared>,
-    shutdown: CancellationToken,
-    accept_task: JoinHandle<()>,
 }
 
 #[derive(Debug, Default)]
@@ -79,33 +77,35 @@ impl Proxy {
     ///
     /// If no loopback port can be bound (the machine is out of ports).
     pub async fn start(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .expect("bind the proxy on 127.0.0.1:0");
-        let addr = listener.local_addr().expect("the proxy's local address");
         let (mode, mode_rx) = watch::channel(ProxyMode::Pass);
         let shared = Arc::new(Shared::default());
-        let shutdown = CancellationToken::new();
-        let accept_task = tokio::spawn(accept_loop(
-            listener,
-            target,
-            mode_rx,
-            Arc::clone(&shared),
-            shutdown.clone(),
-        ));
+        let mut next_id = 0u64;
+        let serve = {
+            let shared = Arc::clone(&shared);
+            move |client, reset: CancellationToken| {
+                shared.accepted.fetch_add(1, Ordering::Relaxed);
+                let id = next_id;
+                next_id += 1;
+                shared.connections().insert(id, reset.clone());
+                let shared = Arc::clone(&shared);
+                let mode = mode_rx.clone();
+                tokio::spawn(async move {
+                    run_connection(client, target, mode, reset).await;
+                    shared.connections().remove(&id);
+                });
+            }
+        };
         Proxy {
-            addr,
+            acceptor: Acceptor::start("the proxy", serve).await,
             target,
             mode,
             shared,
-            shutdown,
-            accept_task,
         }
     }
 
     /// The address clients connect to.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.acceptor.addr()
     }
 
     /// The address the proxy forwards to.
@@ -163,45 +163,73 @@ impl Proxy {
     }
 }
 
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        self.accept_task.abort();
+/// A task accepting TCP connections on a free 127.0.0.1 port, for the
+/// harness's proxies. Dropping it stops the task and cancels the token of
+/// every connection it handed out.
+#[derive(Debug)]
+pub(crate) struct Acceptor {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Acceptor {
+    /// Listens on a free 127.0.0.1 port and hands every connection (with
+    /// `TCP_NODELAY` set) to `serve`, with a token of its own that is
+    /// cancelled when the acceptor is dropped. `serve` must not block: it
+    /// spawns what serves the connection. `what` names the owner in panics.
+    ///
+    /// Must be called inside a tokio runtime; the accept task runs on it.
+    ///
+    /// # Panics
+    ///
+    /// If no loopback port can be bound (the machine is out of ports).
+    pub(crate) async fn start<F>(what: &str, mut serve: F) -> Acceptor
+    where
+        F: FnMut(TcpStream, CancellationToken) + Send + 'static,
+    {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .await
+            .unwrap_or_else(|e| panic!("bind {what} on 127.0.0.1:0: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("{what}'s local address: {e}"));
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let client = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok((client, _)) => client,
+                        Err(_) => {
+                            // Out of file descriptors or similar: back off instead of spinning.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                let _ = client.set_nodelay(true);
+                serve(client, stop.child_token());
+            }
+        });
+        Acceptor {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    /// The address clients connect to.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    target: SocketAddr,
-    mode: watch::Receiver<ProxyMode>,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-) {
-    let mut next_id = 0u64;
-    loop {
-        let client = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((client, _)) => client,
-                Err(_) => {
-                    // Out of file descriptors or similar: back off instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = client.set_nodelay(true);
-        shared.accepted.fetch_add(1, Ordering::Relaxed);
-        let id = next_id;
-        next_id += 1;
-        let reset = shutdown.child_token();
-        shared.connections().insert(id, reset.clone());
-        let shared = Arc::clone(&shared);
-        let mode = mode.clone();
-        tokio::spawn(async move {
-            run_connection(client, target, mode, reset).await;
-            shared.connections().remove(&id);
-        });
+impl Drop for Acceptor {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        self.task.abort();
     }
 }
 
