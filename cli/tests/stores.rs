@@ -6,13 +6,17 @@
 //! (install them with `bash scripts/setup`).
 #![cfg(all(feature = "etcd", feature = "zookeeper", feature = "gcs"))]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::{CommandLog, cli, signal, wait_exit};
 use leasehold_integration_tests::{
     EtcdNode, FakeGcs, Proxy, ZkServer, create_zk_path, unique_name,
 };
+use nix::sys::signal::Signal;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, sleep, timeout};
@@ -115,22 +119,14 @@ async fn the_same_example_elects_on_every_store_chosen_by_config_alone() {
     );
 }
 
-fn cli() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_leasehold"));
-    for v in leasehold::config::ENV_VARS {
-        cmd.env_remove(v);
-    }
-    cmd.kill_on_drop(true);
-    cmd
-}
-
-/// A `leasehold run` whose command logs `start` once and `alive` every 20 ms,
-/// each line with the candidate id and a nanosecond wall-clock stamp.
-fn spawn_run(store: &str, id: &str, log: &Path) -> Child {
+/// A `leasehold run` whose command logs `start` once and `alive` every 20 ms
+/// to `log`, each line with the candidate id (from the environment leasehold
+/// gives the command), the shell's pid and a nanosecond wall-clock stamp.
+fn spawn_run(store: &str, id: &str, log: &CommandLog) -> Child {
     let script = format!(
-        "echo \"start $LEASEHOLD_LEADER_ID $(date +%s%N) $LEASEHOLD_TOKEN\" >> {log}; \
-         while :; do echo \"alive $LEASEHOLD_LEADER_ID $(date +%s%N)\" >> {log}; sleep 0.02; done",
-        log = log.display()
+        "echo \"start $LEASEHOLD_LEADER_ID $$ $(date +%s%N) $LEASEHOLD_TOKEN\" >> {log}; \
+         while :; do echo \"alive $LEASEHOLD_LEADER_ID $$ $(date +%s%N)\" >> {log}; sleep 0.02; done",
+        log = log.path().display()
     );
     cli()
         .args([
@@ -150,36 +146,6 @@ fn spawn_run(store: &str, id: &str, log: &Path) -> Child {
         .expect("start leasehold run")
 }
 
-/// Lines of the command log as (kind, id, nanos).
-fn read_log(log: &Path) -> Vec<(String, String, u128)> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let mut p = l.split_whitespace();
-            Some((
-                p.next()?.to_owned(),
-                p.next()?.to_owned(),
-                p.next()?.parse().ok()?,
-            ))
-        })
-        .collect()
-}
-
-async fn wait_for_line(log: &Path, kind: &str, id: &str, within: Duration) {
-    let until = Instant::now() + within;
-    while Instant::now() < until {
-        if read_log(log).iter().any(|(k, i, _)| k == kind && i == id) {
-            return;
-        }
-        sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "no `{kind} {id}` line within {within:?}; log:\n{}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leasehold_run_stops_its_command_before_another_candidates_starts() {
     let etcd = EtcdNode::start()
@@ -187,19 +153,17 @@ async fn leasehold_run_stops_its_command_before_another_candidates_starts() {
         .expect("start etcd (install: bash scripts/setup)");
     let proxy = Proxy::start(etcd.client_addr()).await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let log = dir.path().join("commands.log");
+    let log = CommandLog::new(dir.path().join("commands.log"));
     let prefix = unique_name("/run");
     let via_proxy = format!("etcd://{}?ttl=3s&prefix={prefix}", proxy.addr());
     let direct = format!("etcd://{}?ttl=3s&prefix={prefix}", etcd.client_addr());
 
     let mut a = spawn_run(&via_proxy, "A", &log);
-    wait_for_line(&log, "start", "A", Duration::from_secs(20)).await;
+    log.wait_start("A", Duration::from_secs(20)).await;
     let mut b = spawn_run(&direct, "B", &log);
     sleep(Duration::from_millis(500)).await;
     assert!(
-        !read_log(&log)
-            .iter()
-            .any(|(k, i, _)| k == "start" && i == "B"),
+        log.started("B").is_none(),
         "B's command started while A leads"
     );
 
@@ -207,22 +171,9 @@ async fn leasehold_run_stops_its_command_before_another_candidates_starts() {
     // expire on the server, so B's command starts only after A's is gone.
     let cut = Instant::now();
     proxy.blackhole();
-    wait_for_line(&log, "start", "B", Duration::from_secs(20)).await;
+    let first_b = log.wait_start("B", Duration::from_secs(20)).await;
     let took = cut.elapsed();
-
-    let lines = read_log(&log);
-    let last_a = lines
-        .iter()
-        .filter(|(_, i, _)| i == "A")
-        .map(|l| l.2)
-        .max()
-        .expect("A's command logged");
-    let first_b = lines
-        .iter()
-        .filter(|(k, i, _)| k == "start" && i == "B")
-        .map(|l| l.2)
-        .min()
-        .expect("B's command logged");
+    let last_a = log.last_alive("A");
     assert!(
         last_a < first_b,
         "OVERLAP: A's command was alive {} ms after B's started",
@@ -234,10 +185,12 @@ async fn leasehold_run_stops_its_command_before_another_candidates_starts() {
     );
 
     // A (not --forever) exits once its command is gone; its events say why.
-    let a_status = timeout(Duration::from_secs(10), a.wait())
-        .await
-        .expect("leasehold run A did not exit after losing")
-        .expect("wait A");
+    let a_status = wait_exit(
+        &mut a,
+        Duration::from_secs(10),
+        "leasehold run A (after losing)",
+    )
+    .await;
     assert!(
         !a_status.success(),
         "A's command was killed, so A reports failure"
@@ -256,16 +209,13 @@ async fn leasehold_run_stops_its_command_before_another_candidates_starts() {
     );
 
     // B resigns on SIGTERM and exits with its command's status.
-    if let Some(pid) = b.id() {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-    let b_status = timeout(Duration::from_secs(10), b.wait())
-        .await
-        .expect("leasehold run B did not exit on SIGTERM")
-        .expect("wait B");
+    signal(&b, Signal::SIGTERM);
+    let b_status = wait_exit(
+        &mut b,
+        Duration::from_secs(10),
+        "leasehold run B (on SIGTERM)",
+    )
+    .await;
     assert!(!b_status.success(), "B's command was stopped by SIGTERM");
     let leader = cli()
         .args(["--store", &direct, "leader", "--name", "run-handover"])

@@ -12,10 +12,13 @@
 //! off the work's own log; the pids it records are checked in /proc.
 #![cfg(all(feature = "etcd", feature = "zookeeper"))]
 
+mod common;
+
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
+use common::{CommandLog, cli, signal, wait_exit};
 use leasehold_integration_tests::{EtcdNode, Proxy, ZkServer, unique_name};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::{Pid, getpgid, getpgrp};
@@ -52,14 +55,14 @@ enum Shape {
 /// One test's files: the work's log and the worker script.
 struct Work {
     _dir: tempfile::TempDir,
-    log: PathBuf,
+    log: CommandLog,
     worker: PathBuf,
 }
 
 impl Work {
     fn new() -> Work {
         let dir = tempfile::tempdir().expect("temp dir");
-        let log = dir.path().join("work.log");
+        let log = CommandLog::new(dir.path().join("work.log"));
         let worker = dir.path().join("worker.py");
         std::fs::write(&worker, WORKER).expect("write worker.py");
         Work {
@@ -72,7 +75,7 @@ impl Work {
     /// The command's argv for `who`; the shells record their pids as
     /// `pid WHO PID 0`.
     fn command(&self, who: &str, shape: Shape) -> Vec<String> {
-        let (log, worker) = (self.log.display(), self.worker.display());
+        let (log, worker) = (self.log.path().display(), self.worker.display());
         let script = match shape {
             Shape::Grandchild => {
                 format!("echo \"pid {who} $$ 0\" >> {log}; python3 {worker} {log} {who} & wait")
@@ -89,52 +92,14 @@ impl Work {
         vec!["sh".into(), "-c".into(), script]
     }
 
-    /// Lines of the log as (kind, who, pid, nanos).
-    fn lines(&self) -> Vec<(String, String, i32, u64)> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let mut p = l.split_whitespace();
-                Some((
-                    p.next()?.to_owned(),
-                    p.next()?.to_owned(),
-                    p.next()?.parse().ok()?,
-                    p.next()?.parse().ok()?,
-                ))
-            })
-            .collect()
-    }
-
-    fn started(&self, who: &str) -> Option<u64> {
-        self.lines()
-            .iter()
-            .filter(|l| l.0 == "start" && l.1 == who)
-            .map(|l| l.3)
-            .min()
-    }
-
-    async fn wait_start(&self, who: &str, within: Duration) -> u64 {
-        let until = Instant::now() + within;
-        while Instant::now() < until {
-            if let Some(ns) = self.started(who) {
-                return ns;
-            }
-            sleep(Duration::from_millis(10)).await;
-        }
-        panic!(
-            "{who}'s work did not start within {within:?}; log:\n{}",
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
-    }
-
     /// Every pid `who`'s command recorded (shells and workers).
     fn pids(&self, who: &str) -> Vec<i32> {
         let mut pids: Vec<i32> = self
+            .log
             .lines()
             .iter()
-            .filter(|l| l.1 == who && (l.0 == "pid" || l.0 == "start"))
-            .map(|l| l.2)
+            .filter(|l| l.who == who && (l.kind == "pid" || l.kind == "start"))
+            .map(|l| l.pid)
             .collect();
         pids.sort_unstable();
         pids.dedup();
@@ -162,18 +127,8 @@ impl Work {
             return false;
         }
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let marker = self.log.display().to_string();
+        let marker = self.log.path().display().to_string();
         String::from_utf8_lossy(&cmdline).contains(&marker)
-    }
-
-    /// The last sign of life of `who`'s work.
-    fn last_alive(&self, who: &str) -> u64 {
-        self.lines()
-            .iter()
-            .filter(|l| l.1 == who && (l.0 == "alive" || l.0 == "start"))
-            .map(|l| l.3)
-            .max()
-            .unwrap_or_else(|| panic!("{who}'s work logged nothing"))
     }
 
     /// Asserts that everything `who` started is gone and its last line
@@ -185,7 +140,7 @@ impl Work {
             "{case}: {who}'s processes {alive:?} (of {:?}) are still alive after {next}'s command started",
             self.pids(who)
         );
-        let last = self.last_alive(who);
+        let last = self.log.last_alive(who);
         assert!(
             last < next_start,
             "{case}: OVERLAP: {who}'s work was alive {} ms after {next}'s started",
@@ -201,7 +156,7 @@ impl Work {
 impl Drop for Work {
     /// Kill whatever escaped (by the recorded pids, and their process groups).
     fn drop(&mut self) {
-        let mut pids: Vec<i32> = self.lines().iter().map(|l| l.2).collect();
+        let mut pids: Vec<i32> = self.log.lines().iter().map(|l| l.pid).collect();
         pids.sort_unstable();
         pids.dedup();
         for pid in pids {
@@ -221,15 +176,6 @@ impl Drop for Work {
     }
 }
 
-fn cli() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_leasehold"));
-    for v in leasehold::config::ENV_VARS {
-        cmd.env_remove(v);
-    }
-    cmd.kill_on_drop(true);
-    cmd
-}
-
 fn spawn_run(store: &str, election: &str, who: &str, extra: &[&str], command: &[String]) -> Child {
     cli()
         .args(["--store", store, "run", "--name", election, "--id", who])
@@ -240,19 +186,6 @@ fn spawn_run(store: &str, election: &str, who: &str, extra: &[&str], command: &[
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start leasehold run")
-}
-
-fn signal(child: &Child, sig: Signal) {
-    if let Some(pid) = child.id() {
-        let _ = kill(Pid::from_raw(pid as i32), sig);
-    }
-}
-
-async fn wait_exit(child: &mut Child, within: Duration, what: &str) -> ExitStatus {
-    timeout(within, child.wait())
-        .await
-        .unwrap_or_else(|_| panic!("{what} did not exit within {within:?}"))
-        .expect("wait for leasehold")
 }
 
 /// Stops a `leasehold run` that is still running (SIGTERM, then kill).
@@ -330,7 +263,7 @@ async fn handover(via_a: &str, direct: &str, shape: Shape, ending: Ending<'_>, c
     let work = Work::new();
     let election = unique_name("supervise");
     let mut a = spawn_run(via_a, &election, "A", &[], &work.command("A", shape));
-    work.wait_start("A", Duration::from_secs(20)).await;
+    work.log.wait_start("A", Duration::from_secs(20)).await;
     // An administrator's revoke hands the lease to B at once, while A learns
     // of it only at its next renewal (ttl 3s: every 1s, answered within the
     // 1s request timeout): B waits that long before starting its command.
@@ -341,7 +274,7 @@ async fn handover(via_a: &str, direct: &str, shape: Shape, ending: Ending<'_>, c
     let mut b = spawn_run(direct, &election, "B", b_extra, &work.command("B", shape));
     sleep(Duration::from_millis(500)).await;
     assert!(
-        work.started("B").is_none(),
+        work.log.started("B").is_none(),
         "{case}: B started while A leads"
     );
     assert!(
@@ -355,11 +288,11 @@ async fn handover(via_a: &str, direct: &str, shape: Shape, ending: Ending<'_>, c
         Ending::Revoke(etcd, prefix) => revoke_leader_lease(etcd, prefix, &election).await,
         Ending::Blackhole(proxy) => proxy.blackhole(),
     }
-    let b_start = work.wait_start("B", Duration::from_secs(30)).await;
+    let b_start = work.log.wait_start("B", Duration::from_secs(30)).await;
     work.assert_gone_before("A", "B", b_start, case);
     println!(
         "{case}: A's work stopped {} ms after the term was ended, B's started {} ms after",
-        (work.last_alive("A").saturating_sub(ended)) / 1_000_000,
+        (work.log.last_alive("A").saturating_sub(ended)) / 1_000_000,
         (b_start.saturating_sub(ended)) / 1_000_000
     );
 
@@ -425,7 +358,7 @@ async fn kill_9(store: &str, shape: Shape, case: &str) {
     let work = Work::new();
     let election = unique_name("kill9");
     let mut a = spawn_run(store, &election, "A", &[], &work.command("A", shape));
-    work.wait_start("A", Duration::from_secs(20)).await;
+    work.log.wait_start("A", Duration::from_secs(20)).await;
     if let Shape::Setsid = shape {
         // leasehold looks for escaped groups every second and tells its
         // guardian; give it that second.
@@ -434,7 +367,7 @@ async fn kill_9(store: &str, shape: Shape, case: &str) {
     let mut b = spawn_run(store, &election, "B", &[], &work.command("B", shape));
     sleep(Duration::from_millis(500)).await;
     assert!(
-        work.started("B").is_none(),
+        work.log.started("B").is_none(),
         "{case}: B started while A leads"
     );
 
@@ -454,7 +387,7 @@ async fn kill_9(store: &str, shape: Shape, case: &str) {
         "{case}: A's command gone {:?} after the SIGKILL",
         killed.elapsed()
     );
-    let b_start = work.wait_start("B", Duration::from_secs(30)).await;
+    let b_start = work.log.wait_start("B", Duration::from_secs(30)).await;
     work.assert_gone_before("A", "B", b_start, case);
     stop(&mut b).await;
 }
@@ -480,7 +413,7 @@ async fn waiting_run_withdraws(store: &str, case: &str) {
     let election = unique_name("withdraw");
     let shape = Shape::Grandchild;
     let mut a = spawn_run(store, &election, "A", &[], &work.command("A", shape));
-    work.wait_start("A", Duration::from_secs(20)).await;
+    work.log.wait_start("A", Duration::from_secs(20)).await;
     let mut b = spawn_run(store, &election, "B", &[], &work.command("B", shape));
     sleep(Duration::from_millis(1000)).await;
     let mut c = spawn_run(store, &election, "C", &[], &work.command("C", shape));
@@ -493,12 +426,12 @@ async fn waiting_run_withdraws(store: &str, case: &str) {
         Some(143),
         "{case}: a run stopped by SIGTERM exits 143"
     );
-    assert!(work.started("B").is_none(), "{case}: B never led");
+    assert!(work.log.started("B").is_none(), "{case}: B never led");
 
     signal(&a, Signal::SIGTERM);
     let _ = wait_exit(&mut a, Duration::from_secs(10), "A").await;
     let released = monotonic_ns();
-    let c_start = work.wait_start("C", Duration::from_secs(30)).await;
+    let c_start = work.log.wait_start("C", Duration::from_secs(30)).await;
     let took = Duration::from_nanos(c_start.saturating_sub(released));
     println!("{case}: C's command started {took:?} after A's leasehold exited (ttl 10s)");
     assert!(
@@ -542,7 +475,7 @@ async fn lease_lost_while_stopping_kills_at_once() {
     let election = unique_name("stopping");
     let stubborn = work.command("A", Shape::Stubborn);
     let mut a = spawn_run(&store, &election, "A", &["--grace", "5s"], &stubborn);
-    work.wait_start("A", Duration::from_secs(20)).await;
+    work.log.wait_start("A", Duration::from_secs(20)).await;
     // B waits out A's detection of the revoke (see `handover`).
     let mut b = spawn_run(
         &store,
@@ -557,9 +490,9 @@ async fn lease_lost_while_stopping_kills_at_once() {
     signal(&a, Signal::SIGTERM);
     sleep(Duration::from_millis(300)).await;
     revoke_leader_lease(&etcd, &prefix, &election).await;
-    let b_start = work.wait_start("B", Duration::from_secs(30)).await;
+    let b_start = work.log.wait_start("B", Duration::from_secs(30)).await;
     work.assert_gone_before("A", "B", b_start, "lost while stopping");
-    let last_a = work.last_alive("A");
+    let last_a = work.log.last_alive("A");
     let after_term = Duration::from_nanos(last_a.saturating_sub(term));
     println!("A's work was killed {after_term:?} after SIGTERM (grace 5s, revoked at 300ms)");
     assert!(
@@ -586,7 +519,7 @@ async fn a_second_signal_kills_at_once() {
     let election = unique_name("again");
     let stubborn = work.command("A", Shape::Stubborn);
     let mut a = spawn_run(&store, &election, "A", &["--grace", "5s"], &stubborn);
-    work.wait_start("A", Duration::from_secs(20)).await;
+    work.log.wait_start("A", Duration::from_secs(20)).await;
     let first = monotonic_ns();
     signal(&a, Signal::SIGINT);
     sleep(Duration::from_millis(300)).await;
@@ -603,7 +536,7 @@ async fn a_second_signal_kills_at_once() {
     );
     let alive = work.alive("A");
     assert!(alive.is_empty(), "{alive:?} outlived leasehold");
-    let lived = Duration::from_nanos(work.last_alive("A").saturating_sub(first));
+    let lived = Duration::from_nanos(work.log.last_alive("A").saturating_sub(first));
     println!("A's work lived {lived:?} after the first SIGINT (second at 300ms, grace 5s)");
     assert!(
         lived < Duration::from_secs(4),
@@ -636,7 +569,7 @@ async fn exit_statuses_follow_the_shell_convention() {
             &[],
             &work.command(&who, Shape::Grandchild),
         );
-        work.wait_start(&who, Duration::from_secs(20)).await;
+        work.log.wait_start(&who, Duration::from_secs(20)).await;
         signal(&a, sig);
         let status = wait_exit(&mut a, Duration::from_secs(10), &who).await;
         assert_eq!(status.code(), Some(code), "leasehold run after {sig}");
@@ -674,7 +607,7 @@ async fn timeout_gives_up_acquiring_with_its_own_status() {
         &[],
         &work.command("A", Shape::Grandchild),
     );
-    work.wait_start("A", Duration::from_secs(20)).await;
+    work.log.wait_start("A", Duration::from_secs(20)).await;
 
     let started = Instant::now();
     let mut b = spawn_run(
@@ -690,7 +623,10 @@ async fn timeout_gives_up_acquiring_with_its_own_status() {
         started.elapsed() >= Duration::from_secs(1),
         "gave up before the timeout"
     );
-    assert!(work.started("B").is_none(), "B's command must not start");
+    assert!(
+        work.log.started("B").is_none(),
+        "B's command must not start"
+    );
 
     let out = timeout(
         Duration::from_secs(15),
@@ -723,7 +659,7 @@ async fn timeout_gives_up_acquiring_with_its_own_status() {
     signal(&a, Signal::SIGTERM);
     let _ = wait_exit(&mut a, Duration::from_secs(10), "A").await;
     let released = monotonic_ns();
-    let d_start = work.wait_start("D", Duration::from_secs(30)).await;
+    let d_start = work.log.wait_start("D", Duration::from_secs(30)).await;
     let took = Duration::from_nanos(d_start.saturating_sub(released));
     assert!(
         took < Duration::from_secs(3),
