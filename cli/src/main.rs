@@ -730,7 +730,9 @@ async fn run(elector: &Elector, command: &[String], how: How) -> ExitCode {
         if !leadership.is_lost()
             && let Err(e) = leadership.unlock().await
         {
-            eprintln!("leasehold: release failed ({e}); the next candidate waits until the store ends the lease (its ttl; on ZooKeeper, when this process's session ends)");
+            eprintln!(
+                "leasehold: release failed ({e}); the next candidate waits until the store ends the lease (its ttl; on ZooKeeper, when this process's session ends)"
+            );
         }
         let code = match &status {
             Ok(s) => {
