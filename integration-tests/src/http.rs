@@ -56,6 +56,20 @@ pub async fn post(
     request(addr, "POST", path, Some((content_type, body))).await
 }
 
+/// Sends `DELETE path` (the chaos suite deletes a Cloud Storage lease object
+/// by hand with it) and returns the answer.
+///
+/// # Errors
+///
+/// As for [`get`].
+///
+/// # Cancel safety
+///
+/// Cancel safe, but the server may have received and applied the request.
+pub async fn delete(addr: SocketAddr, path: &str) -> Result<HttpResponse, HarnessError> {
+    request(addr, "DELETE", path, None).await
+}
+
 async fn request(
     addr: SocketAddr,
     method: &str,
