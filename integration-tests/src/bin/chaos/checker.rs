@@ -84,6 +84,8 @@ pub(crate) struct Report {
 
 #[derive(Debug, Default, Clone)]
 struct Term {
+    token: u64,
+    worker: Option<u32>,
     elected: u64,
     ended: Option<u64>,
     continued: Vec<u64>,
@@ -107,39 +109,39 @@ pub(crate) fn check(
         recover_bound_ns: limits.recover_ns,
         ..Report::default()
     };
-    // Terms, from the supervisors' events in time order.
+    // Terms, in the order they were elected, from the supervisors' events.
     let mut events = events.to_vec();
     events.sort_by_key(|e| e.t);
-    let mut terms: BTreeMap<u64, Term> = BTreeMap::new();
-    let mut current: HashMap<u32, u64> = HashMap::new();
+    let mut terms: Vec<Term> = Vec::new();
+    let mut current: HashMap<u32, usize> = HashMap::new();
+    let mut by_token: HashMap<u64, u64> = HashMap::new();
     for e in &events {
         match e.ev {
-            Ev::Elected { token, .. } => {
-                if let Some(old) = terms.get(&token) {
+            Ev::Elected { token, worker } => {
+                if let Some(before) = by_token.insert(token, e.t) {
                     r.violations.push(format!(
                         "token {token} was handed out twice (at {:.3}s and {:.3}s): tokens must strictly increase across terms",
-                        secs(old.elected),
+                        secs(before),
                         secs(e.t)
                     ));
                 }
-                terms.insert(
+                current.insert(e.sup, terms.len());
+                terms.push(Term {
                     token,
-                    Term {
-                        elected: e.t,
-                        ..Term::default()
-                    },
-                );
-                current.insert(e.sup, token);
+                    worker,
+                    elected: e.t,
+                    ..Term::default()
+                });
             }
             Ev::Lost | Ev::Exited | Ev::Killed => {
-                if let Some(term) = current.get(&e.sup).and_then(|t| terms.get_mut(t))
+                if let Some(term) = current.get(&e.sup).map(|i| &mut terms[*i])
                     && term.ended.is_none()
                 {
                     term.ended = Some(e.t);
                 }
             }
             Ev::Continued => {
-                if let Some(term) = current.get(&e.sup).and_then(|t| terms.get_mut(t)) {
+                if let Some(term) = current.get(&e.sup).map(|i| &mut terms[*i]) {
                     term.continued.push(e.t);
                 }
             }
@@ -147,6 +149,18 @@ pub(crate) fn check(
         }
     }
     r.terms = terms.len();
+    // Which term a write belongs to: its worker's, else the latest term with
+    // its token elected before it was sent.
+    let term_of = |w: &Write| -> Option<usize> {
+        terms
+            .iter()
+            .rposition(|t| t.worker == Some(w.pid))
+            .or_else(|| {
+                terms
+                    .iter()
+                    .rposition(|t| t.token == w.token && t.elected <= w.sent)
+            })
+    };
 
     // 1. The register's own order: never a lower token accepted after a
     // higher one, never two tokens interleaved.
@@ -190,51 +204,49 @@ pub(crate) fn check(
         r.longest_gap_ns = r.longest_gap_ns.max(end.saturating_sub(last));
     }
 
-    // 2. Overlaps: a worker acting (a write it stamped) after a newer term
-    // had started (elected, or its first accepted write), except a frozen
+    // 2. Overlaps: a worker acting (a write it stamped) after a later
+    // term had begun (elected, or its first accepted write), except a frozen
     // leader's late writes just after SIGCONT.
-    let mut start_of: BTreeMap<u64, u64> = BTreeMap::new();
-    for (t, term) in &terms {
-        start_of.insert(*t, term.elected);
-    }
-    for (t, a) in &first_accept {
-        let s = start_of.entry(*t).or_insert(*a);
-        *s = (*s).min(*a);
-    }
-    // newer_start[t] = the earliest start of any term with a larger token.
-    let mut newer_start: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
-    let mut best: Option<(u64, u64)> = None;
-    for (t, s) in start_of.iter().rev() {
-        if let Some(b) = best {
-            newer_start.insert(*t, b);
+    let mut starts: Vec<u64> = terms.iter().map(|t| t.elected).collect();
+    for w in writes.iter().filter(|w| w.accepted) {
+        if let Some(i) = term_of(w) {
+            starts[i] = starts[i].min(w.arrival);
         }
-        if best.is_none_or(|(_, bs)| *s < bs) {
-            best = Some((*t, *s));
+    }
+    // next_start[i] = the earliest start of any term elected after term i.
+    let mut next_start: Vec<Option<(usize, u64)>> = vec![None; terms.len()];
+    let mut best: Option<(usize, u64)> = None;
+    for i in (0..terms.len()).rev() {
+        next_start[i] = best;
+        if best.is_none_or(|(_, b)| starts[i] < b) {
+            best = Some((i, starts[i]));
         }
     }
     let mut overlap_pairs: BTreeMap<(u64, u64), (usize, u64)> = BTreeMap::new();
     let mut orphan_tokens: BTreeMap<u64, (usize, u64)> = BTreeMap::new();
     for w in writes {
-        let term = terms.get(&w.token);
-        let excused = term.is_some_and(|term| {
-            term.continued
-                .iter()
-                .any(|c| *c <= w.sent && w.sent <= c + limits.resume_ns)
-        });
-        if let Some((newer, s)) = newer_start.get(&w.token)
-            && w.sent > *s
+        let Some(i) = term_of(w) else {
+            continue;
+        };
+        let term = &terms[i];
+        let excused = term
+            .continued
+            .iter()
+            .any(|c| *c <= w.sent && w.sent <= c + limits.resume_ns);
+        if let Some((next, s)) = next_start[i]
+            && w.sent > s
         {
             if excused {
                 r.late_after_freeze += 1;
             } else {
                 r.overlaps += 1;
                 let e = overlap_pairs
-                    .entry((w.token, *newer))
+                    .entry((w.token, terms[next].token))
                     .or_insert((0, w.sent - s));
                 e.0 += 1;
             }
         }
-        if let Some(ended) = term.and_then(|t| t.ended)
+        if let Some(ended) = term.ended
             && w.sent > ended + limits.orphan_ns
             && !excused
         {
@@ -244,7 +256,7 @@ pub(crate) fn check(
     }
     for ((old, newer), (n, after)) in &overlap_pairs {
         r.violations.push(format!(
-            "two leaders acting: the worker of token {old} wrote {n} time(s) after token {newer}'s term began (first {:.3}s after)",
+            "two leaders acting: the worker of token {old} wrote {n} time(s) after a later term (token {newer}) began (first {:.3}s after)",
             secs(*after)
         ));
     }
@@ -462,6 +474,39 @@ mod tests {
         let r = check(&writes, &events, &[], 4_000 * MS, &[(5, Some(5))], LIMITS);
         assert_eq!(r.orphaned, 2);
         assert!(r.violations.join("\n").contains("orphaned worker"));
+    }
+
+    #[test]
+    fn a_token_handed_out_again_is_a_violation_but_no_false_overlap() {
+        let (mut writes, mut events) = handover();
+        // The lease object was deleted: the next term starts at token 1 again.
+        events.push(ev(3_150, 2, Ev::Lost));
+        events.push(ev(
+            3_500,
+            3,
+            Ev::Elected {
+                token: 1,
+                worker: Some(11),
+            },
+        ));
+        events.push(ev(
+            3_600,
+            4,
+            Ev::Elected {
+                token: 5,
+                worker: Some(12),
+            },
+        ));
+        let mut late = w(1, 3_550, 3_551, false);
+        late.pid = 11;
+        writes.push(late);
+        let r = check(&writes, &events, &[], 4_000 * MS, &[], LIMITS);
+        assert!(
+            r.violations
+                .join("\n")
+                .contains("token 5 was handed out twice")
+        );
+        assert_eq!(r.overlaps, 0, "{:?}", r.violations);
     }
 
     #[test]

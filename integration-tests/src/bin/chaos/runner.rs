@@ -539,8 +539,15 @@ pub(crate) async fn run(cfg: &RunConfig) -> Result<Report, String> {
     }
     // At most one fault a second: the count bound backs the time bound.
     let max_faults = cfg.duration.as_secs() as usize + 1;
+    // Every kind once per round, in a seeded random order, so that even a
+    // short run covers them all.
+    let mut round: Vec<FaultKind> = Vec::new();
     while error.is_none() && started.elapsed() < cfg.duration && faults.len() < max_faults {
-        let kind = cfg.kinds[rng.usize(0..cfg.kinds.len())];
+        if round.is_empty() {
+            round = cfg.kinds.clone();
+            rng.shuffle(&mut round);
+        }
+        let kind = round.remove(0);
         eprintln!(
             "chaos: {:>6.1}s {:?}: {}",
             started.elapsed().as_secs_f64(),
