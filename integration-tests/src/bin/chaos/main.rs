@@ -23,6 +23,7 @@
 //! default the one next to this binary, else `--cli PATH`).
 
 mod checker;
+mod members;
 mod net;
 mod register;
 mod runner;

@@ -7,6 +7,11 @@
 //!   r0 10.202.0.(10+i)  <--veth-->  r<i> -- bridge breg 10.202.0.1  (the register)
 //! ```
 //!
+//! With `members > 0` (the etcd cluster in namespaces), member `k` gets
+//! `lhc<pid>-m<k>` with a client link `c0` 10.201.0.(100+k) into `bstore` and
+//! a peer link `p0` 10.203.0.(100+k) into a third bridge `bpeer`, so a member
+//! can be cut from its peers while its clients still reach it.
+//!
 //! The store link (`s`) and the register link (`r`) are separate, so a
 //! candidate cut from the store still reaches the fenced register: exactly
 //! the case a leader's local deadline exists for. The addresses exist only
@@ -53,6 +58,7 @@ pub(crate) fn ip(args: &[&str]) -> Result<(), String> {
 pub(crate) struct Net {
     hub: String,
     candidates: Vec<String>,
+    members: Vec<String>,
     created: Vec<String>,
 }
 
@@ -62,11 +68,12 @@ impl Net {
     /// # Errors
     /// `ip netns add` failed (not root, no netns support) or a link could not
     /// be made; the message says which command and why.
-    pub(crate) fn create(n: usize) -> Result<Net, String> {
+    pub(crate) fn create(n: usize, members: usize) -> Result<Net, String> {
         let base = format!("{PREFIX}{}-", std::process::id());
         let mut net = Net {
             hub: format!("{base}h"),
             candidates: (0..n).map(|i| format!("{base}c{i}")).collect(),
+            members: (0..members).map(|k| format!("{base}m{k}")).collect(),
             created: Vec::new(),
         };
         net.add_ns(&net.hub.clone()).map_err(|e| {
@@ -97,7 +104,63 @@ impl Net {
                 ip(&["-n", ns, "link", "set", &inner, "up"])?;
             }
         }
+        if !net.members.is_empty() {
+            ip(&["-n", &hub, "link", "add", "bpeer", "type", "bridge"])?;
+            ip(&["-n", &hub, "link", "set", "bpeer", "up"])?;
+        }
+        for (k, ns) in net.members.clone().iter().enumerate() {
+            net.add_ns(ns)?;
+            for (inner, outer, bridge, subnet) in [
+                ("c0", format!("c{k}"), "bstore", 201),
+                ("p0", format!("p{k}"), "bpeer", 203),
+            ] {
+                ip(&[
+                    "-n", ns, "link", "add", inner, "type", "veth", "peer", "name", &outer,
+                    "netns", &hub,
+                ])?;
+                ip(&["-n", &hub, "link", "set", &outer, "master", bridge])?;
+                ip(&["-n", &hub, "link", "set", &outer, "up"])?;
+                let addr = format!("10.{subnet}.0.{}/24", 100 + k);
+                ip(&["-n", ns, "addr", "add", &addr, "dev", inner])?;
+                ip(&["-n", ns, "link", "set", inner, "up"])?;
+            }
+        }
         Ok(net)
+    }
+
+    /// The namespace of store member `k`.
+    pub(crate) fn member_ns(&self, k: usize) -> &str {
+        &self.members[k]
+    }
+
+    /// Member `k`'s client address (in its namespace, on the store bridge).
+    pub(crate) fn member_client_ip(k: usize) -> String {
+        format!("10.201.0.{}", 100 + k)
+    }
+
+    /// Member `k`'s peer address (on the peer bridge).
+    pub(crate) fn member_peer_ip(k: usize) -> String {
+        format!("10.203.0.{}", 100 + k)
+    }
+
+    /// Cuts member `k` from its peers; its clients still reach it.
+    pub(crate) fn isolate_member(&self, k: usize) -> Result<(), String> {
+        ip(&["-n", &self.members[k], "link", "set", "p0", "down"])
+    }
+
+    /// Undoes [`isolate_member`](Self::isolate_member).
+    pub(crate) fn rejoin_member(&self, k: usize) -> Result<(), String> {
+        ip(&["-n", &self.members[k], "link", "set", "p0", "up"])
+    }
+
+    /// Every (namespace, device, address) a store answers from: the hub's
+    /// forwarders and the members in namespaces.
+    fn store_sides(&self) -> Vec<(String, &'static str, String)> {
+        let mut sides = vec![(self.hub.clone(), "bstore", HUB_STORE_IP.to_string())];
+        for (k, ns) in self.members.iter().enumerate() {
+            sides.push((ns.clone(), "c0", Self::member_client_ip(k)));
+        }
+        sides
     }
 
     fn add_ns(&mut self, name: &str) -> Result<(), String> {
@@ -149,52 +212,63 @@ impl Net {
     /// Drops what candidate `i` sends to the store, silently; the store's
     /// packets still reach it.
     pub(crate) fn drop_outgoing(&self, i: usize) -> Result<(), String> {
-        let hub = HUB_STORE_IP.to_string();
-        ip(&[
-            "-n",
-            &self.candidates[i],
-            "neigh",
-            "replace",
-            &hub,
-            "lladdr",
-            NOWHERE_MAC,
-            "dev",
-            "s0",
-            "nud",
-            "permanent",
-        ])
+        for (_, _, addr) in self.store_sides() {
+            neigh_to_nowhere(&self.candidates[i], &addr, "s0")?;
+        }
+        Ok(())
     }
 
     /// Undoes [`drop_outgoing`](Self::drop_outgoing).
     pub(crate) fn undrop_outgoing(&self, i: usize) -> Result<(), String> {
-        let hub = HUB_STORE_IP.to_string();
-        ip(&["-n", &self.candidates[i], "neigh", "del", &hub, "dev", "s0"])
+        for (_, _, addr) in self.store_sides() {
+            ip(&[
+                "-n",
+                &self.candidates[i],
+                "neigh",
+                "del",
+                &addr,
+                "dev",
+                "s0",
+            ])?;
+        }
+        Ok(())
     }
 
     /// Drops what the store sends to candidate `i`, silently; the
     /// candidate's packets still reach the store.
     pub(crate) fn drop_incoming(&self, i: usize) -> Result<(), String> {
         let addr = Self::candidate_store_ip(i);
-        ip(&[
-            "-n",
-            &self.hub,
-            "neigh",
-            "replace",
-            &addr,
-            "lladdr",
-            NOWHERE_MAC,
-            "dev",
-            "bstore",
-            "nud",
-            "permanent",
-        ])
+        for (ns, dev, _) in self.store_sides() {
+            neigh_to_nowhere(&ns, &addr, dev)?;
+        }
+        Ok(())
     }
 
     /// Undoes [`drop_incoming`](Self::drop_incoming).
     pub(crate) fn undrop_incoming(&self, i: usize) -> Result<(), String> {
         let addr = Self::candidate_store_ip(i);
-        ip(&["-n", &self.hub, "neigh", "del", &addr, "dev", "bstore"])
+        for (ns, dev, _) in self.store_sides() {
+            ip(&["-n", &ns, "neigh", "del", &addr, "dev", dev])?;
+        }
+        Ok(())
     }
+}
+
+/// In namespace `ns`, sends frames for `addr` on `dev` to a MAC nobody has.
+fn neigh_to_nowhere(ns: &str, addr: &str, dev: &str) -> Result<(), String> {
+    ip(&[
+        "-n",
+        ns,
+        "neigh",
+        "replace",
+        addr,
+        "lladdr",
+        NOWHERE_MAC,
+        "dev",
+        dev,
+        "nud",
+        "permanent",
+    ])
 }
 
 impl Drop for Net {

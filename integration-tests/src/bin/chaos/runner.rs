@@ -9,15 +9,14 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use leasehold_integration_tests::{
-    EtcdCluster, EtcdNode, FakeGcs, ZkEnsemble, ZkServer, http, unique_name,
-};
+use leasehold_integration_tests::{EtcdNode, FakeGcs, ZkEnsemble, ZkServer, http, unique_name};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
 
 use crate::checker::{self, Ev, Event, Fault, Limits, Report};
+use crate::members::NsEtcdCluster;
 use crate::net::{HUB_REGISTER_IP, HUB_STORE_IP, Net, sweep_leftovers};
 use crate::register::{Forwarder, Register, mono_ns};
 
@@ -46,6 +45,8 @@ pub(crate) enum FaultKind {
     RestartStore,
     /// Kill one member of a cluster / ensemble, restart it later.
     KillMember,
+    /// Cut one etcd member from its peers; its clients still reach it.
+    IsolateMember,
     /// Delete the Cloud Storage lease object by hand.
     DeleteLease,
 }
@@ -60,6 +61,7 @@ impl FaultKind {
             FaultKind::DropLeaderIn => "drop-leader-in",
             FaultKind::RestartStore => "restart-store",
             FaultKind::KillMember => "kill-member",
+            FaultKind::IsolateMember => "isolate-member",
             FaultKind::DeleteLease => "delete-lease",
         }
     }
@@ -80,6 +82,9 @@ impl FaultKind {
         }
         if members > 1 {
             kinds.push(FaultKind::KillMember);
+        }
+        if backend == Backend::Etcd && members > 1 {
+            kinds.push(FaultKind::IsolateMember);
         }
         kinds
     }
@@ -106,18 +111,19 @@ pub(crate) struct RunConfig {
 
 enum Store {
     EtcdOne(EtcdNode),
-    EtcdMany(EtcdCluster),
+    /// Members in network namespaces of their own (`members.rs`).
+    EtcdNs(NsEtcdCluster),
     ZkOne(ZkServer),
     ZkMany(ZkEnsemble),
     Gcs(FakeGcs),
 }
 
 impl Store {
-    async fn start(backend: Backend, members: usize) -> Result<Store, String> {
+    async fn start(backend: Backend, members: usize, net: &Net) -> Result<Store, String> {
         let e = |e: leasehold_integration_tests::HarnessError| e.to_string();
         Ok(match (backend, members) {
             (Backend::Etcd, 1) => Store::EtcdOne(EtcdNode::start().await.map_err(e)?),
-            (Backend::Etcd, n) => Store::EtcdMany(EtcdCluster::start(n).await.map_err(e)?),
+            (Backend::Etcd, n) => Store::EtcdNs(NsEtcdCluster::start(net, n)?),
             (Backend::Zookeeper, 1) => Store::ZkOne(ZkServer::start().await.map_err(e)?),
             (Backend::Zookeeper, n) => Store::ZkMany(ZkEnsemble::start(n).await.map_err(e)?),
             (Backend::Gcs, 1) => Store::Gcs(FakeGcs::start().await.map_err(e)?),
@@ -132,7 +138,7 @@ impl Store {
     fn client_addrs(&self) -> Vec<SocketAddr> {
         match self {
             Store::EtcdOne(n) => vec![n.client_addr()],
-            Store::EtcdMany(c) => c.members().iter().map(EtcdNode::client_addr).collect(),
+            Store::EtcdNs(c) => c.client_addrs(),
             Store::ZkOne(z) => vec![z.client_addr()],
             Store::ZkMany(e) => e.members().iter().map(ZkServer::client_addr).collect(),
             Store::Gcs(g) => vec![g.addr()],
@@ -142,10 +148,7 @@ impl Store {
     fn kill(&self, member: Option<usize>) {
         match self {
             Store::EtcdOne(n) => n.kill(),
-            Store::EtcdMany(c) => match member {
-                Some(i) => c.member(i).kill(),
-                None => c.members().iter().for_each(EtcdNode::kill),
-            },
+            Store::EtcdNs(c) => c.kill(member),
             Store::ZkOne(z) => z.kill(),
             Store::ZkMany(e) => match member {
                 Some(i) => e.member(i).kill(),
@@ -158,7 +161,7 @@ impl Store {
     async fn restart_stopped(&self) -> Result<(), String> {
         let r = match self {
             Store::EtcdOne(n) => n.restart().await,
-            Store::EtcdMany(c) => c.restart_stopped().await,
+            Store::EtcdNs(c) => return c.restart_stopped(),
             Store::ZkOne(z) => z.restart().await,
             Store::ZkMany(e) => e.restart_stopped().await,
             Store::Gcs(g) => g.restart().await,
@@ -406,6 +409,15 @@ impl Run<'_> {
                 tokio::time::sleep(Duration::from_millis(200 + rng.u64(0..800))).await;
                 store.restart_stopped().await?;
             }
+            (FaultKind::IsolateMember, _) => {
+                let Store::EtcdNs(c) = store else {
+                    return Ok(None);
+                };
+                let k = rng.usize(0..c.len());
+                self.net.isolate_member(k)?;
+                tokio::time::sleep(hold).await;
+                self.net.rejoin_member(k)?;
+            }
             (FaultKind::KillMember, _) => {
                 store.kill(Some(rng.usize(0..members)));
                 tokio::time::sleep(hold).await;
@@ -492,15 +504,24 @@ pub(crate) async fn run(cfg: &RunConfig) -> Result<Report, String> {
     if swept > 0 {
         eprintln!("chaos: deleted {swept} network namespace(s) left by earlier runs");
     }
-    let net = Net::create(cfg.candidates)?;
-    let store = Store::start(cfg.backend, cfg.members).await?;
+    let in_netns = cfg.backend == Backend::Etcd && cfg.members > 1;
+    let net = Net::create(cfg.candidates, if in_netns { cfg.members } else { 0 })?;
+    let store = Store::start(cfg.backend, cfg.members, &net).await?;
+    // Stores in the root namespace are reached through forwarders in the hub;
+    // members in namespaces directly.
     let mut forwarders = Vec::new();
+    let mut hosts: Vec<String> = Vec::new();
     for target in store.client_addrs() {
-        forwarders.push(Forwarder::start(net.bind_in_hub(HUB_STORE_IP)?, target)?);
+        if in_netns {
+            hosts.push(target.to_string());
+        } else {
+            let f = Forwarder::start(net.bind_in_hub(HUB_STORE_IP)?, target)?;
+            hosts.push(f.addr().to_string());
+            forwarders.push(f);
+        }
     }
     let register = Register::start(net.bind_in_hub(HUB_REGISTER_IP)?)?;
     let election = unique_name("chaos");
-    let hosts: Vec<String> = forwarders.iter().map(|f| f.addr().to_string()).collect();
     let gcs_object = format!("chaos/{election}");
     let url = match (&store, cfg.backend) {
         (Store::Gcs(g), _) => format!(
