@@ -167,11 +167,11 @@ fn config(a: SoakArgs) -> Result<RunConfig, String> {
 }
 
 /// The quick mode's runs: fixed seeds, a 3-member etcd cluster, a 3-member
-/// ZooKeeper ensemble and Cloud Storage, 45 to 50 s of faults each: enough
+/// ZooKeeper ensemble and Cloud Storage, 45 to 60 s of faults each: enough
 /// for one round of every fault kind.
 fn quick(cli: Option<PathBuf>) -> Result<Vec<RunConfig>, String> {
     let runs = [
-        (Backend::Etcd, 3, 11, 50),
+        (Backend::Etcd, 3, 11, 60),
         (Backend::Zookeeper, 3, 12, 50),
         (Backend::Gcs, 1, 13, 45),
     ];
@@ -211,19 +211,20 @@ async fn run_all(configs: Vec<RunConfig>) -> ExitCode {
             return ExitCode::from(2);
         }
         cfg.log_dir = dir.clone();
+        let kinds: Vec<&str> = cfg.kinds.iter().map(|k| k.name()).collect();
         eprintln!(
-            "chaos: {:?} x{} seed {} for {}s, ttl {:?}, recovery bound ttl + {:?}, faults {:?} (replay: chaos soak --backend {} --members {} --seed {} --seconds {})",
+            "chaos: {:?} x{} seed {} for {}s, ttl {:?}, recovery bound ttl + {:?} (replay: chaos soak --backend {} --members {} --seed {} --seconds {} --faults {})",
             cfg.backend,
             cfg.members,
             cfg.seed,
             cfg.duration.as_secs(),
             cfg.ttl,
             cfg.slack,
-            cfg.kinds,
             format!("{:?}", cfg.backend).to_lowercase(),
             cfg.members,
             cfg.seed,
-            cfg.duration.as_secs()
+            cfg.duration.as_secs(),
+            kinds.join(",")
         );
         match runner::run(&cfg).await {
             Ok(report) => {

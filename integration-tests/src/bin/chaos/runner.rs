@@ -52,7 +52,7 @@ pub(crate) enum FaultKind {
 }
 
 impl FaultKind {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             FaultKind::KillLeader => "kill-leader",
             FaultKind::PauseLeader => "pause-leader",
