@@ -59,6 +59,9 @@ pub(crate) struct Limits {
     /// After a fault heals, an accepted write must arrive within this
     /// (ttl + the stated slack).
     pub(crate) recover_ns: u64,
+    /// The run's start: times in messages are seconds since then (as in the
+    /// runner's progress lines).
+    pub(crate) origin: u64,
 }
 
 /// The verdict over one run.
@@ -121,8 +124,8 @@ pub(crate) fn check(
                 if let Some(before) = by_token.insert(token, e.t) {
                     r.violations.push(format!(
                         "token {token} was handed out twice (at {:.3}s and {:.3}s): tokens must strictly increase across terms",
-                        secs(before),
-                        secs(e.t)
+                        secs(before.saturating_sub(limits.origin)),
+                        secs(e.t.saturating_sub(limits.origin))
                     ));
                 }
                 current.insert(e.sup, terms.len());
@@ -183,7 +186,7 @@ pub(crate) fn check(
             r.violations.push(format!(
                 "the register accepted token {} after token {highest} (at {:.3}s)",
                 w.token,
-                secs(w.arrival)
+                secs(w.arrival.saturating_sub(limits.origin))
             ));
         }
         highest = highest.max(w.token);
@@ -193,7 +196,7 @@ pub(crate) fn check(
                     "accepted writes of token {} resumed after token {:?} wrote (at {:.3}s): two leaders interleaved",
                     w.token,
                     seen_runs.last(),
-                    secs(w.arrival)
+                    secs(w.arrival.saturating_sub(limits.origin))
                 ));
             }
             seen_runs.push(w.token);
@@ -222,7 +225,7 @@ pub(crate) fn check(
             best = Some((i, starts[i]));
         }
     }
-    let mut overlap_pairs: BTreeMap<(u64, u64), (usize, u64)> = BTreeMap::new();
+    let mut overlap_pairs: BTreeMap<(u64, u64), (usize, u64, u64)> = BTreeMap::new();
     let mut orphan_tokens: BTreeMap<u64, (usize, u64)> = BTreeMap::new();
     for w in writes {
         let Some(i) = term_of(w) else {
@@ -242,7 +245,7 @@ pub(crate) fn check(
                 r.overlaps += 1;
                 let e = overlap_pairs
                     .entry((w.token, terms[next].token))
-                    .or_insert((0, w.sent - s));
+                    .or_insert((0, w.sent - s, w.sent));
                 e.0 += 1;
             }
         }
@@ -254,9 +257,10 @@ pub(crate) fn check(
             e.0 += 1;
         }
     }
-    for ((old, newer), (n, after)) in &overlap_pairs {
+    for ((old, newer), (n, after, at)) in &overlap_pairs {
         r.violations.push(format!(
-            "two leaders acting: the worker of token {old} wrote {n} time(s) after a later term (token {newer}) began (first {:.3}s after)",
+            "two leaders acting: the worker of token {old} wrote {n} time(s) after a later term (token {newer}) began (first at {:.3}s, {:.3}s after)",
+            secs(at.saturating_sub(limits.origin)),
             secs(*after)
         ));
     }
@@ -289,7 +293,7 @@ pub(crate) fn check(
                     r.violations.push(format!(
                         "after {} healed at {:.3}s the next accepted write came {:.3}s later (bound {:.3}s)",
                         f.kind,
-                        secs(f.heal),
+                        secs(f.heal.saturating_sub(limits.origin)),
                         secs(d),
                         secs(limits.recover_ns)
                     ));
@@ -300,7 +304,7 @@ pub(crate) fn check(
                 r.violations.push(format!(
                     "after {} healed at {:.3}s no write was accepted in the {:.3}s left (bound {:.3}s)",
                     f.kind,
-                    secs(f.heal),
+                    secs(f.heal.saturating_sub(limits.origin)),
                     secs(end - f.heal),
                     secs(limits.recover_ns)
                 ));
@@ -371,6 +375,7 @@ mod tests {
         orphan_ns: 300 * MS,
         resume_ns: 500 * MS,
         recover_ns: 5_000 * MS,
+        origin: 0,
     };
 
     fn w(token: u64, sent: u64, arrival: u64, accepted: bool) -> Write {

@@ -1,6 +1,7 @@
-//! An etcd cluster whose members live in network namespaces of their own
-//! (see `net.rs`), so that a member can be cut from its peers while its
-//! clients still reach it. Each member is `ip netns exec lhc<pid>-m<k> etcd`,
+//! An etcd cluster or ZooKeeper ensemble whose members live in network
+//! namespaces of their own (see `net.rs`), so that a member can be cut from
+//! its peers while its clients still reach it. Each member is
+//! `ip netns exec lhc<pid>-m<k> etcd|java ...`,
 //! stopped by its pid (on drop too), with SIGKILL as its parent-death signal
 //! and a pid file in the harness's pid directory (so `scripts/test` reports
 //! one left behind).
@@ -15,8 +16,9 @@ use nix::unistd::Pid;
 
 use crate::net::Net;
 
-const CLIENT_PORT: u16 = 2379;
-const PEER_PORT: u16 = 2380;
+const ETCD_CLIENT_PORT: u16 = 2379;
+const ETCD_PEER_PORT: u16 = 2380;
+const ZK_CLIENT_PORT: u16 = 2181;
 
 #[derive(Debug)]
 struct Member {
@@ -29,8 +31,9 @@ struct Member {
 
 /// The cluster; every member is killed on drop.
 #[derive(Debug)]
-pub(crate) struct NsEtcdCluster {
-    etcd: PathBuf,
+pub(crate) struct NsCluster {
+    program: PathBuf,
+    client_port: u16,
     members: Vec<Member>,
     _dir: tempfile::TempDir,
 }
@@ -51,24 +54,95 @@ fn etcd_binary() -> Result<PathBuf, String> {
         })
 }
 
-impl NsEtcdCluster {
-    /// Starts `n` members in the namespaces `net` made for them.
-    pub(crate) fn start(net: &Net, n: usize) -> Result<NsEtcdCluster, String> {
-        let etcd = etcd_binary()?;
-        let dir = tempfile::Builder::new()
-            .prefix("leasehold-chaos-etcd-")
-            .tempdir()
-            .map_err(|e| format!("cannot create a temp dir for etcd: {e}"))?;
-        let cluster: Vec<String> = (0..n)
-            .map(|k| format!("n{k}=http://{}:{PEER_PORT}", Net::member_peer_ip(k)))
+fn temp_dir(what: &str) -> Result<tempfile::TempDir, String> {
+    tempfile::Builder::new()
+        .prefix(&format!("leasehold-chaos-{what}-"))
+        .tempdir()
+        .map_err(|e| format!("cannot create a temp dir for {what}: {e}"))
+}
+
+fn pid_file(what: &str, k: usize) -> PathBuf {
+    let dir = leasehold_integration_tests::pid_dir();
+    let _ = std::fs::create_dir_all(&dir);
+    dir.join(format!("chaos-{}-{what}-m{k}.pid", std::process::id()))
+}
+
+impl NsCluster {
+    /// Starts an `n`-member ZooKeeper ensemble (tickTime 500 ms, as the
+    /// harness) in the namespaces `net` made for them.
+    pub(crate) fn zookeeper(net: &Net, n: usize) -> Result<NsCluster, String> {
+        let (java, classpath) =
+            leasehold_integration_tests::zookeeper_java().map_err(|e| e.to_string())?;
+        let java = std::fs::canonicalize(&java).unwrap_or(java);
+        let dir = temp_dir("zookeeper")?;
+        let servers: String = (0..n)
+            .map(|k| {
+                let peer = Net::member_peer_ip(k);
+                format!("server.{}={peer}:2888:3888\n", k + 1)
+            })
             .collect();
-        let token = leasehold_integration_tests::unique_name("chaos-etcd");
-        let pid_dir = leasehold_integration_tests::pid_dir();
-        let _ = std::fs::create_dir_all(&pid_dir);
         let mut members = Vec::new();
         for k in 0..n {
-            let client = format!("http://{}:{CLIENT_PORT}", Net::member_client_ip(k));
-            let peer = format!("http://{}:{PEER_PORT}", Net::member_peer_ip(k));
+            let data = dir.path().join(format!("m{k}"));
+            std::fs::create_dir_all(&data)
+                .map_err(|e| format!("cannot create {}: {e}", data.display()))?;
+            std::fs::write(data.join("myid"), format!("{}\n", k + 1))
+                .map_err(|e| format!("cannot write myid: {e}"))?;
+            let config = format!(
+                "tickTime={}\ninitLimit=20\nsyncLimit=10\ndataDir={}\nclientPort={ZK_CLIENT_PORT}\nclientPortAddress={}\nadmin.enableServer=false\n4lw.commands.whitelist=ruok,srvr,stat,mntr\nmaxClientCnxns=0\n{servers}",
+                leasehold_integration_tests::ZK_TICK_TIME.as_millis(),
+                data.display(),
+                Net::member_client_ip(k)
+            );
+            let config_path = dir.path().join(format!("zoo-{k}.cfg"));
+            std::fs::write(&config_path, config)
+                .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+            let args = [
+                "-Xmx256m",
+                "-XX:+UseSerialGC",
+                "-XX:TieredStopAtLevel=1",
+                "-Djava.net.preferIPv4Stack=true",
+                "-Dzookeeper.snapshot.trust.empty=true",
+                "-cp",
+                &classpath,
+                "org.apache.zookeeper.server.quorum.QuorumPeerMain",
+                &config_path.to_string_lossy(),
+            ]
+            .iter()
+            .map(|a| (*a).to_owned())
+            .collect();
+            members.push(Member {
+                ns: net.member_ns(k).to_owned(),
+                args,
+                log: dir.path().join(format!("m{k}.log")),
+                pid_file: pid_file("zookeeper", k),
+                child: Mutex::new(None),
+            });
+        }
+        let cluster = NsCluster {
+            program: java,
+            client_port: ZK_CLIENT_PORT,
+            members,
+            _dir: dir,
+        };
+        for k in 0..n {
+            cluster.spawn(k)?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts an `n`-member etcd cluster in the namespaces `net` made for them.
+    pub(crate) fn etcd(net: &Net, n: usize) -> Result<NsCluster, String> {
+        let etcd = etcd_binary()?;
+        let dir = temp_dir("etcd")?;
+        let cluster: Vec<String> = (0..n)
+            .map(|k| format!("n{k}=http://{}:{ETCD_PEER_PORT}", Net::member_peer_ip(k)))
+            .collect();
+        let token = leasehold_integration_tests::unique_name("chaos-etcd");
+        let mut members = Vec::new();
+        for k in 0..n {
+            let client = format!("http://{}:{ETCD_CLIENT_PORT}", Net::member_client_ip(k));
+            let peer = format!("http://{}:{ETCD_PEER_PORT}", Net::member_peer_ip(k));
             let data = dir.path().join(format!("n{k}"));
             let args = vec![
                 "--name".to_owned(),
@@ -94,12 +168,13 @@ impl NsEtcdCluster {
                 ns: net.member_ns(k).to_owned(),
                 args,
                 log: dir.path().join(format!("n{k}.log")),
-                pid_file: pid_dir.join(format!("chaos-{}-etcd-n{k}.pid", std::process::id())),
+                pid_file: pid_file("etcd", k),
                 child: Mutex::new(None),
             });
         }
-        let cluster = NsEtcdCluster {
-            etcd,
+        let cluster = NsCluster {
+            program: etcd,
+            client_port: ETCD_CLIENT_PORT,
             members,
             _dir: dir,
         };
@@ -123,7 +198,7 @@ impl NsEtcdCluster {
             .map_err(|e| format!("cannot duplicate a file handle: {e}"))?;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &m.ns])
-            .arg(&self.etcd)
+            .arg(&self.program)
             .args(&m.args)
             .stdin(Stdio::null())
             .stdout(log)
@@ -137,10 +212,10 @@ impl NsEtcdCluster {
         }
         let child = cmd
             .spawn()
-            .map_err(|e| format!("cannot start etcd in {}: {e}", m.ns))?;
+            .map_err(|e| format!("cannot start {} in {}: {e}", self.program.display(), m.ns))?;
         let _ = std::fs::write(
             &m.pid_file,
-            format!("{}\n{}\n", child.id(), self.etcd.display()),
+            format!("{}\n{}\n", child.id(), self.program.display()),
         );
         *m.child.lock().unwrap_or_else(PoisonError::into_inner) = Some(child);
         Ok(())
@@ -150,7 +225,7 @@ impl NsEtcdCluster {
     pub(crate) fn client_addrs(&self) -> Vec<SocketAddr> {
         (0..self.members.len())
             .filter_map(|k| {
-                format!("{}:{CLIENT_PORT}", Net::member_client_ip(k))
+                format!("{}:{}", Net::member_client_ip(k), self.client_port)
                     .parse()
                     .ok()
             })
@@ -195,7 +270,7 @@ impl NsEtcdCluster {
     }
 }
 
-impl Drop for NsEtcdCluster {
+impl Drop for NsCluster {
     fn drop(&mut self) {
         self.kill(None);
     }

@@ -9,14 +9,14 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use leasehold_integration_tests::{EtcdNode, FakeGcs, ZkEnsemble, ZkServer, http, unique_name};
+use leasehold_integration_tests::{EtcdNode, FakeGcs, ZkServer, http, unique_name};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
 
 use crate::checker::{self, Ev, Event, Fault, Limits, Report};
-use crate::members::NsEtcdCluster;
+use crate::members::NsCluster;
 use crate::net::{HUB_REGISTER_IP, HUB_STORE_IP, Net, sweep_leftovers};
 use crate::register::{Forwarder, Register, mono_ns};
 
@@ -45,7 +45,8 @@ pub(crate) enum FaultKind {
     RestartStore,
     /// Kill one member of a cluster / ensemble, restart it later.
     KillMember,
-    /// Cut one etcd member from its peers; its clients still reach it.
+    /// Cut one cluster / ensemble member from its peers; its clients still
+    /// reach it.
     IsolateMember,
     /// Delete the Cloud Storage lease object by hand.
     DeleteLease,
@@ -83,7 +84,7 @@ impl FaultKind {
         if members > 1 {
             kinds.push(FaultKind::KillMember);
         }
-        if backend == Backend::Etcd && members > 1 {
+        if backend != Backend::Gcs && members > 1 {
             kinds.push(FaultKind::IsolateMember);
         }
         kinds
@@ -112,9 +113,8 @@ pub(crate) struct RunConfig {
 enum Store {
     EtcdOne(EtcdNode),
     /// Members in network namespaces of their own (`members.rs`).
-    EtcdNs(NsEtcdCluster),
+    Ns(NsCluster),
     ZkOne(ZkServer),
-    ZkMany(ZkEnsemble),
     Gcs(FakeGcs),
 }
 
@@ -123,9 +123,9 @@ impl Store {
         let e = |e: leasehold_integration_tests::HarnessError| e.to_string();
         Ok(match (backend, members) {
             (Backend::Etcd, 1) => Store::EtcdOne(EtcdNode::start().await.map_err(e)?),
-            (Backend::Etcd, n) => Store::EtcdNs(NsEtcdCluster::start(net, n)?),
+            (Backend::Etcd, n) => Store::Ns(NsCluster::etcd(net, n)?),
             (Backend::Zookeeper, 1) => Store::ZkOne(ZkServer::start().await.map_err(e)?),
-            (Backend::Zookeeper, n) => Store::ZkMany(ZkEnsemble::start(n).await.map_err(e)?),
+            (Backend::Zookeeper, n) => Store::Ns(NsCluster::zookeeper(net, n)?),
             (Backend::Gcs, 1) => Store::Gcs(FakeGcs::start().await.map_err(e)?),
             (Backend::Gcs, n) => {
                 return Err(format!(
@@ -138,9 +138,8 @@ impl Store {
     fn client_addrs(&self) -> Vec<SocketAddr> {
         match self {
             Store::EtcdOne(n) => vec![n.client_addr()],
-            Store::EtcdNs(c) => c.client_addrs(),
+            Store::Ns(c) => c.client_addrs(),
             Store::ZkOne(z) => vec![z.client_addr()],
-            Store::ZkMany(e) => e.members().iter().map(ZkServer::client_addr).collect(),
             Store::Gcs(g) => vec![g.addr()],
         }
     }
@@ -148,12 +147,8 @@ impl Store {
     fn kill(&self, member: Option<usize>) {
         match self {
             Store::EtcdOne(n) => n.kill(),
-            Store::EtcdNs(c) => c.kill(member),
+            Store::Ns(c) => c.kill(member),
             Store::ZkOne(z) => z.kill(),
-            Store::ZkMany(e) => match member {
-                Some(i) => e.member(i).kill(),
-                None => e.members().iter().for_each(ZkServer::kill),
-            },
             Store::Gcs(g) => g.kill(),
         }
     }
@@ -161,9 +156,8 @@ impl Store {
     async fn restart_stopped(&self) -> Result<(), String> {
         let r = match self {
             Store::EtcdOne(n) => n.restart().await,
-            Store::EtcdNs(c) => return c.restart_stopped(),
+            Store::Ns(c) => return c.restart_stopped(),
             Store::ZkOne(z) => z.restart().await,
-            Store::ZkMany(e) => e.restart_stopped().await,
             Store::Gcs(g) => g.restart().await,
         };
         r.map_err(|e| format!("restarting the store: {e}"))
@@ -410,7 +404,7 @@ impl Run<'_> {
                 store.restart_stopped().await?;
             }
             (FaultKind::IsolateMember, _) => {
-                let Store::EtcdNs(c) = store else {
+                let Store::Ns(c) = store else {
                     return Ok(None);
                 };
                 let k = rng.usize(0..c.len());
@@ -504,7 +498,7 @@ pub(crate) async fn run(cfg: &RunConfig) -> Result<Report, String> {
     if swept > 0 {
         eprintln!("chaos: deleted {swept} network namespace(s) left by earlier runs");
     }
-    let in_netns = cfg.backend == Backend::Etcd && cfg.members > 1;
+    let in_netns = cfg.backend != Backend::Gcs && cfg.members > 1;
     let net = Net::create(cfg.candidates, if in_netns { cfg.members } else { 0 })?;
     let store = Store::start(cfg.backend, cfg.members, &net).await?;
     // Stores in the root namespace are reached through forwarders in the hub;
@@ -546,13 +540,14 @@ pub(crate) async fn run(cfg: &RunConfig) -> Result<Report, String> {
         let c = run.spawn(slot, 0)?;
         run.candidates.push(c);
     }
+    let mut rng = fastrand::Rng::with_seed(cfg.seed);
+    let started = Instant::now();
     let limits = Limits {
         orphan_ns: (cfg.grace + Duration::from_millis(250)).as_nanos() as u64,
         resume_ns: (cfg.grace + Duration::from_millis(500)).as_nanos() as u64,
         recover_ns: (cfg.ttl + cfg.slack).as_nanos() as u64,
+        origin: mono_ns(),
     };
-    let mut rng = fastrand::Rng::with_seed(cfg.seed);
-    let started = Instant::now();
     let mut faults = Vec::new();
     let mut error = None;
     if run.leader(Duration::from_secs(30)).await.is_none() {
