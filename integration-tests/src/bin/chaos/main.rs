@@ -172,7 +172,7 @@ fn config(a: SoakArgs) -> Result<RunConfig, String> {
 fn quick(cli: Option<PathBuf>) -> Result<Vec<RunConfig>, String> {
     let runs = [
         (Backend::Etcd, 3, 11, 60),
-        (Backend::Zookeeper, 3, 12, 50),
+        (Backend::Zookeeper, 3, 12, 60),
         (Backend::Gcs, 1, 13, 45),
     ];
     let cli = default_cli(cli)?;

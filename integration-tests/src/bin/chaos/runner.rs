@@ -478,6 +478,20 @@ impl Run<'_> {
     }
 }
 
+impl Drop for Run<'_> {
+    /// On an early exit (an error, SIGINT): the supervisors die with their
+    /// `Child` handles (SIGKILL), which leaves their workers running on
+    /// today's CLI, so kill every worker of ours still alive first.
+    fn drop(&mut self) {
+        let workers = lock(&self.history).workers.clone();
+        for (w, _) in workers {
+            if is_our_worker(w) {
+                let _ = kill(Pid::from_raw(w as i32), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
 /// Whether `pid` is alive and runs `chaos worker` (pids get reused).
 fn is_our_worker(pid: u32) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
