@@ -56,7 +56,8 @@ pub async fn post(
     request(addr, "POST", path, Some((content_type, body))).await
 }
 
-/// `DELETE path` on `addr`.
+/// Sends `DELETE path` (the chaos suite deletes a Cloud Storage lease object
+/// by hand with it) and returns the answer.
 ///
 /// # Errors
 ///

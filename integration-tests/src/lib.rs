@@ -54,7 +54,9 @@ pub use error::HarnessError;
 pub use etcd::{EtcdCluster, EtcdNode};
 pub use gcs::{AnswerDropper, FAKE_GCS_BUCKET, FakeGcs};
 pub use proxy::{Proxy, ProxyMode};
-pub use zookeeper::{ZK_TICK_TIME, ZkEnsemble, ZkServer, create_zk_path, four_letter_word};
+pub use zookeeper::{
+    ZK_TICK_TIME, ZkEnsemble, ZkServer, create_zk_path, four_letter_word, zookeeper_java,
+};
 
 /// The root of the leasehold workspace (the directory holding the root `Cargo.toml`).
 pub fn workspace_root() -> &'static Path {

@@ -651,6 +651,17 @@ fn parse_mntr(mntr: &str, key: &str) -> Option<u64> {
     })
 }
 
+/// The java binary and the ZooKeeper class path the harness starts servers
+/// with, for tools that start ZooKeeper themselves (the chaos suite starts
+/// ensemble members in network namespaces of their own).
+///
+/// # Errors
+///
+/// Java or ZooKeeper is not installed; the message says how to install them.
+pub fn zookeeper_java() -> Result<(PathBuf, String), HarnessError> {
+    Ok((java_binary()?, classpath()?))
+}
+
 fn java_binary() -> Result<PathBuf, HarnessError> {
     if let Some(home) = std::env::var_os("JAVA_HOME") {
         let java = PathBuf::from(home).join("bin/java");

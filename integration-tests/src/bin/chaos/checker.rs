@@ -1,0 +1,530 @@
+//! The checker: reads the whole history (the register's log, the
+//! supervisors' events as the runner stamped them, the faults) and says
+//! whether leasehold kept its promises.
+//!
+//! All times are CLOCK_MONOTONIC nanoseconds on this one machine.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+
+use crate::register::Write;
+
+/// What happened to a supervisor (a `leasehold run` process), stamped by the
+/// runner when it read the line or sent the signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ev {
+    /// `{"event":"elected"}`: its worker (`pid`) runs with `token`.
+    Elected { token: u64, worker: Option<u32> },
+    /// `{"event":"lost"}`: the CLI says it stopped its worker.
+    Lost,
+    /// `{"event":"exited"}`: the worker ended.
+    Exited,
+    /// The runner SIGKILLed the supervisor.
+    Killed,
+    /// The runner SIGSTOPped supervisor and worker.
+    Stopped,
+    /// The runner SIGCONTed them.
+    Continued,
+}
+
+/// One supervisor event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Event {
+    /// When (monotonic ns).
+    pub(crate) t: u64,
+    /// The supervisor's pid.
+    pub(crate) sup: u32,
+    /// What.
+    pub(crate) ev: Ev,
+}
+
+/// One injected fault: from `start` until `heal`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Fault {
+    pub(crate) kind: &'static str,
+    pub(crate) start: u64,
+    pub(crate) heal: u64,
+}
+
+/// The bounds the checker holds the history to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// A worker may still write this long after its supervisor reported
+    /// lost or exited, or was killed: the CLI's grace plus scheduling slack.
+    pub(crate) orphan_ns: u64,
+    /// A frozen leader's worker may still write this long after SIGCONT,
+    /// before its supervisor (thawed at the same instant) stops it. Such
+    /// late writes must be rejected by the register, and are counted.
+    pub(crate) resume_ns: u64,
+    /// After a fault heals, an accepted write must arrive within this
+    /// (ttl + the stated slack).
+    pub(crate) recover_ns: u64,
+    /// The run's start: times in messages are seconds since then (as in the
+    /// runner's progress lines).
+    pub(crate) origin: u64,
+}
+
+/// The verdict over one run.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Report {
+    pub(crate) backend: String,
+    pub(crate) seed: u64,
+    pub(crate) seconds: u64,
+    pub(crate) terms: usize,
+    pub(crate) faults: BTreeMap<&'static str, usize>,
+    pub(crate) accepted: usize,
+    pub(crate) stale_rejected: usize,
+    pub(crate) late_after_freeze: usize,
+    pub(crate) overlaps: usize,
+    pub(crate) orphaned: usize,
+    pub(crate) worst_recovery_ns: Option<u64>,
+    /// The longest time without an accepted write (from the first one to
+    /// the end of the fault phase).
+    pub(crate) longest_gap_ns: u64,
+    pub(crate) recover_bound_ns: u64,
+    pub(crate) violations: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Term {
+    token: u64,
+    worker: Option<u32>,
+    elected: u64,
+    ended: Option<u64>,
+    continued: Vec<u64>,
+}
+
+fn secs(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+/// Checks the history. `alive_orphans` are workers the runner found still
+/// running after every supervisor was stopped (pid, token).
+pub(crate) fn check(
+    writes: &[Write],
+    events: &[Event],
+    faults: &[Fault],
+    end: u64,
+    alive_orphans: &[(u32, Option<u64>)],
+    limits: Limits,
+) -> Report {
+    let mut r = Report {
+        recover_bound_ns: limits.recover_ns,
+        ..Report::default()
+    };
+    // Terms, in the order they were elected, from the supervisors' events.
+    let mut events = events.to_vec();
+    events.sort_by_key(|e| e.t);
+    let mut terms: Vec<Term> = Vec::new();
+    let mut current: HashMap<u32, usize> = HashMap::new();
+    let mut by_token: HashMap<u64, u64> = HashMap::new();
+    for e in &events {
+        match e.ev {
+            Ev::Elected { token, worker } => {
+                if let Some(before) = by_token.insert(token, e.t) {
+                    r.violations.push(format!(
+                        "token {token} was handed out twice (at {:.3}s and {:.3}s): tokens must strictly increase across terms",
+                        secs(before.saturating_sub(limits.origin)),
+                        secs(e.t.saturating_sub(limits.origin))
+                    ));
+                }
+                current.insert(e.sup, terms.len());
+                terms.push(Term {
+                    token,
+                    worker,
+                    elected: e.t,
+                    ..Term::default()
+                });
+            }
+            Ev::Lost | Ev::Exited | Ev::Killed => {
+                if let Some(term) = current.get(&e.sup).map(|i| &mut terms[*i])
+                    && term.ended.is_none()
+                {
+                    term.ended = Some(e.t);
+                }
+            }
+            Ev::Continued => {
+                if let Some(term) = current.get(&e.sup).map(|i| &mut terms[*i]) {
+                    term.continued.push(e.t);
+                }
+            }
+            Ev::Stopped => {}
+        }
+    }
+    r.terms = terms.len();
+    // Which term a write belongs to: its worker's, else the latest term with
+    // its token elected before it was sent.
+    let term_of = |w: &Write| -> Option<usize> {
+        terms
+            .iter()
+            .rposition(|t| t.worker == Some(w.pid))
+            .or_else(|| {
+                terms
+                    .iter()
+                    .rposition(|t| t.token == w.token && t.elected <= w.sent)
+            })
+    };
+
+    // 1. The register's own order: never a lower token accepted after a
+    // higher one, never two tokens interleaved.
+    let mut highest = 0u64;
+    let mut seen_runs: Vec<u64> = Vec::new();
+    let mut first_accept: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut last_accept: Option<u64> = None;
+    for w in writes {
+        if !w.accepted {
+            r.stale_rejected += 1;
+            continue;
+        }
+        r.accepted += 1;
+        if let Some(last) = last_accept {
+            r.longest_gap_ns = r.longest_gap_ns.max(w.arrival.saturating_sub(last));
+        }
+        last_accept = Some(w.arrival);
+        first_accept.entry(w.token).or_insert(w.arrival);
+        if w.token < highest {
+            r.violations.push(format!(
+                "the register accepted token {} after token {highest} (at {:.3}s)",
+                w.token,
+                secs(w.arrival.saturating_sub(limits.origin))
+            ));
+        }
+        highest = highest.max(w.token);
+        if seen_runs.last() != Some(&w.token) {
+            if seen_runs.contains(&w.token) {
+                r.violations.push(format!(
+                    "accepted writes of token {} resumed after token {:?} wrote (at {:.3}s): two leaders interleaved",
+                    w.token,
+                    seen_runs.last(),
+                    secs(w.arrival.saturating_sub(limits.origin))
+                ));
+            }
+            seen_runs.push(w.token);
+        }
+    }
+
+    if let Some(last) = last_accept {
+        r.longest_gap_ns = r.longest_gap_ns.max(end.saturating_sub(last));
+    }
+
+    // 2. Overlaps: a worker acting (a write it stamped) after a later
+    // term had begun (elected, or its first accepted write), except a frozen
+    // leader's late writes just after SIGCONT.
+    let mut starts: Vec<u64> = terms.iter().map(|t| t.elected).collect();
+    for w in writes.iter().filter(|w| w.accepted) {
+        if let Some(i) = term_of(w) {
+            starts[i] = starts[i].min(w.arrival);
+        }
+    }
+    // next_start[i] = the earliest start of any term elected after term i.
+    let mut next_start: Vec<Option<(usize, u64)>> = vec![None; terms.len()];
+    let mut best: Option<(usize, u64)> = None;
+    for i in (0..terms.len()).rev() {
+        next_start[i] = best;
+        if best.is_none_or(|(_, b)| starts[i] < b) {
+            best = Some((i, starts[i]));
+        }
+    }
+    let mut overlap_pairs: BTreeMap<(u64, u64), (usize, u64, u64)> = BTreeMap::new();
+    let mut orphan_tokens: BTreeMap<u64, (usize, u64)> = BTreeMap::new();
+    for w in writes {
+        let Some(i) = term_of(w) else {
+            continue;
+        };
+        let term = &terms[i];
+        let excused = term
+            .continued
+            .iter()
+            .any(|c| *c <= w.sent && w.sent <= c + limits.resume_ns);
+        if let Some((next, s)) = next_start[i]
+            && w.sent > s
+        {
+            if excused {
+                r.late_after_freeze += 1;
+            } else {
+                r.overlaps += 1;
+                let e = overlap_pairs
+                    .entry((w.token, terms[next].token))
+                    .or_insert((0, w.sent - s, w.sent));
+                e.0 += 1;
+            }
+        }
+        if let Some(ended) = term.ended
+            && w.sent > ended + limits.orphan_ns
+            && !excused
+        {
+            let e = orphan_tokens.entry(w.token).or_insert((0, w.sent - ended));
+            e.0 += 1;
+        }
+    }
+    for ((old, newer), (n, after, at)) in &overlap_pairs {
+        r.violations.push(format!(
+            "two leaders acting: the worker of token {old} wrote {n} time(s) after a later term (token {newer}) began (first at {:.3}s, {:.3}s after)",
+            secs(at.saturating_sub(limits.origin)),
+            secs(*after)
+        ));
+    }
+    for (token, (n, after)) in &orphan_tokens {
+        r.violations.push(format!(
+            "orphaned worker: token {token}'s worker wrote {n} time(s) after its supervisor reported lost/exited or was killed (first {:.3}s after, allowed {:.3}s)",
+            secs(*after),
+            secs(limits.orphan_ns)
+        ));
+    }
+    r.orphaned = orphan_tokens.len();
+    for (pid, token) in alive_orphans {
+        r.orphaned += 1;
+        r.violations.push(format!(
+            "orphaned worker: pid {pid} (token {token:?}) still ran after every supervisor was stopped"
+        ));
+    }
+
+    // 3. Liveness: an accepted write within the bound after each fault heals.
+    for f in faults {
+        *r.faults.entry(f.kind).or_default() += 1;
+        let next = writes
+            .iter()
+            .find(|w| w.accepted && w.arrival >= f.heal)
+            .map(|w| w.arrival - f.heal);
+        match next {
+            Some(d) => {
+                r.worst_recovery_ns = Some(r.worst_recovery_ns.unwrap_or(0).max(d));
+                if d > limits.recover_ns {
+                    r.violations.push(format!(
+                        "after {} healed at {:.3}s the next accepted write came {:.3}s later (bound {:.3}s)",
+                        f.kind,
+                        secs(f.heal.saturating_sub(limits.origin)),
+                        secs(d),
+                        secs(limits.recover_ns)
+                    ));
+                }
+            }
+            None if end.saturating_sub(f.heal) > limits.recover_ns => {
+                r.worst_recovery_ns = Some(r.worst_recovery_ns.unwrap_or(0).max(end - f.heal));
+                r.violations.push(format!(
+                    "after {} healed at {:.3}s no write was accepted in the {:.3}s left (bound {:.3}s)",
+                    f.kind,
+                    secs(f.heal.saturating_sub(limits.origin)),
+                    secs(end - f.heal),
+                    secs(limits.recover_ns)
+                ));
+            }
+            None => {}
+        }
+    }
+    r
+}
+
+/// The table, one row per run, and the violations under it.
+pub(crate) fn table(reports: &[Report]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<14} {:>6} {:>5} {:>5} {:>8} {:>6} {:>5} {:>7} {:>7} {:>9} {:>8} {:>8}  faults",
+        "backend",
+        "seed",
+        "secs",
+        "terms",
+        "accepted",
+        "stale",
+        "late",
+        "overlap",
+        "orphans",
+        "recovery",
+        "bound",
+        "max gap"
+    );
+    for r in reports {
+        let faults: Vec<String> = r.faults.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        let _ = writeln!(
+            out,
+            "{:<14} {:>6} {:>5} {:>5} {:>8} {:>6} {:>5} {:>7} {:>7} {:>8.2}s {:>7.1}s {:>7.2}s  {}",
+            r.backend,
+            r.seed,
+            r.seconds,
+            r.terms,
+            r.accepted,
+            r.stale_rejected,
+            r.late_after_freeze,
+            r.overlaps,
+            r.orphaned,
+            secs(r.worst_recovery_ns.unwrap_or(0)),
+            secs(r.recover_bound_ns),
+            secs(r.longest_gap_ns),
+            faults.join(" ")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "(stale: writes the register rejected; late: a frozen leader's writes just after SIGCONT, all rejected; recovery: worst time from a fault's heal to the next accepted write, bound: ttl + slack; max gap: longest time without an accepted write)"
+    );
+    for r in reports {
+        for v in &r.violations {
+            let _ = writeln!(out, "VIOLATION [{} seed {}]: {v}", r.backend, r.seed);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+    const LIMITS: Limits = Limits {
+        orphan_ns: 300 * MS,
+        resume_ns: 500 * MS,
+        recover_ns: 5_000 * MS,
+        origin: 0,
+    };
+
+    fn w(token: u64, sent: u64, arrival: u64, accepted: bool) -> Write {
+        Write {
+            token,
+            pid: token as u32,
+            sent: sent * MS,
+            arrival: arrival * MS,
+            accepted,
+        }
+    }
+
+    fn ev(t: u64, sup: u32, ev: Ev) -> Event {
+        Event { t: t * MS, sup, ev }
+    }
+
+    fn handover() -> (Vec<Write>, Vec<Event>) {
+        let writes = vec![
+            w(5, 100, 101, true),
+            w(5, 200, 201, true),
+            w(7, 3_000, 3_001, true),
+            w(7, 3_100, 3_101, true),
+        ];
+        let events = vec![
+            ev(
+                90,
+                1,
+                Ev::Elected {
+                    token: 5,
+                    worker: Some(5),
+                },
+            ),
+            ev(250, 1, Ev::Lost),
+            ev(
+                2_990,
+                2,
+                Ev::Elected {
+                    token: 7,
+                    worker: Some(7),
+                },
+            ),
+        ];
+        (writes, events)
+    }
+
+    #[test]
+    fn a_clean_handover_has_no_violation() {
+        let (writes, events) = handover();
+        let faults = [Fault {
+            kind: "kill-leader",
+            start: 240 * MS,
+            heal: 240 * MS,
+        }];
+        let r = check(&writes, &events, &faults, 4_000 * MS, &[], LIMITS);
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        assert_eq!((r.terms, r.accepted, r.overlaps), (2, 4, 0));
+        assert_eq!(r.worst_recovery_ns, Some(2_761 * MS));
+    }
+
+    #[test]
+    fn a_lower_token_accepted_after_a_higher_one_is_a_violation() {
+        let (mut writes, events) = handover();
+        writes.push(w(5, 3_200, 3_201, true));
+        let r = check(&writes, &events, &[], 4_000 * MS, &[], LIMITS);
+        let all = r.violations.join("\n");
+        assert!(all.contains("accepted token 5 after token 7"), "{all}");
+        assert!(all.contains("interleaved"), "{all}");
+    }
+
+    #[test]
+    fn an_old_worker_acting_after_a_newer_term_began_is_an_overlap() {
+        let (mut writes, mut events) = handover();
+        // The old term never reported lost (a leader without its deadline).
+        events.retain(|e| e.ev != Ev::Lost);
+        writes.push(w(5, 3_050, 3_051, false));
+        let r = check(&writes, &events, &[], 4_000 * MS, &[], LIMITS);
+        assert_eq!(r.overlaps, 1);
+        assert_eq!(r.stale_rejected, 1);
+        assert!(r.violations.join("\n").contains("two leaders acting"));
+    }
+
+    #[test]
+    fn a_frozen_leaders_late_writes_just_after_sigcont_are_counted_not_failed() {
+        let (mut writes, mut events) = handover();
+        events.retain(|e| e.ev != Ev::Lost);
+        events.push(ev(150, 1, Ev::Stopped));
+        events.push(ev(3_040, 1, Ev::Continued));
+        events.push(ev(3_060, 1, Ev::Lost));
+        writes.push(w(5, 3_050, 3_051, false));
+        let r = check(&writes, &events, &[], 4_000 * MS, &[], LIMITS);
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        assert_eq!((r.late_after_freeze, r.overlaps), (1, 0));
+    }
+
+    #[test]
+    fn a_worker_writing_after_its_supervisor_was_killed_is_orphaned() {
+        let (mut writes, mut events) = handover();
+        events.retain(|e| e.ev != Ev::Lost);
+        events.push(ev(250, 1, Ev::Killed));
+        writes.push(w(5, 1_000, 1_001, true));
+        let r = check(&writes, &events, &[], 4_000 * MS, &[(5, Some(5))], LIMITS);
+        assert_eq!(r.orphaned, 2);
+        assert!(r.violations.join("\n").contains("orphaned worker"));
+    }
+
+    #[test]
+    fn a_token_handed_out_again_is_a_violation_but_no_false_overlap() {
+        let (mut writes, mut events) = handover();
+        // The lease object was deleted: the next term starts at token 1 again.
+        events.push(ev(3_150, 2, Ev::Lost));
+        events.push(ev(
+            3_500,
+            3,
+            Ev::Elected {
+                token: 1,
+                worker: Some(11),
+            },
+        ));
+        events.push(ev(
+            3_600,
+            4,
+            Ev::Elected {
+                token: 5,
+                worker: Some(12),
+            },
+        ));
+        let mut late = w(1, 3_550, 3_551, false);
+        late.pid = 11;
+        writes.push(late);
+        let r = check(&writes, &events, &[], 4_000 * MS, &[], LIMITS);
+        assert!(
+            r.violations
+                .join("\n")
+                .contains("token 5 was handed out twice")
+        );
+        assert_eq!(r.overlaps, 0, "{:?}", r.violations);
+    }
+
+    #[test]
+    fn no_accepted_write_after_a_fault_heals_is_a_violation() {
+        let (writes, events) = handover();
+        let faults = [Fault {
+            kind: "cut-leader",
+            start: 3_200 * MS,
+            heal: 3_500 * MS,
+        }];
+        let r = check(&writes, &events, &faults, 10_000 * MS, &[], LIMITS);
+        assert!(r.violations.join("\n").contains("no write was accepted"));
+        let text = table(&[r]);
+        assert!(text.contains("VIOLATION"), "{text}");
+    }
+}

@@ -1,0 +1,315 @@
+//! `chaos`: leasehold under faults, checked over the whole history.
+//!
+//! ```text
+//! chaos quick                                   # fixed seeds, every backend, ~3 minutes
+//! chaos soak --backend etcd --members 3 --minutes 30 --seed 7
+//! chaos soak --backend gcs --seconds 40 --seed 3 --faults cut-leader
+//! chaos worker --register 10.202.0.1:PORT       # what `leasehold run` supervises
+//! ```
+//!
+//! For one backend the runner starts the store (one node, or a 3-member etcd
+//! cluster / ZooKeeper ensemble), a fenced register, and N candidates, each
+//! `leasehold run --forever -- chaos worker` in a network namespace of its own
+//! (see `net.rs`). Each worker writes its `LEASEHOLD_TOKEN` to the register
+//! every 20 ms. Faults are drawn from the printed seed: SIGKILL of the
+//! leader's supervisor, SIGSTOP of supervisor and worker for longer than the
+//! ttl, the leader's store link cut (both ways, or one way only), store
+//! restarts, member kill/restart, and, for Cloud Storage, the lease object
+//! deleted by hand. Then `checker.rs` reads the history and prints a table;
+//! the exit status is 1 on any violation, 2 when the run itself failed.
+//!
+//! It needs root (network namespaces) and the stores `scripts/setup`
+//! installs, and the `leasehold` binary (`cargo build -p leasehold-cli`; by
+//! default the one next to this binary, else `--cli PATH`).
+
+mod checker;
+mod members;
+mod net;
+mod register;
+mod runner;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use runner::{Backend, FaultKind, RunConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "chaos",
+    about = "leasehold under real faults, checked over the whole history"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Fixed seeds, every backend, a few minutes in all (the test command runs it).
+    Quick {
+        /// The `leasehold` binary (default: next to this one).
+        #[arg(long)]
+        cli: Option<PathBuf>,
+    },
+    /// One backend for as long as asked, with any seed.
+    Soak(SoakArgs),
+    /// Write LEASEHOLD_TOKEN to the register until killed.
+    Worker {
+        /// The register's address.
+        #[arg(long)]
+        register: SocketAddr,
+        /// Time between writes.
+        #[arg(long, default_value_t = 20)]
+        period_ms: u64,
+        /// Exit after this long at the latest.
+        #[arg(long, default_value_t = 86_400)]
+        max_seconds: u64,
+    },
+}
+
+#[derive(Args, Debug)]
+struct SoakArgs {
+    /// The store.
+    #[arg(long, value_enum)]
+    backend: Backend,
+    /// Store members: 1, or 3 for an etcd cluster / ZooKeeper ensemble.
+    #[arg(long, default_value_t = 1)]
+    members: usize,
+    /// Candidate processes.
+    #[arg(long, default_value_t = 3)]
+    candidates: usize,
+    /// The seed of the fault schedule (default: from the clock; printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// How long to inject faults, in minutes.
+    #[arg(long, conflicts_with = "seconds")]
+    minutes: Option<u64>,
+    /// How long to inject faults, in seconds (default 60).
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Lease ttl in milliseconds (etcd's minimum is 2000).
+    #[arg(long, default_value_t = 3000)]
+    ttl_ms: u64,
+    /// `leasehold run --grace`, in milliseconds.
+    #[arg(long, default_value_t = 300)]
+    grace_ms: u64,
+    /// Recovery bound = ttl + this slack, in milliseconds.
+    #[arg(long, default_value_t = 6000)]
+    slack_ms: u64,
+    /// Only these fault kinds (comma-separated; default: all that apply).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    faults: Vec<FaultKind>,
+    /// The `leasehold` binary (default: next to this one).
+    #[arg(long)]
+    cli: Option<PathBuf>,
+    /// Run the candidates with LEASEHOLD_UNSAFE_NO_DEADLINE set: with a CLI
+    /// built with the test-only feature `leasehold-core/unsafe-no-deadline`
+    /// the leaders never step down on their own clock (the checker must fail).
+    #[arg(long)]
+    unsafe_no_deadline: bool,
+}
+
+fn default_cli(given: Option<PathBuf>) -> Result<PathBuf, String> {
+    let path = match given {
+        Some(p) => p,
+        None => std::env::current_exe()
+            .map_err(|e| format!("cannot find my own binary: {e}"))?
+            .with_file_name("leasehold"),
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "the leasehold CLI is not at {}: build it with `cargo build -p leasehold-cli` or pass --cli PATH",
+            path.display()
+        ))
+    }
+}
+
+fn config(a: SoakArgs) -> Result<RunConfig, String> {
+    let seconds = match (a.minutes, a.seconds) {
+        (Some(m), _) => m * 60,
+        (None, Some(s)) => s,
+        (None, None) => 60,
+    };
+    let seed = a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64 % 1_000_000)
+            .unwrap_or(1)
+    });
+    let kinds = if a.faults.is_empty() {
+        FaultKind::all_for(a.backend, a.members)
+    } else {
+        a.faults
+    };
+    if a.candidates == 0 || a.candidates > 200 {
+        return Err(format!("--candidates {} must be 1..=200", a.candidates));
+    }
+    Ok(RunConfig {
+        backend: a.backend,
+        members: a.members,
+        candidates: a.candidates,
+        seed,
+        duration: Duration::from_secs(seconds),
+        ttl: Duration::from_millis(a.ttl_ms),
+        grace: Duration::from_millis(a.grace_ms),
+        slack: Duration::from_millis(a.slack_ms),
+        kinds,
+        cli: default_cli(a.cli)?,
+        log_dir: PathBuf::new(),
+        unsafe_no_deadline: a.unsafe_no_deadline,
+    })
+}
+
+/// The quick mode's runs: fixed seeds, a 3-member etcd cluster, a 3-member
+/// ZooKeeper ensemble and Cloud Storage, 45 to 60 s of faults each: enough
+/// for one round of every fault kind.
+fn quick(cli: Option<PathBuf>) -> Result<Vec<RunConfig>, String> {
+    let runs = [
+        (Backend::Etcd, 3, 11, 60),
+        (Backend::Zookeeper, 3, 12, 60),
+        (Backend::Gcs, 1, 13, 45),
+    ];
+    let cli = default_cli(cli)?;
+    runs.into_iter()
+        .map(|(backend, members, seed, seconds)| {
+            config(SoakArgs {
+                backend,
+                members,
+                candidates: 3,
+                seed: Some(seed),
+                minutes: None,
+                seconds: Some(seconds),
+                ttl_ms: 3000,
+                grace_ms: 300,
+                slack_ms: 6000,
+                faults: Vec::new(),
+                cli: Some(cli.clone()),
+                unsafe_no_deadline: false,
+            })
+        })
+        .collect()
+}
+
+async fn run_all(configs: Vec<RunConfig>) -> ExitCode {
+    let mut reports = Vec::new();
+    let mut failed = false;
+    for mut cfg in configs {
+        let dir = std::env::temp_dir().join(format!(
+            "leasehold-chaos-{}-{:?}-{}",
+            std::process::id(),
+            cfg.backend,
+            cfg.seed
+        ));
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            eprintln!("chaos: cannot create {}: {e}", dir.display());
+            return ExitCode::from(2);
+        }
+        cfg.log_dir = dir.clone();
+        let kinds: Vec<&str> = cfg.kinds.iter().map(|k| k.name()).collect();
+        eprintln!(
+            "chaos: {:?} x{} seed {} for {}s, ttl {:?}, recovery bound ttl + {:?} (replay: chaos soak --backend {} --members {} --seed {} --seconds {} --faults {})",
+            cfg.backend,
+            cfg.members,
+            cfg.seed,
+            cfg.duration.as_secs(),
+            cfg.ttl,
+            cfg.slack,
+            format!("{:?}", cfg.backend).to_lowercase(),
+            cfg.members,
+            cfg.seed,
+            cfg.duration.as_secs(),
+            kinds.join(",")
+        );
+        match runner::run(&cfg).await {
+            Ok(report) => {
+                if report.violations.is_empty() {
+                    let _ = std::fs::remove_dir_all(&dir);
+                } else {
+                    failed = true;
+                    eprintln!("chaos: candidate logs kept in {}", dir.display());
+                }
+                reports.push(report);
+            }
+            Err(e) => {
+                eprintln!(
+                    "chaos: the {:?} run failed: {e} (candidate logs in {})",
+                    cfg.backend,
+                    dir.display()
+                );
+                println!("{}", checker::table(&reports));
+                return ExitCode::from(2);
+            }
+        }
+    }
+    println!("{}", checker::table(&reports));
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let configs = match cli.command {
+        Cmd::Worker {
+            register,
+            period_ms,
+            max_seconds,
+        } => {
+            return match register::worker(
+                register,
+                Duration::from_millis(period_ms.max(1)),
+                Duration::from_secs(max_seconds),
+            ) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("chaos worker: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Cmd::Quick { cli } => quick(cli),
+        Cmd::Soak(a) => config(a).map(|c| vec![c]),
+    };
+    let configs = match configs {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("chaos: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("chaos: cannot start tokio: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(async {
+        // On SIGINT / SIGTERM drop the run: its guards delete the
+        // namespaces and stop the stores and candidates.
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("chaos: cannot listen for SIGTERM: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        tokio::select! {
+            code = run_all(configs) => code,
+            _ = tokio::signal::ctrl_c() => { eprintln!("chaos: interrupted; cleaning up"); ExitCode::from(130) }
+            _ = term.recv() => { eprintln!("chaos: terminated; cleaning up"); ExitCode::from(143) }
+        }
+    })
+}

@@ -1,0 +1,623 @@
+//! One chaos run: a store, N `leasehold run --forever` candidates in their
+//! own network namespaces, the register, a seeded fault schedule, then the
+//! checker.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use leasehold_integration_tests::{EtcdNode, FakeGcs, ZkServer, http, unique_name};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::AsyncBufReadExt;
+use tokio::process::{Child, Command};
+
+use crate::checker::{self, Ev, Event, Fault, Limits, Report};
+use crate::members::NsCluster;
+use crate::net::{HUB_REGISTER_IP, HUB_STORE_IP, Net, sweep_leftovers};
+use crate::register::{Forwarder, Register, mono_ns};
+
+/// Which store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Backend {
+    Etcd,
+    Zookeeper,
+    Gcs,
+}
+
+/// The kinds of fault the runner injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum FaultKind {
+    /// SIGKILL the leader's supervisor (`leasehold run`).
+    KillLeader,
+    /// SIGSTOP the leader's supervisor and worker for longer than the ttl.
+    PauseLeader,
+    /// Take the leader's store link down (both directions).
+    CutLeader,
+    /// Drop what the leader sends to the store (it still hears the store).
+    DropLeaderOut,
+    /// Drop what the store sends to the leader (the leader's requests arrive).
+    DropLeaderIn,
+    /// Kill every store member, then start them again.
+    RestartStore,
+    /// Kill one member of a cluster / ensemble, restart it later.
+    KillMember,
+    /// Cut one cluster / ensemble member from its peers; its clients still
+    /// reach it.
+    IsolateMember,
+    /// Delete the Cloud Storage lease object by hand.
+    DeleteLease,
+}
+
+impl FaultKind {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            FaultKind::KillLeader => "kill-leader",
+            FaultKind::PauseLeader => "pause-leader",
+            FaultKind::CutLeader => "cut-leader",
+            FaultKind::DropLeaderOut => "drop-leader-out",
+            FaultKind::DropLeaderIn => "drop-leader-in",
+            FaultKind::RestartStore => "restart-store",
+            FaultKind::KillMember => "kill-member",
+            FaultKind::IsolateMember => "isolate-member",
+            FaultKind::DeleteLease => "delete-lease",
+        }
+    }
+
+    /// The kinds that apply to `backend` with `members` store members.
+    pub(crate) fn all_for(backend: Backend, members: usize) -> Vec<FaultKind> {
+        let mut kinds = vec![
+            FaultKind::KillLeader,
+            FaultKind::PauseLeader,
+            FaultKind::CutLeader,
+            FaultKind::DropLeaderOut,
+            FaultKind::DropLeaderIn,
+        ];
+        match backend {
+            // fake-gcs-server keeps objects in memory: a restart is a deletion.
+            Backend::Gcs => kinds.push(FaultKind::DeleteLease),
+            _ => kinds.push(FaultKind::RestartStore),
+        }
+        if members > 1 {
+            kinds.push(FaultKind::KillMember);
+        }
+        if backend != Backend::Gcs && members > 1 {
+            kinds.push(FaultKind::IsolateMember);
+        }
+        kinds
+    }
+}
+
+/// One run's settings.
+#[derive(Debug, Clone)]
+pub(crate) struct RunConfig {
+    pub(crate) backend: Backend,
+    pub(crate) members: usize,
+    pub(crate) candidates: usize,
+    pub(crate) seed: u64,
+    pub(crate) duration: Duration,
+    pub(crate) ttl: Duration,
+    pub(crate) grace: Duration,
+    pub(crate) slack: Duration,
+    pub(crate) kinds: Vec<FaultKind>,
+    pub(crate) cli: PathBuf,
+    pub(crate) log_dir: PathBuf,
+    /// Set LEASEHOLD_UNSAFE_NO_DEADLINE for the candidates (a CLI built with
+    /// `leasehold-core/unsafe-no-deadline` then never steps down on its own).
+    pub(crate) unsafe_no_deadline: bool,
+}
+
+enum Store {
+    EtcdOne(EtcdNode),
+    /// Members in network namespaces of their own (`members.rs`).
+    Ns(NsCluster),
+    ZkOne(ZkServer),
+    Gcs(FakeGcs),
+}
+
+impl Store {
+    async fn start(backend: Backend, members: usize, net: &Net) -> Result<Store, String> {
+        let e = |e: leasehold_integration_tests::HarnessError| e.to_string();
+        Ok(match (backend, members) {
+            (Backend::Etcd, 1) => Store::EtcdOne(EtcdNode::start().await.map_err(e)?),
+            (Backend::Etcd, n) => Store::Ns(NsCluster::etcd(net, n)?),
+            (Backend::Zookeeper, 1) => Store::ZkOne(ZkServer::start().await.map_err(e)?),
+            (Backend::Zookeeper, n) => Store::Ns(NsCluster::zookeeper(net, n)?),
+            (Backend::Gcs, 1) => Store::Gcs(FakeGcs::start().await.map_err(e)?),
+            (Backend::Gcs, n) => {
+                return Err(format!(
+                    "Cloud Storage has no members to count: use --members 1, not {n}"
+                ));
+            }
+        })
+    }
+
+    fn client_addrs(&self) -> Vec<SocketAddr> {
+        match self {
+            Store::EtcdOne(n) => vec![n.client_addr()],
+            Store::Ns(c) => c.client_addrs(),
+            Store::ZkOne(z) => vec![z.client_addr()],
+            Store::Gcs(g) => vec![g.addr()],
+        }
+    }
+
+    fn kill(&self, member: Option<usize>) {
+        match self {
+            Store::EtcdOne(n) => n.kill(),
+            Store::Ns(c) => c.kill(member),
+            Store::ZkOne(z) => z.kill(),
+            Store::Gcs(g) => g.kill(),
+        }
+    }
+
+    async fn restart_stopped(&self) -> Result<(), String> {
+        let r = match self {
+            Store::EtcdOne(n) => n.restart().await,
+            Store::Ns(c) => return c.restart_stopped(),
+            Store::ZkOne(z) => z.restart().await,
+            Store::Gcs(g) => g.restart().await,
+        };
+        r.map_err(|e| format!("restarting the store: {e}"))
+    }
+}
+
+/// A running `leasehold run --forever` (through `ip netns exec`).
+struct Candidate {
+    slot: usize,
+    generation: usize,
+    child: Child,
+    pid: u32,
+}
+
+/// The shared history the reader tasks append to.
+#[derive(Default)]
+struct History {
+    events: Vec<Event>,
+    /// Supervisor pid -> (its current token, its worker's pid).
+    terms: HashMap<u32, (u64, Option<u32>)>,
+    /// Supervisor pids whose term is live (elected, not yet lost/exited/killed).
+    leading: Vec<u32>,
+    /// Every worker pid an elected line named, with its token.
+    workers: Vec<(u32, u64)>,
+}
+
+type Shared = Arc<Mutex<History>>;
+
+fn lock(h: &Shared) -> std::sync::MutexGuard<'_, History> {
+    h.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn record(h: &Shared, sup: u32, ev: Ev) {
+    let mut h = lock(h);
+    let t = mono_ns();
+    match ev {
+        Ev::Elected { token, worker } => {
+            h.terms.insert(sup, (token, worker));
+            h.leading.retain(|p| *p != sup);
+            h.leading.push(sup);
+            if let Some(w) = worker {
+                h.workers.push((w, token));
+            }
+        }
+        Ev::Lost | Ev::Exited | Ev::Killed => h.leading.retain(|p| *p != sup),
+        Ev::Stopped | Ev::Continued => {}
+    }
+    h.events.push(Event { t, sup, ev });
+}
+
+/// Spawns `program` with SIGKILL as its parent-death signal, so a runner
+/// killed without running destructors takes its candidates with it.
+#[allow(unsafe_code)]
+fn with_parent_death_signal(command: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and only makes
+    // the prctl(2) system call, which is async-signal-safe; it allocates
+    // nothing and touches no lock or state shared with the parent.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
+}
+
+struct Run<'a> {
+    cfg: &'a RunConfig,
+    net: &'a Net,
+    url: String,
+    register: SocketAddr,
+    history: Shared,
+    candidates: Vec<Candidate>,
+    chaos: PathBuf,
+}
+
+impl Run<'_> {
+    fn spawn(&self, slot: usize, generation: usize) -> Result<Candidate, String> {
+        let cfg = self.cfg;
+        let stderr_path = cfg
+            .log_dir
+            .join(format!("candidate-{slot}-{generation}.log"));
+        let stderr = std::fs::File::create(&stderr_path)
+            .map_err(|e| format!("cannot create {}: {e}", stderr_path.display()))?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.net.candidate_ns(slot)])
+            .arg(&cfg.cli)
+            .args(["--store", &self.url, "run"])
+            .args(["--id", &format!("c{slot}-{generation}")])
+            .args(["--ttl", &format!("{}ms", cfg.ttl.as_millis())])
+            .args(["--grace", &format!("{}ms", cfg.grace.as_millis())])
+            .arg("--forever")
+            .arg("--")
+            .arg(&self.chaos)
+            .args(["worker", "--register", &self.register.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .env("RUST_LOG", "leasehold=info,leasehold_core=info")
+            .kill_on_drop(true);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("LEASEHOLD_") {
+                cmd.env_remove(k);
+            }
+        }
+        if cfg.unsafe_no_deadline {
+            cmd.env("LEASEHOLD_UNSAFE_NO_DEADLINE", "1");
+        }
+        with_parent_death_signal(&mut cmd);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", cfg.cli.display()))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| "the candidate exited at once".to_owned())?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| "no stdout pipe".to_owned())?;
+        let history = self.history.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                let ev = match v.get("event").and_then(|e| e.as_str()) {
+                    Some("elected") => Ev::Elected {
+                        token: v.get("token").and_then(|t| t.as_u64()).unwrap_or(0),
+                        worker: v.get("pid").and_then(|p| p.as_u64()).map(|p| p as u32),
+                    },
+                    Some("lost") => Ev::Lost,
+                    Some("exited") => Ev::Exited,
+                    _ => continue,
+                };
+                record(&history, pid, ev);
+            }
+        });
+        Ok(Candidate {
+            slot,
+            generation,
+            child,
+            pid,
+        })
+    }
+
+    /// The leading candidate's index, waiting up to `wait` for one.
+    async fn leader(&self, wait: Duration) -> Option<(usize, u32, Option<u32>)> {
+        let end = Instant::now() + wait;
+        loop {
+            {
+                let h = lock(&self.history);
+                if let Some(sup) = h.leading.last()
+                    && let Some(i) = self.candidates.iter().position(|c| c.pid == *sup)
+                {
+                    let worker = h.terms.get(sup).and_then(|(_, w)| *w);
+                    return Some((i, *sup, worker));
+                }
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn inject(
+        &mut self,
+        kind: FaultKind,
+        store: &Store,
+        rng: &mut fastrand::Rng,
+        members: usize,
+        gcs_object: &str,
+    ) -> Result<Option<Fault>, String> {
+        let ttl = self.cfg.ttl;
+        let start = mono_ns();
+        let needs_leader = matches!(
+            kind,
+            FaultKind::KillLeader
+                | FaultKind::PauseLeader
+                | FaultKind::CutLeader
+                | FaultKind::DropLeaderOut
+                | FaultKind::DropLeaderIn
+        );
+        let leader = if needs_leader {
+            match self.leader(ttl * 3).await {
+                Some(l) => Some(l),
+                None => return Ok(None),
+            }
+        } else {
+            None
+        };
+        let hold = ttl * 2 + Duration::from_millis(rng.u64(0..1000));
+        match (kind, leader) {
+            (FaultKind::KillLeader, Some((i, sup, _))) => {
+                let _ = kill(Pid::from_raw(sup as i32), Signal::SIGKILL);
+                record(&self.history, sup, Ev::Killed);
+                let heal = mono_ns();
+                let generation = self.candidates[i].generation + 1;
+                let slot = self.candidates[i].slot;
+                let fresh = self.spawn(slot, generation)?;
+                let mut old = std::mem::replace(&mut self.candidates[i], fresh);
+                tokio::spawn(async move {
+                    let _ = old.child.wait().await;
+                });
+                return Ok(Some(Fault {
+                    kind: kind.name(),
+                    start,
+                    heal,
+                }));
+            }
+            (FaultKind::PauseLeader, Some((_, sup, worker))) => {
+                let pids: Vec<Pid> = [Some(sup), worker]
+                    .into_iter()
+                    .flatten()
+                    .map(|p| Pid::from_raw(p as i32))
+                    .collect();
+                for p in &pids {
+                    let _ = kill(*p, Signal::SIGSTOP);
+                }
+                record(&self.history, sup, Ev::Stopped);
+                tokio::time::sleep(ttl + Duration::from_millis(500 + rng.u64(0..1500))).await;
+                record(&self.history, sup, Ev::Continued);
+                for p in pids.iter().rev() {
+                    let _ = kill(*p, Signal::SIGCONT);
+                }
+            }
+            (FaultKind::CutLeader, Some((i, _, _))) => {
+                self.net.cut(i)?;
+                tokio::time::sleep(hold).await;
+                self.net.uncut(i)?;
+            }
+            (FaultKind::DropLeaderOut, Some((i, _, _))) => {
+                self.net.drop_outgoing(i)?;
+                tokio::time::sleep(hold).await;
+                self.net.undrop_outgoing(i)?;
+            }
+            (FaultKind::DropLeaderIn, Some((i, _, _))) => {
+                self.net.drop_incoming(i)?;
+                tokio::time::sleep(hold).await;
+                self.net.undrop_incoming(i)?;
+            }
+            (FaultKind::RestartStore, _) => {
+                store.kill(None);
+                tokio::time::sleep(Duration::from_millis(200 + rng.u64(0..800))).await;
+                store.restart_stopped().await?;
+            }
+            (FaultKind::IsolateMember, _) => {
+                let Store::Ns(c) = store else {
+                    return Ok(None);
+                };
+                let k = rng.usize(0..c.len());
+                self.net.isolate_member(k)?;
+                tokio::time::sleep(hold).await;
+                self.net.rejoin_member(k)?;
+            }
+            (FaultKind::KillMember, _) => {
+                store.kill(Some(rng.usize(0..members)));
+                tokio::time::sleep(hold).await;
+                store.restart_stopped().await?;
+            }
+            (FaultKind::DeleteLease, _) => {
+                let Store::Gcs(gcs) = store else {
+                    return Ok(None);
+                };
+                let path = format!(
+                    "/storage/v1/b/{}/o/{}",
+                    gcs.bucket(),
+                    gcs_object.replace('/', "%2F")
+                );
+                let answer = http::delete(gcs.addr(), &path)
+                    .await
+                    .map_err(|e| format!("deleting the lease object: {e}"))?;
+                if answer.status >= 300 && answer.status != 404 {
+                    return Err(format!(
+                        "deleting the lease object answered {} {}",
+                        answer.status, answer.body
+                    ));
+                }
+            }
+            _ => return Ok(None),
+        }
+        Ok(Some(Fault {
+            kind: kind.name(),
+            start,
+            heal: mono_ns(),
+        }))
+    }
+
+    /// SIGCONT everyone, SIGTERM the supervisors, SIGKILL those still there
+    /// after a few seconds; then the workers still alive are orphans: report
+    /// and kill them.
+    async fn stop_all(&mut self) -> Vec<(u32, Option<u64>)> {
+        let workers = lock(&self.history).workers.clone();
+        for (w, _) in &workers {
+            let _ = kill(Pid::from_raw(*w as i32), Signal::SIGCONT);
+        }
+        for c in &self.candidates {
+            let _ = kill(Pid::from_raw(c.pid as i32), Signal::SIGCONT);
+            let _ = kill(Pid::from_raw(c.pid as i32), Signal::SIGTERM);
+        }
+        for c in &mut self.candidates {
+            if tokio::time::timeout(Duration::from_secs(5), c.child.wait())
+                .await
+                .is_err()
+            {
+                let _ = c.child.start_kill();
+                let _ = c.child.wait().await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut orphans = Vec::new();
+        for (w, token) in workers {
+            if is_our_worker(w) {
+                orphans.push((w, Some(token)));
+                let _ = kill(Pid::from_raw(w as i32), Signal::SIGKILL);
+            }
+        }
+        orphans
+    }
+}
+
+impl Drop for Run<'_> {
+    /// On an early exit (an error, SIGINT): the supervisors die with their
+    /// `Child` handles (SIGKILL), which leaves their workers running on
+    /// today's CLI, so kill every worker of ours still alive first.
+    fn drop(&mut self) {
+        let workers = lock(&self.history).workers.clone();
+        for (w, _) in workers {
+            if is_our_worker(w) {
+                let _ = kill(Pid::from_raw(w as i32), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Whether `pid` is alive and runs `chaos worker` (pids get reused).
+fn is_our_worker(pid: u32) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // A zombie is dead, only not reaped yet.
+    let zombie = stat
+        .rsplit_once(')')
+        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    !zombie && args.iter().any(|a| *a == b"worker") && args.iter().any(|a| *a == b"--register")
+}
+
+/// Runs one backend under faults and checks the history.
+pub(crate) async fn run(cfg: &RunConfig) -> Result<Report, String> {
+    let swept = sweep_leftovers();
+    if swept > 0 {
+        eprintln!("chaos: deleted {swept} network namespace(s) left by earlier runs");
+    }
+    let in_netns = cfg.backend != Backend::Gcs && cfg.members > 1;
+    let net = Net::create(cfg.candidates, if in_netns { cfg.members } else { 0 })?;
+    let store = Store::start(cfg.backend, cfg.members, &net).await?;
+    // Stores in the root namespace are reached through forwarders in the hub;
+    // members in namespaces directly.
+    let mut forwarders = Vec::new();
+    let mut hosts: Vec<String> = Vec::new();
+    for target in store.client_addrs() {
+        if in_netns {
+            hosts.push(target.to_string());
+        } else {
+            let f = Forwarder::start(net.bind_in_hub(HUB_STORE_IP)?, target)?;
+            hosts.push(f.addr().to_string());
+            forwarders.push(f);
+        }
+    }
+    let register = Register::start(net.bind_in_hub(HUB_REGISTER_IP)?)?;
+    let election = unique_name("chaos");
+    let gcs_object = format!("chaos/{election}");
+    let url = match (&store, cfg.backend) {
+        (Store::Gcs(g), _) => format!(
+            "gs://{}/{gcs_object}?endpoint=http://{}",
+            g.bucket(),
+            hosts[0]
+        ),
+        (_, Backend::Etcd) => format!("etcd://{}/{election}", hosts.join(",")),
+        (_, _) => format!("zk://{}/{election}", hosts.join(",")),
+    };
+    let chaos = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
+    let mut run = Run {
+        cfg,
+        net: &net,
+        url,
+        register: register.addr(),
+        history: Shared::default(),
+        candidates: Vec::new(),
+        chaos,
+    };
+    for slot in 0..cfg.candidates {
+        let c = run.spawn(slot, 0)?;
+        run.candidates.push(c);
+    }
+    let mut rng = fastrand::Rng::with_seed(cfg.seed);
+    let started = Instant::now();
+    let limits = Limits {
+        orphan_ns: (cfg.grace + Duration::from_millis(250)).as_nanos() as u64,
+        resume_ns: (cfg.grace + Duration::from_millis(500)).as_nanos() as u64,
+        recover_ns: (cfg.ttl + cfg.slack).as_nanos() as u64,
+        origin: mono_ns(),
+    };
+    let mut faults = Vec::new();
+    let mut error = None;
+    if run.leader(Duration::from_secs(30)).await.is_none() {
+        error = Some("no candidate was elected within 30s of the start".to_owned());
+    }
+    // At most one fault a second: the count bound backs the time bound.
+    let max_faults = cfg.duration.as_secs() as usize + 1;
+    // Every kind once per round, in a seeded random order, so that even a
+    // short run covers them all.
+    let mut round: Vec<FaultKind> = Vec::new();
+    while error.is_none() && started.elapsed() < cfg.duration && faults.len() < max_faults {
+        if round.is_empty() {
+            round = cfg.kinds.clone();
+            rng.shuffle(&mut round);
+        }
+        let kind = round.remove(0);
+        eprintln!(
+            "chaos: {:>6.1}s {:?}: {}",
+            started.elapsed().as_secs_f64(),
+            cfg.backend,
+            kind.name()
+        );
+        match run
+            .inject(kind, &store, &mut rng, cfg.members, &gcs_object)
+            .await
+        {
+            Ok(Some(f)) => {
+                // Wait for the recovery (bounded), then a little calm.
+                let bound = Instant::now() + cfg.ttl + cfg.slack;
+                while Instant::now() < bound
+                    && !register
+                        .log()
+                        .iter()
+                        .rev()
+                        .any(|w| w.accepted && w.arrival >= f.heal)
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                faults.push(f);
+            }
+            Ok(None) => eprintln!("chaos: no leader to hit; skipped"),
+            Err(e) => error = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(300 + rng.u64(0..1200))).await;
+    }
+    let end = mono_ns();
+    let orphans = run.stop_all().await;
+    drop(forwarders);
+    drop(store);
+    if let Some(e) = error {
+        return Err(e);
+    }
+    let events = lock(&run.history).events.clone();
+    let mut report = checker::check(&register.log(), &events, &faults, end, &orphans, limits);
+    report.backend = format!("{:?} x{}", cfg.backend, cfg.members).to_lowercase();
+    report.seed = cfg.seed;
+    report.seconds = started.elapsed().as_secs();
+    Ok(report)
+}
