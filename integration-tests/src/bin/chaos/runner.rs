@@ -533,7 +533,7 @@ pub(crate) async fn run(cfg: &RunConfig) -> Result<Report, String> {
     let gcs_object = format!("chaos/{election}");
     let url = match (&store, cfg.backend) {
         (Store::Gcs(g), _) => format!(
-            "gs://{}/{gcs_object}?endpoint=http://{}",
+            "gs://{}/{gcs_object}?endpoint=http://{}&credentials=none",
             g.bucket(),
             hosts[0]
         ),
