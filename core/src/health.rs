@@ -259,15 +259,16 @@ impl Monitor {
     /// `unreachable`.
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     pub(crate) fn term_ended(&self, token: FencingToken, reason: &'static str) {
-        {
+        let ended = {
             let mut s = self.state();
-            match &s.term {
-                Some(t) if t.0 == token => s.term = None,
-                _ => return,
+            let ours = s.term.as_ref().is_some_and(|t| t.0 == token);
+            if ours {
+                s.term = None;
             }
-        }
+            ours
+        };
         #[cfg(feature = "metrics")]
-        {
+        if ended {
             metrics::gauge!("leasehold_leader_is_leader", &self.labels).set(0.0);
             metrics::gauge!("leasehold_leader_deadline_seconds", &self.labels).set(0.0);
             metrics::counter!(
