@@ -678,7 +678,7 @@ impl Campaign {
                         self.withdraw(dead).await;
                         return WaitEnd::Retry;
                     }
-                    tracing::debug!(error = %e, "renewing the queued claim failed; retrying");
+                    tracing::warn!(error = %e, "renewing the queued claim failed; retrying");
                     next_renew = Some(schedule.retry_at(sent, Instant::now(), claim_deadline));
                 }
             }
