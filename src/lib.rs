@@ -44,8 +44,8 @@ use std::sync::{Arc, OnceLock};
 
 pub use leasehold_core::{
     AcquireOutcome, AcquireRequest, Attempt, Backend, CancellationToken, Capabilities, Claim,
-    ElectionOptions, Elector, Error, FencingToken, LeaderInfo, LeaderWatch, Leadership, LossReason,
-    Result, faulty, memory,
+    ElectionOptions, Elector, Error, FencingToken, Health, LeaderHealth, LeaderInfo, LeaderWatch,
+    Leadership, LossReason, Result, StoreContact, faulty, memory,
 };
 
 /// The engine crate, for backend authors.

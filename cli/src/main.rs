@@ -9,6 +9,7 @@
 //!
 //! Events are printed as one JSON object per line on stdout.
 
+mod exporter;
 mod supervise;
 
 use std::process::ExitCode;
@@ -43,6 +44,11 @@ struct Cli {
     /// A TOML config file (an ElectionConfig), under --store and the flags.
     #[arg(long, global = true)]
     config: Option<std::path::PathBuf>,
+    /// Serve Prometheus metrics on /metrics and the health snapshot on
+    /// /healthz (200 healthy, 503 not; JSON) at HOST:PORT, e.g.
+    /// 127.0.0.1:9464 (campaign, run and observe).
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    metrics_addr: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -334,12 +340,17 @@ async fn main() -> ExitCode {
     if let Cmd::Guard { pgid } = &cli.command {
         return supervise::guard_main(pgid).await;
     }
-    if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .init();
-    }
+    // Store errors and retries are warnings: shown without RUST_LOG. Colour
+    // only when stderr is a terminal (not in log files).
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(f) if !f.is_empty() => tracing_subscriber::EnvFilter::new(f),
+        _ => tracing_subscriber::EnvFilter::new("warn"),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     let election = match &cli.command {
         Cmd::Leader(e) | Cmd::Observe(e) => e.clone(),
         Cmd::Campaign { election, .. } | Cmd::Run { election, .. } => election.clone(),
@@ -355,10 +366,22 @@ async fn main() -> ExitCode {
         },
         _ => None,
     };
+    // The recorder goes in before the elector exists: creating it records
+    // the is-leader gauge at 0.
+    let exporter = match &cli.metrics_addr {
+        Some(addr) if !matches!(cli.command, Cmd::Leader(_)) => match exporter::bind(addr).await {
+            Ok(x) => Some(x),
+            Err(e) => return fail(e),
+        },
+        _ => None,
+    };
     let elector = match build(&cli, &election).await {
         Ok(e) => e,
         Err(e) => return fail(e),
     };
+    if let Some(x) = exporter {
+        exporter::serve(x, elector.clone());
+    }
     match &cli.command {
         Cmd::Leader(_) => match elector.leader().await {
             Ok(l) => {

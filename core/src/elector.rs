@@ -11,6 +11,7 @@ use tracing::Instrument;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::health::{Health, Monitor};
 use crate::leadership::Leadership;
 use crate::options::ElectionOptions;
 use crate::retry::{Backoff, RenewSchedule, jittered};
@@ -69,6 +70,7 @@ impl Attempt {
 pub struct Elector {
     backend: Arc<dyn Backend>,
     options: ElectionOptions,
+    monitor: Arc<Monitor>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +92,26 @@ impl Elector {
     pub fn new(backend: Arc<dyn Backend>, options: ElectionOptions) -> Result<Self> {
         options.validate()?;
         backend.validate(&options)?;
-        Ok(Elector { backend, options })
+        let monitor = Arc::new(Monitor::new(&options, backend.name()));
+        monitor.register();
+        Ok(Elector {
+            backend,
+            options,
+            monitor,
+        })
+    }
+
+    /// A snapshot for a readiness probe: leading (time left to the local
+    /// deadline, last renewal error) or following (the last store contact
+    /// of this elector's campaigns and heartbeats: answered, or cut off
+    /// since an instant). Cheap and synchronous: one mutex lock, no store
+    /// call. Clones of an elector share it.
+    ///
+    /// A follower's contact is refreshed by its campaign's calls (acquire
+    /// attempts, renewals of a queued claim): at least every ttl while it
+    /// campaigns. An elector that does not campaign keeps its last state.
+    pub fn health(&self) -> Health {
+        self.monitor.health()
     }
 
     /// The options this elector runs with.
@@ -159,12 +180,12 @@ impl Elector {
         match self.campaign_with(Mode::Block, cancel.child_token()).await {
             Ok(attempt) => match attempt.leadership() {
                 Some(leadership) if cancel.is_cancelled() => {
-                    tracing::info!(
-                        token = %leadership.fencing_token(),
-                        "won as the campaign was cancelled; releasing"
-                    );
+                    let (election, candidate) =
+                        (&self.options.election, &self.options.candidate_id);
+                    let token = leadership.fencing_token();
+                    tracing::info!(%election, %candidate, %token, "won as the campaign was cancelled; releasing");
                     if let Err(e) = leadership.unlock().await {
-                        tracing::warn!(error = %e, "releasing a lease won while cancelling failed");
+                        tracing::warn!(%election, %candidate, %token, error = %e, "releasing a lease won while cancelling failed");
                     }
                     Ok(None)
                 }
@@ -267,7 +288,11 @@ impl Elector {
         let (tx, rx) = watch::channel(first);
         let backend = self.backend.clone();
         let options = self.options.clone();
-        let span = tracing::debug_span!("observe", election = %election);
+        let span = tracing::info_span!(
+            "observe",
+            election = %election,
+            candidate = %self.options.candidate_id,
+        );
         tokio::spawn(observe_task(backend, options, stream, tx).instrument(span));
         Ok(rx)
     }
@@ -314,7 +339,7 @@ impl Elector {
             }
             let ended_early = !term.is_lost();
             if let Err(e) = term.unlock().await {
-                tracing::warn!(%token, error = %e, "release after the term failed; the next candidate waits until the store ends the lease (etcd and Cloud Storage: its ttl; ZooKeeper: when this session ends)");
+                tracing::warn!(election = %self.options.election, candidate = %self.options.candidate_id, %token, error = %e, "release after the term failed; the next candidate waits until the store ends the lease (etcd and Cloud Storage: its ttl; ZooKeeper: when this session ends)");
             }
             if cancel.is_cancelled() {
                 return Ok(());
@@ -349,6 +374,7 @@ impl Elector {
         let task = Campaign {
             backend: self.backend.clone(),
             options: self.options.clone(),
+            monitor: self.monitor.clone(),
             cancel,
         };
         tokio::spawn(
@@ -380,6 +406,7 @@ async fn bounded<T>(
 struct Campaign {
     backend: Arc<dyn Backend>,
     options: ElectionOptions,
+    monitor: Arc<Monitor>,
     cancel: CancellationToken,
 }
 
@@ -395,7 +422,17 @@ impl Campaign {
         operation: &'static str,
         fut: impl Future<Output = Result<T>>,
     ) -> Result<T> {
-        bounded(self.options.request_timeout, operation, fut).await
+        let result = bounded(self.options.request_timeout, operation, fut).await;
+        self.note(operation, &result);
+        result
+    }
+
+    /// Report a store call's outcome to the monitor.
+    fn note<T>(&self, operation: &'static str, result: &Result<T>) {
+        match result {
+            Ok(_) | Err(Error::Lost(_)) => self.monitor.store_ok(),
+            Err(e) => self.monitor.store_error(operation, e),
+        }
     }
 
     /// Withdraw a claim, bounded, logging failures (the claim then expires).
@@ -420,6 +457,7 @@ impl Campaign {
         // claim's renewal schedule (a last attempt shortly before its local
         // deadline); a successful step leads to wait_turn, which renews it.
         let mut claim_schedule = RenewSchedule::new(opts);
+        let started = Instant::now();
         loop {
             if self.cancel.is_cancelled() {
                 self.withdraw(held).await;
@@ -447,6 +485,7 @@ impl Campaign {
                 None => opts.request_timeout,
             };
             let outcome = bounded(bound, "acquire", self.backend.try_acquire(&req)).await;
+            self.note("acquire", &outcome);
             let (leader, revision) = match outcome {
                 Ok(AcquireOutcome::Acquired(claim)) => {
                     let anchor = held.as_ref().map_or(sent, |h| h.anchor);
@@ -458,8 +497,14 @@ impl Campaign {
                         continue;
                     }
                     tracing::info!(token = %claim.token, "acquired leadership");
-                    let leadership =
-                        Leadership::start(self.backend.clone(), opts.clone(), claim, anchor);
+                    let leadership = Leadership::start(
+                        self.backend.clone(),
+                        opts.clone(),
+                        claim,
+                        anchor,
+                        self.monitor.clone(),
+                        started.elapsed(),
+                    );
                     return Ok(Attempt::Leader(leadership));
                 }
                 Ok(AcquireOutcome::Held {
@@ -612,7 +657,9 @@ impl Campaign {
             let sent = Instant::now();
             let claim_deadline = h.anchor + lifetime;
             let bound = schedule.call_bound(sent, claim_deadline);
-            match bounded(bound, "renew", self.backend.renew(&h.claim)).await {
+            let renewed = bounded(bound, "renew", self.backend.renew(&h.claim)).await;
+            self.note("renew", &renewed);
+            match renewed {
                 Ok(claim) => {
                     h.claim = claim;
                     h.anchor = sent;
@@ -631,7 +678,7 @@ impl Campaign {
                         self.withdraw(dead).await;
                         return WaitEnd::Retry;
                     }
-                    tracing::debug!(error = %e, "renewing the queued claim failed; retrying");
+                    tracing::warn!(error = %e, "renewing the queued claim failed; retrying");
                     next_renew = Some(schedule.retry_at(sent, Instant::now(), claim_deadline));
                 }
             }

@@ -5,9 +5,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::health::{LeaderHealth, Monitor};
 use crate::options::ElectionOptions;
 use crate::retry::RenewSchedule;
 use crate::types::{Claim, FencingToken, LeaderInfo};
@@ -34,6 +36,18 @@ pub enum LossReason {
     },
 }
 
+impl LossReason {
+    /// The reason's label in metrics: `released`, `lease_lost` or
+    /// `unreachable`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            LossReason::Released => "released",
+            LossReason::LeaseLost(_) => "lease_lost",
+            LossReason::Unreachable { .. } => "unreachable",
+        }
+    }
+}
+
 impl std::fmt::Display for LossReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -55,6 +69,12 @@ impl std::fmt::Display for LossReason {
 #[derive(Debug)]
 struct TermState {
     info: LeaderInfo,
+    /// The term's span (info level: election, candidate, token); the
+    /// heartbeat and the end of the term log inside it.
+    span: tracing::Span,
+    monitor: Arc<Monitor>,
+    /// The last renewal error, cleared by a successful renewal.
+    last_error: Mutex<Option<Error>>,
     claim: Mutex<Claim>,
     deadline: Mutex<Instant>,
     reason: Mutex<Option<LossReason>>,
@@ -76,14 +96,12 @@ impl TermState {
         {
             let mut r = lock(&self.reason);
             if r.is_none() {
+                let _e = self.span.enter();
                 match &reason {
-                    LossReason::Released => tracing::info!(
-                        election = %self.info.id, token = %self.info.token, "leadership released"
-                    ),
-                    other => tracing::warn!(
-                        candidate = %self.info.id, token = %self.info.token, reason = %other, "leadership lost"
-                    ),
+                    LossReason::Released => tracing::info!("leadership released"),
+                    other => tracing::warn!(reason = %other, "leadership lost"),
                 }
+                self.monitor.term_ended(self.info.token, reason.label());
                 *r = Some(reason);
             }
         }
@@ -126,6 +144,7 @@ impl Drop for TermGuard {
         let claim = self.state.claim();
         let backend = self.backend.clone();
         let bound = self.options.request_timeout;
+        let span = self.state.span.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 handle.spawn(async move {
@@ -134,12 +153,12 @@ impl Drop for TermGuard {
                         Ok(Err(e)) => tracing::warn!(key = %claim.key, error = %e, "release on drop failed; the next candidate waits until the store ends the lease (etcd and Cloud Storage: its ttl; ZooKeeper: when this session ends)"),
                         Err(_) => tracing::warn!(key = %claim.key, "release on drop timed out; unless it landed, the next candidate waits until the store ends the lease (etcd and Cloud Storage: its ttl; ZooKeeper: when this session ends)"),
                     }
-                });
+                }.instrument(span));
             }
-            Err(_) => tracing::warn!(
+            Err(_) => span.in_scope(|| tracing::warn!(
                 key = %claim.key,
                 "leadership dropped outside a tokio runtime: not released; the next candidate waits until the store ends the lease (etcd and Cloud Storage: its ttl; ZooKeeper: when this session ends)"
-            ),
+            )),
         }
     }
 }
@@ -181,27 +200,44 @@ impl Leadership {
         options: ElectionOptions,
         claim: Claim,
         anchor: Instant,
+        monitor: Arc<Monitor>,
+        waited: std::time::Duration,
     ) -> Self {
         let info = LeaderInfo {
             id: options.candidate_id.clone(),
             value: options.value.clone(),
             token: claim.token,
         };
+        let span = tracing::info_span!(
+            "term",
+            election = %options.election,
+            candidate = %options.candidate_id,
+            token = %claim.token,
+        );
+        let deadline = anchor + options.deadline_after_renewal();
+        monitor.term_started(claim.token, deadline, waited);
         let state = Arc::new(TermState {
             info,
+            span: span.clone(),
+            monitor,
+            last_error: Mutex::new(None),
             claim: Mutex::new(claim),
             deadline: Mutex::new(anchor + options.deadline_after_renewal()),
             reason: Mutex::new(None),
             lost: CancellationToken::new(),
         });
         let stop = CancellationToken::new();
-        tokio::spawn(heartbeat(
-            state.clone(),
-            backend.clone(),
-            options.clone(),
-            stop.clone(),
-            anchor,
-        ));
+        let heartbeat_span = tracing::info_span!(parent: &span, "heartbeat");
+        tokio::spawn(
+            heartbeat(
+                state.clone(),
+                backend.clone(),
+                options.clone(),
+                stop.clone(),
+                anchor,
+            )
+            .instrument(heartbeat_span),
+        );
         Leadership {
             guard: Arc::new(TermGuard {
                 state,
@@ -237,6 +273,19 @@ impl Leadership {
     /// instant at the latest unless a renewal succeeds before it.
     pub fn deadline(&self) -> Instant {
         *lock(&self.guard.state.deadline)
+    }
+
+    /// A snapshot for a readiness probe: leading or not, time left to the
+    /// local deadline, the last renewal error. Cheap (two mutex locks), never
+    /// waits for the store.
+    pub fn health(&self) -> LeaderHealth {
+        let state = &self.guard.state;
+        LeaderHealth {
+            leading: !self.is_lost(),
+            token: state.info.token,
+            until_deadline: self.deadline().saturating_duration_since(Instant::now()),
+            last_error: lock(&state.last_error).clone(),
+        }
     }
 
     /// `true` once leadership has ended.
@@ -298,15 +347,22 @@ impl Leadership {
         }
         let claim = g.state.claim();
         let bound = g.options.request_timeout;
-        let span = tracing::info_span!("release", election = %claim.election, token = %claim.token);
-        let _e = span.enter();
-        match timeout(bound, g.backend.release(&claim)).await {
+        let span = tracing::info_span!(parent: &g.state.span, "release");
+        let result = match timeout(bound, g.backend.release(&claim))
+            .instrument(span)
+            .await
+        {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout {
                 operation: "release",
                 after: bound,
             }),
+        };
+        match &result {
+            Ok(()) => g.state.monitor.store_ok(),
+            Err(e) => g.state.monitor.store_error("release", e),
         }
+        result
     }
 }
 
@@ -334,7 +390,6 @@ async fn heartbeat(
     let mut next = anchor + options.renew_interval;
     let mut schedule = RenewSchedule::new(&options);
     let mut last_error: Option<Error> = None;
-    let span = tracing::debug_span!("heartbeat", election = %options.election, candidate = %options.candidate_id);
     loop {
         tokio::select! {
             biased;
@@ -360,7 +415,11 @@ async fn heartbeat(
                 next = sent + options.renew_interval;
                 schedule.reset();
                 last_error = None;
-                span.in_scope(|| tracing::trace!("renewed"));
+                *lock(&state.last_error) = None;
+                state
+                    .monitor
+                    .renewed(state.info.token, deadline, sent.elapsed());
+                tracing::trace!("renewed");
             }
             Ok(Err(Error::Lost(message))) => {
                 state.fire_lost(LossReason::LeaseLost(message));
@@ -370,17 +429,22 @@ async fn heartbeat(
             Ok(Err(e)) => {
                 let now = Instant::now();
                 next = schedule.retry_at(sent, now, deadline);
-                span.in_scope(|| tracing::warn!(error = %e, retry_in = ?next - now, left = ?deadline - now, "renewal failed; retrying"));
+                tracing::warn!(error = %e, retry_in = ?next - now, left = ?deadline - now, "renewal failed; retrying");
+                state.monitor.renew_failed(state.info.token, deadline, &e);
+                *lock(&state.last_error) = Some(e.clone());
                 last_error = Some(e);
             }
             Err(_) => {
                 let now = Instant::now();
                 next = schedule.retry_at(sent, now, deadline);
-                span.in_scope(|| tracing::warn!(after = ?bound, retry_in = ?next - now, left = ?deadline - now, "renewal timed out (or gave way to the last attempt before the deadline); retrying"));
-                last_error = Some(Error::Timeout {
+                tracing::warn!(after = ?bound, retry_in = ?next - now, left = ?deadline - now, "renewal timed out (or gave way to the last attempt before the deadline); retrying");
+                let e = Error::Timeout {
                     operation: "renew",
                     after: bound,
-                });
+                };
+                state.monitor.renew_failed(state.info.token, deadline, &e);
+                *lock(&state.last_error) = Some(e.clone());
+                last_error = Some(e);
             }
         }
     }

@@ -1,0 +1,294 @@
+//! Health snapshots for readiness probes and, behind the `metrics` feature,
+//! the engine's metrics (through the [`metrics`](https://docs.rs/metrics)
+//! facade: no exporter is installed by the library).
+//!
+//! One [`Monitor`] is shared by an [`Elector`](crate::Elector), its clones
+//! and the heartbeats of the terms it wins. Every store call the engine makes
+//! for the campaign or the heartbeat reports here, so the snapshot is as
+//! fresh as the last call and costs one mutex lock to read.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::error::Error;
+use crate::options::ElectionOptions;
+use crate::types::FencingToken;
+
+/// Whether the store answered the last call of an elector.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum StoreContact {
+    /// No store call has finished yet.
+    Unknown,
+    /// The last call was answered (an answer such as "someone else holds
+    /// it" counts: the store was reached).
+    Ok {
+        /// When that answer arrived.
+        at: Instant,
+    },
+    /// Every call has failed since `since` (unreachable, timed out, refused).
+    CutOff {
+        /// When the first failure of this run of failures arrived.
+        since: Instant,
+        /// The last error.
+        last_error: Error,
+    },
+}
+
+/// A leader's view of its term, from [`Leadership::health`](crate::Leadership::health)
+/// or [`Health::Leading`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct LeaderHealth {
+    /// `false` once the term has ended (the done signal fired).
+    pub leading: bool,
+    /// The term's fencing token.
+    pub token: FencingToken,
+    /// Time left to the local deadline (zero once it passed): unless a
+    /// renewal succeeds before then, leadership is reported lost.
+    pub until_deadline: Duration,
+    /// The last renewal error, cleared by the next successful renewal.
+    pub last_error: Option<Error>,
+}
+
+impl LeaderHealth {
+    /// Leading with time left before the local deadline.
+    pub fn is_healthy(&self) -> bool {
+        self.leading && !self.until_deadline.is_zero()
+    }
+}
+
+/// A snapshot of an [`Elector`](crate::Elector): leading, or following with
+/// the state of its contact with the store. See
+/// [`Elector::health`](crate::Elector::health).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Health {
+    /// This candidate leads a term.
+    Leading(LeaderHealth),
+    /// This candidate does not lead (campaigning, between terms, or idle).
+    Following {
+        /// The last store contact of this elector.
+        contact: StoreContact,
+    },
+}
+
+impl Health {
+    /// Healthy for a readiness probe: leading with time left to the local
+    /// deadline, or following with the store's last answer good (or no call
+    /// made yet). A follower cut off from the store is not healthy.
+    pub fn is_healthy(&self) -> bool {
+        match self {
+            Health::Leading(l) => l.is_healthy(),
+            Health::Following { contact } => !matches!(contact, StoreContact::CutOff { .. }),
+        }
+    }
+
+    /// `true` when this candidate leads.
+    pub fn is_leading(&self) -> bool {
+        matches!(self, Health::Leading(l) if l.leading)
+    }
+}
+
+/// The stable name of an error's kind, used as the `kind` metric label.
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+pub(crate) fn error_kind(e: &Error) -> &'static str {
+    match e {
+        Error::InvalidOption { .. } => "invalid_option",
+        Error::Config(_) => "config",
+        Error::Lost(_) => "lost",
+        Error::Unavailable { .. } => "unavailable",
+        Error::Timeout { .. } => "timeout",
+        Error::NotSupported { .. } => "not_supported",
+        Error::PermissionDenied { .. } => "permission_denied",
+        Error::InvalidRecord { .. } => "invalid_record",
+        Error::Cancelled => "cancelled",
+        Error::Backend { .. } => "backend",
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    contact: StoreContact,
+    /// The current term: token, local deadline, last renewal error.
+    term: Option<(FencingToken, Instant, Option<Error>)>,
+}
+
+/// Shared by an elector, its clones and its terms' heartbeats.
+#[derive(Debug)]
+pub(crate) struct Monitor {
+    state: Mutex<State>,
+    #[cfg(feature = "metrics")]
+    labels: [(&'static str, String); 2],
+    #[cfg(feature = "metrics")]
+    backend: &'static str,
+}
+
+impl Monitor {
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub(crate) fn new(options: &ElectionOptions, backend: &'static str) -> Self {
+        Monitor {
+            state: Mutex::new(State {
+                contact: StoreContact::Unknown,
+                term: None,
+            }),
+            #[cfg(feature = "metrics")]
+            labels: [
+                ("election", options.election.clone()),
+                ("candidate", options.candidate_id.clone()),
+            ],
+            #[cfg(feature = "metrics")]
+            backend,
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The snapshot.
+    pub(crate) fn health(&self) -> Health {
+        let s = self.state();
+        match &s.term {
+            Some((token, deadline, last_error)) => Health::Leading(LeaderHealth {
+                leading: true,
+                token: *token,
+                until_deadline: deadline.saturating_duration_since(Instant::now()),
+                last_error: last_error.clone(),
+            }),
+            None => Health::Following {
+                contact: s.contact.clone(),
+            },
+        }
+    }
+
+    /// The store answered a call.
+    pub(crate) fn store_ok(&self) {
+        self.state().contact = StoreContact::Ok { at: Instant::now() };
+    }
+
+    /// A store call failed (`operation`: acquire, renew, release, ...).
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub(crate) fn store_error(&self, operation: &'static str, e: &Error) {
+        if matches!(e, Error::Cancelled | Error::Lost(_)) {
+            return;
+        }
+        {
+            let mut s = self.state();
+            let since = match &s.contact {
+                StoreContact::CutOff { since, .. } => *since,
+                _ => Instant::now(),
+            };
+            s.contact = StoreContact::CutOff {
+                since,
+                last_error: e.clone(),
+            };
+        }
+        #[cfg(feature = "metrics")]
+        metrics::counter!(
+            "leasehold_store_errors_total",
+            &[
+                self.labels[0].clone(),
+                self.labels[1].clone(),
+                ("backend", self.backend.to_string()),
+                ("operation", operation.to_string()),
+                ("kind", error_kind(e).to_string()),
+            ]
+        )
+        .increment(1);
+    }
+
+    /// A campaign won a term after waiting `waited`.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub(crate) fn term_started(&self, token: FencingToken, deadline: Instant, waited: Duration) {
+        self.state().term = Some((token, deadline, None));
+        #[cfg(feature = "metrics")]
+        {
+            metrics::counter!("leasehold_terms_started_total", &self.labels).increment(1);
+            metrics::gauge!("leasehold_leader_is_leader", &self.labels).set(1.0);
+            metrics::histogram!("leasehold_campaign_wait_seconds", &self.labels)
+                .record(waited.as_secs_f64());
+            self.deadline_gauge(deadline);
+        }
+    }
+
+    #[cfg(feature = "metrics")]
+    fn deadline_gauge(&self, deadline: Instant) {
+        metrics::gauge!("leasehold_leader_deadline_seconds", &self.labels).set(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .as_secs_f64(),
+        );
+    }
+
+    /// A renewal of the term `token` succeeded after `latency`.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub(crate) fn renewed(&self, token: FencingToken, deadline: Instant, latency: Duration) {
+        self.store_ok();
+        if let Some(t) = &mut self.state().term
+            && t.0 == token
+        {
+            t.1 = deadline;
+            t.2 = None;
+        }
+        #[cfg(feature = "metrics")]
+        {
+            metrics::histogram!("leasehold_renewal_duration_seconds", &self.labels)
+                .record(latency.as_secs_f64());
+            self.deadline_gauge(deadline);
+        }
+    }
+
+    /// A renewal of the term `token` failed (not with "lost").
+    pub(crate) fn renew_failed(&self, token: FencingToken, deadline: Instant, e: &Error) {
+        self.store_error("renew", e);
+        if let Some(t) = &mut self.state().term
+            && t.0 == token
+        {
+            t.2 = Some(e.clone());
+        }
+        #[cfg(feature = "metrics")]
+        self.deadline_gauge(deadline);
+        #[cfg(not(feature = "metrics"))]
+        let _ = deadline;
+    }
+
+    /// The term `token` ended; `reason` is `released`, `lease_lost` or
+    /// `unreachable`.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub(crate) fn term_ended(&self, token: FencingToken, reason: &'static str) {
+        let ended = {
+            let mut s = self.state();
+            let ours = s.term.as_ref().is_some_and(|t| t.0 == token);
+            if ours {
+                s.term = None;
+            }
+            ours
+        };
+        #[cfg(feature = "metrics")]
+        if ended {
+            metrics::gauge!("leasehold_leader_is_leader", &self.labels).set(0.0);
+            metrics::gauge!("leasehold_leader_deadline_seconds", &self.labels).set(0.0);
+            metrics::counter!(
+                "leasehold_terms_lost_total",
+                &[
+                    self.labels[0].clone(),
+                    self.labels[1].clone(),
+                    ("reason", reason.to_string()),
+                ]
+            )
+            .increment(1);
+        }
+    }
+
+    /// Set the is-leader gauge to 0 for an elector that has not led yet,
+    /// so that `sum(leasehold_leader_is_leader)` counts every candidate.
+    pub(crate) fn register(&self) {
+        #[cfg(feature = "metrics")]
+        if self.state().term.is_none() {
+            metrics::gauge!("leasehold_leader_is_leader", &self.labels).set(0.0);
+        }
+    }
+}
