@@ -1,14 +1,14 @@
 //! An etcd cluster or ZooKeeper ensemble whose members live in network
 //! namespaces of their own (see `net.rs`), so that a member can be cut from
 //! its peers while its clients still reach it. Each member is
-//! `ip netns exec lhc<pid>-m<k> etcd|java ...`,
+//! `nsenter --net=/run/netns/lhc<pid>-m<k> -- etcd|java ...`,
 //! stopped by its pid (on drop too), with SIGKILL as its parent-death signal
 //! and a pid file in the harness's pid directory (so `scripts/test` reports
 //! one left behind).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Mutex, PoisonError};
 
 use nix::sys::signal::{Signal, kill};
@@ -196,9 +196,8 @@ impl NsCluster {
         let err = log
             .try_clone()
             .map_err(|e| format!("cannot duplicate a file handle: {e}"))?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &m.ns])
-            .arg(&self.program)
+        let mut cmd = crate::net::in_netns(&m.ns);
+        cmd.arg(&self.program)
             .args(&m.args)
             .stdin(Stdio::null())
             .stdout(log)

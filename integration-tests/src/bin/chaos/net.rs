@@ -37,10 +37,28 @@ const PREFIX: &str = "lhc";
 
 /// Runs `ip ARGS`, failing with its stderr and the command line.
 pub(crate) fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run `ip {}`: {e}; install iproute2", args.join(" ")))?;
+    // `ip -n NS ...` (like `ip netns exec`) also makes a private mount
+    // namespace and remounts /sys, which fails where `/` is not a mount point
+    // (a chroot: "mount --make-rslave /" failed: Invalid argument). Only the
+    // network namespace matters here, so enter just that one.
+    let mut cmd = match args {
+        ["-n", ns, rest @ ..] => {
+            let mut cmd = in_netns(ns);
+            cmd.arg("ip").args(rest);
+            cmd
+        }
+        _ => {
+            let mut cmd = Command::new("ip");
+            cmd.args(args);
+            cmd
+        }
+    };
+    let out = cmd.output().map_err(|e| {
+        format!(
+            "cannot run `ip {}`: {e}; install iproute2 and util-linux",
+            args.join(" ")
+        )
+    })?;
     if out.status.success() {
         Ok(())
     } else {
@@ -51,6 +69,15 @@ pub(crate) fn ip(args: &[&str]) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
+}
+
+/// A command that runs its arguments in the network namespace `ns` (and no
+/// other namespace): `nsenter --net=/run/netns/NS -- ...`. nsenter execs the
+/// program, so the child's pid is the program's.
+pub(crate) fn in_netns(ns: &str) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{ns}")).arg("--");
+    cmd
 }
 
 /// The namespaces of one chaos run; deleted on drop.

@@ -164,7 +164,7 @@ impl Store {
     }
 }
 
-/// A running `leasehold run --forever` (through `ip netns exec`).
+/// A running `leasehold run --forever` (through `nsenter --net`).
 struct Candidate {
     slot: usize,
     generation: usize,
@@ -240,9 +240,8 @@ impl Run<'_> {
             .join(format!("candidate-{slot}-{generation}.log"));
         let stderr = std::fs::File::create(&stderr_path)
             .map_err(|e| format!("cannot create {}: {e}", stderr_path.display()))?;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", self.net.candidate_ns(slot)])
-            .arg(&cfg.cli)
+        let mut cmd = Command::from(crate::net::in_netns(self.net.candidate_ns(slot)));
+        cmd.arg(&cfg.cli)
             .args(["--store", &self.url, "run"])
             .args(["--id", &format!("c{slot}-{generation}")])
             .args(["--ttl", &format!("{}ms", cfg.ttl.as_millis())])
