@@ -5,10 +5,13 @@
 //! engine's `metrics` feature, through metrics-exporter-prometheus). Plain
 //! tokio: one request per connection.
 //!
-//! Run: `cargo run --features metrics --example metrics_health -- [STORE_URL] [HOST:PORT]`
+//! It lives in the CLI's package, which already has the exporter, so that the
+//! library's own examples (the newcomer's demo among them) do not build it.
+//!
+//! Run: `cargo run -p leasehold-cli --example metrics_health -- [STORE_URL] [HOST:PORT]`
 //! (default `memory://metrics-demo?ttl=3s` and `127.0.0.1:9464`), then
 //! `curl -i 127.0.0.1:9464/healthz` and `curl 127.0.0.1:9464/metrics`.
-//! Against etcd: `cargo run --features metrics,etcd --example metrics_health --
+//! Against etcd: `cargo run -p leasehold-cli --example metrics_health --
 //! etcd://127.0.0.1:2379/metrics-demo`; start two on different ports and stop
 //! the leader to watch `leasehold_leader_is_leader` move. Ctrl-C stops it.
 
