@@ -334,17 +334,26 @@ async fn build(cli: &Cli, e: &Election) -> leasehold::Result<Elector> {
     cfg.connect().await
 }
 
+/// The log filter without `RUST_LOG`: warnings from everything, and
+/// leasehold's own few info lines (a term won, lost or released; a lost
+/// answer recovered) with the spans that name election, candidate and token.
+const DEFAULT_LOG_FILTER: &str =
+    "warn,leasehold_core=info,leasehold_etcd=info,leasehold_zookeeper=info,leasehold_gcs=info";
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Cmd::Guard { pgid } = &cli.command {
         return supervise::guard_main(pgid).await;
     }
-    // Store errors and retries are warnings: shown without RUST_LOG. Colour
+    // Store errors and retries are warnings: shown without RUST_LOG. leasehold's
+    // own crates log at info, so that their info-level spans (election,
+    // candidate, token) are enabled and name every warning: under a plain
+    // `warn` filter the spans are off and a warning names nothing. Colour
     // only when stderr is a terminal (not in log files).
     let filter = match std::env::var("RUST_LOG") {
         Ok(f) if !f.is_empty() => tracing_subscriber::EnvFilter::new(f),
-        _ => tracing_subscriber::EnvFilter::new("warn"),
+        _ => tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER),
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
