@@ -180,8 +180,20 @@ struct History {
     terms: HashMap<u32, (u64, Option<u32>)>,
     /// Supervisor pids whose term is live (elected, not yet lost/exited/killed).
     leading: Vec<u32>,
-    /// Every worker pid an elected line named, with its token.
-    workers: Vec<(u32, u64)>,
+    /// Every worker an elected line named.
+    workers: Vec<WorkerProc>,
+}
+
+/// A worker process as first seen: pids get reused (pid_max is 32768 here,
+/// and parallel runs start workers too), so the kernel's start time of the
+/// process tells this worker from a later process with the same pid.
+#[derive(Debug, Clone, Copy)]
+struct WorkerProc {
+    pid: u32,
+    token: u64,
+    /// `starttime` from /proc/PID/stat when the elected line arrived; `None`
+    /// if the worker was already gone.
+    start: Option<u64>,
 }
 
 type Shared = Arc<Mutex<History>>;
@@ -198,8 +210,12 @@ fn record(h: &Shared, sup: u32, ev: Ev) {
             h.terms.insert(sup, (token, worker));
             h.leading.retain(|p| *p != sup);
             h.leading.push(sup);
-            if let Some(w) = worker {
-                h.workers.push((w, token));
+            if let Some(pid) = worker {
+                h.workers.push(WorkerProc {
+                    pid,
+                    token,
+                    start: proc_start_time(pid),
+                });
             }
         }
         Ev::Lost | Ev::Exited | Ev::Killed => h.leading.retain(|p| *p != sup),
@@ -449,8 +465,10 @@ impl Run<'_> {
     /// and kill them.
     async fn stop_all(&mut self) -> Vec<(u32, Option<u64>)> {
         let workers = lock(&self.history).workers.clone();
-        for (w, _) in &workers {
-            let _ = kill(Pid::from_raw(*w as i32), Signal::SIGCONT);
+        for w in &workers {
+            if is_our_worker(w) {
+                let _ = kill(Pid::from_raw(w.pid as i32), Signal::SIGCONT);
+            }
         }
         for c in &self.candidates {
             let _ = kill(Pid::from_raw(c.pid as i32), Signal::SIGCONT);
@@ -467,10 +485,10 @@ impl Run<'_> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let mut orphans = Vec::new();
-        for (w, token) in workers {
-            if is_our_worker(w) {
-                orphans.push((w, Some(token)));
-                let _ = kill(Pid::from_raw(w as i32), Signal::SIGKILL);
+        for w in workers {
+            if is_our_worker(&w) {
+                orphans.push((w.pid, Some(w.token)));
+                let _ = kill(Pid::from_raw(w.pid as i32), Signal::SIGKILL);
             }
         }
         orphans
@@ -483,16 +501,34 @@ impl Drop for Run<'_> {
     /// today's CLI, so kill every worker of ours still alive first.
     fn drop(&mut self) {
         let workers = lock(&self.history).workers.clone();
-        for (w, _) in workers {
-            if is_our_worker(w) {
-                let _ = kill(Pid::from_raw(w as i32), Signal::SIGKILL);
+        for w in workers {
+            if is_our_worker(&w) {
+                let _ = kill(Pid::from_raw(w.pid as i32), Signal::SIGKILL);
             }
         }
     }
 }
 
-/// Whether `pid` is alive and runs `chaos worker` (pids get reused).
-fn is_our_worker(pid: u32) -> bool {
+/// The kernel's start time of `pid` (field 22 of /proc/PID/stat, in clock
+/// ticks since boot), if it runs.
+fn proc_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: the state is field 3, so starttime (22) is the 20th of these.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the worker `w` still runs: the same process (pid and start time;
+/// pids get reused), not a zombie, running `chaos worker`.
+fn is_our_worker(w: &WorkerProc) -> bool {
+    let Some(start) = w.start else {
+        return false;
+    };
+    if proc_start_time(w.pid) != Some(start) {
+        return false;
+    }
+    let pid = w.pid;
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
@@ -503,6 +539,32 @@ fn is_our_worker(pid: u32) -> bool {
         .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
     !zombie && args.iter().any(|a| *a == b"worker") && args.iter().any(|a| *a == b"--register")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reused_pid_is_not_our_worker() {
+        let me = std::process::id();
+        let start = proc_start_time(me).expect("my own start time");
+        assert!(start > 0);
+        // This test process is no `chaos worker`, whatever its start time.
+        let mine = WorkerProc {
+            pid: me,
+            token: 1,
+            start: Some(start),
+        };
+        assert!(!is_our_worker(&mine));
+        // The same pid with another start time is another process.
+        let older = WorkerProc {
+            start: Some(start.saturating_sub(1)),
+            ..mine
+        };
+        assert!(proc_start_time(older.pid) != older.start);
+        assert!(!is_our_worker(&older));
+    }
 }
 
 /// Runs one backend under faults and checks the history.
