@@ -541,32 +541,6 @@ fn is_our_worker(w: &WorkerProc) -> bool {
     !zombie && args.iter().any(|a| *a == b"worker") && args.iter().any(|a| *a == b"--register")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_reused_pid_is_not_our_worker() {
-        let me = std::process::id();
-        let start = proc_start_time(me).expect("my own start time");
-        assert!(start > 0);
-        // This test process is no `chaos worker`, whatever its start time.
-        let mine = WorkerProc {
-            pid: me,
-            token: 1,
-            start: Some(start),
-        };
-        assert!(!is_our_worker(&mine));
-        // The same pid with another start time is another process.
-        let older = WorkerProc {
-            start: Some(start.saturating_sub(1)),
-            ..mine
-        };
-        assert!(proc_start_time(older.pid) != older.start);
-        assert!(!is_our_worker(&older));
-    }
-}
-
 /// Runs one backend under faults and checks the history.
 pub(crate) async fn run(cfg: &RunConfig) -> Result<Report, String> {
     let swept = sweep_leftovers();
@@ -681,4 +655,30 @@ pub(crate) async fn run(cfg: &RunConfig) -> Result<Report, String> {
     report.seed = cfg.seed;
     report.seconds = started.elapsed().as_secs();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reused_pid_is_not_our_worker() {
+        let me = std::process::id();
+        let start = proc_start_time(me).expect("my own start time");
+        assert!(start > 0);
+        // This test process is no `chaos worker`, whatever its start time.
+        let mine = WorkerProc {
+            pid: me,
+            token: 1,
+            start: Some(start),
+        };
+        assert!(!is_our_worker(&mine));
+        // The same pid with another start time is another process.
+        let older = WorkerProc {
+            start: Some(start.saturating_sub(1)),
+            ..mine
+        };
+        assert!(proc_start_time(older.pid) != older.start);
+        assert!(!is_our_worker(&older));
+    }
 }
