@@ -509,36 +509,37 @@ impl Drop for Run<'_> {
     }
 }
 
-/// The kernel's start time of `pid` (field 22 of /proc/PID/stat, in clock
-/// ticks since boot), if it runs.
-fn proc_start_time(pid: u32) -> Option<u64> {
+/// The state letter and the kernel's start time (field 22, clock ticks
+/// since boot) of `pid` from /proc/PID/stat, if it runs.
+fn proc_state(pid: u32) -> Option<(char, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may hold
     // spaces: the state is field 3, so starttime (22) is the 20th of these.
     let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// The kernel's start time of `pid`, if it runs.
+fn proc_start_time(pid: u32) -> Option<u64> {
+    proc_state(pid).map(|(_, start)| start)
 }
 
 /// Whether the worker `w` still runs: the same process (pid and start time;
-/// pids get reused), not a zombie, running `chaos worker`.
+/// pids get reused), not a zombie (dead, only not reaped yet), running
+/// `chaos worker`.
 fn is_our_worker(w: &WorkerProc) -> bool {
-    let Some(start) = w.start else {
-        return false;
-    };
-    if proc_start_time(w.pid) != Some(start) {
-        return false;
+    match (w.start, proc_state(w.pid)) {
+        (Some(start), Some((state, now))) if now == start && state != 'Z' => {}
+        _ => return false,
     }
-    let pid = w.pid;
-    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{}/cmdline", w.pid)) else {
         return false;
     };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // A zombie is dead, only not reaped yet.
-    let zombie = stat
-        .rsplit_once(')')
-        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    !zombie && args.iter().any(|a| *a == b"worker") && args.iter().any(|a| *a == b"--register")
+    args.iter().any(|a| *a == b"worker") && args.iter().any(|a| *a == b"--register")
 }
 
 /// Runs one backend under faults and checks the history.
