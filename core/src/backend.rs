@@ -69,6 +69,27 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// someone else's claim.
     async fn release(&self, claim: &Claim) -> Result<()>;
 
+    /// Publish `value` as the leader value of the term behind `claim`
+    /// (etcd's `Proclaim`): one conditional write that lands only while
+    /// the claim is still the store's leader entry for its election, so the
+    /// fencing token stays the same. Observers see the new value.
+    ///
+    /// Returns the claim as it now is (its `version` may change).
+    ///
+    /// # Errors
+    /// [`Error::NotSupported`](crate::Error::NotSupported) (the default)
+    /// where a value change would start a new term or cannot be made
+    /// conditional (Cloud Storage: the token is the object generation, which
+    /// every write changes). [`Error::Lost`](crate::Error::Lost) when the
+    /// claim is gone. Store failures as for [`renew`](Self::renew).
+    async fn proclaim(&self, claim: &Claim, value: &[u8]) -> Result<Claim> {
+        let _ = (claim, value);
+        Err(crate::Error::NotSupported {
+            operation: "proclaim",
+            backend: self.name(),
+        })
+    }
+
     /// The current leader of `election`, if any.
     async fn leader(&self, election: &str) -> Result<Option<LeaderInfo>>;
 

@@ -57,6 +57,7 @@ struct Counters {
     acquire: AtomicU64,
     renew: AtomicU64,
     release: AtomicU64,
+    proclaim: AtomicU64,
     leader: AtomicU64,
     wait: AtomicU64,
     watch: AtomicU64,
@@ -71,6 +72,8 @@ pub struct CallCounts {
     pub renew: u64,
     /// `release` calls.
     pub release: u64,
+    /// `proclaim` calls.
+    pub proclaim: u64,
     /// `leader` calls.
     pub leader: u64,
     /// `wait` calls.
@@ -82,7 +85,13 @@ pub struct CallCounts {
 impl CallCounts {
     /// All calls together.
     pub fn total(&self) -> u64 {
-        self.acquire + self.renew + self.release + self.leader + self.wait + self.watch
+        self.acquire
+            + self.renew
+            + self.release
+            + self.proclaim
+            + self.leader
+            + self.wait
+            + self.watch
     }
 }
 
@@ -104,6 +113,7 @@ impl FaultHandle {
             acquire: c.acquire.load(Ordering::Relaxed),
             renew: c.renew.load(Ordering::Relaxed),
             release: c.release.load(Ordering::Relaxed),
+            proclaim: c.proclaim.load(Ordering::Relaxed),
             leader: c.leader.load(Ordering::Relaxed),
             wait: c.wait.load(Ordering::Relaxed),
             watch: c.watch.load(Ordering::Relaxed),
@@ -203,6 +213,11 @@ impl Backend for FaultyBackend {
     async fn release(&self, claim: &Claim) -> Result<()> {
         self.gate(&self.calls.release).await?;
         self.inner.release(claim).await
+    }
+
+    async fn proclaim(&self, claim: &Claim, value: &[u8]) -> Result<Claim> {
+        self.gate(&self.calls.proclaim).await?;
+        self.inner.proclaim(claim, value).await
     }
 
     async fn leader(&self, election: &str) -> Result<Option<LeaderInfo>> {

@@ -76,6 +76,9 @@ struct TermState {
     /// The last renewal error, cleared by a successful renewal.
     last_error: Mutex<Option<Error>>,
     claim: Mutex<Claim>,
+    /// The value published now: `info.value` until a
+    /// [`Leadership::proclaim`] changes it.
+    value: Mutex<Vec<u8>>,
     deadline: Mutex<Instant>,
     reason: Mutex<Option<LossReason>>,
     /// Fired when leadership ends (the "done" signal).
@@ -222,6 +225,7 @@ impl Leadership {
             monitor,
             last_error: Mutex::new(None),
             claim: Mutex::new(claim),
+            value: Mutex::new(options.value.clone()),
             deadline: Mutex::new(anchor + options.deadline_after_renewal()),
             reason: Mutex::new(None),
             lost: CancellationToken::new(),
@@ -254,14 +258,88 @@ impl Leadership {
         self.guard.state.info.token
     }
 
-    /// This leader as the others see it: id, value and token.
-    pub fn leader(&self) -> &LeaderInfo {
-        &self.guard.state.info
+    /// This leader as the others see it: id, value (the last one
+    /// [proclaimed](Self::proclaim)) and token.
+    pub fn leader(&self) -> LeaderInfo {
+        LeaderInfo {
+            value: self.value(),
+            ..self.guard.state.info.clone()
+        }
     }
 
-    /// The value this candidate published.
-    pub fn value(&self) -> &[u8] {
-        &self.guard.state.info.value
+    /// The value this candidate publishes: the elector's value, or the last
+    /// one [proclaimed](Self::proclaim).
+    pub fn value(&self) -> Vec<u8> {
+        lock(&self.guard.state.value).clone()
+    }
+
+    /// Publish a new leader value without giving up the term (etcd's
+    /// `Election.Proclaim`): one conditional write on the store that lands
+    /// only while this term's claim is still there, so the fencing token
+    /// does not change. Observers ([`Elector::observe`](crate::Elector::observe),
+    /// [`Elector::leader`](crate::Elector::leader)) then report the new value.
+    ///
+    /// Supported on etcd, ZooKeeper and the memory store. On Cloud Storage
+    /// every write makes a new object generation, which is the fencing
+    /// token, so a value change there would be a new term: it answers
+    /// [`Error::NotSupported`] (release and campaign with the new value
+    /// instead).
+    ///
+    /// # Errors
+    /// [`Error::Lost`] when the term has already ended (nothing is written),
+    /// or when the store says the claim is gone (the done signal then
+    /// fires, as for a failed renewal). [`Error::NotSupported`] as above.
+    /// Store failures and [`Error::Timeout`] (bounded by the request
+    /// timeout): the value may or may not have landed; the term goes on.
+    ///
+    /// # Cancel safety
+    /// Cancel safe in the sense of every store call: a dropped call may or
+    /// may not have landed, and [`value`](Self::value) keeps the old value.
+    pub async fn proclaim(&self, value: impl Into<Vec<u8>>) -> Result<()> {
+        let state = &self.guard.state;
+        if self.is_lost() {
+            return Err(Error::Lost(format!(
+                "the term with token {} has ended ({}); nothing was proclaimed",
+                state.info.token,
+                state.reason()
+            )));
+        }
+        let value = value.into();
+        let claim = state.claim();
+        let bound = self.guard.options.request_timeout;
+        let result = match timeout(bound, self.guard.backend.proclaim(&claim, &value)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout {
+                operation: "proclaim",
+                after: bound,
+            }),
+        };
+        match result {
+            Ok(updated) => {
+                {
+                    // A renewal that read the claim before this write may
+                    // store it after: keep the newer version.
+                    let mut current = lock(&state.claim);
+                    if updated.version >= current.version {
+                        *current = updated;
+                    }
+                }
+                *lock(&state.value) = value;
+                state.monitor.store_ok();
+                Ok(())
+            }
+            Err(Error::Lost(message)) => {
+                state.fire_lost(LossReason::LeaseLost(message.clone()));
+                self.guard.stop.cancel();
+                Err(Error::Lost(message))
+            }
+            Err(e) => {
+                if !matches!(e, Error::NotSupported { .. }) {
+                    state.monitor.store_error("proclaim", &e);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// The election name.
@@ -409,7 +487,14 @@ async fn heartbeat(
         };
         match result {
             Ok(Ok(renewed)) => {
-                *lock(&state.claim) = renewed;
+                {
+                    // A proclaim may have landed while this renewal was in
+                    // flight: keep the newer version of the claim.
+                    let mut current = lock(&state.claim);
+                    if renewed.version >= current.version {
+                        *current = renewed;
+                    }
+                }
                 deadline = sent + lifetime;
                 *lock(&state.deadline) = deadline;
                 next = sent + options.renew_interval;

@@ -414,6 +414,38 @@ impl Backend for MemoryBackend {
         }
     }
 
+    async fn proclaim(&self, claim: &Claim, value: &[u8]) -> Result<Claim> {
+        match self.shared.kind {
+            Kind::Queue => {
+                let mut st = self.shared.lock_expired();
+                let leads = st
+                    .queues
+                    .get(&claim.election)
+                    .and_then(|q| q.first())
+                    .is_some_and(|e| e.key == claim.key && e.token == claim.token.get());
+                if !leads {
+                    return Err(lost(claim));
+                }
+                if let Some(e) = st
+                    .queues
+                    .get_mut(&claim.election)
+                    .and_then(|q| q.first_mut())
+                {
+                    e.value = value.to_vec();
+                }
+                self.shared.bump(&mut st);
+                Ok(claim.clone())
+            }
+            Kind::Record => match self.write_record(claim, |r| r.value = value.to_vec()) {
+                Some(generation) => Ok(Claim {
+                    version: generation,
+                    ..claim.clone()
+                }),
+                None => Err(lost(claim)),
+            },
+        }
+    }
+
     async fn release(&self, claim: &Claim) -> Result<()> {
         match self.shared.kind {
             Kind::Queue => {

@@ -125,7 +125,10 @@ pub struct Claim {
     /// The fencing token this claim leads with.
     pub token: FencingToken,
     /// The version the next conditional write must match (object
-    /// generation, mod revision, znode version); backend-defined.
+    /// generation, mod revision, znode version); backend-defined, but it
+    /// never decreases during a claim's life: when a renewal and a
+    /// [`proclaim`](crate::Backend::proclaim) race, the engine keeps the
+    /// claim with the greater version.
     pub version: i64,
 }
 
