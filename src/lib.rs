@@ -62,9 +62,11 @@ pub use leasehold_gcs as gcs;
 pub use leasehold_zookeeper as zookeeper;
 
 pub mod config;
+mod store;
 mod url;
 
 pub use config::{ElectionConfig, Secret, StoreConfig};
+pub use store::Store;
 pub use url::SCHEMES;
 
 /// Build an elector from a store URL.
