@@ -161,6 +161,15 @@ impl ZkBackend {
         format!("{}{path}", self.config.chroot.as_deref().unwrap_or(""))
     }
 
+    /// The children of `dir` in Curator's order, first (the leader) first.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRecord`] when a child is not a candidate node under
+    /// this backend's lock name.
+    fn line(&self, children: Vec<String>, dir: &str) -> Result<Vec<String>> {
+        sorted_candidates(children, self.config.lock_name, &self.full_path(dir))
+    }
+
     /// Map an error of a request on `path`, naming the path.
     fn at(&self, operation: &'static str, path: &str, e: zk::Error) -> Error {
         with_path(map_err(operation, e), &self.full_path(path))
@@ -251,7 +260,7 @@ impl ZkBackend {
         Ok(())
     }
 
-    /// Create this candidate's node `<dir>/_c_<protect>-latch-<seq>`,
+    /// Create this candidate's node `<dir>/_c_<protect>-<lock name><seq>`,
     /// creating the election directory when it is missing.
     async fn create_claim(
         &self,
@@ -262,7 +271,7 @@ impl ZkBackend {
     ) -> Result<Claim> {
         let data = encode(&req.candidate, &req.value);
         let session = client.session_id().0;
-        let prefix = node_prefix(dir, protect);
+        let prefix = node_prefix(dir, protect, self.config.lock_name);
         let mode = CreateMode::EphemeralSequential.with_acls(self.acls());
         let dir_mode = CreateMode::Container.with_acls(self.acls());
         for _ in 0..3 {
@@ -339,14 +348,14 @@ impl ZkBackend {
                 }
                 Err(e) => return Err(self.at("list candidates of", dir, e)),
             };
-            let line = sorted_candidates(children);
-            let Some(position) = line.iter().position(|(_, name)| *name == own) else {
+            let line = self.line(children, dir)?;
+            let Some(position) = line.iter().position(|name| *name == own) else {
                 return Err(node_gone(&claim));
             };
             if position == 0 {
                 return Ok(AcquireOutcome::Acquired(claim));
             }
-            let leader_path = format!("{dir}/{}", line[0].1);
+            let leader_path = format!("{dir}/{}", line[0]);
             match self
                 .call(client, "read leader node", client.get_data(&leader_path))
                 .await?
@@ -400,8 +409,8 @@ impl ZkBackend {
                 }
                 Err(e) => return Err(self.at("list candidates of", dir, e)),
             };
-            let line = sorted_candidates(children);
-            let Some((_, first)) = line.first() else {
+            let line = self.line(children, dir)?;
+            let Some(first) = line.first() else {
                 return Ok(None);
             };
             let path = format!("{dir}/{first}");
@@ -638,15 +647,19 @@ impl Backend for ZkBackend {
                 Err(zk::Error::NoNode | zk::Error::SessionExpired) => return Ok(()),
                 Err(e) => return Err(map_err("list candidates", e)),
             };
-            let line = sorted_candidates(children);
-            let Some(position) = line.iter().position(|(_, name)| name == own) else {
+            // A child under another lock name: wake, and let try_acquire
+            // say so.
+            let Ok(line) = self.line(children, &dir) else {
+                return Ok(());
+            };
+            let Some(position) = line.iter().position(|name| name == own) else {
                 return Ok(());
             };
             if position == 0 {
                 return Ok(());
             }
             // Watch only the node just ahead: no herd when the leader goes.
-            let predecessor = format!("{dir}/{}", line[position - 1].1);
+            let predecessor = format!("{dir}/{}", line[position - 1]);
             match self
                 .call(
                     &client,
@@ -677,6 +690,7 @@ impl Backend for ZkBackend {
             client,
             dir,
             self.config.chroot.clone(),
+            self.config.lock_name,
             timeout,
         )))
     }

@@ -61,6 +61,7 @@ mod watch;
 
 pub use backend::ZkBackend;
 pub use builder::{DEFAULT_SESSION_TIMEOUT, ZkBackendBuilder};
+pub use node::LockName;
 /// The `zookeeper-client` crate this backend is built on, for
 /// [`ZkBackend::client`].
 pub use zookeeper_client;

@@ -11,7 +11,7 @@ use zookeeper_client as zk;
 use zookeeper_client::{Client, WatchedEvent};
 
 use crate::backend::{NAME, check_chroot, map_err};
-use crate::node::{decode, sorted_candidates};
+use crate::node::{LockName, decode, sorted_candidates};
 
 type Armed = Pin<Box<dyn Future<Output = WatchedEvent> + Send>>;
 
@@ -23,6 +23,7 @@ pub(crate) struct ZkLeaderWatch {
     client: Client,
     dir: String,
     chroot: Option<String>,
+    lock_name: LockName,
     timeout: Duration,
     /// The armed watch, kept across cancelled `next` calls.
     armed: Option<Armed>,
@@ -35,12 +36,14 @@ impl ZkLeaderWatch {
         client: Client,
         dir: String,
         chroot: Option<String>,
+        lock_name: LockName,
         timeout: Duration,
     ) -> Self {
         ZkLeaderWatch {
             client,
             dir,
             chroot,
+            lock_name,
             timeout,
             armed: None,
             stale: true,
@@ -81,9 +84,10 @@ impl ZkLeaderWatch {
                 }
                 Err(e) => return Err(map_err("watch candidates", e)),
             };
-            self.armed = Some(Box::pin(watcher.changed()));
-            let line = sorted_candidates(children);
-            let Some((_, first)) = line.first() else {
+            let full_dir = format!("{}{}", self.chroot.as_deref().unwrap_or(""), self.dir);
+            let line = sorted_candidates(children, self.lock_name, &full_dir)?;
+            let Some(first) = line.first() else {
+                self.armed = Some(Box::pin(watcher.changed()));
                 return Ok(None);
             };
             let path = format!("{}/{first}", self.dir);
@@ -95,6 +99,7 @@ impl ZkLeaderWatch {
                     });
                 }
                 Ok(Ok((data, stat))) => {
+                    self.armed = Some(Box::pin(watcher.changed()));
                     let (id, value) = decode(&data);
                     let token = u64::try_from(stat.czxid).map_err(|_| Error::InvalidRecord {
                         backend: NAME,
