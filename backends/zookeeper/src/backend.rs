@@ -594,6 +594,78 @@ impl Backend for ZkBackend {
         }
     }
 
+    /// Write `<candidate id>\0<value>` (just the id when `value` is empty)
+    /// into the claim's own node: a `setData` conditional on the version
+    /// read just before, after checking that the node is this session's and
+    /// first in line. The write goes through the ZooKeeper leader, so it
+    /// lands only while the session is alive at the quorum. The czxid, the
+    /// fencing token, does not change.
+    async fn proclaim(&self, claim: &Claim, value: &[u8]) -> Result<Claim> {
+        let client = self.claim_client(claim)?;
+        let dir = self.dir(&claim.election)?;
+        let own = base_name(&claim.key);
+        for _ in 0..MAX_REREADS {
+            let (data, stat) = match self
+                .call(&client, "read own node", client.get_data(&claim.key))
+                .await?
+            {
+                Ok(read) => read,
+                Err(zk::Error::NoNode) => return Err(node_gone(claim)),
+                Err(e) => return Err(claim_err("read own node", claim, e)),
+            };
+            if stat.ephemeral_owner != claim.session {
+                return Err(Error::Lost(format!(
+                    "{} now belongs to session {:#x}, not {:#x}",
+                    claim.key, stat.ephemeral_owner, claim.session
+                )));
+            }
+            let children = match self
+                .call(&client, "list candidates", client.list_children(&dir))
+                .await?
+            {
+                Ok(children) => children,
+                Err(zk::Error::NoNode) => return Err(node_gone(claim)),
+                Err(e) => return Err(claim_err("list candidates", claim, e)),
+            };
+            let line = self.line(children, &dir)?;
+            if line.first().map(String::as_str) != Some(own) {
+                return Err(Error::Lost(format!(
+                    "{} is not first in line (the leader is {}); nothing was proclaimed",
+                    claim.key,
+                    line.first().map_or("nobody", String::as_str)
+                )));
+            }
+            let (id, _) = decode(&data);
+            let written = self
+                .call(
+                    &client,
+                    "write leader value",
+                    client.set_data(&claim.key, &encode(&id, value), Some(stat.version)),
+                )
+                .await?;
+            match written {
+                Ok(stat) => {
+                    return Ok(Claim {
+                        version: i64::from(stat.version),
+                        ..claim.clone()
+                    });
+                }
+                // Written in between (an earlier proclaim whose answer was
+                // lost landing late): read again.
+                Err(zk::Error::BadVersion) => continue,
+                Err(zk::Error::NoNode) => return Err(node_gone(claim)),
+                Err(e) => return Err(claim_err("write leader value", claim, e)),
+            }
+        }
+        Err(Error::Unavailable {
+            backend: NAME,
+            message: format!(
+                "{} kept changing while its value was being written; retry",
+                claim.key
+            ),
+        })
+    }
+
     async fn leader(&self, election: &str) -> Result<Option<LeaderInfo>> {
         let dir = self.dir(election)?;
         let client = self.live_client().await?;
