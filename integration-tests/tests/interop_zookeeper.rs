@@ -105,6 +105,38 @@ async fn a_foreign_lock_node_next_to_latch_candidates_fails_loudly() {
     wait_children(&raw, &format!("/{election}"), 1).await;
 }
 
+/// A leasehold candidate queued behind a Curator-style leader when a node
+/// under the other lock name joins: when the leader goes, the campaign ends
+/// with the mixed-path error (and withdraws its node) instead of leading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_candidate_refuses_to_lead_once_a_foreign_node_joined() {
+    let server = start_server().await;
+    let election = unique_name("queued");
+    let dir = format!("/{election}");
+    let raw = zk::Client::connect(&server.connect_string())
+        .await
+        .expect("raw client");
+    let leader = curator_style_node(&raw, &dir, "latch-", "java-1").await;
+    let e = elector_on(backend(&server.connect_string()).await, &election, "rust-1");
+    let h = lock_in_background(&e).await;
+    wait_children(&raw, &dir, 2).await;
+    let foreign = curator_style_node(&raw, &dir, "lock-", "java-2").await;
+    raw.delete(&leader, None)
+        .await
+        .expect("delete the leader node");
+    match timeout(Duration::from_secs(20), h).await {
+        Err(_) => panic!("the queued campaign neither led nor failed within 20 s"),
+        Ok(r) => match r.expect("task") {
+            Ok(l) => panic!(
+                "led with token {} next to the foreign node {foreign}",
+                l.fencing_token()
+            ),
+            Err(err) => assert_mixed_path_error("queued campaign", &err, &foreign, "lock-"),
+        },
+    }
+    wait_children(&raw, &dir, 1).await;
+}
+
 /// Campaign, `leader()` and `observe()` of a leasehold candidate on `b` all
 /// fail on the mixed path, naming `node` and the lock name to set.
 async fn refuses_mixed_path(b: ZkBackend, election: &str, node: &str, option_value: &str) {
