@@ -72,6 +72,7 @@ pub(crate) async fn zookeeper(
         hosts,
         chroot,
         session_timeout,
+        lock_name,
         user,
         password,
     } = store
@@ -93,6 +94,9 @@ pub(crate) async fn zookeeper(
         .connect_string(connect)
         .session_timeout(session)
         .request_timeout(options.request_timeout);
+    if let Some(name) = lock_name {
+        b = b.lock_name(name.parse()?);
+    }
     if let (Some(u), Some(p)) = (user, password) {
         b = b.digest_auth(u.clone(), p.expose());
     }

@@ -135,6 +135,12 @@ pub enum StoreConfig {
         /// renew_interval); given without `ttl`, the ttl is 30/37 of it.
         #[serde(default)]
         session_timeout: Option<String>,
+        /// The lock name in candidate node names: `latch-` (the default,
+        /// Apache Curator's LeaderLatch) or `lock-` (Curator's
+        /// LeaderSelector and InterProcessMutex). Every participant of an
+        /// election must use the same (docs/interop.md).
+        #[serde(default)]
+        lock_name: Option<String>,
         /// User for digest authentication (nodes get ACLs for this user).
         #[serde(default)]
         user: Option<String>,

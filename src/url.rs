@@ -3,7 +3,7 @@
 //! ```text
 //! etcd://[user:password@]host:port[,host:port...]/ELECTION[?options]
 //! etcd+https://...                     (TLS: ca=, cert=, key=)
-//! zk://[user:password@]host:port[,...][/chroot/path]/ELECTION[?session_timeout=6s]
+//! zk://[user:password@]host:port[,...][/chroot/path]/ELECTION[?session_timeout=6s&lock_name=lock-]
 //! gs://BUCKET[/prefix/path]/ELECTION[?endpoint=URL&credentials=none|default|key.json]
 //! memory://ELECTION
 //! ```
@@ -166,7 +166,7 @@ pub(crate) fn parse(input: &str) -> Result<ElectionConfig> {
                 return Err(err(format!("chroot {c:?} has an empty path segment")));
             }
             cfg.election = election(name)?;
-            check_known(&params, &["session_timeout"], "zookeeper")?;
+            check_known(&params, &["session_timeout", "lock_name"], "zookeeper")?;
             if password.is_some() != user.is_some() {
                 return Err(err(
                     "digest authentication needs both user and password (user:password@host)",
@@ -176,6 +176,7 @@ pub(crate) fn parse(input: &str) -> Result<ElectionConfig> {
                 hosts,
                 chroot,
                 session_timeout: params.remove("session_timeout"),
+                lock_name: params.remove("lock_name"),
                 user,
                 password,
             }
@@ -383,19 +384,23 @@ mod tests {
 
     #[test]
     fn zookeeper_gcs_and_memory_urls() {
-        let cfg =
-            parse("zk://h1:2181,h2:2181/apps/leasehold/my-election?session_timeout=6s").unwrap();
+        let cfg = parse(
+            "zk://h1:2181,h2:2181/apps/leasehold/my-election?session_timeout=6s&lock_name=lock-",
+        )
+        .unwrap();
         assert_eq!(cfg.election.as_deref(), Some("my-election"));
         match cfg.store.unwrap() {
             StoreConfig::Zookeeper {
                 hosts,
                 chroot,
                 session_timeout,
+                lock_name,
                 ..
             } => {
                 assert_eq!(hosts, ["h1:2181", "h2:2181"]);
                 assert_eq!(chroot.as_deref(), Some("/apps/leasehold"));
                 assert_eq!(session_timeout.as_deref(), Some("6s"));
+                assert_eq!(lock_name.as_deref(), Some("lock-"));
             }
             other => panic!("{other:?}"),
         }

@@ -161,6 +161,15 @@ impl ZkBackend {
         format!("{}{path}", self.config.chroot.as_deref().unwrap_or(""))
     }
 
+    /// The children of `dir` in Curator's order, first (the leader) first.
+    ///
+    /// # Errors
+    /// [`Error::InvalidRecord`] when a child is not a candidate node under
+    /// this backend's lock name.
+    fn line(&self, children: Vec<String>, dir: &str) -> Result<Vec<String>> {
+        sorted_candidates(children, self.config.lock_name, &self.full_path(dir))
+    }
+
     /// Map an error of a request on `path`, naming the path.
     fn at(&self, operation: &'static str, path: &str, e: zk::Error) -> Error {
         with_path(map_err(operation, e), &self.full_path(path))
@@ -251,7 +260,7 @@ impl ZkBackend {
         Ok(())
     }
 
-    /// Create this candidate's node `<dir>/_c_<protect>-latch-<seq>`,
+    /// Create this candidate's node `<dir>/_c_<protect>-<lock name><seq>`,
     /// creating the election directory when it is missing.
     async fn create_claim(
         &self,
@@ -262,7 +271,7 @@ impl ZkBackend {
     ) -> Result<Claim> {
         let data = encode(&req.candidate, &req.value);
         let session = client.session_id().0;
-        let prefix = node_prefix(dir, protect);
+        let prefix = node_prefix(dir, protect, self.config.lock_name);
         let mode = CreateMode::EphemeralSequential.with_acls(self.acls());
         let dir_mode = CreateMode::Container.with_acls(self.acls());
         for _ in 0..3 {
@@ -339,14 +348,14 @@ impl ZkBackend {
                 }
                 Err(e) => return Err(self.at("list candidates of", dir, e)),
             };
-            let line = sorted_candidates(children);
-            let Some(position) = line.iter().position(|(_, name)| *name == own) else {
+            let line = self.line(children, dir)?;
+            let Some(position) = line.iter().position(|name| *name == own) else {
                 return Err(node_gone(&claim));
             };
             if position == 0 {
                 return Ok(AcquireOutcome::Acquired(claim));
             }
-            let leader_path = format!("{dir}/{}", line[0].1);
+            let leader_path = format!("{dir}/{}", line[0]);
             match self
                 .call(client, "read leader node", client.get_data(&leader_path))
                 .await?
@@ -400,8 +409,8 @@ impl ZkBackend {
                 }
                 Err(e) => return Err(self.at("list candidates of", dir, e)),
             };
-            let line = sorted_candidates(children);
-            let Some((_, first)) = line.first() else {
+            let line = self.line(children, dir)?;
+            let Some(first) = line.first() else {
                 return Ok(None);
             };
             let path = format!("{dir}/{first}");
@@ -585,6 +594,78 @@ impl Backend for ZkBackend {
         }
     }
 
+    /// Write `<candidate id>\0<value>` (just the id when `value` is empty)
+    /// into the claim's own node: a `setData` conditional on the version
+    /// read just before, after checking that the node is this session's and
+    /// first in line. The write goes through the ZooKeeper leader, so it
+    /// lands only while the session is alive at the quorum. The czxid, the
+    /// fencing token, does not change.
+    async fn proclaim(&self, claim: &Claim, value: &[u8]) -> Result<Claim> {
+        let client = self.claim_client(claim)?;
+        let dir = self.dir(&claim.election)?;
+        let own = base_name(&claim.key);
+        for _ in 0..MAX_REREADS {
+            let (data, stat) = match self
+                .call(&client, "read own node", client.get_data(&claim.key))
+                .await?
+            {
+                Ok(read) => read,
+                Err(zk::Error::NoNode) => return Err(node_gone(claim)),
+                Err(e) => return Err(claim_err("read own node", claim, e)),
+            };
+            if stat.ephemeral_owner != claim.session {
+                return Err(Error::Lost(format!(
+                    "{} now belongs to session {:#x}, not {:#x}",
+                    claim.key, stat.ephemeral_owner, claim.session
+                )));
+            }
+            let children = match self
+                .call(&client, "list candidates", client.list_children(&dir))
+                .await?
+            {
+                Ok(children) => children,
+                Err(zk::Error::NoNode) => return Err(node_gone(claim)),
+                Err(e) => return Err(claim_err("list candidates", claim, e)),
+            };
+            let line = self.line(children, &dir)?;
+            if line.first().map(String::as_str) != Some(own) {
+                return Err(Error::Lost(format!(
+                    "{} is not first in line (the leader is {}); nothing was proclaimed",
+                    claim.key,
+                    line.first().map_or("nobody", String::as_str)
+                )));
+            }
+            let (id, _) = decode(&data);
+            let written = self
+                .call(
+                    &client,
+                    "write leader value",
+                    client.set_data(&claim.key, &encode(&id, value), Some(stat.version)),
+                )
+                .await?;
+            match written {
+                Ok(stat) => {
+                    return Ok(Claim {
+                        version: i64::from(stat.version),
+                        ..claim.clone()
+                    });
+                }
+                // Written in between (an earlier proclaim whose answer was
+                // lost landing late): read again.
+                Err(zk::Error::BadVersion) => continue,
+                Err(zk::Error::NoNode) => return Err(node_gone(claim)),
+                Err(e) => return Err(claim_err("write leader value", claim, e)),
+            }
+        }
+        Err(Error::Unavailable {
+            backend: NAME,
+            message: format!(
+                "{} kept changing while its value was being written; retry",
+                claim.key
+            ),
+        })
+    }
+
     async fn leader(&self, election: &str) -> Result<Option<LeaderInfo>> {
         let dir = self.dir(election)?;
         let client = self.live_client().await?;
@@ -638,15 +719,19 @@ impl Backend for ZkBackend {
                 Err(zk::Error::NoNode | zk::Error::SessionExpired) => return Ok(()),
                 Err(e) => return Err(map_err("list candidates", e)),
             };
-            let line = sorted_candidates(children);
-            let Some(position) = line.iter().position(|(_, name)| name == own) else {
+            // A child under another lock name: wake, and let try_acquire
+            // say so.
+            let Ok(line) = self.line(children, &dir) else {
+                return Ok(());
+            };
+            let Some(position) = line.iter().position(|name| name == own) else {
                 return Ok(());
             };
             if position == 0 {
                 return Ok(());
             }
             // Watch only the node just ahead: no herd when the leader goes.
-            let predecessor = format!("{dir}/{}", line[position - 1].1);
+            let predecessor = format!("{dir}/{}", line[position - 1]);
             match self
                 .call(
                     &client,
@@ -677,6 +762,7 @@ impl Backend for ZkBackend {
             client,
             dir,
             self.config.chroot.clone(),
+            self.config.lock_name,
             timeout,
         )))
     }

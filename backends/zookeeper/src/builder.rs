@@ -8,7 +8,7 @@ use leasehold_core::{Error, Result};
 use zookeeper_client::{Acl, AuthId, Permission};
 
 use crate::ZkBackend;
-use crate::node::path_problem;
+use crate::node::{LockName, path_problem};
 
 /// The session timeout asked for when none is set: the default ttl of
 /// `ElectionOptions`.
@@ -43,6 +43,8 @@ pub(crate) struct Config {
     pub(crate) digest: Option<Digest>,
     /// ACLs of every node leasehold creates.
     pub(crate) acls: Vec<Acl>,
+    /// The lock name in candidate node names.
+    pub(crate) lock_name: LockName,
 }
 
 /// Builder of a [`ZkBackend`]: `ZkBackend::builder().connect_string(..).connect().await`.
@@ -68,6 +70,7 @@ pub struct ZkBackendBuilder {
     connect_timeout: Option<Duration>,
     digest: Option<Digest>,
     public_read: bool,
+    lock_name: LockName,
 }
 
 impl fmt::Debug for ZkBackendBuilder {
@@ -79,6 +82,7 @@ impl fmt::Debug for ZkBackendBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("digest", &self.digest)
             .field("public_read", &self.public_read)
+            .field("lock_name", &self.lock_name)
             .finish()
     }
 }
@@ -92,6 +96,7 @@ impl Default for ZkBackendBuilder {
             connect_timeout: None,
             digest: None,
             public_read: true,
+            lock_name: LockName::Latch,
         }
     }
 }
@@ -157,6 +162,19 @@ impl ZkBackendBuilder {
         self
     }
 
+    /// The lock name of candidate nodes (default [`LockName::Latch`],
+    /// `latch-`): which Apache Curator recipe this backend's elections can
+    /// share a path with. `latch-` for Curator's `LeaderLatch`, `lock-` for
+    /// `LeaderSelector` and `InterProcessMutex`. Every participant of one
+    /// election must use the same; a child of the election path under
+    /// another name makes campaigns, `leader` and `observe` fail with
+    /// [`Error::InvalidRecord`] naming it (Curator would not agree on who
+    /// leads). See docs/interop.md.
+    pub fn lock_name(mut self, lock_name: LockName) -> Self {
+        self.lock_name = lock_name;
+        self
+    }
+
     /// Check the settings without connecting.
     pub(crate) fn into_config(self) -> Result<Config> {
         let connect_string = self.connect_string.ok_or_else(|| {
@@ -207,6 +225,7 @@ impl ZkBackendBuilder {
             connect_timeout: self.connect_timeout,
             digest: self.digest,
             acls,
+            lock_name: self.lock_name,
         })
     }
 

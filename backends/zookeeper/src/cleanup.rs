@@ -28,7 +28,6 @@ use zookeeper_client as zk;
 use zookeeper_client::Client;
 
 use crate::backend::{NAME, map_err};
-use crate::node::sequence_of;
 
 /// Attempts before giving up on a session that stays alive but keeps failing.
 const MAX_ATTEMPTS: u32 = 10_000;
@@ -51,7 +50,7 @@ impl Target {
     fn describe(&self) -> String {
         match self {
             Target::Node { path, .. } => path.clone(),
-            Target::Created { dir, protect } => format!("{dir}/_c_{protect}-latch-*"),
+            Target::Created { dir, protect } => format!("{dir}/_c_{protect}-*"),
         }
     }
 }
@@ -181,10 +180,7 @@ impl Delete {
                     Err(_) => timed_out("list candidates"),
                     Ok(Ok(children)) => {
                         let prefix = format!("_c_{protect}-");
-                        match children
-                            .iter()
-                            .find(|n| n.starts_with(&prefix) && sequence_of(n).is_some())
-                        {
+                        match children.iter().find(|n| n.starts_with(&prefix)) {
                             None => Step::Done,
                             Some(name) => {
                                 tracing::debug!(dir = %dir, node = %name, "found a candidate node whose create answer was lost; deleting it");

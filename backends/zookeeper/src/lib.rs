@@ -4,10 +4,13 @@
 //! fair, watch-based election on ephemeral sequential znodes.
 //!
 //! * **Layout.** Every candidate owns one ephemeral sequential node
-//!   `<chroot>/<election>/_c_<uuid>-latch-<sequence>` (Apache Curator's
-//!   `LeaderLatch` naming, so Curator latches on the same path share the
-//!   line). The lowest sequence leads; each waiter watches only the node just
-//!   ahead of it, so a handover wakes one candidate, not the herd.
+//!   `<chroot>/<election>/_c_<uuid>-<lock name><sequence>`: Apache Curator's
+//!   naming, with the lock name of [`LockName`] (`latch-` for `LeaderLatch`,
+//!   the default; `lock-` for `LeaderSelector` and `InterProcessMutex`), sorted
+//!   as Curator sorts, so Curator participants with the same lock name share
+//!   the line. A child under another name is an error, never skipped (see
+//!   docs/interop.md). The first in line leads; each waiter watches only the
+//!   node just ahead of it, so a handover wakes one candidate, not the herd.
 //! * **Fencing token.** The czxid (creation transaction id) of the leader's
 //!   node: every later node has a greater one.
 //! * **Lease.** The ZooKeeper session: the server deletes a session's nodes
@@ -29,7 +32,9 @@
 //! * **Chroot.** The chroot of the connect string must exist; leasehold never
 //!   creates it, and reports a missing one as an error naming it.
 //! * **Node data.** The candidate id, then (when the leader value is not
-//!   empty) a NUL byte and the value.
+//!   empty) a NUL byte and the value: without a value, exactly what Curator
+//!   writes (its `getLeader().getId()` shows the candidate id).
+//!   `Leadership::proclaim` rewrites it in place (same czxid).
 //! * **Security.** With [`ZkBackendBuilder::digest_auth`], every node
 //!   leasehold creates carries ACLs that give this identity all rights and
 //!   everyone else at most read access.
@@ -61,6 +66,7 @@ mod watch;
 
 pub use backend::ZkBackend;
 pub use builder::{DEFAULT_SESSION_TIMEOUT, ZkBackendBuilder};
+pub use node::LockName;
 /// The `zookeeper-client` crate this backend is built on, for
 /// [`ZkBackend::client`].
 pub use zookeeper_client;

@@ -1,5 +1,5 @@
-//! The leader watch: a children watch on the election directory, re-armed
-//! after every event.
+//! The leader watch: a children watch on the election directory and a data
+//! watch on the leader's node, re-armed after every event.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,18 +11,21 @@ use zookeeper_client as zk;
 use zookeeper_client::{Client, WatchedEvent};
 
 use crate::backend::{NAME, check_chroot, map_err};
-use crate::node::{decode, sorted_candidates};
+use crate::node::{LockName, decode, sorted_candidates};
 
 type Armed = Pin<Box<dyn Future<Output = WatchedEvent> + Send>>;
 
-/// A stream of an election's leaders. Each `next` waits for the armed
-/// watch (children of the election directory, or its existence while it is
-/// missing) to fire, then reads the line again and re-arms in the same
-/// request, so no change between two reads goes unseen.
+/// A stream of an election's leaders. Each `next` waits for an armed
+/// watch to fire (children of the election directory, or its existence
+/// while it is missing; and the data of the leader's node, so that a
+/// leader value changed in place, a `proclaim`, is seen), then reads again
+/// and re-arms in the same requests, so no change between two reads goes
+/// unseen.
 pub(crate) struct ZkLeaderWatch {
     client: Client,
     dir: String,
     chroot: Option<String>,
+    lock_name: LockName,
     timeout: Duration,
     /// The armed watch, kept across cancelled `next` calls.
     armed: Option<Armed>,
@@ -35,12 +38,14 @@ impl ZkLeaderWatch {
         client: Client,
         dir: String,
         chroot: Option<String>,
+        lock_name: LockName,
         timeout: Duration,
     ) -> Self {
         ZkLeaderWatch {
             client,
             dir,
             chroot,
+            lock_name,
             timeout,
             armed: None,
             stale: true,
@@ -81,20 +86,29 @@ impl ZkLeaderWatch {
                 }
                 Err(e) => return Err(map_err("watch candidates", e)),
             };
-            self.armed = Some(Box::pin(watcher.changed()));
-            let line = sorted_candidates(children);
-            let Some((_, first)) = line.first() else {
+            let full_dir = format!("{}{}", self.chroot.as_deref().unwrap_or(""), self.dir);
+            let line = sorted_candidates(children, self.lock_name, &full_dir)?;
+            let Some(first) = line.first() else {
+                self.armed = Some(Box::pin(watcher.changed()));
                 return Ok(None);
             };
             let path = format!("{}/{first}", self.dir);
-            match tokio::time::timeout(self.timeout, client.get_data(&path)).await {
+            match tokio::time::timeout(self.timeout, client.get_and_watch_data(&path)).await {
                 Err(_) => {
                     return Err(Error::Timeout {
                         operation: "read leader node",
                         after: self.timeout,
                     });
                 }
-                Ok(Ok((data, stat))) => {
+                Ok(Ok((data, stat, data_watcher))) => {
+                    // Whichever fires first: the line changed, or the
+                    // leader's node changed (a new value, or deleted).
+                    self.armed = Some(Box::pin(async move {
+                        tokio::select! {
+                            event = watcher.changed() => event,
+                            event = data_watcher.changed() => event,
+                        }
+                    }));
                     let (id, value) = decode(&data);
                     let token = u64::try_from(stat.czxid).map_err(|_| Error::InvalidRecord {
                         backend: NAME,
