@@ -701,3 +701,90 @@ async fn etcdctl_lock_waits_behind_leasehold_and_its_rev_is_another_number() {
     );
     assert!(lock.exited().await.success(), "etcdctl lock failed");
 }
+
+/// One participant of a mixed queue.
+enum Participant {
+    Go(Etcdctl),
+    Rust(tokio::task::JoinHandle<leasehold_core::Result<leasehold_core::Leadership>>),
+}
+
+/// Three `etcdctl elect` and three leasehold candidates queue alternately in
+/// one election; each leader in turn resigns (SIGTERM / `unlock()`). The
+/// queue is fair across both kinds (they lead in arrival order, the order of
+/// their keys' create revisions) and, whenever one reports leading, none of
+/// the others has reported it and every earlier leader's key is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mixed_queue_hands_over_in_arrival_order() {
+    let node = start_node().await;
+    let name = unique_name("mixed");
+    let range = format!("{name}/");
+    let mut queue: Vec<(String, Participant)> = Vec::new();
+    for i in 0..6 {
+        let before: Vec<String> = keys(&node, &range).into_iter().map(|(k, _)| k).collect();
+        let value = format!("p{i}");
+        let participant = if i % 2 == 0 {
+            Participant::Go(Etcdctl::spawn(&node, &["elect", &name, &value]))
+        } else {
+            let e = elector(&node, Layout::Go, &name, &value, &value).await;
+            Participant::Rust(tokio::spawn(async move { e.lock().await }))
+        };
+        until_keys(&node, &range, i + 1).await;
+        let key = keys(&node, &range)
+            .into_iter()
+            .map(|(k, _)| k)
+            .find(|k| !before.contains(k))
+            .expect("the new candidate's key");
+        queue.push((key, participant));
+    }
+    let mut last_token = 0;
+    for turn in 0..queue.len() {
+        let (key, _) = &queue[turn];
+        let key = key.clone();
+        let value = format!("p{turn}");
+        // The head of the queue reports leading ...
+        let leadership = match &mut queue[turn].1 {
+            Participant::Go(go) => {
+                assert_eq!(go.leader_lines().await, (key.clone(), value.clone()));
+                None
+            }
+            Participant::Rust(task) => {
+                let l = timeout(WITHIN, task)
+                    .await
+                    .unwrap_or_else(|_| panic!("{value} did not lead within {WITHIN:?}"))
+                    .expect("task")
+                    .expect("lock");
+                Some(l)
+            }
+        };
+        // ... with the lowest key, every earlier key gone, nobody else leading.
+        let now = keys(&node, &range);
+        assert_eq!(now.len(), queue.len() - turn, "earlier keys are gone");
+        let first = now
+            .iter()
+            .min_by_key(|(_, i)| i.create_revision)
+            .expect("a key");
+        assert_eq!(first.0, key, "{value} leads in arrival order");
+        assert!(first.1.create_revision > last_token, "tokens increase");
+        last_token = first.1.create_revision;
+        if let Some(l) = &leadership {
+            assert_eq!(l.fencing_token(), FencingToken(last_token));
+        }
+        for (other_key, other) in &mut queue[turn + 1..] {
+            let reported = match other {
+                Participant::Go(go) => go.printed().is_some(),
+                Participant::Rust(task) => task.is_finished(),
+            };
+            assert!(!reported, "{other_key} reports leading while {key} does");
+        }
+        // Hand over.
+        match (&mut queue[turn].1, leadership) {
+            (Participant::Go(go), _) => {
+                go.signal(Signal::SIGTERM);
+                go.exited().await;
+            }
+            (Participant::Rust(_), Some(l)) => l.unlock().await.expect("unlock"),
+            (Participant::Rust(_), None) => unreachable!("a leasehold leader has its leadership"),
+        }
+    }
+    until_keys(&node, &range, 0).await;
+}
