@@ -788,3 +788,42 @@ async fn a_mixed_queue_hands_over_in_arrival_order() {
     }
     until_keys(&node, &range, 0).await;
 }
+
+/// The conformance behaviours that do not compare candidate ids (which the
+/// Go layout does not store: a leader read from the store is named by its
+/// key), on the Go layout.
+struct GoLayout {
+    node: EtcdNode,
+}
+
+#[leasehold_core::conformance::async_trait]
+impl leasehold_core::conformance::Subject for GoLayout {
+    async fn client(&self) -> Arc<dyn Backend> {
+        Arc::new(backend(&self.node, Layout::Go).await)
+    }
+
+    fn options(&self, election: &str, candidate: &str) -> ElectionOptions {
+        ElectionOptions::new(election, candidate).with_ttl(Duration::from_secs(2))
+    }
+
+    fn slack(&self) -> Duration {
+        // As for the default layout (tests/etcd.rs): etcd's lessor looks for
+        // expired leases every 500 ms; the rest is room for a loaded machine.
+        Duration::from_millis(1500)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_behaviours_on_the_go_layout() {
+    use leasehold_core::conformance as c;
+    let subject = GoLayout {
+        node: start_node().await,
+    };
+    tokio::join!(
+        c::renewal_keeps_the_lease(&subject),
+        c::vanished_holder_is_replaced(&subject),
+        c::tokens_strictly_increase(&subject),
+        c::racing_candidates_one_wins(&subject, 10),
+        c::unsupported_operations_are_typed(&subject),
+    );
+}
