@@ -29,6 +29,7 @@ pub(crate) async fn etcd(
         endpoints,
         tls,
         prefix,
+        layout,
         user,
         password,
         ca,
@@ -45,6 +46,9 @@ pub(crate) async fn etcd(
         .request_timeout(options.request_timeout);
     if let Some(p) = prefix {
         b = b.prefix(p.clone());
+    }
+    if let Some(l) = layout {
+        b = b.layout(l.parse()?);
     }
     if let Some(t) = connect_timeout {
         b = b.connect_timeout(parse_duration("connect_timeout", t)?);

@@ -101,9 +101,15 @@ pub enum StoreConfig {
         /// Use TLS (`etcd+https://`).
         #[serde(default)]
         tls: bool,
-        /// The key prefix elections live under (default `/leasehold`).
+        /// The key prefix elections live under (default `/leasehold`; with
+        /// `layout = "go"`, empty and taken verbatim).
         #[serde(default)]
         prefix: Option<String>,
+        /// The key layout: `"leasehold"` (the default) or `"go"`, the keys
+        /// and raw values of etcd's Go `concurrency.Election` and `etcdctl
+        /// elect`, to share elections with them (see docs/interop.md).
+        #[serde(default)]
+        layout: Option<String>,
         /// User for etcd authentication.
         #[serde(default)]
         user: Option<String>,
@@ -499,6 +505,25 @@ mod tests {
         assert_eq!(options.ttl, Duration::from_secs(6));
         assert_eq!(options.candidate_id, "w1");
         assert!(!format!("{store:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn toml_etcd_layout() {
+        let cfg = ElectionConfig::from_toml(
+            r#"
+            election = "billing"
+            [store]
+            kind = "etcd"
+            endpoints = ["127.0.0.1:2379"]
+            layout = "go"
+            "#,
+        )
+        .unwrap();
+        let (store, _) = cfg.resolve().unwrap();
+        match store {
+            StoreConfig::Etcd { layout, .. } => assert_eq!(layout.as_deref(), Some("go")),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

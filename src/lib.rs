@@ -81,7 +81,10 @@ pub use url::SCHEMES;
 ///
 /// Options for every store: `id` (candidate id, default `<hostname>-<pid>`),
 /// `value`, `ttl`, `renew_interval`, `retry_interval`, `safety_margin`,
-/// `request_timeout` (durations such as `500ms`, `10s`, `2m`).
+/// `request_timeout` (durations such as `500ms`, `10s`, `2m`). etcd also
+/// takes `prefix`, `connect_timeout` and `layout=go`: the keys of etcd's Go
+/// `concurrency.Election` and `etcdctl elect`, to share their elections
+/// (docs/interop.md).
 ///
 /// # Errors
 /// [`Error::Config`] naming the offending part of the URL (unknown scheme, a

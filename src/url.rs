@@ -9,8 +9,9 @@
 //! ```
 //!
 //! Options for every store: `id`, `value`, `ttl`, `renew_interval`,
-//! `retry_interval`, `safety_margin`, `request_timeout`. Values are
-//! percent-decoded. Nothing here ever echoes a password.
+//! `retry_interval`, `safety_margin`, `request_timeout`; etcd also `prefix`,
+//! `layout` (`leasehold` or `go`), `connect_timeout` and the TLS files.
+//! Values are percent-decoded. Nothing here ever echoes a password.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -124,7 +125,7 @@ pub(crate) fn parse(input: &str) -> Result<ElectionConfig> {
             cfg.election = election(path)?;
             check_known(
                 &params,
-                &["prefix", "ca", "cert", "key", "connect_timeout"],
+                &["prefix", "layout", "ca", "cert", "key", "connect_timeout"],
                 "etcd",
             )?;
             let tls = scheme == "etcd+https";
@@ -146,6 +147,7 @@ pub(crate) fn parse(input: &str) -> Result<ElectionConfig> {
                 endpoints,
                 tls,
                 prefix: params.remove("prefix"),
+                layout: params.remove("layout"),
                 user,
                 password,
                 ca,
@@ -360,6 +362,13 @@ mod tests {
                 assert_eq!(endpoints, ["h1:2379", "h2:2379"]);
                 assert_eq!(prefix.as_deref(), Some("/leasehold"));
                 assert!(!tls);
+            }
+            other => panic!("{other:?}"),
+        }
+        match store("etcd://h/billing?layout=go&prefix=/services/") {
+            StoreConfig::Etcd { layout, prefix, .. } => {
+                assert_eq!(layout.as_deref(), Some("go"));
+                assert_eq!(prefix.as_deref(), Some("/services/"));
             }
             other => panic!("{other:?}"),
         }

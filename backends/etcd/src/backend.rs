@@ -18,7 +18,7 @@ use leasehold_core::{
 };
 
 use crate::error::{BACKEND, bounded, map, unavailable};
-use crate::layout::{candidate_key, decode, election_prefix, encode};
+use crate::layout::{Keys, Layout};
 
 /// etcd's smallest lease ttl, in seconds.
 pub const MIN_TTL_SECS: u64 = 2;
@@ -91,6 +91,7 @@ type KeeperSlot = Arc<tokio::sync::Mutex<Option<Keeper>>>;
 pub(crate) struct Inner {
     pub(crate) client: Client,
     pub(crate) prefix: String,
+    pub(crate) keys: Keys,
     pub(crate) request_timeout: Duration,
     pub(crate) endpoints: Vec<String>,
     keepers: StdMutex<HashMap<i64, KeeperSlot>>,
@@ -103,7 +104,9 @@ pub(crate) struct Inner {
 /// * Each candidate grants a lease of the election ttl and creates one key
 ///   `<prefix>/<election>/<lease id in hex>` attached to it (a transaction
 ///   comparing `create_revision == 0`). The key holds the candidate id and
-///   its leader value (JSON, value in base64).
+///   its leader value (JSON, value in base64). In the [`Layout::Go`] the key
+///   is `<prefix><election>/<lease id in hex>` holding the raw value, as
+///   etcd's Go `concurrency.Election` writes it.
 /// * The key with the lowest create revision leads; its create revision is
 ///   the fencing token (strictly increasing across terms: etcd's revision
 ///   only grows).
@@ -126,6 +129,7 @@ impl fmt::Debug for EtcdBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EtcdBackend")
             .field("endpoints", &self.inner.endpoints)
+            .field("layout", &self.inner.keys.layout)
             .field("prefix", &self.inner.prefix)
             .field("request_timeout", &self.inner.request_timeout)
             .finish_non_exhaustive()
@@ -140,14 +144,15 @@ impl EtcdBackend {
 
     pub(crate) fn from_parts(
         client: Client,
-        prefix: String,
+        keys: Keys,
         request_timeout: Duration,
         endpoints: Vec<String>,
     ) -> Self {
         EtcdBackend {
             inner: Arc::new(Inner {
                 client,
-                prefix,
+                prefix: keys.prefix.clone(),
+                keys,
                 request_timeout,
                 endpoints,
                 keepers: StdMutex::new(HashMap::new()),
@@ -161,10 +166,16 @@ impl EtcdBackend {
         &self.inner.prefix
     }
 
-    /// The range (`<prefix>/<escaped election>/`) holding the candidate keys
-    /// of `election`; handy for `etcdctl get --prefix`.
+    /// The key layout: leasehold's own, or Go's `concurrency.Election`.
+    pub fn layout(&self) -> Layout {
+        self.inner.keys.layout
+    }
+
+    /// The range holding the candidate keys of `election`
+    /// (`<prefix>/<escaped election>/`, or `<prefix><election>/` in the Go
+    /// layout); handy for `etcdctl get --prefix`.
     pub fn election_prefix(&self, election: &str) -> String {
-        election_prefix(&self.inner.prefix, election)
+        self.inner.keys.range(election)
     }
 
     /// What this backend has asked of etcd so far.
@@ -192,14 +203,21 @@ impl EtcdBackend {
                 Error::PermissionDenied {
                     backend,
                     message: format!(
-                        "{message}: the etcd user may not {what} the keys of election {election:?} (range {range:?}); grant its role {need} permission on that range, or on the whole prefix: etcdctl role grant-permission <role> --prefix=true {need} {prefix}/",
+                        "{message}: the etcd user may not {what} the keys of election {election:?} (range {range:?}); grant its role {need} permission on {scope}: etcdctl role grant-permission <role> --prefix=true {need} {grant}",
                         what = if need == "read" {
                             "read"
                         } else {
                             "read and write"
                         },
-                        range = election_prefix(&self.inner.prefix, election),
-                        prefix = self.inner.prefix,
+                        range = self.inner.keys.range(election),
+                        scope = match self.inner.keys.layout {
+                            Layout::Leasehold => "that range, or on the whole prefix",
+                            Layout::Go => "that range",
+                        },
+                        grant = match self.inner.keys.layout {
+                            Layout::Leasehold => format!("{}/", self.inner.prefix),
+                            Layout::Go => self.inner.keys.range(election),
+                        },
                     ),
                 }
             }
@@ -209,7 +227,7 @@ impl EtcdBackend {
 
     /// The key a claim must have to be one of this backend's claims of its election.
     fn own_key(&self, claim: &Claim) -> String {
-        candidate_key(&self.inner.prefix, &claim.election, claim.session)
+        self.inner.keys.candidate(&claim.election, claim.session)
     }
 
     fn token_of(claim: &Claim) -> i64 {
@@ -225,7 +243,7 @@ impl EtcdBackend {
     }
 
     /// Builds the outcome from the first key of the election range.
-    fn outcome(claim: Claim, first: Option<&KeyValue>, revision: i64) -> AcquireOutcome {
+    fn outcome(&self, claim: Claim, first: Option<&KeyValue>, revision: i64) -> AcquireOutcome {
         match first {
             Some(kv) if kv.create_revision() == Self::token_of(&claim) => {
                 AcquireOutcome::Acquired(Claim {
@@ -235,7 +253,9 @@ impl EtcdBackend {
             }
             first => {
                 let leader = first.and_then(|kv| {
-                    decode(kv.key(), kv.value(), kv.create_revision())
+                    self.inner
+                        .keys
+                        .decode(kv.key(), kv.value(), kv.create_revision())
                         .map_err(|e| tracing::warn!(error = %e, "unreadable leader record"))
                         .ok()
                 });
@@ -259,14 +279,14 @@ impl EtcdBackend {
         // From here on, a failure or a dropped future revokes the lease.
         let mut guard = RevokeOnDrop::new(self.inner.client.clone(), lease, t);
 
-        let range = election_prefix(&self.inner.prefix, &req.election);
-        let key = candidate_key(&self.inner.prefix, &req.election, lease);
+        let range = self.inner.keys.range(&req.election);
+        let key = self.inner.keys.candidate(&req.election, lease);
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([
                 TxnOp::put(
                     key.clone(),
-                    encode(&req.candidate, &req.value),
+                    self.inner.keys.encode(&req.candidate, &req.value),
                     Some(PutOptions::new().with_lease(lease)),
                 ),
                 TxnOp::get(range, Some(Self::first_by_create())),
@@ -293,7 +313,7 @@ impl EtcdBackend {
             version: revision,
         };
         guard.disarm();
-        Ok(Self::outcome(claim, first.as_ref(), revision))
+        Ok(self.outcome(claim, first.as_ref(), revision))
     }
 
     /// Later campaign steps: the claim must still exist; then who leads.
@@ -305,7 +325,7 @@ impl EtcdBackend {
                 claim.key, req.election, self.inner.prefix
             )));
         }
-        let range = election_prefix(&self.inner.prefix, &claim.election);
+        let range = self.inner.keys.range(&claim.election);
         let txn = Txn::new()
             .when([Compare::create_revision(
                 key.clone(),
@@ -322,7 +342,7 @@ impl EtcdBackend {
         }
         let revision = header_revision(resp.header(), "check candidate key")?;
         let first = first_kv(&resp.op_responses());
-        Ok(Self::outcome(claim.clone(), first.as_ref(), revision))
+        Ok(self.outcome(claim.clone(), first.as_ref(), revision))
     }
 
     fn keeper_slot(&self, lease: i64) -> KeeperSlot {
@@ -408,7 +428,7 @@ impl EtcdBackend {
 
     /// Waits for the deletion of the key just ahead of `claim`.
     async fn wait_predecessor(&self, claim: &Claim) -> Result<()> {
-        let range = election_prefix(&self.inner.prefix, &claim.election);
+        let range = self.inner.keys.range(&claim.election);
         let token = Self::token_of(claim);
         let options = GetOptions::new()
             .with_prefix()
@@ -448,7 +468,7 @@ impl EtcdBackend {
 
     /// Waits for any change in the election range after `revision`.
     async fn wait_range(&self, election: &str, revision: i64) -> Result<()> {
-        let range = election_prefix(&self.inner.prefix, election);
+        let range = self.inner.keys.range(election);
         let mut options = WatchOptions::new().with_prefix();
         if revision > 0 {
             options = options.with_start_revision(revision + 1);
@@ -657,8 +677,67 @@ impl Backend for EtcdBackend {
         Ok(())
     }
 
+    /// One transaction, as Go's `Election.Proclaim`: put the new value on
+    /// the own key if its create revision is still the claim's token,
+    /// keeping the key's lease. In the leasehold layout the candidate id is
+    /// read from the current record first (a read, then the conditional
+    /// write: only the claim's owner writes its key).
+    ///
+    /// Cancel safe: a dropped call may or may not have landed.
+    async fn proclaim(&self, claim: &Claim, value: &[u8]) -> Result<Claim> {
+        if claim.key != self.own_key(claim) {
+            return Err(Error::Lost(format!(
+                "claim {:?} is not an etcd claim under prefix {:?}",
+                claim.key, self.inner.prefix
+            )));
+        }
+        let t = self.timeout();
+        let mut kv = self.inner.client.kv_client();
+        let bytes = match self.inner.keys.layout {
+            Layout::Go => value.to_vec(),
+            Layout::Leasehold => {
+                self.inner.counters.request();
+                let resp = bounded("read candidate key", t, kv.get(claim.key.as_str(), None))
+                    .await
+                    .map_err(|e| self.denied(e, &claim.election, "readwrite"))?;
+                let current = match resp.kvs().first() {
+                    Some(kv) if kv.create_revision() == Self::token_of(claim) => kv,
+                    _ => return Err(gone(claim)),
+                };
+                let id = self
+                    .inner
+                    .keys
+                    .decode(current.key(), current.value(), current.create_revision())?
+                    .id;
+                self.inner.keys.encode(&id, value)
+            }
+        };
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                claim.key.as_str(),
+                CompareOp::Equal,
+                Self::token_of(claim),
+            )])
+            .and_then([TxnOp::put(
+                claim.key.as_str(),
+                bytes,
+                Some(PutOptions::new().with_lease(claim.session)),
+            )]);
+        self.inner.counters.request();
+        let resp = bounded("proclaim", t, kv.txn(txn))
+            .await
+            .map_err(|e| self.denied(e, &claim.election, "readwrite"))?;
+        if !resp.succeeded() {
+            return Err(gone(claim));
+        }
+        Ok(Claim {
+            version: header_revision(resp.header(), "proclaim")?,
+            ..claim.clone()
+        })
+    }
+
     async fn leader(&self, election: &str) -> Result<Option<LeaderInfo>> {
-        let range = election_prefix(&self.inner.prefix, election);
+        let range = self.inner.keys.range(election);
         let mut kv = self.inner.client.kv_client();
         self.inner.counters.request();
         let resp = bounded(
@@ -670,7 +749,11 @@ impl Backend for EtcdBackend {
         .map_err(|e| self.denied(e, election, "read"))?;
         resp.kvs()
             .first()
-            .map(|kv| decode(kv.key(), kv.value(), kv.create_revision()))
+            .map(|kv| {
+                self.inner
+                    .keys
+                    .decode(kv.key(), kv.value(), kv.create_revision())
+            })
             .transpose()
     }
 
@@ -684,7 +767,7 @@ impl Backend for EtcdBackend {
     }
 
     async fn watch(&self, election: &str) -> Result<Box<dyn LeaderWatch>> {
-        let range = election_prefix(&self.inner.prefix, election);
+        let range = self.inner.keys.range(election);
         let mut kv = self.inner.client.kv_client();
         self.inner.counters.request();
         let resp = bounded(
@@ -698,13 +781,7 @@ impl Backend for EtcdBackend {
         let keys = resp
             .kvs()
             .iter()
-            .map(|kv| {
-                let entry = Entry {
-                    create_revision: kv.create_revision(),
-                    value: kv.value().to_vec(),
-                };
-                (kv.key().to_vec(), entry)
-            })
+            .map(|kv| (kv.key().to_vec(), Entry::of(kv)))
             .collect();
         let options = WatchOptions::new().with_prefix().with_start_revision(start);
         let stream = self
@@ -723,7 +800,18 @@ impl Backend for EtcdBackend {
 /// One candidate key as a leader watch remembers it.
 struct Entry {
     create_revision: i64,
+    mod_revision: i64,
     value: Vec<u8>,
+}
+
+impl Entry {
+    fn of(kv: &KeyValue) -> Entry {
+        Entry {
+            create_revision: kv.create_revision(),
+            mod_revision: kv.mod_revision(),
+            value: kv.value().to_vec(),
+        }
+    }
 }
 
 /// The leader of an election followed through one prefix watch: a local
@@ -731,10 +819,12 @@ struct Entry {
 struct EtcdLeaderWatch {
     backend: EtcdBackend,
     stream: WatchStream,
-    /// Candidate key -> its create revision and value.
+    /// Candidate key -> its create revision, mod revision and value.
     keys: HashMap<Vec<u8>, Entry>,
-    /// The create revision of the leader last reported (`Some(None)`: no leader).
-    reported: Option<Option<i64>>,
+    /// The create and mod revision of the leader key last reported
+    /// (`Some(None)`: no leader). A new mod revision of the same key is a
+    /// new value (a proclaim): reported too.
+    reported: Option<Option<(i64, i64)>>,
 }
 
 impl EtcdLeaderWatch {
@@ -745,14 +835,23 @@ impl EtcdLeaderWatch {
             .map(|(k, e)| (k.as_slice(), e))
     }
 
-    fn leader_revision(&self) -> Option<i64> {
-        self.leader_entry().map(|(_, e)| e.create_revision)
+    fn leader_revisions(&self) -> Option<(i64, i64)> {
+        self.leader_entry()
+            .map(|(_, e)| (e.create_revision, e.mod_revision))
     }
 
+    /// The leader now. A leader key whose value cannot be read is an error
+    /// (non-transient): the observer stops and says so rather than keep
+    /// showing a leader that is gone.
     fn report(&mut self) -> Result<Option<LeaderInfo>> {
-        self.reported = Some(self.leader_revision());
+        self.reported = Some(self.leader_revisions());
         self.leader_entry()
-            .map(|(key, e)| decode(key, &e.value, e.create_revision))
+            .map(|(key, e)| {
+                self.backend
+                    .inner
+                    .keys
+                    .decode(key, &e.value, e.create_revision)
+            })
             .transpose()
     }
 }
@@ -784,20 +883,14 @@ impl LeaderWatch for EtcdLeaderWatch {
                 let Some(kv) = event.kv() else { continue };
                 match event.event_type() {
                     EventType::Put => {
-                        self.keys.insert(
-                            kv.key().to_vec(),
-                            Entry {
-                                create_revision: kv.create_revision(),
-                                value: kv.value().to_vec(),
-                            },
-                        );
+                        self.keys.insert(kv.key().to_vec(), Entry::of(kv));
                     }
                     EventType::Delete => {
                         self.keys.remove(kv.key());
                     }
                 }
             }
-            if self.reported != Some(self.leader_revision()) {
+            if self.reported != Some(self.leader_revisions()) {
                 return self.report();
             }
         }

@@ -8,7 +8,7 @@ use leasehold_core::{Error, Result};
 
 use crate::EtcdBackend;
 use crate::error::map;
-use crate::layout::normalize_prefix;
+use crate::layout::{Keys, Layout};
 
 /// The key prefix used when none is set.
 pub const DEFAULT_PREFIX: &str = "/leasehold";
@@ -30,7 +30,8 @@ pub const DEFAULT_PREFIX: &str = "/leasehold";
 #[derive(Clone)]
 pub struct EtcdBuilder {
     endpoints: Vec<String>,
-    prefix: String,
+    layout: Layout,
+    prefix: Option<String>,
     connect_timeout: Duration,
     request_timeout: Duration,
     keep_alive: Option<(Duration, Duration)>,
@@ -44,6 +45,7 @@ impl fmt::Debug for EtcdBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EtcdBuilder")
             .field("endpoints", &self.endpoints)
+            .field("layout", &self.layout)
             .field("prefix", &self.prefix)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
@@ -67,14 +69,16 @@ impl Default for EtcdBuilder {
 }
 
 impl EtcdBuilder {
-    /// Defaults: no endpoint yet, prefix [`DEFAULT_PREFIX`], connect and
+    /// Defaults: no endpoint yet, leasehold's own [`Layout`] under the
+    /// prefix [`DEFAULT_PREFIX`], connect and
     /// request timeouts of 5 s, HTTP/2 keep-alive pings every 5 s (a
     /// connection that does not answer one within 5 s is dropped and
     /// redialled), no auth, no TLS.
     pub fn new() -> Self {
         EtcdBuilder {
             endpoints: Vec::new(),
-            prefix: DEFAULT_PREFIX.to_owned(),
+            layout: Layout::Leasehold,
+            prefix: None,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
             keep_alive: Some((Duration::from_secs(5), Duration::from_secs(5))),
@@ -96,10 +100,24 @@ impl EtcdBuilder {
         self
     }
 
-    /// The key prefix (namespace) under which every election lives
-    /// (default [`DEFAULT_PREFIX`]). Trailing `/` are dropped.
+    /// The key prefix (namespace) under which every election lives.
+    ///
+    /// In the leasehold layout (default [`DEFAULT_PREFIX`]) trailing `/` are
+    /// dropped and a `/` separates it from the escaped election name. In the
+    /// [Go layout](Layout::Go) (default empty) it is put verbatim before the
+    /// election name: Go's `NewElection(session, "/services/billing")` is
+    /// prefix `/services/` and election `billing`.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
+        self.prefix = Some(prefix.into());
+        self
+    }
+
+    /// How keys and values are laid out (default [`Layout::Leasehold`]).
+    /// [`Layout::Go`] shares elections with etcd's Go
+    /// `concurrency.Election` and `etcdctl elect`: keys
+    /// `<prefix><election>/<lease in hex>` holding the raw leader value.
+    pub fn layout(mut self, layout: Layout) -> Self {
+        self.layout = layout;
         self
     }
 
@@ -173,10 +191,11 @@ impl EtcdBuilder {
                 "TLS is configured but endpoint {plain:?} is plain http; use https://"
             )));
         }
-        if self.prefix.chars().any(char::is_control) {
+        if let Some(prefix) = &self.prefix
+            && prefix.chars().any(char::is_control)
+        {
             return Err(Error::Config(format!(
-                "key prefix {:?} contains a control character",
-                self.prefix
+                "key prefix {prefix:?} contains a control character"
             )));
         }
         for (name, value) in [
@@ -246,7 +265,7 @@ impl EtcdBuilder {
         };
         Ok(EtcdBackend::from_parts(
             client,
-            normalize_prefix(&self.prefix),
+            Keys::new(self.layout, self.prefix.as_deref()),
             self.request_timeout,
             self.endpoints,
         ))

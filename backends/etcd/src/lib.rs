@@ -30,6 +30,7 @@
 //!   election name is escaped (`%` → `%25`, `/` → `%2F`) so that elections
 //!   never share a range. The value is JSON:
 //!   `{"v":1,"id":"<candidate id>","value":"<leader value, base64>"}`.
+//!   (That is the default [`Layout::Leasehold`]; [`Layout::Go`] below.)
 //! * **Leader and token.** The key with the lowest create revision leads;
 //!   the fencing token is that create revision. etcd's revision only grows,
 //!   so every later term has a greater token.
@@ -44,6 +45,20 @@
 //!   longer knows, or a missing key, is [`Error::Lost`](leasehold_core::Error::Lost).
 //! * **Release.** Deletes the own key (conditional on its create revision)
 //!   and revokes the lease, so the successor's watch fires at once.
+//! * **Proclaim.** [`Leadership::proclaim`](leasehold_core::Leadership::proclaim)
+//!   puts a new value on the own key in one transaction comparing its create
+//!   revision with the token (as Go's `Election.Proclaim`), keeping the
+//!   lease: same term, same token; observers report the new value.
+//!
+//! ## Sharing elections with Go services and `etcdctl elect`
+//!
+//! With [`Layout::Go`] (`EtcdBuilder::layout`, or `layout=go` in a facade
+//! URL) the keys are those of etcd's Go `concurrency.Election`:
+//! `<prefix><election>/<lease id in hex>` holding the raw leader value, so
+//! leasehold candidates and observers take part in the elections that Go
+//! services and `etcdctl elect <election>` run. Ordering and the fencing
+//! token (Go's `Election.Rev()`) agree; leaders read from the store are
+//! named by their key, since Go stores no candidate id. See docs/interop.md.
 
 mod backend;
 mod builder;
@@ -52,3 +67,4 @@ mod layout;
 
 pub use backend::{EtcdBackend, EtcdStats, MIN_TTL_SECS, lease_ttl_secs};
 pub use builder::{DEFAULT_PREFIX, EtcdBuilder};
+pub use layout::Layout;
