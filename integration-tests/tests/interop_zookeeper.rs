@@ -771,7 +771,7 @@ async fn mixed_lock_names_with_java_participants_fail_loudly() {
 /// With a LeaderSelector (`lock-`): a LeaderLatch waiting right behind the
 /// leader reacts to nothing but the deletion of the leader's node, and a
 /// data change uses up its one-shot watch, so it would not take over (see
-/// docs/interop-zookeeper.md).
+/// docs/interop.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn proclaim_changes_the_leader_value_in_the_same_term() {
     let server = start_server().await;
