@@ -33,6 +33,7 @@ mod leadership;
 pub mod memory;
 mod options;
 mod retry;
+mod session;
 mod types;
 
 #[cfg(feature = "conformance")]
@@ -45,6 +46,7 @@ pub use error::{Error, Result};
 pub use health::{Health, LeaderHealth, StoreContact};
 pub use leadership::{Leadership, LossReason};
 pub use options::{ElectionOptions, MAX_NAME_LEN, MAX_VALUE_LEN};
+pub use session::SessionRegistry;
 pub use types::{AcquireOutcome, AcquireRequest, Capabilities, Claim, FencingToken, LeaderInfo};
 
 pub use tokio_util::sync::CancellationToken;
