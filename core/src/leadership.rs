@@ -331,6 +331,15 @@ impl Leadership {
         &self.guard.state.info
     }
 
+    /// The store's id of the session this term's claim lives in (etcd
+    /// lease id, ZooKeeper session id), when the claim is kept alive by a
+    /// session (possibly shared with other terms: see
+    /// [`ElectionOptions::own_session`](crate::ElectionOptions::own_session));
+    /// `None` on backends without sessions. For operators and tests.
+    pub fn session_id(&self) -> Option<i64> {
+        lock(&self.guard.session).as_ref().map(|(s, _)| s.id())
+    }
+
     /// The value this candidate published.
     pub fn value(&self) -> &[u8] {
         &self.guard.state.info.value

@@ -1,6 +1,6 @@
 //! The etcd [`Backend`]: a fair queue of candidate keys, one per lease.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
@@ -14,7 +14,7 @@ use etcd_client::{
 };
 use leasehold_core::{
     AcquireOutcome, AcquireRequest, Backend, Capabilities, Claim, ElectionOptions, Error,
-    FencingToken, LeaderInfo, LeaderWatch, Result,
+    FencingToken, LeaderInfo, LeaderWatch, Result, SessionRegistry,
 };
 
 use crate::error::{BACKEND, bounded, map, unavailable};
@@ -95,25 +95,40 @@ pub(crate) struct Inner {
     pub(crate) endpoints: Vec<String>,
     keepers: StdMutex<HashMap<i64, KeeperSlot>>,
     counters: Counters,
+    /// The engine's sessions on this backend (shared by its clones).
+    sessions: SessionRegistry,
+    /// Leases opened as sessions: many claims live in each, so releasing
+    /// one claim must not revoke its lease.
+    session_leases: StdMutex<HashSet<i64>>,
 }
 
 /// The etcd backend: leader election and locks over etcd's KV, lease and
 /// watch APIs, in the style of etcd's Go `concurrency` package.
 ///
-/// * Each candidate grants a lease of the election ttl and creates one key
-///   `<prefix>/<election>/<lease id in hex>` attached to it (a transaction
-///   comparing `create_revision == 0`). The key holds the candidate id and
-///   its leader value (JSON, value in base64).
+/// * Each candidate creates one key `<prefix>/<election>/<lease id in hex>`
+///   attached to a lease (a transaction comparing `create_revision == 0`).
+///   Through the engine, that lease is a **session** shared by every
+///   elector on this backend instance (and its clones) with the same
+///   timings, as Go's `concurrency.Session`: N electors cost one lease and
+///   one keep-alive per renew interval. Called directly without a session,
+///   [`Backend::try_acquire`] grants a lease of the election ttl for the
+///   claim alone. The key holds the candidate id and its leader value
+///   (JSON, value in base64).
 /// * The key with the lowest create revision leads; its create revision is
 ///   the fencing token (strictly increasing across terms: etcd's revision
 ///   only grows).
 /// * A waiting candidate watches only its predecessor (the greatest create
 ///   revision below its own) until that key is deleted: no thundering herd.
-/// * Renewal sends one message on a keep-alive stream per lease (opened on
-///   the first renewal, reopened after errors) and checks that the own key
-///   still exists; the engine drives it, this backend runs no timer.
-/// * Release deletes the own key (conditional on its create revision) and
-///   revokes the lease, so the successor's watch fires at once.
+/// * A session's keep-alive ([`Backend::keep_alive`]) is one message on the
+///   lease's keep-alive stream (opened on the first, reopened after
+///   errors); the engine drives it, this backend runs no timer. A leader
+///   watches its own key ([`Backend::watch_claim`]), so a key deleted by
+///   hand or a lease revoked by an admin ends its term at once. A claim of
+///   its own lease is renewed by [`Backend::renew`]: a keep-alive and a
+///   read of the own key.
+/// * Release deletes the own key (conditional on its create revision), so
+///   the successor's watch fires at once, and revokes the lease unless it is
+///   a session (the engine revokes a session when its last user goes).
 ///
 /// Build one with [`EtcdBackend::builder`]. Cloning is cheap and shares the
 /// connection.
@@ -152,6 +167,8 @@ impl EtcdBackend {
                 endpoints,
                 keepers: StdMutex::new(HashMap::new()),
                 counters: Counters::default(),
+                sessions: SessionRegistry::new(),
+                session_leases: StdMutex::new(HashSet::new()),
             }),
         }
     }
@@ -259,6 +276,22 @@ impl EtcdBackend {
         // From here on, a failure or a dropped future revokes the lease.
         let mut guard = RevokeOnDrop::new(self.inner.client.clone(), lease, t);
 
+        let outcome = self.create_in(req, lease, false).await?;
+        guard.disarm();
+        Ok(outcome)
+    }
+
+    /// Create the candidate key of `req` in `lease`, then who leads. With
+    /// `adopt`, a key of this lease that exists already is taken as this
+    /// candidate's (a create whose answer was lost: one session holds one
+    /// claim per election, so it can only be ours).
+    async fn create_in(
+        &self,
+        req: &AcquireRequest,
+        lease: i64,
+        adopt: bool,
+    ) -> Result<AcquireOutcome> {
+        let t = self.timeout();
         let range = election_prefix(&self.inner.prefix, &req.election);
         let key = candidate_key(&self.inner.prefix, &req.election, lease);
         let txn = Txn::new()
@@ -269,31 +302,106 @@ impl EtcdBackend {
                     encode(&req.candidate, &req.value),
                     Some(PutOptions::new().with_lease(lease)),
                 ),
+                TxnOp::get(range.clone(), Some(Self::first_by_create())),
+            ])
+            .or_else([
+                TxnOp::get(key.clone(), None),
                 TxnOp::get(range, Some(Self::first_by_create())),
             ]);
         let mut kv = self.inner.client.kv_client();
         self.inner.counters.request();
         let resp = bounded("create candidate key", t, kv.txn(txn)).await?;
-        if !resp.succeeded() {
-            return Err(Error::Backend {
-                backend: BACKEND,
-                message: format!(
-                    "candidate key {key} already exists for a fresh lease {lease:x}; is another program writing under the prefix {:?}?",
-                    self.inner.prefix
-                ),
-            });
-        }
         let revision = header_revision(resp.header(), "create candidate key")?;
-        let first = first_kv(&resp.op_responses());
+        let responses = resp.op_responses();
+        let token = if resp.succeeded() {
+            revision
+        } else {
+            let existing = first_kv(&responses);
+            match existing {
+                Some(kv) if adopt && kv.lease() == lease => kv.create_revision(),
+                _ => {
+                    return Err(Error::Backend {
+                        backend: BACKEND,
+                        message: format!(
+                            "candidate key {key} already exists for lease {lease:x}, not written by this candidate; is another program writing under the prefix {:?}?",
+                            self.inner.prefix
+                        ),
+                    });
+                }
+            }
+        };
+        let first = responses
+            .iter()
+            .filter_map(|r| match r {
+                TxnOpResponse::Get(get) => Some(get),
+                _ => None,
+            })
+            .next_back()
+            .and_then(|get| get.kvs().first().cloned());
         let claim = Claim {
             election: req.election.clone(),
             key,
             session: lease,
-            token: FencingToken(u64::try_from(revision).unwrap_or(0)),
+            token: FencingToken(u64::try_from(token).unwrap_or(0)),
             version: revision,
         };
-        guard.disarm();
         Ok(Self::outcome(claim, first.as_ref(), revision))
+    }
+
+    fn is_session(&self, lease: i64) -> bool {
+        self.inner
+            .session_leases
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains(&lease)
+    }
+
+    /// Resolve when `claim`'s key is gone: a watch on the key from just
+    /// after its creation, so a delete in between is seen too.
+    async fn watch_own_key(&self, claim: &Claim) -> Result<()> {
+        let token = Self::token_of(claim);
+        let mut start = token + 1;
+        // Opened again only when etcd cancels a watch (a compaction past
+        // its start): then the key is read once to find where to go on.
+        for _ in 0..3 {
+            let options = WatchOptions::new()
+                .with_start_revision(start)
+                .with_filters([WatchFilterType::NoPut]);
+            let mut stream = self
+                .open_watch(claim.key.clone().into_bytes(), options)
+                .await?;
+            loop {
+                let resp = self.next_response(&mut stream, "watch own key").await?;
+                if resp
+                    .events()
+                    .iter()
+                    .any(|e| e.event_type() == EventType::Delete)
+                {
+                    return Ok(());
+                }
+                if resp.canceled() {
+                    let mut kv = self.inner.client.kv_client();
+                    self.inner.counters.request();
+                    let got = bounded(
+                        "read own key",
+                        self.timeout(),
+                        kv.get(claim.key.as_str(), Some(GetOptions::new().with_keys_only())),
+                    )
+                    .await?;
+                    match got.kvs().first() {
+                        Some(kv) if kv.create_revision() == token => {
+                            start = header_revision(got.header(), "read own key")? + 1;
+                            break;
+                        }
+                        _ => return Ok(()),
+                    }
+                }
+            }
+        }
+        Err(unavailable(format!(
+            "watch own key {}: etcd cancelled the watch 3 times; watch again",
+            claim.key
+        )))
     }
 
     /// Later campaign steps: the claim must still exist; then who leads.
@@ -345,7 +453,7 @@ impl EtcdBackend {
 
     /// One keep-alive of `lease`: on the open stream, or on a new one when
     /// there is none or the open one fails.
-    async fn keep_alive(&self, lease: i64) -> Result<()> {
+    async fn keep_lease_alive(&self, lease: i64) -> Result<()> {
         let slot = self.keeper_slot(lease);
         let mut held = slot.lock().await;
         // Taken out and put back only after a full exchange: a call dropped
@@ -564,7 +672,79 @@ impl Backend for EtcdBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(true, true, true)
+        Capabilities::new(true, true, true).with_sessions(false)
+    }
+
+    fn sessions(&self) -> Option<&SessionRegistry> {
+        Some(&self.inner.sessions)
+    }
+
+    /// Grants a lease of `ttl` (rounded up to whole seconds). Cancel safe: a
+    /// lease granted by a dropped call expires after its ttl.
+    async fn open_session(&self, ttl: Duration) -> Result<i64> {
+        let secs = lease_ttl_secs(ttl)?;
+        let mut lease_client = self.inner.client.lease_client();
+        self.inner.counters.request();
+        let grant = bounded(
+            "grant session lease",
+            self.timeout(),
+            lease_client.grant(secs, None),
+        )
+        .await?;
+        self.inner
+            .session_leases
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(grant.id());
+        Ok(grant.id())
+    }
+
+    /// One message on the lease's keep-alive stream; its answer (ttl > 0)
+    /// proves the lease alive at the quorum. Cancel safe: a call dropped
+    /// half way closes the stream; the next call opens a new one.
+    async fn keep_alive(&self, session: i64) -> Result<()> {
+        self.keep_lease_alive(session).await
+    }
+
+    /// Revokes the lease: every key still in it goes. Cancel safe.
+    async fn close_session(&self, session: i64) -> Result<()> {
+        self.forget_keeper(session);
+        self.inner
+            .session_leases
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&session);
+        let mut lease_client = self.inner.client.lease_client();
+        self.inner.counters.request();
+        match bounded(
+            "revoke session lease",
+            self.timeout(),
+            lease_client.revoke(session),
+        )
+        .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_lost() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Cancel safe: a key whose create answer was lost is adopted by the
+    /// next attempt in the same session, or goes when the session closes.
+    async fn try_acquire_in(&self, req: &AcquireRequest, session: i64) -> Result<AcquireOutcome> {
+        self.create_in(req, session, true)
+            .await
+            .map_err(|e| self.denied(e, &req.election, "readwrite"))
+    }
+
+    /// Cancel safe: the watch it opened is closed when the future is dropped.
+    async fn watch_claim(&self, claim: &Claim) -> Result<()> {
+        if claim.key != self.own_key(claim) {
+            return Ok(());
+        }
+        self.watch_own_key(claim)
+            .await
+            .map_err(|e| self.denied(e, &claim.election, "read"))
     }
 
     fn validate(&self, options: &ElectionOptions) -> Result<()> {
@@ -592,7 +772,7 @@ impl Backend for EtcdBackend {
         }
         let t = self.timeout();
         let (alive, key) = tokio::join!(
-            tokio::time::timeout(t, self.keep_alive(claim.session)),
+            tokio::time::timeout(t, self.keep_lease_alive(claim.session)),
             tokio::time::timeout(t, self.check_key(claim)),
         );
         let timed_out = |operation| Error::Timeout {
@@ -623,7 +803,9 @@ impl Backend for EtcdBackend {
             // touch nothing.
             return Ok(());
         }
-        self.forget_keeper(claim.session);
+        if !self.is_session(claim.session) {
+            self.forget_keeper(claim.session);
+        }
         let t = self.timeout();
         let txn = Txn::new()
             .when([Compare::create_revision(
@@ -642,7 +824,7 @@ impl Backend for EtcdBackend {
             .await
             .map_err(|e| self.denied(e, &claim.election, "readwrite"))?;
         let ours = resp.succeeded() || first_kv(&resp.op_responses()).is_none();
-        if ours {
+        if ours && !self.is_session(claim.session) {
             let mut lease_client = self.inner.client.lease_client();
             self.inner.counters.request();
             match bounded("revoke lease", t, lease_client.revoke(claim.session)).await {
