@@ -55,7 +55,9 @@ pub trait Backend: Send + Sync + Debug + 'static {
 
     /// Extend the lease behind `claim` by its ttl (leader or waiting
     /// candidate), and confirm that the claim still exists. Returns the claim
-    /// as it now is (its `version` may change).
+    /// as it now is (its `version` may change). The engine calls it for
+    /// claims without a session; claims in a session live as long as the
+    /// session ([`keep_alive`](Self::keep_alive)).
     ///
     /// # Errors
     /// [`Error::Lost`](crate::Error::Lost) when the store says the claim is

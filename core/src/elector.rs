@@ -39,6 +39,13 @@ impl Attempt {
 
 /// One candidate in one election, on one backend.
 ///
+/// On backends with sessions ([`Capabilities::sessions`](crate::Capabilities::sessions):
+/// etcd, ZooKeeper, the memory queue store) the claim lives in a session
+/// shared by every elector on the same backend instance with the same
+/// timings (see [`ElectionOptions::own_session`]): one heartbeat for all of
+/// them, and a waiting candidate costs nothing but that heartbeat. Losing
+/// the session ends every term on it and restarts every waiter on it.
+///
 /// The elector owns time: it renews leases, retries store errors with
 /// exponential backoff capped at the retry interval (equal jitter; see
 /// [`ElectionOptions::retry_interval`]), and steps down at the local
@@ -109,8 +116,11 @@ impl Elector {
     /// call. Clones of an elector share it.
     ///
     /// A follower's contact is refreshed by its campaign's calls (acquire
-    /// attempts, renewals of a queued claim): at least every ttl while it
-    /// campaigns. An elector that does not campaign keeps its last state.
+    /// attempts, polls, renewals of a queued claim of its own lease) and by
+    /// the keep-alives of the session its queued claim lives in. A waiter on
+    /// a session the client keeps by itself (ZooKeeper) makes no call while
+    /// nothing changes, and keeps its last state, as does an elector that
+    /// does not campaign.
     pub fn health(&self) -> Health {
         self.monitor.health()
     }

@@ -177,7 +177,10 @@ impl Drop for TermGuard {
 /// Proof of leadership for one term, returned by
 /// [`Elector::lock`](crate::Elector::lock).
 ///
-/// While you hold it, a heartbeat renews the lease in the background. Watch
+/// While you hold it, a heartbeat renews the lease in the background (on
+/// backends with sessions: the session's keep-alives, shared with the other
+/// terms and waiters on it; losing the session ends every term on it, each
+/// firing its own done signal). Watch
 /// [`lost`](Self::lost) (or hand [`cancellation_token`](Self::cancellation_token)
 /// to your tasks): it fires when leadership ends, before anyone else can
 /// take over, whether the store said so or could not be reached in time.

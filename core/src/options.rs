@@ -25,7 +25,9 @@ pub struct ElectionOptions {
     pub value: Vec<u8>,
     /// How long a lease lives without renewal.
     pub ttl: Duration,
-    /// How often the leader (and a queued candidate) renews its lease.
+    /// How often the lease is renewed: the session's keep-alive on backends
+    /// with sessions (one for every claim in it), else the leader's (and a
+    /// queued candidate's) renewal of its claim.
     pub renew_interval: Duration,
     /// The longest wait before trying again after a store error, and how
     /// often to poll on backends without a watch (give or take 20 %).

@@ -70,7 +70,8 @@ pub struct Capabilities {
     pub watch: bool,
     /// Candidates queue: the earliest waiting candidate is next when the
     /// leader goes (first come, first served), and a waiting candidate keeps
-    /// a claim that must be renewed while it waits.
+    /// a claim that must stay alive while it waits (its session's
+    /// keep-alives, or renewals of the claim).
     pub fair_queue: bool,
     /// Claims can share a session ([`Backend::open_session`](crate::Backend::open_session),
     /// [`Backend::keep_alive`](crate::Backend::keep_alive),
