@@ -1109,6 +1109,11 @@ async fn two_hundred_leaders_on_one_backend_send_one_sessions_keep_alives() {
         "{keep_alives} keep-alives in 6 renew intervals for {N} leaders (one session sends 6)"
     );
     assert_eq!(requests, 0, "idle leaders made {requests} requests");
+    assert!(
+        after.watch_streams <= 2,
+        "{N} own-key watches on {} watch streams: they share one",
+        after.watch_streams
+    );
     assert!(held.iter().all(|l| !l.is_lost()));
     for l in held {
         l.unlock().await.expect("unlock");

@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
@@ -10,12 +10,13 @@ use async_trait::async_trait;
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, KeyValue, LeaseKeepAliveStream, LeaseKeeper,
     PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
-    WatchResponse, WatchStream,
+    WatchRequestSender, WatchResponse, WatchResponseStream, WatchStream,
 };
 use leasehold_core::{
     AcquireOutcome, AcquireRequest, Backend, Capabilities, Claim, ElectionOptions, Error,
     FencingToken, LeaderInfo, LeaderWatch, Result, SessionRegistry,
 };
+use tokio::sync::oneshot;
 
 use crate::error::{BACKEND, bounded, map, unavailable};
 use crate::layout::{candidate_key, decode, election_prefix, encode};
@@ -53,8 +54,13 @@ pub struct EtcdStats {
     pub requests: u64,
     /// Keep-alive messages sent on open keep-alive streams.
     pub keep_alives: u64,
-    /// Watch streams opened (by [`Backend::wait`] and [`Backend::watch`]).
+    /// Watches created (by [`Backend::wait`], [`Backend::watch`] and
+    /// [`Backend::watch_claim`]).
     pub watches_opened: u64,
+    /// gRPC watch streams opened: one per [`Backend::wait`] and
+    /// [`Backend::watch`]; the own-key watches of all the leaders on this
+    /// backend ([`Backend::watch_claim`]) share one stream.
+    pub watch_streams: u64,
     /// Watch events received (by [`Backend::wait`] and [`Backend::watch`]).
     pub watch_events: u64,
 }
@@ -64,6 +70,7 @@ struct Counters {
     requests: AtomicU64,
     keep_alives: AtomicU64,
     watches_opened: AtomicU64,
+    watch_streams: AtomicU64,
     watch_events: AtomicU64,
 }
 
@@ -74,6 +81,7 @@ impl Counters {
     fn watch_opened(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.watches_opened.fetch_add(1, Ordering::Relaxed);
+        self.watch_streams.fetch_add(1, Ordering::Relaxed);
     }
     fn events(&self, n: usize) {
         self.watch_events.fetch_add(n as u64, Ordering::Relaxed);
@@ -100,6 +108,9 @@ pub(crate) struct Inner {
     /// Leases opened as sessions: many claims live in each, so releasing
     /// one claim must not revoke its lease.
     session_leases: StdMutex<HashSet<i64>>,
+    /// The open stream of the leaders' own-key watches, all multiplexed on
+    /// it by watch id.
+    key_watches: tokio::sync::Mutex<Option<Arc<KeyWatchStream>>>,
 }
 
 /// The etcd backend: leader election and locks over etcd's KV, lease and
@@ -169,6 +180,7 @@ impl EtcdBackend {
                 counters: Counters::default(),
                 sessions: SessionRegistry::new(),
                 session_leases: StdMutex::new(HashSet::new()),
+                key_watches: tokio::sync::Mutex::new(None),
             }),
         }
     }
@@ -191,6 +203,7 @@ impl EtcdBackend {
             requests: c.requests.load(Ordering::Relaxed),
             keep_alives: c.keep_alives.load(Ordering::Relaxed),
             watches_opened: c.watches_opened.load(Ordering::Relaxed),
+            watch_streams: c.watch_streams.load(Ordering::Relaxed),
             watch_events: c.watch_events.load(Ordering::Relaxed),
         }
     }
@@ -357,29 +370,19 @@ impl EtcdBackend {
     }
 
     /// Resolve when `claim`'s key is gone: a watch on the key from just
-    /// after its creation, so a delete in between is seen too.
+    /// after its creation, so a delete in between is seen too. The watches
+    /// of all the leaders on this backend share one watch stream.
     async fn watch_own_key(&self, claim: &Claim) -> Result<()> {
         let token = Self::token_of(claim);
         let mut start = token + 1;
-        // Opened again only when etcd cancels a watch (a compaction past
+        // Registered again only when etcd cancels a watch (a compaction past
         // its start): then the key is read once to find where to go on.
         for _ in 0..3 {
-            let options = WatchOptions::new()
-                .with_start_revision(start)
-                .with_filters([WatchFilterType::NoPut]);
-            let mut stream = self
-                .open_watch(claim.key.clone().into_bytes(), options)
-                .await?;
-            loop {
-                let resp = self.next_response(&mut stream, "watch own key").await?;
-                if resp
-                    .events()
-                    .iter()
-                    .any(|e| e.event_type() == EventType::Delete)
-                {
-                    return Ok(());
-                }
-                if resp.canceled() {
+            let watch = self.register_key_watch(&claim.key, start).await?;
+            match watch.wait().await {
+                KeyEvent::Deleted => return Ok(()),
+                KeyEvent::Broken(e) => return Err(e),
+                KeyEvent::Canceled => {
                     let mut kv = self.inner.client.kv_client();
                     self.inner.counters.request();
                     let got = bounded(
@@ -391,7 +394,6 @@ impl EtcdBackend {
                     match got.kvs().first() {
                         Some(kv) if kv.create_revision() == token => {
                             start = header_revision(got.header(), "read own key")? + 1;
-                            break;
                         }
                         _ => return Ok(()),
                     }
@@ -595,6 +597,239 @@ impl EtcdBackend {
             watch.watch(key, Some(options)),
         )
         .await
+    }
+}
+
+/// How a multiplexed own-key watch ended.
+#[derive(Debug)]
+enum KeyEvent {
+    /// The key was deleted.
+    Deleted,
+    /// etcd cancelled the watch (its start revision was compacted).
+    Canceled,
+    /// The shared stream broke; watch again.
+    Broken(Error),
+}
+
+/// One watch stream carrying the own-key watches of every leader on a
+/// backend, told apart by client-assigned watch ids. A reader task hands
+/// each watch its end; the stream closes when its last watch is gone or it
+/// breaks (then every watch on it ends with [`KeyEvent::Broken`] and is
+/// registered again, on a new stream, by its term).
+struct KeyWatchStream {
+    sender: tokio::sync::Mutex<Option<WatchRequestSender>>,
+    next_id: AtomicI64,
+    waiters: StdMutex<HashMap<i64, oneshot::Sender<KeyEvent>>>,
+    dead: AtomicBool,
+}
+
+impl KeyWatchStream {
+    fn waiters(&self) -> std::sync::MutexGuard<'_, HashMap<i64, oneshot::Sender<KeyEvent>>> {
+        self.waiters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Add a waiter for watch `id`, unless the stream is dead.
+    fn add(&self, id: i64) -> Option<oneshot::Receiver<KeyEvent>> {
+        let mut waiters = self.waiters();
+        if self.dead.load(Ordering::SeqCst) {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        waiters.insert(id, tx);
+        Some(rx)
+    }
+
+    /// End every watch on the stream with `error`; the stream is dead.
+    fn fail_all(&self, error: &Error) {
+        let drained: Vec<_> = {
+            let mut waiters = self.waiters();
+            self.dead.store(true, Ordering::SeqCst);
+            waiters.drain().collect()
+        };
+        for (_, tx) in drained {
+            let _ = tx.send(KeyEvent::Broken(error.clone()));
+        }
+    }
+
+    /// Cancel watch `id` on the server (its waiter is gone).
+    async fn cancel(&self, id: i64) {
+        if let Some(sender) = self.sender.lock().await.as_mut() {
+            let _ = sender.cancel(id).await;
+        }
+    }
+}
+
+/// Read the shared stream, handing each watch its end.
+async fn key_watch_reader(
+    conn: Arc<KeyWatchStream>,
+    mut responses: WatchResponseStream,
+    backend: EtcdBackend,
+) {
+    loop {
+        let resp = match responses.message().await {
+            Ok(Some(resp)) => resp,
+            Ok(None) => {
+                conn.fail_all(&unavailable(
+                    "watch own keys: the stream was closed".to_owned(),
+                ));
+                break;
+            }
+            Err(e) => {
+                conn.fail_all(&map("watch own keys", e));
+                break;
+            }
+        };
+        backend.inner.counters.events(resp.events().len());
+        let id = resp.watch_id();
+        let deleted = resp
+            .events()
+            .iter()
+            .any(|e| e.event_type() == EventType::Delete);
+        let end = if deleted {
+            Some(KeyEvent::Deleted)
+        } else if resp.canceled() {
+            Some(KeyEvent::Canceled)
+        } else {
+            None
+        };
+        if let Some(end) = end {
+            let waiter = conn.waiters().remove(&id);
+            if let Some(tx) = waiter {
+                let _ = tx.send(end);
+            }
+            if deleted {
+                // Nothing more to hear from it.
+                conn.cancel(id).await;
+            }
+        }
+        // Close the stream when no watch is left on it.
+        let idle = {
+            let waiters = conn.waiters();
+            if waiters.is_empty() {
+                conn.dead.store(true, Ordering::SeqCst);
+            }
+            waiters.is_empty()
+        };
+        if idle {
+            break;
+        }
+    }
+    *conn.sender.lock().await = None;
+}
+
+/// One registered own-key watch; dropped before it ended, it removes itself
+/// and cancels the watch on the server.
+struct KeyWatch {
+    conn: Arc<KeyWatchStream>,
+    id: i64,
+    rx: Option<oneshot::Receiver<KeyEvent>>,
+}
+
+impl KeyWatch {
+    async fn wait(mut self) -> KeyEvent {
+        let Some(rx) = self.rx.as_mut() else {
+            return KeyEvent::Broken(unavailable("watch own key: not registered".to_owned()));
+        };
+        let end = rx.await.unwrap_or_else(|_| {
+            KeyEvent::Broken(unavailable(
+                "watch own key: the stream reader ended".to_owned(),
+            ))
+        });
+        self.rx = None;
+        end
+    }
+}
+
+impl Drop for KeyWatch {
+    fn drop(&mut self) {
+        if self.rx.is_none() {
+            return;
+        }
+        if self.conn.waiters().remove(&self.id).is_none() {
+            return;
+        }
+        let conn = self.conn.clone();
+        let id = self.id;
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move { conn.cancel(id).await });
+        }
+    }
+}
+
+impl EtcdBackend {
+    /// Register a watch of `key`'s deletion from revision `start` on the
+    /// shared stream (opening it when there is none).
+    async fn register_key_watch(&self, key: &str, start: i64) -> Result<KeyWatch> {
+        let mut slot = self.inner.key_watches.lock().await;
+        let options = |id: i64| {
+            WatchOptions::new()
+                .with_start_revision(start)
+                .with_filters([WatchFilterType::NoPut])
+                .with_watch_id(id)
+        };
+        if let Some(conn) = slot
+            .as_ref()
+            .filter(|c| !c.dead.load(Ordering::SeqCst))
+            .cloned()
+        {
+            let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
+            if let Some(rx) = conn.add(id) {
+                let watch = KeyWatch {
+                    conn: conn.clone(),
+                    id,
+                    rx: Some(rx),
+                };
+                self.inner.counters.request();
+                self.inner
+                    .counters
+                    .watches_opened
+                    .fetch_add(1, Ordering::Relaxed);
+                let sent = {
+                    let mut sender = conn.sender.lock().await;
+                    match sender.as_mut() {
+                        Some(s) => {
+                            tokio::time::timeout(self.timeout(), s.watch(key, Some(options(id))))
+                                .await
+                        }
+                        None => Ok(Err(etcd_client::Error::WatchError(
+                            "the stream is closed".to_owned(),
+                        ))),
+                    }
+                };
+                match sent {
+                    Ok(Ok(())) => return Ok(watch),
+                    Ok(Err(e)) => {
+                        conn.fail_all(&map("watch own key", e));
+                    }
+                    Err(_) => conn.fail_all(&unavailable(
+                        "watch own key: the shared stream did not take the request".to_owned(),
+                    )),
+                }
+                drop(watch);
+            }
+        }
+        // A new stream, opened with this watch as its first.
+        let conn = Arc::new(KeyWatchStream {
+            sender: tokio::sync::Mutex::new(None),
+            next_id: AtomicI64::new(2),
+            waiters: StdMutex::new(HashMap::new()),
+            dead: AtomicBool::new(false),
+        });
+        let Some(rx) = conn.add(1) else {
+            return Err(unavailable("watch own key: stream closed".to_owned()));
+        };
+        let stream = self.open_watch(key.as_bytes().to_vec(), options(1)).await?;
+        let (sender, responses) = stream.split();
+        *conn.sender.lock().await = Some(sender);
+        tokio::spawn(key_watch_reader(conn.clone(), responses, self.clone()));
+        *slot = Some(conn.clone());
+        Ok(KeyWatch {
+            conn,
+            id: 1,
+            rx: Some(rx),
+        })
     }
 }
 
