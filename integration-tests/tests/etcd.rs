@@ -1176,3 +1176,48 @@ async fn revoking_a_shared_lease_ends_every_term_and_restarts_its_waiters() {
     assert_ne!(lw.session_id(), Some(lease), "it leads on a new lease");
     lw.unlock().await.expect("unlock");
 }
+
+/// Issue 15: a leader's key deleted by hand (`etcdctl del`) ends its term at
+/// once, through its own-key watch rather than at its next renewal; the
+/// other term on the same session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_deleted_by_hand_ends_its_term_at_once() {
+    // A long ttl: the next keep-alive is 5 s away.
+    const TTL: u64 = 15;
+    let node = start_node().await;
+    let shared = Arc::new(connect(&[node.endpoint()]).await);
+    let backend: Arc<dyn Backend> = shared.clone();
+    let base = unique_name("deleted");
+    let (e1, e2) = (format!("{base}-1"), format!("{base}-2"));
+    let a1 = Elector::new(backend.clone(), options(&e1, "a", TTL)).expect("options");
+    let a2 = Elector::new(backend, options(&e2, "a", TTL)).expect("options");
+    let l1 = lock_within(&a1, Duration::from_secs(10), "l1").await;
+    let l2 = lock_within(&a2, Duration::from_secs(10), "l2").await;
+    sleep(Duration::from_millis(300)).await;
+    let deleted_at = Instant::now();
+    let out = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", node.endpoint()))
+        .args(["del", "--prefix", &shared.election_prefix(&e1)])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("could not run etcdctl ({e}); install it with `apt-get install -y etcd-client`")
+        });
+    assert!(
+        out.status.success(),
+        "etcdctl del: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reason = timeout(Duration::from_secs(2), l1.lost())
+        .await
+        .expect("the term did not end within 2 s of the delete (renewals are 5 s apart)");
+    assert!(matches!(reason, LossReason::LeaseLost(_)), "{reason:?}");
+    eprintln!("the term ended {:?} after the delete", deleted_at.elapsed());
+    sleep(Duration::from_secs(1)).await;
+    assert!(!l2.is_lost(), "the other term on the session ended too");
+    let b = elector(&[node.endpoint()], &e1, "b", TTL).await;
+    let lb = lock_within(&b, Duration::from_secs(5), "b").await;
+    assert!(lb.fencing_token() > l1.fencing_token());
+    lb.unlock().await.expect("unlock");
+    l2.unlock().await.expect("unlock");
+}

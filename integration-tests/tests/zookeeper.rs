@@ -1221,3 +1221,41 @@ async fn an_expired_shared_session_ends_every_term_and_restarts_its_waiters() {
     assert!(lw.fencing_token() > l1.fencing_token());
     lw.unlock().await.expect("unlock");
 }
+
+/// Issue 15: a leader's node deleted by hand ends its term at once, through
+/// its exists-watch rather than at its next renewal; the other term on the
+/// same session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_deleted_by_hand_ends_its_term_at_once() {
+    // Renewals 2.7 s apart (the longest session this server grants is 10 s).
+    let ttl = Duration::from_secs(8);
+    let server = start_server().await;
+    let cs = server.connect_string();
+    let shared = Arc::new(connect(&cs, session_for(ttl)).await);
+    let backend: Arc<dyn Backend> = shared.clone();
+    let base = unique_name("deleted");
+    let (e1, e2) = (format!("{base}-1"), format!("{base}-2"));
+    let a1 = Elector::new(backend.clone(), options(&e1, "a", ttl)).expect("options");
+    let a2 = Elector::new(backend, options(&e2, "a", ttl)).expect("options");
+    let l1 = lock_within(&a1, Duration::from_secs(10), "l1").await;
+    let l2 = lock_within(&a2, Duration::from_secs(10), "l2").await;
+    sleep(Duration::from_millis(300)).await;
+    let admin = connect(&cs, session_for(ttl)).await;
+    let dir = format!("/{e1}");
+    let nodes = admin.client().list_children(&dir).await.expect("list");
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    let deleted_at = Instant::now();
+    admin
+        .client()
+        .delete(&format!("{dir}/{}", nodes[0]), None)
+        .await
+        .expect("delete");
+    let reason = timeout(Duration::from_millis(1500), l1.lost())
+        .await
+        .expect("the term did not end within 1.5 s of the delete (renewals are 2.7 s apart)");
+    assert!(matches!(reason, LossReason::LeaseLost(_)), "{reason:?}");
+    eprintln!("the term ended {:?} after the delete", deleted_at.elapsed());
+    sleep(Duration::from_secs(1)).await;
+    assert!(!l2.is_lost(), "the other term on the session ended too");
+    l2.unlock().await.expect("unlock");
+}
