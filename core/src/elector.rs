@@ -457,7 +457,7 @@ impl Campaign {
             }
             _ => session::open_own(&self.backend, &self.options).await,
         };
-        self.note("open session", &result);
+        self.note("acquire", &result);
         result
     }
 
@@ -706,7 +706,7 @@ impl Campaign {
     ) -> Result<Leadership> {
         let proven = if caps.self_kept_sessions {
             let r = session.prove().await;
-            self.note("keep session alive", &r);
+            self.note("renew", &r);
             r.map(|_| ())
         } else {
             Ok(())
@@ -793,7 +793,7 @@ impl Campaign {
                     let beat = beats.borrow_and_update().clone();
                     match &beat.error {
                         None => self.monitor.store_ok(),
-                        Some(e) => self.monitor.store_error("keep session alive", e),
+                        Some(e) => self.monitor.store_error("renew", e),
                     }
                 }
             }
