@@ -557,7 +557,9 @@ impl Campaign {
                         held = None;
                         match self.start_in_session(claim, s, &caps, started).await {
                             Ok(leadership) => return Ok(Attempt::Leader(leadership)),
-                            Err(e) if !e.is_transient() && !e.is_lost() => return Err(e),
+                            Err(e) if !e.is_lost() && (mode == Mode::Try || !e.is_transient()) => {
+                                return Err(e);
+                            }
                             Err(e) => {
                                 tracing::warn!(error = %e, "won, but the session could not be proven alive; campaigning again");
                                 if !e.is_lost() && !self.pause(mode, backoff.next_delay()).await {
@@ -622,8 +624,12 @@ impl Campaign {
                     // expired): never win with it; start over.
                     if let Some(s) = &session {
                         // Creating a claim in the session failed as lost:
-                        // the session is gone.
-                        s.mark_lost(crate::LossReason::LeaseLost(message.clone()));
+                        // the session may be gone. One keep-alive tells (and
+                        // marks it lost if so, ending every term on it); a
+                        // claim that vanished for another reason leaves the
+                        // session and its other terms alone.
+                        let proof = s.prove().await;
+                        self.note("renew", &proof);
                     }
                     tracing::warn!(%message, "queued claim lost while waiting; campaigning again");
                     held = None;

@@ -218,11 +218,6 @@ impl SessionUse {
             .unwrap_or_else(|| LossReason::LeaseLost("the session ended".into()))
     }
 
-    /// Mark the session lost (the store said so in another call).
-    pub(crate) fn mark_lost(&self, reason: LossReason) {
-        self.state().mark_lost(reason);
-    }
-
     /// Count a leader on the session until the mark is dropped.
     pub(crate) fn lead(&self) -> LeaderMark {
         self.state().leaders.send_modify(|n| *n += 1);
