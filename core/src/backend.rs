@@ -6,6 +6,7 @@ use async_trait::async_trait;
 
 use crate::error::Result;
 use crate::options::ElectionOptions;
+use crate::session::SessionRegistry;
 use crate::types::{AcquireOutcome, AcquireRequest, Capabilities, Claim, LeaderInfo};
 
 /// A store adapter. One call is one atomic step on the store (a
@@ -54,7 +55,9 @@ pub trait Backend: Send + Sync + Debug + 'static {
 
     /// Extend the lease behind `claim` by its ttl (leader or waiting
     /// candidate), and confirm that the claim still exists. Returns the claim
-    /// as it now is (its `version` may change).
+    /// as it now is (its `version` may change). The engine calls it for
+    /// claims without a session; claims in a session live as long as the
+    /// session ([`keep_alive`](Self::keep_alive)).
     ///
     /// # Errors
     /// [`Error::Lost`](crate::Error::Lost) when the store says the claim is
@@ -104,6 +107,88 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// [`Error::NotSupported`](crate::Error::NotSupported) at once when the
     /// backend has no watch (the engine then polls).
     async fn wait(&self, election: &str, claim: Option<&Claim>, revision: i64) -> Result<()>;
+
+    /// The engine's sessions on this backend instance, for backends with
+    /// [`Capabilities::sessions`]: electors built on the same instance share
+    /// them. `None` (the default) makes every elector open a session of its
+    /// own.
+    fn sessions(&self) -> Option<&SessionRegistry> {
+        None
+    }
+
+    /// Open a session (an etcd lease, the ZooKeeper client session) of `ttl`
+    /// that claims can be created in ([`try_acquire_in`](Self::try_acquire_in))
+    /// and that the engine keeps alive with [`keep_alive`](Self::keep_alive).
+    /// Returns the session's id.
+    ///
+    /// # Errors
+    /// [`Error::NotSupported`](crate::Error::NotSupported) (the default)
+    /// without [`Capabilities::sessions`]; store failures otherwise.
+    async fn open_session(&self, ttl: std::time::Duration) -> Result<i64> {
+        let _ = ttl;
+        Err(crate::Error::NotSupported {
+            operation: "open_session",
+            backend: self.name(),
+        })
+    }
+
+    /// Keep `session` alive for another ttl and prove, at the quorum, that it
+    /// still is: the engine's local deadline of every claim in the session
+    /// counts from when this call was sent.
+    ///
+    /// # Errors
+    /// [`Error::Lost`](crate::Error::Lost) when the store says the session is
+    /// gone (every claim in it went with it); other errors are retried until
+    /// the session's local deadline.
+    async fn keep_alive(&self, session: i64) -> Result<()> {
+        let _ = session;
+        Err(crate::Error::NotSupported {
+            operation: "keep_alive",
+            backend: self.name(),
+        })
+    }
+
+    /// End `session` (revoke the etcd lease): called when its last user is
+    /// gone, after their claims were released. Ending a session that is
+    /// already gone is not an error. The default does nothing (a ZooKeeper
+    /// session lives as long as its backend).
+    async fn close_session(&self, session: i64) -> Result<()> {
+        let _ = session;
+        Ok(())
+    }
+
+    /// [`try_acquire`](Self::try_acquire) for a candidate without a claim
+    /// yet, creating the claim in `session` (from
+    /// [`open_session`](Self::open_session)) instead of a lease of its own.
+    /// The engine never asks for two claims of one election in one session.
+    ///
+    /// # Errors
+    /// [`Error::Lost`](crate::Error::Lost) when the session is gone;
+    /// otherwise as [`try_acquire`](Self::try_acquire).
+    async fn try_acquire_in(&self, req: &AcquireRequest, session: i64) -> Result<AcquireOutcome> {
+        let _ = (req, session);
+        Err(crate::Error::NotSupported {
+            operation: "try_acquire_in",
+            backend: self.name(),
+        })
+    }
+
+    /// Resolve when `claim` no longer exists on the store (deleted by hand,
+    /// its session ended): how a leader on a shared session learns at once
+    /// that its own claim went, without a read per renew interval. Returns
+    /// at once when the claim is already gone.
+    ///
+    /// # Errors
+    /// [`Error::NotSupported`](crate::Error::NotSupported) (the default)
+    /// without a watch; store failures (the engine waits a retry interval
+    /// and watches again).
+    async fn watch_claim(&self, claim: &Claim) -> Result<()> {
+        let _ = claim;
+        Err(crate::Error::NotSupported {
+            operation: "watch_claim",
+            backend: self.name(),
+        })
+    }
 
     /// Open a stream of leader changes of `election`. The first item is the
     /// leader at the time the watch starts.

@@ -74,6 +74,7 @@ pub async fn run_all(s: &dyn Subject) {
         second_candidate_is_refused(s),
         renewal_keeps_the_lease(s),
         vanished_holder_is_replaced(s),
+        electors_on_one_client_release_independently(s),
     );
     tokio::join!(
         tokens_strictly_increase(s),
@@ -283,6 +284,42 @@ pub async fn vanished_holder_is_replaced(s: &dyn Subject) {
     l.unlock()
         .await
         .unwrap_or_else(|e| panic!("{W}: unlock failed: {e}"));
+}
+
+/// Two electors on one client (sharing its session where the backend has
+/// sessions) lead two elections; releasing one term hands that election
+/// over and leaves the other term, and its lease, alone.
+pub async fn electors_on_one_client_release_independently(s: &dyn Subject) {
+    const W: &str = "electors_on_one_client_release_independently";
+    let (e1, e2) = (s.election("shared-1"), s.election("shared-2"));
+    let client = s.client().await;
+    let a1 = elector(client.clone(), s.options(&e1, "alpha"));
+    let a2 = elector(client, s.options(&e2, "alpha"));
+    let q = quick(s, a1.options());
+    let l1 = must_lock(&a1, q, W).await;
+    let l2 = must_lock(&a2, q, W).await;
+    let b1 = new_elector(s, &e1, "beta").await;
+    l1.unlock()
+        .await
+        .unwrap_or_else(|e| panic!("{W}: unlock failed: {e}"));
+    let lb = must_lock(&b1, q, W).await;
+    // Past a few renewals: the other term lives on.
+    tokio::time::sleep(a2.options().ttl).await;
+    assert!(
+        !l2.is_lost(),
+        "{W}: releasing one term ended the other one on the same client: {:?}",
+        l2.loss_reason()
+    );
+    assert_eq!(
+        leader_of(&a2, W).await.map(|i| i.token),
+        Some(l2.fencing_token()),
+        "{W}: the second election lost its leader"
+    );
+    for l in [l2, lb] {
+        l.unlock()
+            .await
+            .unwrap_or_else(|e| panic!("{W}: unlock failed: {e}"));
+    }
 }
 
 /// Tokens strictly increase across terms, whoever wins them.

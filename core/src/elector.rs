@@ -15,6 +15,7 @@ use crate::health::{Health, Monitor};
 use crate::leadership::Leadership;
 use crate::options::ElectionOptions;
 use crate::retry::{Backoff, RenewSchedule, jittered};
+use crate::session::{self, SessionUse};
 use crate::types::{AcquireOutcome, AcquireRequest, Claim, LeaderInfo};
 
 /// The outcome of [`Elector::try_lock`].
@@ -37,6 +38,13 @@ impl Attempt {
 }
 
 /// One candidate in one election, on one backend.
+///
+/// On backends with sessions ([`Capabilities::sessions`](crate::Capabilities::sessions):
+/// etcd, ZooKeeper, the memory queue store) the claim lives in a session
+/// shared by every elector on the same backend instance with the same
+/// timings (see [`ElectionOptions::own_session`]): one heartbeat for all of
+/// them, and a waiting candidate costs nothing but that heartbeat. Losing
+/// the session ends every term on it and restarts every waiter on it.
 ///
 /// The elector owns time: it renews leases, retries store errors with
 /// exponential backoff capped at the retry interval (equal jitter; see
@@ -108,8 +116,11 @@ impl Elector {
     /// call. Clones of an elector share it.
     ///
     /// A follower's contact is refreshed by its campaign's calls (acquire
-    /// attempts, renewals of a queued claim): at least every ttl while it
-    /// campaigns. An elector that does not campaign keeps its last state.
+    /// attempts, polls, renewals of a queued claim of its own lease) and by
+    /// the keep-alives of the session its queued claim lives in. A waiter on
+    /// a session the client keeps by itself (ZooKeeper) makes no call while
+    /// nothing changes, and keeps its last state, as does an elector that
+    /// does not campaign.
     pub fn health(&self) -> Health {
         self.monitor.health()
     }
@@ -410,10 +421,12 @@ struct Campaign {
     cancel: CancellationToken,
 }
 
-/// A claim held while waiting, with the send time of its last refresh.
+/// A claim held while waiting, with the send time of its last refresh
+/// (claims of their own lease), or the session that keeps it alive.
 struct Held {
     claim: Claim,
     anchor: Instant,
+    session: Option<SessionUse>,
 }
 
 impl Campaign {
@@ -435,6 +448,19 @@ impl Campaign {
         }
     }
 
+    /// A session for a new claim: the backend's shared one for these
+    /// timings, or one of this elector's own.
+    async fn join_session(&self) -> Result<SessionUse> {
+        let result = match self.backend.sessions() {
+            Some(registry) if !self.options.own_session => {
+                registry.join(&self.backend, &self.options).await
+            }
+            _ => session::open_own(&self.backend, &self.options).await,
+        };
+        self.note("acquire", &result);
+        result
+    }
+
     /// Withdraw a claim, bounded, logging failures (the claim then expires).
     async fn withdraw(&self, claim: Option<Held>) {
         if let Some(h) = claim
@@ -449,6 +475,7 @@ impl Campaign {
         let opts = &self.options;
         let lifetime = opts.deadline_after_renewal();
         let mut held: Option<Held> = None;
+        let use_sessions = caps.sessions;
         // Observed-time expiry (backends without server-side expiry): the
         // revision seen and when it was first seen.
         let mut observed: Option<(i64, Instant)> = None;
@@ -463,6 +490,33 @@ impl Campaign {
                 self.withdraw(held).await;
                 return Err(Error::Cancelled);
             }
+            // A session lost while a claim waits in it: the claim went with
+            // it (or, when the store was unreachable past the deadline, may
+            // linger: withdraw it). Never win with it.
+            if held
+                .as_ref()
+                .and_then(|h| h.session.as_ref())
+                .is_some_and(SessionUse::is_lost)
+            {
+                tracing::warn!("the session of the queued claim was lost; campaigning again");
+                self.withdraw(held.take()).await;
+                continue;
+            }
+            let session = if use_sessions && held.is_none() {
+                match self.join_session().await {
+                    Ok(s) => Some(s),
+                    Err(e) if mode == Mode::Try || !e.is_transient() => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "opening a session failed; retrying");
+                        if !self.pause(mode, backoff.next_delay()).await {
+                            return self.stopped(mode);
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
             let expired_revision = match observed {
                 Some((rev, first_seen))
                     if !caps.server_expiry && first_seen.elapsed() >= opts.ttl =>
@@ -481,18 +535,50 @@ impl Campaign {
             };
             let sent = Instant::now();
             let bound = match &held {
-                Some(h) => claim_schedule.call_bound(sent, h.anchor + lifetime),
-                None => opts.request_timeout,
+                Some(h) if h.session.is_none() => {
+                    claim_schedule.call_bound(sent, h.anchor + lifetime)
+                }
+                _ => opts.request_timeout,
             };
-            let outcome = bounded(bound, "acquire", self.backend.try_acquire(&req)).await;
+            let outcome = match &session {
+                Some(s) => {
+                    bounded(bound, "acquire", self.backend.try_acquire_in(&req, s.id())).await
+                }
+                None => bounded(bound, "acquire", self.backend.try_acquire(&req)).await,
+            };
             self.note("acquire", &outcome);
             let (leader, revision) = match outcome {
                 Ok(AcquireOutcome::Acquired(claim)) => {
+                    let session = match held.as_mut() {
+                        Some(h) => h.session.take(),
+                        None => session,
+                    };
+                    if let Some(s) = session {
+                        held = None;
+                        match self.start_in_session(claim, s, &caps, started).await {
+                            Ok(leadership) => return Ok(Attempt::Leader(leadership)),
+                            Err(e) if !e.is_lost() && (mode == Mode::Try || !e.is_transient()) => {
+                                return Err(e);
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "won, but the session could not be proven alive; campaigning again");
+                                if !e.is_lost() && !self.pause(mode, backoff.next_delay()).await {
+                                    return self.stopped(mode);
+                                }
+                                continue;
+                            }
+                        }
+                    }
                     let anchor = held.as_ref().map_or(sent, |h| h.anchor);
                     if anchor + lifetime <= Instant::now() {
                         // Won with a lease too old to trust: start over.
                         tracing::warn!("won with a lease past its local deadline; starting over");
-                        self.withdraw(Some(Held { claim, anchor })).await;
+                        self.withdraw(Some(Held {
+                            claim,
+                            anchor,
+                            session: None,
+                        }))
+                        .await;
                         held = None;
                         continue;
                     }
@@ -518,10 +604,12 @@ impl Campaign {
                         (Some(claim), Some(old)) => Some(Held {
                             claim,
                             anchor: old.anchor,
+                            session: old.session,
                         }),
                         (Some(claim), None) => Some(Held {
                             claim,
                             anchor: sent,
+                            session,
                         }),
                         (None, _) => None,
                     };
@@ -534,6 +622,15 @@ impl Campaign {
                 Err(Error::Lost(message)) => {
                     // Our queued claim died while we waited (its session
                     // expired): never win with it; start over.
+                    if let Some(s) = &session {
+                        // Creating a claim in the session failed as lost:
+                        // the session may be gone. One keep-alive tells (and
+                        // marks it lost if so, ending every term on it); a
+                        // claim that vanished for another reason leaves the
+                        // session and its other terms alone.
+                        let proof = s.prove().await;
+                        self.note("renew", &proof);
+                    }
                     tracing::warn!(%message, "queued claim lost while waiting; campaigning again");
                     held = None;
                     continue;
@@ -546,8 +643,10 @@ impl Campaign {
                     tracing::warn!(error = %e, "acquire failed; retrying");
                     let now = Instant::now();
                     let delay = match &held {
-                        Some(h) => claim_schedule.retry_at(sent, now, h.anchor + lifetime) - now,
-                        None => backoff.next_delay(),
+                        Some(h) if h.session.is_none() => {
+                            claim_schedule.retry_at(sent, now, h.anchor + lifetime) - now
+                        }
+                        _ => backoff.next_delay(),
                     };
                     if !self.pause(mode, delay).await {
                         self.withdraw(held).await;
@@ -561,7 +660,12 @@ impl Campaign {
                 return Ok(Attempt::Held(leader));
             }
             tracing::debug!(leader = ?leader.as_ref().map(|l| &l.id), "held by another; waiting");
-            match self.wait_turn(mode, &mut held, revision, &caps).await {
+            let waited = if held.as_ref().is_some_and(|h| h.session.is_some()) {
+                self.wait_in_session(mode, &mut held, revision, &caps).await
+            } else {
+                self.wait_turn(mode, &mut held, revision, &caps).await
+            };
+            match waited {
                 WaitEnd::Retry => {}
                 WaitEnd::Stop => {
                     self.withdraw(held).await;
@@ -593,6 +697,112 @@ impl Campaign {
             _ = self.cancel.cancelled() => false,
             _ = sleep_until(until), if until <= wake => false,
             _ = sleep_until(wake) => true,
+        }
+    }
+
+    /// Start a term on a claim won in `session`: the term's deadline is the
+    /// session's. A self-kept session (ZooKeeper) is proven alive at the
+    /// quorum first: its waiters sent nothing but the client's pings.
+    async fn start_in_session(
+        &self,
+        claim: Claim,
+        session: SessionUse,
+        caps: &crate::types::Capabilities,
+        started: Instant,
+    ) -> Result<Leadership> {
+        let proven = if caps.self_kept_sessions {
+            let r = session.prove().await;
+            self.note("renew", &r);
+            r.map(|_| ())
+        } else {
+            Ok(())
+        };
+        let too_old = session.is_lost() || session.deadline() <= Instant::now();
+        if proven.is_err() || too_old {
+            let reason = session.reason();
+            self.withdraw(Some(Held {
+                claim,
+                anchor: Instant::now(),
+                session: Some(session),
+            }))
+            .await;
+            return match proven {
+                Err(e) => Err(e),
+                Ok(()) => Err(Error::Lost(format!(
+                    "won with a session past its local deadline ({reason})"
+                ))),
+            };
+        }
+        tracing::info!(token = %claim.token, session = %format_args!("{:#x}", session.id()), "acquired leadership");
+        Ok(Leadership::start_in_session(
+            self.backend.clone(),
+            self.options.clone(),
+            claim,
+            session,
+            self.monitor.clone(),
+            started.elapsed(),
+        ))
+    }
+
+    /// Wait for a reason to try again with a claim kept alive by its
+    /// session: the predecessor's watch and the session's lost signal. No
+    /// store call of its own while nothing happens (the session's
+    /// keep-alives are the only traffic); after a failed watch, try again
+    /// after a (jittered) retry interval.
+    async fn wait_in_session(
+        &self,
+        mode: Mode,
+        held: &mut Option<Held>,
+        revision: i64,
+        caps: &crate::types::Capabilities,
+    ) -> WaitEnd {
+        let Some(session) = held.as_ref().and_then(|h| h.session.clone()) else {
+            return WaitEnd::Retry;
+        };
+        let opts = &self.options;
+        let until = match mode {
+            Mode::Until(t) => Some(t),
+            _ => None,
+        };
+        let lost = session.lost_token();
+        let mut beats = session.beats();
+        let wait_claim = held.as_ref().map(|h| h.claim.clone());
+        let watch = self
+            .backend
+            .wait(&opts.election, wait_claim.as_ref(), revision);
+        tokio::pin!(watch);
+        // Backends without a watch are polled; a failed watch is opened
+        // again after a retry interval.
+        let mut retry_at = (!caps.watch).then(|| Instant::now() + jittered(opts.retry_interval));
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return WaitEnd::Stop,
+                _ = sleep_until(until.unwrap_or_else(Instant::now)), if until.is_some() => return WaitEnd::Stop,
+                _ = lost.cancelled() => {
+                    tracing::warn!(reason = %session.reason(), "the session of the queued claim was lost while waiting; campaigning again");
+                    let dead = held.take();
+                    self.withdraw(dead).await;
+                    return WaitEnd::Retry;
+                }
+                r = &mut watch, if retry_at.is_none() => match r {
+                    Ok(()) => return WaitEnd::Retry,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "wait failed; trying again after a retry interval");
+                        retry_at = Some(Instant::now() + jittered(opts.retry_interval));
+                    }
+                },
+                _ = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => return WaitEnd::Retry,
+                r = beats.changed() => {
+                    if r.is_err() {
+                        return WaitEnd::Retry;
+                    }
+                    let beat = beats.borrow_and_update().clone();
+                    match &beat.error {
+                        None => self.monitor.store_ok(),
+                        Some(e) => self.monitor.store_error("renew", e),
+                    }
+                }
+            }
         }
     }
 

@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use crate::backend::{Backend, LeaderWatch};
 use crate::error::{Error, Result};
 use crate::options::ElectionOptions;
+use crate::session::SessionRegistry;
 use crate::types::{AcquireOutcome, AcquireRequest, Capabilities, Claim, LeaderInfo};
 
 /// What happens to calls through a [`FaultyBackend`].
@@ -61,6 +62,9 @@ struct Counters {
     leader: AtomicU64,
     wait: AtomicU64,
     watch: AtomicU64,
+    /// Sessions opened and closed (not in [`CallCounts`]: no claim's
+    /// acquire or release).
+    sessions: AtomicU64,
 }
 
 /// How many calls of each kind went through a [`FaultyBackend`].
@@ -124,6 +128,9 @@ impl FaultHandle {
 /// A backend whose calls suffer the fault set through its [`FaultHandle`].
 pub struct FaultyBackend {
     inner: Arc<dyn Backend>,
+    /// Sessions of this wrapper (not the inner backend's): electors on one
+    /// wrapper share them.
+    sessions: SessionRegistry,
     rx: watch::Receiver<Fault>,
     calls: Arc<Counters>,
 }
@@ -144,6 +151,7 @@ impl FaultyBackend {
         let calls = Arc::new(Counters::default());
         let backend = Arc::new(FaultyBackend {
             inner,
+            sessions: SessionRegistry::new(),
             rx,
             calls: calls.clone(),
         });
@@ -208,6 +216,37 @@ impl Backend for FaultyBackend {
     async fn renew(&self, claim: &Claim) -> Result<Claim> {
         self.gate(&self.calls.renew).await?;
         self.inner.renew(claim).await
+    }
+
+    fn sessions(&self) -> Option<&SessionRegistry> {
+        self.inner.sessions().map(|_| &self.sessions)
+    }
+
+    /// Faulted, not counted in [`CallCounts`].
+    async fn open_session(&self, ttl: Duration) -> Result<i64> {
+        self.gate(&self.calls.sessions).await?;
+        self.inner.open_session(ttl).await
+    }
+
+    /// Counted (and faulted) as a renewal: it is the session's.
+    async fn keep_alive(&self, session: i64) -> Result<()> {
+        self.gate(&self.calls.renew).await?;
+        self.inner.keep_alive(session).await
+    }
+
+    async fn close_session(&self, session: i64) -> Result<()> {
+        self.gate(&self.calls.sessions).await?;
+        self.inner.close_session(session).await
+    }
+
+    async fn try_acquire_in(&self, req: &AcquireRequest, session: i64) -> Result<AcquireOutcome> {
+        self.gate(&self.calls.acquire).await?;
+        self.inner.try_acquire_in(req, session).await
+    }
+
+    async fn watch_claim(&self, claim: &Claim) -> Result<()> {
+        self.gate(&self.calls.wait).await?;
+        self.inner.watch_claim(claim).await
     }
 
     async fn release(&self, claim: &Claim) -> Result<()> {

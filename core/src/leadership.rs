@@ -11,7 +11,8 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::health::{LeaderHealth, Monitor};
 use crate::options::ElectionOptions;
-use crate::retry::RenewSchedule;
+use crate::retry::{Backoff, RenewSchedule};
+use crate::session::{LeaderMark, SessionUse};
 use crate::types::{Claim, FencingToken, LeaderInfo};
 
 /// Why a term ended.
@@ -126,6 +127,9 @@ struct TermGuard {
     stop: CancellationToken,
     /// Set once a release was started, so it happens once.
     released: std::sync::atomic::AtomicBool,
+    /// The session keeping the claim alive (shared or own), held until the
+    /// claim is released: the last user's going closes the session.
+    session: Mutex<Option<(SessionUse, LeaderMark)>>,
 }
 
 impl TermGuard {
@@ -134,6 +138,10 @@ impl TermGuard {
             .released
             .swap(true, std::sync::atomic::Ordering::SeqCst)
     }
+
+    fn take_session(&self) -> Option<(SessionUse, LeaderMark)> {
+        lock(&self.session).take()
+    }
 }
 
 impl Drop for TermGuard {
@@ -141,6 +149,7 @@ impl Drop for TermGuard {
         // Fire the done signal before the lease can go to anyone else.
         self.state.fire_lost(LossReason::Released);
         self.stop.cancel();
+        let session = self.take_session();
         if !self.take_release() {
             return;
         }
@@ -151,6 +160,8 @@ impl Drop for TermGuard {
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 handle.spawn(async move {
+                    // The session (if any) is let go once the claim is.
+                    let _session = session;
                     match timeout(bound, backend.release(&claim)).await {
                         Ok(Ok(())) => tracing::debug!(key = %claim.key, "released on drop"),
                         Ok(Err(e)) => tracing::warn!(key = %claim.key, error = %e, "release on drop failed; the next candidate waits until the store ends the lease (etcd and Cloud Storage: its ttl; ZooKeeper: when this session ends)"),
@@ -169,7 +180,10 @@ impl Drop for TermGuard {
 /// Proof of leadership for one term, returned by
 /// [`Elector::lock`](crate::Elector::lock).
 ///
-/// While you hold it, a heartbeat renews the lease in the background. Watch
+/// While you hold it, a heartbeat renews the lease in the background (on
+/// backends with sessions: the session's keep-alives, shared with the other
+/// terms and waiters on it; losing the session ends every term on it, each
+/// firing its own done signal). Watch
 /// [`lost`](Self::lost) (or hand [`cancellation_token`](Self::cancellation_token)
 /// to your tasks): it fires when leadership ends, before anyone else can
 /// take over, whether the store said so or could not be reached in time.
@@ -249,6 +263,68 @@ impl Leadership {
                 options,
                 stop,
                 released: false.into(),
+                session: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Start a term on a claim kept alive by `session`: no heartbeat of its
+    /// own; the term ends when the session is lost (each term on it fires
+    /// its own done signal, with the session's reason), or when a watch on
+    /// the claim says it was deleted. Its deadline is the session's.
+    pub(crate) fn start_in_session(
+        backend: Arc<dyn Backend>,
+        options: ElectionOptions,
+        claim: Claim,
+        session: SessionUse,
+        monitor: Arc<Monitor>,
+        waited: std::time::Duration,
+    ) -> Self {
+        let info = LeaderInfo {
+            id: options.candidate_id.clone(),
+            value: options.value.clone(),
+            token: claim.token,
+        };
+        let span = tracing::info_span!(
+            "term",
+            election = %options.election,
+            candidate = %options.candidate_id,
+            token = %claim.token,
+        );
+        let mark = session.lead();
+        let deadline = session.deadline();
+        monitor.term_started(claim.token, deadline, waited);
+        let state = Arc::new(TermState {
+            info,
+            span: span.clone(),
+            monitor,
+            last_error: Mutex::new(None),
+            claim: Mutex::new(claim),
+            value: Mutex::new(options.value.clone()),
+            deadline: Mutex::new(deadline),
+            reason: Mutex::new(None),
+            lost: CancellationToken::new(),
+        });
+        let stop = CancellationToken::new();
+        let watch_span = tracing::info_span!(parent: &span, "session_term");
+        tokio::spawn(
+            session_term(
+                state.clone(),
+                backend.clone(),
+                options.clone(),
+                stop.clone(),
+                session.clone(),
+            )
+            .instrument(watch_span),
+        );
+        Leadership {
+            guard: Arc::new(TermGuard {
+                state,
+                backend,
+                options,
+                stop,
+                released: false.into(),
+                session: Mutex::new(Some((session, mark))),
             }),
         }
     }
@@ -265,6 +341,15 @@ impl Leadership {
             value: self.value(),
             ..self.guard.state.info.clone()
         }
+    }
+
+    /// The store's id of the session this term's claim lives in (etcd
+    /// lease id, ZooKeeper session id), when the claim is kept alive by a
+    /// session (possibly shared with other terms: see
+    /// [`ElectionOptions::own_session`](crate::ElectionOptions::own_session));
+    /// `None` on backends without sessions. For operators and tests.
+    pub fn session_id(&self) -> Option<i64> {
+        lock(&self.guard.session).as_ref().map(|(s, _)| s.id())
     }
 
     /// The value this candidate publishes: the elector's value, or the last
@@ -420,6 +505,8 @@ impl Leadership {
         let g = &self.guard;
         g.state.fire_lost(LossReason::Released);
         g.stop.cancel();
+        // Let go of the session (if any) only once the claim is released.
+        let _session = g.take_session();
         if !g.take_release() {
             return Ok(());
         }
@@ -536,4 +623,76 @@ async fn heartbeat(
     // The local deadline passed without a successful renewal.
     state.fire_lost(LossReason::Unreachable { last_error });
     stop.cancel();
+}
+
+/// A term on a session: mirror the session's keep-alives into the term's
+/// deadline and health, end the term when the session is lost, and watch
+/// the own claim so that a claim deleted on the store (by hand, or with a
+/// lease an admin revoked) ends the term at once rather than at a read.
+async fn session_term(
+    state: Arc<TermState>,
+    backend: Arc<dyn Backend>,
+    options: ElectionOptions,
+    stop: CancellationToken,
+    session: SessionUse,
+) {
+    let lost = session.lost_token();
+    let mut beats = session.beats();
+    let mut backoff = Backoff::new(options.retry_interval);
+    // Whether the backend can watch a claim at all.
+    let mut watchable = true;
+    loop {
+        let claim = state.claim();
+        let watch = backend.watch_claim(&claim);
+        tokio::pin!(watch);
+        let mut retry_at: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                _ = lost.cancelled() => {
+                    state.fire_lost(session.reason());
+                    stop.cancel();
+                    return;
+                }
+                r = beats.changed() => {
+                    if r.is_err() {
+                        // The session is gone without a reason: only when
+                        // the term is over anyway.
+                        return;
+                    }
+                    let beat = beats.borrow_and_update().clone();
+                    *lock(&state.deadline) = beat.deadline;
+                    match beat.error {
+                        None => {
+                            *lock(&state.last_error) = None;
+                            state.monitor.renewed(state.info.token, beat.deadline, beat.latency);
+                        }
+                        Some(e) => {
+                            let left = beat.deadline.saturating_duration_since(Instant::now());
+                            tracing::warn!(error = %e, ?left, "renewal failed (the session's keep-alive); retrying");
+                            state.monitor.renew_failed(state.info.token, beat.deadline, &e);
+                            *lock(&state.last_error) = Some(e);
+                        }
+                    }
+                }
+                r = &mut watch, if watchable && retry_at.is_none() => match r {
+                    Ok(()) => {
+                        state.fire_lost(LossReason::LeaseLost(format!(
+                            "the claim {} is gone from the store (deleted, or its session ended)",
+                            claim.key
+                        )));
+                        stop.cancel();
+                        return;
+                    }
+                    Err(Error::NotSupported { .. }) => watchable = false,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "watching the own claim failed; watching again after a retry interval");
+                        retry_at = Some(Instant::now() + backoff.next_delay());
+                    }
+                },
+                _ = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => break,
+            }
+        }
+    }
 }

@@ -18,6 +18,11 @@
 //!   expires leases itself they wait for the store; where it does not, they
 //!   take over only after seeing the same record unchanged for a full ttl on
 //!   their own clock.
+//! * One heartbeat per session, not per lock: on backends with sessions
+//!   (etcd leases, ZooKeeper sessions) the electors on one backend instance
+//!   share a session kept alive by one engine task; a waiting candidate
+//!   costs nothing more, and losing the session ends every term on it (see
+//!   [`ElectionOptions::own_session`] to isolate one election).
 //! * Losing is not an error: "someone else holds it" is
 //!   [`Attempt::Held`]; a store outage is an [`Error`] that counts against
 //!   the deadline; [`LossReason`] tells "the lease is gone" from "the store
@@ -33,6 +38,7 @@ mod leadership;
 pub mod memory;
 mod options;
 mod retry;
+mod session;
 mod types;
 
 #[cfg(feature = "conformance")]
@@ -45,6 +51,7 @@ pub use error::{Error, Result};
 pub use health::{Health, LeaderHealth, StoreContact};
 pub use leadership::{Leadership, LossReason};
 pub use options::{ElectionOptions, MAX_NAME_LEN, MAX_VALUE_LEN};
+pub use session::SessionRegistry;
 pub use types::{AcquireOutcome, AcquireRequest, Capabilities, Claim, FencingToken, LeaderInfo};
 
 pub use tokio_util::sync::CancellationToken;

@@ -26,6 +26,7 @@ use tokio::time::{Duration, Instant, sleep_until};
 
 use crate::backend::{Backend, LeaderWatch};
 use crate::error::{Error, Result};
+use crate::session::SessionRegistry;
 use crate::types::{AcquireOutcome, AcquireRequest, Capabilities, Claim, FencingToken, LeaderInfo};
 
 const NAME: &str = "memory";
@@ -64,6 +65,9 @@ struct State {
 struct LeaseEntry {
     ttl: Duration,
     expires_at: Instant,
+    /// A session opened by [`Backend::open_session`]: it may hold many
+    /// claims, and releasing one claim leaves the session alive.
+    session: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -122,11 +126,50 @@ impl MemoryStore {
         }
     }
 
-    /// A new independent client of this store.
+    /// A new independent client of this store. Electors built on the same
+    /// client (or its clones) share its sessions, as they would share one
+    /// etcd lease; each client has sessions of its own.
     pub fn client(&self) -> MemoryBackend {
         MemoryBackend {
             shared: self.shared.clone(),
+            sessions: Arc::new(SessionRegistry::new()),
         }
+    }
+
+    /// How many leases (sessions, and the leases of claims made without a
+    /// session) the store holds now.
+    pub fn lease_count(&self) -> usize {
+        let mut st = self.shared.lock();
+        st.expire(Instant::now());
+        st.leases.len()
+    }
+
+    /// The lease (session) behind `candidate`'s claim in `election`, if it
+    /// has one.
+    pub fn session_of(&self, election: &str, candidate: &str) -> Option<i64> {
+        let mut st = self.shared.lock();
+        st.expire(Instant::now());
+        st.queues
+            .get(election)
+            .and_then(|q| q.iter().find(|e| e.candidate == candidate))
+            .map(|e| e.lease)
+    }
+
+    /// Delete `candidate`'s claim in `election` as an operator would by hand,
+    /// leaving its session alive. Returns whether there was one.
+    pub fn delete_claim(&self, election: &str, candidate: &str) -> bool {
+        let mut st = self.shared.lock();
+        let Some(q) = st.queues.get_mut(election) else {
+            return false;
+        };
+        let before = q.len();
+        q.retain(|e| e.candidate != candidate);
+        let removed = q.len() != before;
+        st.queues.retain(|_, q| !q.is_empty());
+        if removed {
+            self.shared.bump(&mut st);
+        }
+        removed
     }
 
     /// Expire a lease (session) now, as the server would after its ttl:
@@ -240,6 +283,7 @@ impl State {
 #[derive(Debug, Clone)]
 pub struct MemoryBackend {
     shared: Arc<Shared>,
+    sessions: Arc<SessionRegistry>,
 }
 
 fn lost(claim: &Claim) -> Error {
@@ -269,6 +313,7 @@ impl MemoryBackend {
                     LeaseEntry {
                         ttl: req.ttl,
                         expires_at: Instant::now() + req.ttl,
+                        session: false,
                     },
                 );
                 let key = format!("{}/{lease:016x}", req.election);
@@ -305,6 +350,55 @@ impl MemoryBackend {
                 revision: st.revision,
             }),
         }
+    }
+
+    /// A new claim in an open session.
+    fn acquire_in_session(&self, req: &AcquireRequest, session: i64) -> Result<AcquireOutcome> {
+        let mut st = self.shared.lock_expired();
+        if !st.leases.contains_key(&session) {
+            return Err(Error::Lost(format!(
+                "session {session:x} no longer exists (it expired or was closed); open a new one"
+            )));
+        }
+        let key = format!("{}/{session:016x}", req.election);
+        if st
+            .queues
+            .get(&req.election)
+            .is_some_and(|q| q.iter().any(|e| e.key == key))
+        {
+            return Err(Error::Backend {
+                backend: NAME,
+                message: format!(
+                    "session {session:x} already holds a claim in {:?}",
+                    req.election
+                ),
+            });
+        }
+        st.next_token += 1;
+        let token = st.next_token;
+        st.queues
+            .entry(req.election.clone())
+            .or_default()
+            .push(Entry {
+                key: key.clone(),
+                candidate: req.candidate.clone(),
+                value: req.value.clone(),
+                token,
+                lease: session,
+            });
+        self.shared.bump(&mut st);
+        drop(st);
+        let claim = Claim {
+            election: req.election.clone(),
+            key,
+            session,
+            token: FencingToken(token),
+            version: 0,
+        };
+        self.acquire_queue(&AcquireRequest {
+            claim: Some(claim),
+            ..req.clone()
+        })
     }
 
     fn acquire_record(&self, req: &AcquireRequest) -> Result<AcquireOutcome> {
@@ -378,7 +472,7 @@ impl Backend for MemoryBackend {
 
     fn capabilities(&self) -> Capabilities {
         match self.shared.kind {
-            Kind::Queue => Capabilities::new(true, true, true),
+            Kind::Queue => Capabilities::new(true, true, true).with_sessions(false),
             Kind::Record => Capabilities::new(false, false, false),
         }
     }
@@ -451,8 +545,17 @@ impl Backend for MemoryBackend {
             Kind::Queue => {
                 let mut st = self.shared.lock_expired();
                 if st.find(claim).is_some() {
-                    st.leases.remove(&claim.session);
-                    st.drop_lease_entries(&[claim.session]);
+                    let shared = st.leases.get(&claim.session).is_some_and(|l| l.session);
+                    if shared {
+                        // Only this claim: the session keeps the others.
+                        if let Some(q) = st.queues.get_mut(&claim.election) {
+                            q.retain(|e| e.key != claim.key);
+                        }
+                        st.queues.retain(|_, q| !q.is_empty());
+                    } else {
+                        st.leases.remove(&claim.session);
+                        st.drop_lease_entries(&[claim.session]);
+                    }
                     self.shared.bump(&mut st);
                 }
             }
@@ -461,6 +564,90 @@ impl Backend for MemoryBackend {
             }
         }
         Ok(())
+    }
+
+    fn sessions(&self) -> Option<&SessionRegistry> {
+        match self.shared.kind {
+            Kind::Queue => Some(&self.sessions),
+            Kind::Record => None,
+        }
+    }
+
+    async fn open_session(&self, ttl: Duration) -> Result<i64> {
+        if self.shared.kind == Kind::Record {
+            return Err(Error::NotSupported {
+                operation: "open_session",
+                backend: NAME,
+            });
+        }
+        let mut st = self.shared.lock_expired();
+        st.next_lease += 1;
+        let lease = st.next_lease;
+        st.leases.insert(
+            lease,
+            LeaseEntry {
+                ttl,
+                expires_at: Instant::now() + ttl,
+                session: true,
+            },
+        );
+        Ok(lease)
+    }
+
+    async fn keep_alive(&self, session: i64) -> Result<()> {
+        let mut st = self.shared.lock_expired();
+        match st.leases.get_mut(&session) {
+            Some(l) => {
+                l.expires_at = Instant::now() + l.ttl;
+                Ok(())
+            }
+            None => Err(Error::Lost(format!(
+                "session {session:x} no longer exists (it expired or was closed)"
+            ))),
+        }
+    }
+
+    async fn close_session(&self, session: i64) -> Result<()> {
+        let mut st = self.shared.lock_expired();
+        if st.leases.remove(&session).is_some() {
+            st.drop_lease_entries(&[session]);
+            self.shared.bump(&mut st);
+        }
+        Ok(())
+    }
+
+    async fn try_acquire_in(&self, req: &AcquireRequest, session: i64) -> Result<AcquireOutcome> {
+        match self.shared.kind {
+            Kind::Queue => self.acquire_in_session(req, session),
+            Kind::Record => Err(Error::NotSupported {
+                operation: "try_acquire_in",
+                backend: NAME,
+            }),
+        }
+    }
+
+    async fn watch_claim(&self, claim: &Claim) -> Result<()> {
+        if self.shared.kind == Kind::Record {
+            return Err(Error::NotSupported {
+                operation: "watch_claim",
+                backend: NAME,
+            });
+        }
+        let mut rx = self.shared.changed.subscribe();
+        loop {
+            let expiry = {
+                let st = self.shared.lock_expired();
+                if st.find(claim).is_none() {
+                    return Ok(());
+                }
+                st.lease_expiry(claim.session)
+            };
+            let far = Instant::now() + Duration::from_secs(3600);
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return Ok(()) },
+                _ = sleep_until(expiry.unwrap_or(far)) => {}
+            }
+        }
     }
 
     async fn leader(&self, election: &str) -> Result<Option<LeaderInfo>> {

@@ -25,7 +25,9 @@ pub struct ElectionOptions {
     pub value: Vec<u8>,
     /// How long a lease lives without renewal.
     pub ttl: Duration,
-    /// How often the leader (and a queued candidate) renews its lease.
+    /// How often the lease is renewed: the session's keep-alive on backends
+    /// with sessions (one for every claim in it), else the leader's (and a
+    /// queued candidate's) renewal of its claim.
     pub renew_interval: Duration,
     /// The longest wait before trying again after a store error, and how
     /// often to poll on backends without a watch (give or take 20 %).
@@ -45,6 +47,16 @@ pub struct ElectionOptions {
     pub safety_margin: Duration,
     /// Bound on any single store call.
     pub request_timeout: Duration,
+    /// On backends with sessions ([`Capabilities::sessions`](crate::Capabilities::sessions)):
+    /// keep this election's claim in a session of its own instead of the
+    /// session shared by every elector on the backend instance (with the
+    /// same timings). A shared session costs one heartbeat for all of them,
+    /// but when it is lost (revoked by an admin, unreachable past its
+    /// deadline) every term and waiting claim on it ends together; an own
+    /// session isolates this election from that. On ZooKeeper one backend
+    /// is one client session whatever this says: isolate with a backend of
+    /// its own. Default `false`.
+    pub own_session: bool,
 }
 
 /// Largest accepted leader value.
@@ -65,7 +77,15 @@ impl ElectionOptions {
             retry_interval: Duration::from_secs(2),
             safety_margin: Duration::from_millis(1500),
             request_timeout: Duration::from_secs(5),
+            own_session: false,
         }
+    }
+
+    /// Keep this election's claim in a session of its own (see
+    /// [`own_session`](Self::own_session)).
+    pub fn with_own_session(mut self) -> Self {
+        self.own_session = true;
+        self
     }
 
     /// Set the ttl and derive the other timings from it: renew every ttl/3,

@@ -70,8 +70,18 @@ pub struct Capabilities {
     pub watch: bool,
     /// Candidates queue: the earliest waiting candidate is next when the
     /// leader goes (first come, first served), and a waiting candidate keeps
-    /// a claim that must be renewed while it waits.
+    /// a claim that must stay alive while it waits (its session's
+    /// keep-alives, or renewals of the claim).
     pub fair_queue: bool,
+    /// Claims can share a session ([`Backend::open_session`](crate::Backend::open_session),
+    /// [`Backend::keep_alive`](crate::Backend::keep_alive),
+    /// [`Backend::try_acquire_in`](crate::Backend::try_acquire_in)): the
+    /// engine keeps one session alive for every elector on the backend
+    /// instance instead of renewing each claim.
+    pub sessions: bool,
+    /// The client keeps its session alive on its own (ZooKeeper's pings):
+    /// the engine sends keep-alives only to prove a leader's deadline.
+    pub self_kept_sessions: bool,
 }
 
 impl Capabilities {
@@ -81,7 +91,17 @@ impl Capabilities {
             server_expiry,
             watch,
             fair_queue,
+            sessions: false,
+            self_kept_sessions: false,
         }
+    }
+
+    /// The same, with sessions ([`sessions`](Self::sessions)); `self_kept`
+    /// as [`self_kept_sessions`](Self::self_kept_sessions).
+    pub const fn with_sessions(mut self, self_kept: bool) -> Self {
+        self.sessions = true;
+        self.self_kept_sessions = self_kept;
+        self
     }
 }
 

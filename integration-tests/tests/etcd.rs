@@ -1003,3 +1003,221 @@ async fn a_user_without_read_permission_gets_an_error_never_no_leader() {
     assert_eq!(*rx.borrow(), seen, "the last leader seen stays");
     drop(la);
 }
+
+/// Issue 15: an idle queued candidate sends nothing but its session's lease
+/// keep-alives (no periodic re-read, no renewal of its own claim).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_waiter_costs_only_its_sessions_keep_alives() {
+    const TTL: u64 = 3;
+    let node = start_node().await;
+    let election = unique_name("idle");
+    let leader = elector(&[node.endpoint()], &election, "leader", TTL).await;
+    let ll = lock_within(&leader, Duration::from_secs(10), "leader").await;
+    let waiter_backend = Arc::new(connect(&[node.endpoint()]).await);
+    let backend: Arc<dyn Backend> = waiter_backend.clone();
+    let waiter = Elector::new(backend, options(&election, "waiter", TTL)).expect("options");
+    let w = waiter.clone();
+    let waiting = tokio::spawn(async move { w.lock().await });
+    // Queued, and past its first keep-alive (which opens the stream).
+    let renew = waiter.options().renew_interval;
+    sleep(renew + Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "the waiter led while held");
+    let before = waiter_backend.stats();
+    let window = Duration::from_secs(TTL * 3);
+    sleep(window).await;
+    let after = waiter_backend.stats();
+    let secs = window.as_secs_f64();
+    let requests = after.requests - before.requests;
+    let keep_alives = after.keep_alives - before.keep_alives;
+    eprintln!(
+        "idle etcd waiter, ttl {TTL} s, over {secs} s: {:.2} requests/s, {:.2} keep-alives/s (stats {after:?})",
+        requests as f64 / secs,
+        keep_alives as f64 / secs
+    );
+    assert_eq!(
+        requests, 0,
+        "an idle waiter made {requests} requests (reads, renewals) beyond its keep-alives"
+    );
+    let intervals = (window.as_millis() / renew.as_millis()) as u64;
+    assert!(
+        keep_alives <= intervals + 1,
+        "{keep_alives} keep-alives in {intervals} renew intervals"
+    );
+    ll.unlock().await.expect("unlock");
+    let lw = timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiter did not lead after the unlock")
+        .expect("task")
+        .expect("lock");
+    lw.unlock().await.expect("unlock");
+}
+
+/// Issue 15: 200 electors on one backend instance, each leading an election
+/// of its own, share one lease: one keep-alive per renew interval for all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_leaders_on_one_backend_send_one_sessions_keep_alives() {
+    const N: usize = 200;
+    const TTL: u64 = 3;
+    let node = start_node().await;
+    let shared = Arc::new(connect(&[node.endpoint()]).await);
+    let backend: Arc<dyn Backend> = shared.clone();
+    let base = unique_name("shards");
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let e = Elector::new(
+            backend.clone(),
+            options(&format!("{base}-{i}"), "node", TTL),
+        )
+        .expect("options");
+        tasks.push(tokio::spawn(async move { e.lock().await }));
+    }
+    let mut held = Vec::new();
+    for t in tasks {
+        let l = timeout(Duration::from_secs(60), t)
+            .await
+            .expect("a shard was not acquired within 60 s")
+            .expect("task")
+            .expect("lock");
+        held.push(l);
+    }
+    let renew = options("x", "y", TTL).renew_interval;
+    // Let every term open its own-key watch.
+    sleep(renew).await;
+    let before = shared.stats();
+    let window = renew * 6;
+    sleep(window).await;
+    let after = shared.stats();
+    let keep_alives = after.keep_alives - before.keep_alives;
+    let requests = after.requests - before.requests;
+    eprintln!(
+        "{N} etcd leaders on one backend over {window:?}: {keep_alives} keep-alives, {requests} other requests, {:.2} keep-alives per renew interval (before {before:?}, after {after:?})",
+        keep_alives as f64 / 6.0
+    );
+    let sessions: std::collections::HashSet<_> = held
+        .iter()
+        .map(leasehold_core::Leadership::session_id)
+        .collect();
+    assert_eq!(
+        sessions.len(),
+        1,
+        "{N} leaders on {} sessions",
+        sessions.len()
+    );
+    assert!(sessions.iter().all(Option::is_some));
+    assert!(
+        keep_alives <= 7,
+        "{keep_alives} keep-alives in 6 renew intervals for {N} leaders (one session sends 6)"
+    );
+    assert_eq!(requests, 0, "idle leaders made {requests} requests");
+    assert!(
+        after.watch_streams <= 2,
+        "{N} own-key watches on {} watch streams: they share one",
+        after.watch_streams
+    );
+    assert!(held.iter().all(|l| !l.is_lost()));
+    for l in held {
+        l.unlock().await.expect("unlock");
+    }
+}
+
+/// Issue 15: revoking the shared lease (an admin, with a second client) ends
+/// every term on it at once, each with its own done signal (the own-key
+/// watch, not the next renewal), and a waiter on it campaigns again with a
+/// new lease and leads later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_shared_lease_ends_every_term_and_restarts_its_waiters() {
+    // A long ttl: the next keep-alive is 5 s away, so "at once" means the watch.
+    const TTL: u64 = 15;
+    let node = start_node().await;
+    let shared: Arc<dyn Backend> = Arc::new(connect(&[node.endpoint()]).await);
+    let other: Arc<dyn Backend> = Arc::new(connect(&[node.endpoint()]).await);
+    let base = unique_name("revoke");
+    let (e1, e2, e3) = (
+        format!("{base}-1"),
+        format!("{base}-2"),
+        format!("{base}-3"),
+    );
+    let mk = |b: &Arc<dyn Backend>, e: &str, c: &str| {
+        Elector::new(b.clone(), options(e, c, TTL)).expect("options")
+    };
+    let l1 = lock_within(&mk(&shared, &e1, "x"), Duration::from_secs(10), "l1").await;
+    let l2 = lock_within(&mk(&shared, &e2, "x"), Duration::from_secs(10), "l2").await;
+    let lz = lock_within(&mk(&other, &e3, "z"), Duration::from_secs(10), "z").await;
+    let w = mk(&shared, &e3, "x");
+    let waiting = tokio::spawn(async move { w.lock().await });
+    sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished());
+    let lease = l1.session_id().expect("a session");
+    assert_eq!(l2.session_id(), Some(lease), "the leaders share one lease");
+
+    // The admin revokes it (etcdctl lease revoke, here through a second client).
+    let revoked_at = Instant::now();
+    other.close_session(lease).await.expect("revoke");
+    for (l, what) in [(&l1, "first"), (&l2, "second")] {
+        let reason = timeout(Duration::from_secs(2), l.lost())
+            .await
+            .unwrap_or_else(|_| panic!("the {what} term did not end within 2 s of the revoke"));
+        assert!(matches!(reason, LossReason::LeaseLost(_)), "{reason:?}");
+    }
+    eprintln!(
+        "both terms ended {:?} after the revoke",
+        revoked_at.elapsed()
+    );
+    // The waiter learns at its session's next keep-alive and queues again.
+    let renew = options("x", "y", TTL).renew_interval;
+    sleep(renew + Duration::from_secs(1)).await;
+    assert!(!waiting.is_finished(), "the waiter led while z holds");
+    lz.unlock().await.expect("unlock");
+    let lw = timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the restarted waiter did not lead after z left")
+        .expect("task")
+        .expect("lock");
+    assert_ne!(lw.session_id(), Some(lease), "it leads on a new lease");
+    lw.unlock().await.expect("unlock");
+}
+
+/// Issue 15: a leader's key deleted by hand (`etcdctl del`) ends its term at
+/// once, through its own-key watch rather than at its next renewal; the
+/// other term on the same session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_deleted_by_hand_ends_its_term_at_once() {
+    // A long ttl: the next keep-alive is 5 s away.
+    const TTL: u64 = 15;
+    let node = start_node().await;
+    let shared = Arc::new(connect(&[node.endpoint()]).await);
+    let backend: Arc<dyn Backend> = shared.clone();
+    let base = unique_name("deleted");
+    let (e1, e2) = (format!("{base}-1"), format!("{base}-2"));
+    let a1 = Elector::new(backend.clone(), options(&e1, "a", TTL)).expect("options");
+    let a2 = Elector::new(backend, options(&e2, "a", TTL)).expect("options");
+    let l1 = lock_within(&a1, Duration::from_secs(10), "l1").await;
+    let l2 = lock_within(&a2, Duration::from_secs(10), "l2").await;
+    sleep(Duration::from_millis(300)).await;
+    let deleted_at = Instant::now();
+    let out = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", node.endpoint()))
+        .args(["del", "--prefix", &shared.election_prefix(&e1)])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("could not run etcdctl ({e}); install it with `apt-get install -y etcd-client`")
+        });
+    assert!(
+        out.status.success(),
+        "etcdctl del: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reason = timeout(Duration::from_secs(2), l1.lost())
+        .await
+        .expect("the term did not end within 2 s of the delete (renewals are 5 s apart)");
+    assert!(matches!(reason, LossReason::LeaseLost(_)), "{reason:?}");
+    eprintln!("the term ended {:?} after the delete", deleted_at.elapsed());
+    sleep(Duration::from_secs(1)).await;
+    assert!(!l2.is_lost(), "the other term on the session ended too");
+    let b = elector(&[node.endpoint()], &e1, "b", TTL).await;
+    let lb = lock_within(&b, Duration::from_secs(5), "b").await;
+    assert!(lb.fencing_token() > l1.fencing_token());
+    lb.unlock().await.expect("unlock");
+    l2.unlock().await.expect("unlock");
+}

@@ -1078,3 +1078,201 @@ async fn a_missing_chroot_is_an_error_that_names_it_not_no_leader() {
     let l = lock_within(&e, Duration::from_secs(10), "after the chroot exists").await;
     l.unlock().await.expect("unlock");
 }
+
+/// Server packets per second over `window`.
+async fn packet_rate(server: &ZkServer, window: Duration) -> f64 {
+    let p0 = server.packets_received().await.expect("mntr");
+    sleep(window).await;
+    let p1 = server.packets_received().await.expect("mntr");
+    (p1 - p0) as f64 / window.as_secs_f64()
+}
+
+/// The client's idle ping rate for a session of `session`: zookeeper-client
+/// pings after 3/20 of the session timeout without a request.
+fn ping_rate(session: Duration) -> f64 {
+    20.0 / (3.0 * session.as_secs_f64())
+}
+
+/// Issue 15: an idle queued candidate sends nothing but its client's pings
+/// (no periodic re-read, no `sync` + `exists` renewal of its node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_waiter_sends_only_its_sessions_pings() {
+    let server = start_server().await;
+    let cs = server.connect_string();
+    let election = unique_name("idle");
+    let leader = elector(&cs, &election, "leader", TTL).await;
+    let ll = lock_within(&leader, Duration::from_secs(10), "leader").await;
+    let window = TTL * 3;
+    sleep(Duration::from_secs(1)).await;
+    let alone = packet_rate(&server, window).await;
+    let waiter = elector(&cs, &election, "waiter", TTL).await;
+    let waiting = queue_behind(&waiter, "leader").await;
+    sleep(Duration::from_secs(1)).await;
+    let both = packet_rate(&server, window).await;
+    let waiter_rate = both - alone;
+    let pings = ping_rate(session_for(TTL));
+    eprintln!(
+        "idle ZooKeeper waiter, ttl {TTL:?}: {waiter_rate:.2} packets/s (leader alone {alone:.2}/s, with the waiter {both:.2}/s; pings alone {pings:.2}/s)"
+    );
+    assert!(
+        waiter_rate <= pings * 1.3 + 0.3,
+        "an idle waiter sends {waiter_rate:.2} packets/s, more than its pings ({pings:.2}/s)"
+    );
+    ll.unlock().await.expect("unlock");
+    takes_over(waiting, "the unlock")
+        .await
+        .unlock()
+        .await
+        .expect("unlock");
+}
+
+/// Issue 15: 200 electors on one backend, each leading an election of its
+/// own: one session proven once per renew interval (plus pings), not 200
+/// `sync` + `exists` renewals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_leaders_on_one_backend_prove_one_session() {
+    const N: usize = 200;
+    let server = start_server().await;
+    let cs = server.connect_string();
+    let backend: Arc<dyn Backend> = Arc::new(connect(&cs, session_for(TTL)).await);
+    let base = unique_name("shards");
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let e = Elector::new(
+            backend.clone(),
+            options(&format!("{base}-{i}"), "node", TTL),
+        )
+        .expect("options");
+        tasks.push(tokio::spawn(async move { e.lock().await }));
+    }
+    let mut held = Vec::new();
+    for t in tasks {
+        held.push(
+            timeout(Duration::from_secs(60), t)
+                .await
+                .expect("a shard was not acquired within 60 s")
+                .expect("task")
+                .expect("lock"),
+        );
+    }
+    sleep(Duration::from_secs(1)).await;
+    let rate = packet_rate(&server, TTL * 2).await;
+    let renew = options("x", "y", TTL).renew_interval.as_secs_f64();
+    let one_session = 1.0 / renew + ping_rate(session_for(TTL));
+    eprintln!(
+        "{N} ZooKeeper leaders on one backend: {rate:.2} packets/s (one session's proof and pings: {one_session:.2}/s)"
+    );
+    assert!(
+        rate <= one_session * 1.5 + 0.5,
+        "{N} leaders send {rate:.2} packets/s; one session sends about {one_session:.2}/s"
+    );
+    assert!(held.iter().all(|l| !l.is_lost()));
+    for l in held {
+        l.unlock().await.expect("unlock");
+    }
+}
+
+/// Issue 15: the shared session expires (closed from another connection
+/// with its id and password while its own link is cut, as an operator or the
+/// server would end it): every term on it ends, each with its own done
+/// signal, and a waiter on it campaigns again on a new session and leads
+/// later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_shared_session_ends_every_term_and_restarts_its_waiters() {
+    let server = start_server().await;
+    let cs = server.connect_string();
+    let proxy = Proxy::start(server.client_addr()).await;
+    let shared = Arc::new(connect(&proxy.addr().to_string(), session_for(TTL)).await);
+    let shared_dyn: Arc<dyn Backend> = shared.clone();
+    let base = unique_name("expire");
+    let (e1, e2, e3) = (
+        format!("{base}-1"),
+        format!("{base}-2"),
+        format!("{base}-3"),
+    );
+    let mk = |b: &Arc<dyn Backend>, e: &str, c: &str| {
+        Elector::new(b.clone(), options(e, c, TTL)).expect("options")
+    };
+    let l1 = lock_within(&mk(&shared_dyn, &e1, "x"), Duration::from_secs(10), "l1").await;
+    let l2 = lock_within(&mk(&shared_dyn, &e2, "x"), Duration::from_secs(10), "l2").await;
+    let z = elector(&cs, &e3, "z", TTL).await;
+    let lz = lock_within(&z, Duration::from_secs(10), "z").await;
+    let waiting = queue_behind(&mk(&shared_dyn, &e3, "x"), "z").await;
+    let old = shared.session_id();
+    assert_eq!(l1.session_id(), Some(old));
+
+    // With the shared client's link cut (else it takes its session back),
+    // take the session over from a second connection and close it.
+    proxy.blackhole();
+    let info = shared.client().session().clone();
+    let thief = zk::Client::connector()
+        .with_session(info)
+        .with_session_timeout(session_for(TTL))
+        .with_connection_timeout(Duration::from_secs(10))
+        .connect(&cs)
+        .await
+        .expect("connect with the shared session's id");
+    drop(thief);
+    sleep(Duration::from_millis(300)).await;
+    proxy.heal();
+    for (l, what) in [(&l1, "first"), (&l2, "second")] {
+        let reason = timeout(TTL * 2, l.lost())
+            .await
+            .unwrap_or_else(|_| panic!("the {what} term did not end after the session expired"));
+        // LeaseLost when the client hears of the expiry before the local
+        // deadline of the last proof (the usual case), else Unreachable.
+        assert!(
+            matches!(
+                reason,
+                LossReason::LeaseLost(_) | LossReason::Unreachable { .. }
+            ),
+            "{reason:?}"
+        );
+        eprintln!("the {what} term ended: {reason}");
+    }
+    sleep(TTL).await;
+    assert!(!waiting.is_finished(), "the waiter led while z holds");
+    lz.unlock().await.expect("unlock");
+    let lw = takes_over(waiting, "z's unlock").await;
+    assert_ne!(lw.session_id(), Some(old), "it leads on a new session");
+    assert!(lw.fencing_token() > l1.fencing_token());
+    lw.unlock().await.expect("unlock");
+}
+
+/// Issue 15: a leader's node deleted by hand ends its term at once, through
+/// its exists-watch rather than at its next renewal; the other term on the
+/// same session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_deleted_by_hand_ends_its_term_at_once() {
+    // Renewals 2.7 s apart (the longest session this server grants is 10 s).
+    let ttl = Duration::from_secs(8);
+    let server = start_server().await;
+    let cs = server.connect_string();
+    let shared = Arc::new(connect(&cs, session_for(ttl)).await);
+    let backend: Arc<dyn Backend> = shared.clone();
+    let base = unique_name("deleted");
+    let (e1, e2) = (format!("{base}-1"), format!("{base}-2"));
+    let a1 = Elector::new(backend.clone(), options(&e1, "a", ttl)).expect("options");
+    let a2 = Elector::new(backend, options(&e2, "a", ttl)).expect("options");
+    let l1 = lock_within(&a1, Duration::from_secs(10), "l1").await;
+    let l2 = lock_within(&a2, Duration::from_secs(10), "l2").await;
+    sleep(Duration::from_millis(300)).await;
+    let admin = connect(&cs, session_for(ttl)).await;
+    let dir = format!("/{e1}");
+    let nodes = admin.client().list_children(&dir).await.expect("list");
+    assert_eq!(nodes.len(), 1, "{nodes:?}");
+    let deleted_at = Instant::now();
+    admin
+        .client()
+        .delete(&format!("{dir}/{}", nodes[0]), None)
+        .await
+        .expect("delete");
+    let reason = timeout(Duration::from_millis(1500), l1.lost())
+        .await
+        .expect("the term did not end within 1.5 s of the delete (renewals are 2.7 s apart)");
+    assert!(matches!(reason, LossReason::LeaseLost(_)), "{reason:?}");
+    eprintln!("the term ended {:?} after the delete", deleted_at.elapsed());
+    sleep(Duration::from_secs(1)).await;
+    assert!(!l2.is_lost(), "the other term on the session ended too");
+    l2.unlock().await.expect("unlock");
+}

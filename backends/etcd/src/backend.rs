@@ -1,8 +1,8 @@
 //! The etcd [`Backend`]: a fair queue of candidate keys, one per lease.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
@@ -10,12 +10,13 @@ use async_trait::async_trait;
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, KeyValue, LeaseKeepAliveStream, LeaseKeeper,
     PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchFilterType, WatchOptions,
-    WatchResponse, WatchStream,
+    WatchRequestSender, WatchResponse, WatchResponseStream, WatchStream,
 };
 use leasehold_core::{
     AcquireOutcome, AcquireRequest, Backend, Capabilities, Claim, ElectionOptions, Error,
-    FencingToken, LeaderInfo, LeaderWatch, Result,
+    FencingToken, LeaderInfo, LeaderWatch, Result, SessionRegistry,
 };
+use tokio::sync::oneshot;
 
 use crate::error::{BACKEND, bounded, map, unavailable};
 use crate::layout::{Keys, Layout};
@@ -53,8 +54,13 @@ pub struct EtcdStats {
     pub requests: u64,
     /// Keep-alive messages sent on open keep-alive streams.
     pub keep_alives: u64,
-    /// Watch streams opened (by [`Backend::wait`] and [`Backend::watch`]).
+    /// Watches created (by [`Backend::wait`], [`Backend::watch`] and
+    /// [`Backend::watch_claim`]).
     pub watches_opened: u64,
+    /// gRPC watch streams opened: one per [`Backend::wait`] and
+    /// [`Backend::watch`]; the own-key watches of all the leaders on this
+    /// backend ([`Backend::watch_claim`]) share one stream.
+    pub watch_streams: u64,
     /// Watch events received (by [`Backend::wait`] and [`Backend::watch`]).
     pub watch_events: u64,
 }
@@ -64,6 +70,7 @@ struct Counters {
     requests: AtomicU64,
     keep_alives: AtomicU64,
     watches_opened: AtomicU64,
+    watch_streams: AtomicU64,
     watch_events: AtomicU64,
 }
 
@@ -74,6 +81,7 @@ impl Counters {
     fn watch_opened(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.watches_opened.fetch_add(1, Ordering::Relaxed);
+        self.watch_streams.fetch_add(1, Ordering::Relaxed);
     }
     fn events(&self, n: usize) {
         self.watch_events.fetch_add(n as u64, Ordering::Relaxed);
@@ -96,27 +104,45 @@ pub(crate) struct Inner {
     pub(crate) endpoints: Vec<String>,
     keepers: StdMutex<HashMap<i64, KeeperSlot>>,
     counters: Counters,
+    /// The engine's sessions on this backend (shared by its clones).
+    sessions: SessionRegistry,
+    /// Leases opened as sessions: many claims live in each, so releasing
+    /// one claim must not revoke its lease.
+    session_leases: StdMutex<HashSet<i64>>,
+    /// The open stream of the leaders' own-key watches, all multiplexed on
+    /// it by watch id.
+    key_watches: tokio::sync::Mutex<Option<Arc<KeyWatchStream>>>,
 }
 
 /// The etcd backend: leader election and locks over etcd's KV, lease and
 /// watch APIs, in the style of etcd's Go `concurrency` package.
 ///
-/// * Each candidate grants a lease of the election ttl and creates one key
-///   `<prefix>/<election>/<lease id in hex>` attached to it (a transaction
-///   comparing `create_revision == 0`). The key holds the candidate id and
-///   its leader value (JSON, value in base64). In the [`Layout::Go`] the key
-///   is `<prefix><election>/<lease id in hex>` holding the raw value, as
-///   etcd's Go `concurrency.Election` writes it.
+/// * Each candidate creates one key `<prefix>/<election>/<lease id in hex>`
+///   attached to a lease (a transaction comparing `create_revision == 0`).
+///   Through the engine, that lease is a **session** shared by every
+///   elector on this backend instance (and its clones) with the same
+///   timings, as Go's `concurrency.Session`: N electors cost one lease and
+///   one keep-alive per renew interval. Called directly without a session,
+///   [`Backend::try_acquire`] grants a lease of the election ttl for the
+///   claim alone. The key holds the candidate id and its leader value
+///   (JSON, value in base64). In the [`Layout::Go`] the key is
+///   `<prefix><election>/<lease id in hex>` holding the raw value, as etcd's
+///   Go `concurrency.Election` writes it.
 /// * The key with the lowest create revision leads; its create revision is
 ///   the fencing token (strictly increasing across terms: etcd's revision
 ///   only grows).
 /// * A waiting candidate watches only its predecessor (the greatest create
 ///   revision below its own) until that key is deleted: no thundering herd.
-/// * Renewal sends one message on a keep-alive stream per lease (opened on
-///   the first renewal, reopened after errors) and checks that the own key
-///   still exists; the engine drives it, this backend runs no timer.
-/// * Release deletes the own key (conditional on its create revision) and
-///   revokes the lease, so the successor's watch fires at once.
+/// * A session's keep-alive ([`Backend::keep_alive`]) is one message on the
+///   lease's keep-alive stream (opened on the first, reopened after
+///   errors); the engine drives it, this backend runs no timer. A leader
+///   watches its own key ([`Backend::watch_claim`]), so a key deleted by
+///   hand or a lease revoked by an admin ends its term at once. A claim of
+///   its own lease is renewed by [`Backend::renew`]: a keep-alive and a
+///   read of the own key.
+/// * Release deletes the own key (conditional on its create revision), so
+///   the successor's watch fires at once, and revokes the lease unless it is
+///   a session (the engine revokes a session when its last user goes).
 ///
 /// Build one with [`EtcdBackend::builder`]. Cloning is cheap and shares the
 /// connection.
@@ -157,6 +183,9 @@ impl EtcdBackend {
                 endpoints,
                 keepers: StdMutex::new(HashMap::new()),
                 counters: Counters::default(),
+                sessions: SessionRegistry::new(),
+                session_leases: StdMutex::new(HashSet::new()),
+                key_watches: tokio::sync::Mutex::new(None),
             }),
         }
     }
@@ -185,6 +214,7 @@ impl EtcdBackend {
             requests: c.requests.load(Ordering::Relaxed),
             keep_alives: c.keep_alives.load(Ordering::Relaxed),
             watches_opened: c.watches_opened.load(Ordering::Relaxed),
+            watch_streams: c.watch_streams.load(Ordering::Relaxed),
             watch_events: c.watch_events.load(Ordering::Relaxed),
         }
     }
@@ -279,6 +309,22 @@ impl EtcdBackend {
         // From here on, a failure or a dropped future revokes the lease.
         let mut guard = RevokeOnDrop::new(self.inner.client.clone(), lease, t);
 
+        let outcome = self.create_in(req, lease, false).await?;
+        guard.disarm();
+        Ok(outcome)
+    }
+
+    /// Create the candidate key of `req` in `lease`, then who leads. With
+    /// `adopt`, a key of this lease that exists already is taken as this
+    /// candidate's (a create whose answer was lost: one session holds one
+    /// claim per election, so it can only be ours).
+    async fn create_in(
+        &self,
+        req: &AcquireRequest,
+        lease: i64,
+        adopt: bool,
+    ) -> Result<AcquireOutcome> {
+        let t = self.timeout();
         let range = self.inner.keys.range(&req.election);
         let key = self.inner.keys.candidate(&req.election, lease);
         let txn = Txn::new()
@@ -289,31 +335,95 @@ impl EtcdBackend {
                     self.inner.keys.encode(&req.candidate, &req.value),
                     Some(PutOptions::new().with_lease(lease)),
                 ),
+                TxnOp::get(range.clone(), Some(Self::first_by_create())),
+            ])
+            .or_else([
+                TxnOp::get(key.clone(), None),
                 TxnOp::get(range, Some(Self::first_by_create())),
             ]);
         let mut kv = self.inner.client.kv_client();
         self.inner.counters.request();
         let resp = bounded("create candidate key", t, kv.txn(txn)).await?;
-        if !resp.succeeded() {
-            return Err(Error::Backend {
-                backend: BACKEND,
-                message: format!(
-                    "candidate key {key} already exists for a fresh lease {lease:x}; is another program writing under the prefix {:?}?",
-                    self.inner.prefix
-                ),
-            });
-        }
         let revision = header_revision(resp.header(), "create candidate key")?;
-        let first = first_kv(&resp.op_responses());
+        let responses = resp.op_responses();
+        let token = if resp.succeeded() {
+            revision
+        } else {
+            let existing = first_kv(&responses);
+            match existing {
+                Some(kv) if adopt && kv.lease() == lease => kv.create_revision(),
+                _ => {
+                    return Err(Error::Backend {
+                        backend: BACKEND,
+                        message: format!(
+                            "candidate key {key} already exists for lease {lease:x}, not written by this candidate; is another program writing under the prefix {:?}?",
+                            self.inner.prefix
+                        ),
+                    });
+                }
+            }
+        };
+        let first = responses
+            .iter()
+            .filter_map(|r| match r {
+                TxnOpResponse::Get(get) => Some(get),
+                _ => None,
+            })
+            .next_back()
+            .and_then(|get| get.kvs().first().cloned());
         let claim = Claim {
             election: req.election.clone(),
             key,
             session: lease,
-            token: FencingToken(u64::try_from(revision).unwrap_or(0)),
+            token: FencingToken(u64::try_from(token).unwrap_or(0)),
             version: revision,
         };
-        guard.disarm();
         Ok(self.outcome(claim, first.as_ref(), revision))
+    }
+
+    fn is_session(&self, lease: i64) -> bool {
+        self.inner
+            .session_leases
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains(&lease)
+    }
+
+    /// Resolve when `claim`'s key is gone: a watch on the key from just
+    /// after its creation, so a delete in between is seen too. The watches
+    /// of all the leaders on this backend share one watch stream.
+    async fn watch_own_key(&self, claim: &Claim) -> Result<()> {
+        let token = Self::token_of(claim);
+        let mut start = token + 1;
+        // Registered again only when etcd cancels a watch (a compaction past
+        // its start): then the key is read once to find where to go on.
+        for _ in 0..3 {
+            let watch = self.register_key_watch(&claim.key, start).await?;
+            match watch.wait().await {
+                KeyEvent::Deleted => return Ok(()),
+                KeyEvent::Broken(e) => return Err(e),
+                KeyEvent::Canceled => {
+                    let mut kv = self.inner.client.kv_client();
+                    self.inner.counters.request();
+                    let got = bounded(
+                        "read own key",
+                        self.timeout(),
+                        kv.get(claim.key.as_str(), Some(GetOptions::new().with_keys_only())),
+                    )
+                    .await?;
+                    match got.kvs().first() {
+                        Some(kv) if kv.create_revision() == token => {
+                            start = header_revision(got.header(), "read own key")? + 1;
+                        }
+                        _ => return Ok(()),
+                    }
+                }
+            }
+        }
+        Err(unavailable(format!(
+            "watch own key {}: etcd cancelled the watch 3 times; watch again",
+            claim.key
+        )))
     }
 
     /// Later campaign steps: the claim must still exist; then who leads.
@@ -365,7 +475,7 @@ impl EtcdBackend {
 
     /// One keep-alive of `lease`: on the open stream, or on a new one when
     /// there is none or the open one fails.
-    async fn keep_alive(&self, lease: i64) -> Result<()> {
+    async fn keep_lease_alive(&self, lease: i64) -> Result<()> {
         let slot = self.keeper_slot(lease);
         let mut held = slot.lock().await;
         // Taken out and put back only after a full exchange: a call dropped
@@ -510,6 +620,239 @@ impl EtcdBackend {
     }
 }
 
+/// How a multiplexed own-key watch ended.
+#[derive(Debug)]
+enum KeyEvent {
+    /// The key was deleted.
+    Deleted,
+    /// etcd cancelled the watch (its start revision was compacted).
+    Canceled,
+    /// The shared stream broke; watch again.
+    Broken(Error),
+}
+
+/// One watch stream carrying the own-key watches of every leader on a
+/// backend, told apart by client-assigned watch ids. A reader task hands
+/// each watch its end; the stream closes when its last watch is gone or it
+/// breaks (then every watch on it ends with [`KeyEvent::Broken`] and is
+/// registered again, on a new stream, by its term).
+struct KeyWatchStream {
+    sender: tokio::sync::Mutex<Option<WatchRequestSender>>,
+    next_id: AtomicI64,
+    waiters: StdMutex<HashMap<i64, oneshot::Sender<KeyEvent>>>,
+    dead: AtomicBool,
+}
+
+impl KeyWatchStream {
+    fn waiters(&self) -> std::sync::MutexGuard<'_, HashMap<i64, oneshot::Sender<KeyEvent>>> {
+        self.waiters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Add a waiter for watch `id`, unless the stream is dead.
+    fn add(&self, id: i64) -> Option<oneshot::Receiver<KeyEvent>> {
+        let mut waiters = self.waiters();
+        if self.dead.load(Ordering::SeqCst) {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        waiters.insert(id, tx);
+        Some(rx)
+    }
+
+    /// End every watch on the stream with `error`; the stream is dead.
+    fn fail_all(&self, error: &Error) {
+        let drained: Vec<_> = {
+            let mut waiters = self.waiters();
+            self.dead.store(true, Ordering::SeqCst);
+            waiters.drain().collect()
+        };
+        for (_, tx) in drained {
+            let _ = tx.send(KeyEvent::Broken(error.clone()));
+        }
+    }
+
+    /// Cancel watch `id` on the server (its waiter is gone).
+    async fn cancel(&self, id: i64) {
+        if let Some(sender) = self.sender.lock().await.as_mut() {
+            let _ = sender.cancel(id).await;
+        }
+    }
+}
+
+/// Read the shared stream, handing each watch its end.
+async fn key_watch_reader(
+    conn: Arc<KeyWatchStream>,
+    mut responses: WatchResponseStream,
+    backend: EtcdBackend,
+) {
+    loop {
+        let resp = match responses.message().await {
+            Ok(Some(resp)) => resp,
+            Ok(None) => {
+                conn.fail_all(&unavailable(
+                    "watch own keys: the stream was closed".to_owned(),
+                ));
+                break;
+            }
+            Err(e) => {
+                conn.fail_all(&map("watch own keys", e));
+                break;
+            }
+        };
+        backend.inner.counters.events(resp.events().len());
+        let id = resp.watch_id();
+        let deleted = resp
+            .events()
+            .iter()
+            .any(|e| e.event_type() == EventType::Delete);
+        let end = if deleted {
+            Some(KeyEvent::Deleted)
+        } else if resp.canceled() {
+            Some(KeyEvent::Canceled)
+        } else {
+            None
+        };
+        if let Some(end) = end {
+            let waiter = conn.waiters().remove(&id);
+            if let Some(tx) = waiter {
+                let _ = tx.send(end);
+            }
+            if deleted {
+                // Nothing more to hear from it.
+                conn.cancel(id).await;
+            }
+        }
+        // Close the stream when no watch is left on it.
+        let idle = {
+            let waiters = conn.waiters();
+            if waiters.is_empty() {
+                conn.dead.store(true, Ordering::SeqCst);
+            }
+            waiters.is_empty()
+        };
+        if idle {
+            break;
+        }
+    }
+    *conn.sender.lock().await = None;
+}
+
+/// One registered own-key watch; dropped before it ended, it removes itself
+/// and cancels the watch on the server.
+struct KeyWatch {
+    conn: Arc<KeyWatchStream>,
+    id: i64,
+    rx: Option<oneshot::Receiver<KeyEvent>>,
+}
+
+impl KeyWatch {
+    async fn wait(mut self) -> KeyEvent {
+        let Some(rx) = self.rx.as_mut() else {
+            return KeyEvent::Broken(unavailable("watch own key: not registered".to_owned()));
+        };
+        let end = rx.await.unwrap_or_else(|_| {
+            KeyEvent::Broken(unavailable(
+                "watch own key: the stream reader ended".to_owned(),
+            ))
+        });
+        self.rx = None;
+        end
+    }
+}
+
+impl Drop for KeyWatch {
+    fn drop(&mut self) {
+        if self.rx.is_none() {
+            return;
+        }
+        if self.conn.waiters().remove(&self.id).is_none() {
+            return;
+        }
+        let conn = self.conn.clone();
+        let id = self.id;
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move { conn.cancel(id).await });
+        }
+    }
+}
+
+impl EtcdBackend {
+    /// Register a watch of `key`'s deletion from revision `start` on the
+    /// shared stream (opening it when there is none).
+    async fn register_key_watch(&self, key: &str, start: i64) -> Result<KeyWatch> {
+        let mut slot = self.inner.key_watches.lock().await;
+        let options = |id: i64| {
+            WatchOptions::new()
+                .with_start_revision(start)
+                .with_filters([WatchFilterType::NoPut])
+                .with_watch_id(id)
+        };
+        if let Some(conn) = slot
+            .as_ref()
+            .filter(|c| !c.dead.load(Ordering::SeqCst))
+            .cloned()
+        {
+            let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
+            if let Some(rx) = conn.add(id) {
+                let watch = KeyWatch {
+                    conn: conn.clone(),
+                    id,
+                    rx: Some(rx),
+                };
+                self.inner.counters.request();
+                self.inner
+                    .counters
+                    .watches_opened
+                    .fetch_add(1, Ordering::Relaxed);
+                let sent = {
+                    let mut sender = conn.sender.lock().await;
+                    match sender.as_mut() {
+                        Some(s) => {
+                            tokio::time::timeout(self.timeout(), s.watch(key, Some(options(id))))
+                                .await
+                        }
+                        None => Ok(Err(etcd_client::Error::WatchError(
+                            "the stream is closed".to_owned(),
+                        ))),
+                    }
+                };
+                match sent {
+                    Ok(Ok(())) => return Ok(watch),
+                    Ok(Err(e)) => {
+                        conn.fail_all(&map("watch own key", e));
+                    }
+                    Err(_) => conn.fail_all(&unavailable(
+                        "watch own key: the shared stream did not take the request".to_owned(),
+                    )),
+                }
+                drop(watch);
+            }
+        }
+        // A new stream, opened with this watch as its first.
+        let conn = Arc::new(KeyWatchStream {
+            sender: tokio::sync::Mutex::new(None),
+            next_id: AtomicI64::new(2),
+            waiters: StdMutex::new(HashMap::new()),
+            dead: AtomicBool::new(false),
+        });
+        let Some(rx) = conn.add(1) else {
+            return Err(unavailable("watch own key: stream closed".to_owned()));
+        };
+        let stream = self.open_watch(key.as_bytes().to_vec(), options(1)).await?;
+        let (sender, responses) = stream.split();
+        *conn.sender.lock().await = Some(sender);
+        tokio::spawn(key_watch_reader(conn.clone(), responses, self.clone()));
+        *slot = Some(conn.clone());
+        Ok(KeyWatch {
+            conn,
+            id: 1,
+            rx: Some(rx),
+        })
+    }
+}
+
 /// The error for a claim whose key no longer exists.
 fn gone(claim: &Claim) -> Error {
     Error::Lost(format!(
@@ -584,7 +927,79 @@ impl Backend for EtcdBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(true, true, true)
+        Capabilities::new(true, true, true).with_sessions(false)
+    }
+
+    fn sessions(&self) -> Option<&SessionRegistry> {
+        Some(&self.inner.sessions)
+    }
+
+    /// Grants a lease of `ttl` (rounded up to whole seconds). Cancel safe: a
+    /// lease granted by a dropped call expires after its ttl.
+    async fn open_session(&self, ttl: Duration) -> Result<i64> {
+        let secs = lease_ttl_secs(ttl)?;
+        let mut lease_client = self.inner.client.lease_client();
+        self.inner.counters.request();
+        let grant = bounded(
+            "grant session lease",
+            self.timeout(),
+            lease_client.grant(secs, None),
+        )
+        .await?;
+        self.inner
+            .session_leases
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(grant.id());
+        Ok(grant.id())
+    }
+
+    /// One message on the lease's keep-alive stream; its answer (ttl > 0)
+    /// proves the lease alive at the quorum. Cancel safe: a call dropped
+    /// half way closes the stream; the next call opens a new one.
+    async fn keep_alive(&self, session: i64) -> Result<()> {
+        self.keep_lease_alive(session).await
+    }
+
+    /// Revokes the lease: every key still in it goes. Cancel safe.
+    async fn close_session(&self, session: i64) -> Result<()> {
+        self.forget_keeper(session);
+        self.inner
+            .session_leases
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&session);
+        let mut lease_client = self.inner.client.lease_client();
+        self.inner.counters.request();
+        match bounded(
+            "revoke session lease",
+            self.timeout(),
+            lease_client.revoke(session),
+        )
+        .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_lost() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Cancel safe: a key whose create answer was lost is adopted by the
+    /// next attempt in the same session, or goes when the session closes.
+    async fn try_acquire_in(&self, req: &AcquireRequest, session: i64) -> Result<AcquireOutcome> {
+        self.create_in(req, session, true)
+            .await
+            .map_err(|e| self.denied(e, &req.election, "readwrite"))
+    }
+
+    /// Cancel safe: the watch it opened is closed when the future is dropped.
+    async fn watch_claim(&self, claim: &Claim) -> Result<()> {
+        if claim.key != self.own_key(claim) {
+            return Ok(());
+        }
+        self.watch_own_key(claim)
+            .await
+            .map_err(|e| self.denied(e, &claim.election, "read"))
     }
 
     fn validate(&self, options: &ElectionOptions) -> Result<()> {
@@ -612,7 +1027,7 @@ impl Backend for EtcdBackend {
         }
         let t = self.timeout();
         let (alive, key) = tokio::join!(
-            tokio::time::timeout(t, self.keep_alive(claim.session)),
+            tokio::time::timeout(t, self.keep_lease_alive(claim.session)),
             tokio::time::timeout(t, self.check_key(claim)),
         );
         let timed_out = |operation| Error::Timeout {
@@ -643,7 +1058,9 @@ impl Backend for EtcdBackend {
             // touch nothing.
             return Ok(());
         }
-        self.forget_keeper(claim.session);
+        if !self.is_session(claim.session) {
+            self.forget_keeper(claim.session);
+        }
         let t = self.timeout();
         let txn = Txn::new()
             .when([Compare::create_revision(
@@ -662,7 +1079,7 @@ impl Backend for EtcdBackend {
             .await
             .map_err(|e| self.denied(e, &claim.election, "readwrite"))?;
         let ours = resp.succeeded() || first_kv(&resp.op_responses()).is_none();
-        if ours {
+        if ours && !self.is_session(claim.session) {
             let mut lease_client = self.inner.client.lease_client();
             self.inner.counters.request();
             match bounded("revoke lease", t, lease_client.revoke(claim.session)).await {

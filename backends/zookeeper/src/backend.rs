@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use leasehold_core::{
     AcquireOutcome, AcquireRequest, Backend, Capabilities, Claim, ElectionOptions, Error,
-    FencingToken, LeaderInfo, LeaderWatch, Result,
+    FencingToken, LeaderInfo, LeaderWatch, Result, SessionRegistry,
 };
 use zookeeper_client as zk;
 use zookeeper_client::{Acls, Client, CreateMode, Stat};
@@ -30,6 +30,13 @@ const MAX_REREADS: usize = 5;
 /// candidate nodes when the session expires (no heartbeat for the negotiated
 /// session timeout) or closes (the backend is dropped).
 ///
+/// The client's pings keep the session alive. A waiting candidate sends
+/// nothing else (its predecessor's exists-watch and the session's events
+/// wake it). While electors lead through this backend, the engine proves
+/// the session at the quorum once per renew interval for all of them (one
+/// `sync`, [`Backend::keep_alive`]), and each leader's exists-watch on its
+/// own node ends its term at once when the node is deleted.
+///
 /// Build it with [`ZkBackend::builder`]. Cloning is not offered: share it as
 /// `Arc<dyn Backend>`; one `ZkBackend` is one session.
 pub struct ZkBackend {
@@ -40,6 +47,9 @@ pub struct ZkBackend {
     /// backend (nanoseconds; `u64::MAX`: none yet): the engine's bound on
     /// `release`, which answers well within it.
     engine_bound: AtomicU64,
+    /// The engine's sessions on this backend (all of them on its one
+    /// ZooKeeper session).
+    sessions: SessionRegistry,
 }
 
 impl fmt::Debug for ZkBackend {
@@ -84,6 +94,7 @@ impl ZkBackend {
             current: Mutex::new(client),
             reconnect: tokio::sync::Mutex::new(()),
             engine_bound: AtomicU64::new(u64::MAX),
+            sessions: SessionRegistry::new(),
         })
     }
 
@@ -244,6 +255,59 @@ impl ZkBackend {
             )));
         }
         Ok(client)
+    }
+
+    /// The client of session `session`, or [`Error::Lost`] when that session
+    /// has ended.
+    fn session_client(&self, session: i64) -> Result<Client> {
+        let client = self.current();
+        let state = client.state();
+        if client.session_id().0 != session || state.is_terminated() {
+            return Err(Error::Lost(format!(
+                "the ZooKeeper session {session:#x} has ended (this backend's session is now {} and {state}); campaign again",
+                client.session_id()
+            )));
+        }
+        Ok(client)
+    }
+
+    /// Create a candidate node for `req` in `client`'s session, then where it
+    /// stands.
+    async fn create_and_evaluate(
+        &self,
+        client: Client,
+        dir: String,
+        req: &AcquireRequest,
+    ) -> Result<AcquireOutcome> {
+        self.check_ttl(&client, req.ttl)?;
+        // Until the engine has the claim, a node this call creates
+        // is nobody's: if the call fails after the create may have
+        // been applied, or is cancelled, the guard finds the node by
+        // its protected name and deletes it in the background.
+        let protect = uuid::Uuid::new_v4().to_string();
+        let guard = Unclaimed(Some(Delete::new(
+            client.clone(),
+            Target::Created {
+                dir: dir.clone(),
+                protect: protect.clone(),
+            },
+            self.request_timeout(&client),
+        )));
+        let outcome = match self.create_claim(&client, &dir, &protect, req).await {
+            Ok(claim) => self.evaluate(&client, &dir, claim).await,
+            // Refused (no permission, no chroot, ...): nothing was
+            // created. Only an unanswered create may have been applied.
+            Err(e) if !e.is_transient() => {
+                guard.disarm();
+                return Err(e);
+            }
+            Err(e) => Err(e),
+        };
+        // Handed to the engine, or gone with its session.
+        if matches!(outcome, Ok(_) | Err(Error::Lost(_))) {
+            guard.disarm();
+        }
+        outcome
     }
 
     fn check_ttl(&self, client: &Client, ttl: Duration) -> Result<()> {
@@ -439,7 +503,88 @@ impl Backend for ZkBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(true, true, true)
+        Capabilities::new(true, true, true).with_sessions(true)
+    }
+
+    fn sessions(&self) -> Option<&SessionRegistry> {
+        Some(&self.sessions)
+    }
+
+    /// This backend's ZooKeeper session (a new one when the last has
+    /// ended). Cancel safe.
+    async fn open_session(&self, ttl: Duration) -> Result<i64> {
+        let client = self.live_client().await?;
+        self.check_ttl(&client, ttl)?;
+        Ok(client.session_id().0)
+    }
+
+    /// Proves the session alive at the quorum: one `sync`, which goes
+    /// through the ZooKeeper leader and is answered only after any close of
+    /// this session the leader has committed (a member cut off from the
+    /// quorum cannot answer it). The client's pings keep the session alive
+    /// by themselves; the engine calls this only while a leader is on the
+    /// session. Cancel safe.
+    async fn keep_alive(&self, session: i64) -> Result<()> {
+        let client = self.session_client(session)?;
+        match self
+            .call(&client, "prove the session at the quorum", client.sync("/"))
+            .await?
+        {
+            Ok(()) => Ok(()),
+            Err(zk::Error::SessionExpired) => Err(Error::Lost(format!(
+                "the ZooKeeper session {session:#x} expired"
+            ))),
+            Err(e) => Err(map_err("prove the session at the quorum (sync)", e)),
+        }
+    }
+
+    /// Cancel safe: a node whose create answer was lost is found by its
+    /// protected name and deleted in the background.
+    async fn try_acquire_in(&self, req: &AcquireRequest, session: i64) -> Result<AcquireOutcome> {
+        let dir = self.dir(&req.election)?;
+        let client = self.session_client(session)?;
+        self.create_and_evaluate(client, dir, req).await
+    }
+
+    /// An exists-watch on the own node: resolves when the node is deleted
+    /// or the session ends. Costs one request to arm, nothing while armed.
+    /// Cancel safe.
+    async fn watch_claim(&self, claim: &Claim) -> Result<()> {
+        let Ok(client) = self.claim_client(claim) else {
+            return Ok(());
+        };
+        // Re-armed after events that leave the node in place (a data
+        // change, a reconnection): bounded, the engine watches again.
+        for _ in 0..100 {
+            match self
+                .call(
+                    &client,
+                    "watch own node",
+                    client.check_and_watch_stat(&claim.key),
+                )
+                .await?
+            {
+                Ok((None, _)) => return Ok(()),
+                Ok((Some(stat), _)) if stat.ephemeral_owner != claim.session => return Ok(()),
+                Ok((Some(_), watcher)) => {
+                    let event = watcher.changed().await;
+                    if event.event_type == zk::EventType::NodeDeleted
+                        || client.state().is_terminated()
+                    {
+                        return Ok(());
+                    }
+                }
+                Err(zk::Error::SessionExpired | zk::Error::NoNode) => return Ok(()),
+                Err(e) => return Err(map_err("watch own node", e)),
+            }
+        }
+        Err(Error::Unavailable {
+            backend: NAME,
+            message: format!(
+                "the watch on {} fired 100 times without the node going; watch again",
+                claim.key
+            ),
+        })
     }
 
     fn validate(&self, options: &ElectionOptions) -> Result<()> {
@@ -470,35 +615,7 @@ impl Backend for ZkBackend {
         match &req.claim {
             None => {
                 let client = self.live_client().await?;
-                self.check_ttl(&client, req.ttl)?;
-                // Until the engine has the claim, a node this call creates
-                // is nobody's: if the call fails after the create may have
-                // been applied, or is cancelled, the guard finds the node by
-                // its protected name and deletes it in the background.
-                let protect = uuid::Uuid::new_v4().to_string();
-                let guard = Unclaimed(Some(Delete::new(
-                    client.clone(),
-                    Target::Created {
-                        dir: dir.clone(),
-                        protect: protect.clone(),
-                    },
-                    self.request_timeout(&client),
-                )));
-                let outcome = match self.create_claim(&client, &dir, &protect, req).await {
-                    Ok(claim) => self.evaluate(&client, &dir, claim).await,
-                    // Refused (no permission, no chroot, ...): nothing was
-                    // created. Only an unanswered create may have been applied.
-                    Err(e) if !e.is_transient() => {
-                        guard.disarm();
-                        return Err(e);
-                    }
-                    Err(e) => Err(e),
-                };
-                // Handed to the engine, or gone with its session.
-                if matches!(outcome, Ok(_) | Err(Error::Lost(_))) {
-                    guard.disarm();
-                }
-                outcome
+                self.create_and_evaluate(client, dir, req).await
             }
             Some(claim) => {
                 let client = self.claim_client(claim)?;
