@@ -180,8 +180,11 @@ pub trait Backend: Send + Sync + Debug + 'static {
     ///
     /// # Errors
     /// [`Error::NotSupported`](crate::Error::NotSupported) (the default)
-    /// without a watch; store failures (the engine waits a retry interval
-    /// and watches again).
+    /// without a watch; [`Error::Lost`](crate::Error::Lost) when the claim
+    /// still exists but can no longer be trusted to lead (ZooKeeper: a node
+    /// under another lock name joined the line): the engine ends the term
+    /// with that message; other store failures (the engine waits a retry
+    /// interval and watches again).
     async fn watch_claim(&self, claim: &Claim) -> Result<()> {
         let _ = claim;
         Err(crate::Error::NotSupported {

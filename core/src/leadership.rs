@@ -686,6 +686,14 @@ async fn session_term(
                         return;
                     }
                     Err(Error::NotSupported { .. }) => watchable = false,
+                    Err(Error::Lost(message)) => {
+                        // The store says this claim can no longer lead (e.g.
+                        // a participant that orders the line differently
+                        // joined): end the term now.
+                        state.fire_lost(LossReason::LeaseLost(message));
+                        stop.cancel();
+                        return;
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "watching the own claim failed; watching again after a retry interval");
                         retry_at = Some(Instant::now() + backoff.next_delay());

@@ -137,6 +137,41 @@ async fn a_queued_candidate_refuses_to_lead_once_a_foreign_node_joined() {
     wait_children(&raw, &dir, 1).await;
 }
 
+/// A leasehold leader already leading when a node under the other lock name
+/// joins its path: a Curator mutex would sort its own node first and lead
+/// too, so the leader's term must end (done signal, with the mixed-path
+/// message) at once, not carry on beside it.
+/// Failed before the line watch: the term went on for 10 s (renewals do not
+/// list the line).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sitting_leader_steps_down_when_a_foreign_node_joins() {
+    let server = start_server().await;
+    let election = unique_name("sitting");
+    let dir = format!("/{election}");
+    let raw = zk::Client::connect(&server.connect_string())
+        .await
+        .expect("raw client");
+    let e = elector_on(backend(&server.connect_string()).await, &election, "rust-1");
+    let leadership = timeout(Duration::from_secs(20), e.lock())
+        .await
+        .expect("rust-1 leads within 20 s")
+        .expect("lock");
+    let foreign = curator_style_node(&raw, &dir, "lock-", "java-1").await;
+    let reason = timeout(Duration::from_secs(10), leadership.lost())
+        .await
+        .unwrap_or_else(|_| {
+            panic!("the leader still led 10 s after the foreign node {foreign} joined")
+        });
+    let text = reason.to_string();
+    let base = foreign.rsplit('/').next().unwrap_or(&foreign);
+    assert!(
+        text.contains(base) && text.contains("lock_name"),
+        "the loss names the foreign node and the option: {text}"
+    );
+    leadership.unlock().await.ok();
+    wait_children(&raw, &dir, 1).await;
+}
+
 /// Campaign, `leader()` and `observe()` of a leasehold candidate on `b` all
 /// fail on the mixed path, naming `node` and the lock name to set.
 async fn refuses_mixed_path(b: ZkBackend, election: &str, node: &str, option_value: &str) {

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -553,35 +554,71 @@ impl Backend for ZkBackend {
         let Ok(client) = self.claim_client(claim) else {
             return Ok(());
         };
-        // Re-armed after events that leave the node in place (a data
-        // change, a reconnection): bounded, the engine watches again.
+        let dir = self.dir(&claim.election)?;
+        // Two one-shot watches, each re-armed only after it fired: the own
+        // node (deleted by hand, or by the end of its session) and the line
+        // of the election (a node under another lock name joined: a Curator
+        // participant would then lead beside this leader, so the term ends
+        // loudly). Bounded: after that many events the engine watches again.
+        let mut own: Option<Pin<Box<dyn Future<Output = zk::WatchedEvent> + Send>>> = None;
+        let mut line: Option<Pin<Box<dyn Future<Output = zk::WatchedEvent> + Send>>> = None;
         for _ in 0..100 {
-            match self
-                .call(
-                    &client,
-                    "watch own node",
-                    client.check_and_watch_stat(&claim.key),
-                )
-                .await?
-            {
-                Ok((None, _)) => return Ok(()),
-                Ok((Some(stat), _)) if stat.ephemeral_owner != claim.session => return Ok(()),
-                Ok((Some(_), watcher)) => {
-                    let event = watcher.changed().await;
+            if own.is_none() {
+                match self
+                    .call(
+                        &client,
+                        "watch own node",
+                        client.check_and_watch_stat(&claim.key),
+                    )
+                    .await?
+                {
+                    Ok((None, _)) => return Ok(()),
+                    Ok((Some(stat), _)) if stat.ephemeral_owner != claim.session => return Ok(()),
+                    Ok((Some(_), watcher)) => own = Some(Box::pin(watcher.changed())),
+                    Err(zk::Error::SessionExpired | zk::Error::NoNode) => return Ok(()),
+                    Err(e) => return Err(map_err("watch own node", e)),
+                }
+            }
+            if line.is_none() {
+                match self
+                    .call(
+                        &client,
+                        "watch candidates",
+                        client.get_and_watch_children(&dir),
+                    )
+                    .await?
+                {
+                    Ok((children, _, watcher)) => {
+                        if let Err(e) = self.line(children, &dir) {
+                            return Err(Error::Lost(format!(
+                                "{e}; this term ends rather than lead beside a participant that counts the line differently"
+                            )));
+                        }
+                        line = Some(Box::pin(watcher.changed()));
+                    }
+                    Err(zk::Error::SessionExpired | zk::Error::NoNode) => return Ok(()),
+                    Err(e) => return Err(map_err("watch candidates", e)),
+                }
+            }
+            let (Some(own_fired), Some(line_fired)) = (own.as_mut(), line.as_mut()) else {
+                continue;
+            };
+            tokio::select! {
+                event = own_fired => {
                     if event.event_type == zk::EventType::NodeDeleted
                         || client.state().is_terminated()
                     {
                         return Ok(());
                     }
+                    own = None;
                 }
-                Err(zk::Error::SessionExpired | zk::Error::NoNode) => return Ok(()),
-                Err(e) => return Err(map_err("watch own node", e)),
+                _ = line_fired => line = None,
             }
         }
         Err(Error::Unavailable {
             backend: NAME,
             message: format!(
-                "the watch on {} fired 100 times without the node going; watch again",
+                "the watches on {} fired 100 times without the node going; watch again",
                 claim.key
             ),
         })
