@@ -54,8 +54,9 @@ pub struct ElectionOptions {
     /// but when it is lost (revoked by an admin, unreachable past its
     /// deadline) every term and waiting claim on it ends together; an own
     /// session isolates this election from that. On ZooKeeper one backend
-    /// is one client session whatever this says: isolate with a backend of
-    /// its own. Default `false`.
+    /// is one client session: the ZooKeeper backend refuses this option
+    /// (isolate with a backend of its own). Backends without sessions
+    /// (Cloud Storage) have nothing to share and ignore it. Default `false`.
     pub own_session: bool,
 }
 

@@ -206,7 +206,20 @@ async fn a_ttl_longer_than_the_session_is_refused() {
     );
     let fits = options("e", "c", Duration::from_secs(8));
     assert!(ZkBackend::min_session_timeout(&fits) <= Duration::from_secs(10));
-    Elector::new(backend.clone(), fits).expect("ttl 8s fits a 10s session");
+    Elector::new(backend.clone(), fits.clone()).expect("ttl 8s fits a 10s session");
+    // One backend is one session: an own session is refused, with the way out.
+    let err = Elector::new(backend.clone(), fits.with_own_session())
+        .expect_err("own_session cannot split one ZooKeeper session");
+    assert!(
+        matches!(
+            err,
+            Error::InvalidOption {
+                field: "own_session",
+                ..
+            }
+        ) && err.to_string().contains("ZkBackend of its own"),
+        "{err}"
+    );
     let err = Elector::new(backend, options("a/../b", "c", Duration::from_secs(10)))
         .expect_err("a path ZooKeeper refuses must be refused");
     assert!(

@@ -626,6 +626,12 @@ impl Backend for ZkBackend {
 
     fn validate(&self, options: &ElectionOptions) -> Result<()> {
         self.dir(&options.election)?;
+        if options.own_session {
+            return Err(Error::invalid_option(
+                "own_session",
+                "a ZkBackend is one ZooKeeper client session, shared by every elector built on it; to give an election a session of its own, build a ZkBackend of its own for it (ZkBackend::builder()...connect(), or leasehold::connect(url) per election) instead of setting own_session",
+            ));
+        }
         let bound = u64::try_from(options.request_timeout.as_nanos()).unwrap_or(u64::MAX);
         self.engine_bound.fetch_min(bound, Ordering::Relaxed);
         let client = self.current();
