@@ -71,6 +71,46 @@ pub struct Elector {
     backend: Arc<dyn Backend>,
     options: ElectionOptions,
     monitor: Arc<Monitor>,
+    /// What this elector's campaigns read of the leader, for its observers
+    /// (shared by clones).
+    reads: Arc<watch::Sender<CampaignReads>>,
+}
+
+/// The leader as this elector's campaigns read it, so that an observer on a
+/// backend without a watch follows those reads instead of polling the store
+/// a second time (one read per poll serves both).
+#[derive(Debug, Default)]
+struct CampaignReads {
+    /// Campaigns of this elector (or its clones) running now.
+    running: usize,
+    /// Reads of the leader so far (each `Held` outcome is one).
+    count: u64,
+    /// The leader the last of them saw.
+    leader: Option<LeaderInfo>,
+}
+
+/// Counts a campaign as running until dropped (when its task ends).
+struct Running(Arc<watch::Sender<CampaignReads>>);
+
+impl Running {
+    fn start(reads: &Arc<watch::Sender<CampaignReads>>) -> Running {
+        reads.send_modify(|r| r.running += 1);
+        Running(reads.clone())
+    }
+
+    /// Publish the leader a campaign read.
+    fn saw(&self, leader: &Option<LeaderInfo>) {
+        self.0.send_modify(|r| {
+            r.count += 1;
+            r.leader = leader.clone();
+        });
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.send_modify(|r| r.running -= 1);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +138,7 @@ impl Elector {
             backend,
             options,
             monitor,
+            reads: Arc::new(watch::Sender::new(CampaignReads::default())),
         })
     }
 
@@ -244,6 +285,12 @@ impl Elector {
     /// or polls every (jittered) retry interval on backends without one.
     /// A background task feeds it until every receiver is dropped.
     ///
+    /// On a backend without a watch, while a campaign of this elector (or a
+    /// clone of it) runs, the observer does not poll: it follows the
+    /// campaign's own reads of the leader (one per poll), so a follower
+    /// that campaigns and observes reads the store once per poll interval,
+    /// not twice. Between campaigns (leading, or not campaigning) it polls.
+    ///
     /// What the receiver sees when the store fails after the start:
     ///
     /// * Errors that may pass (unreachable, timeouts) are retried for ever
@@ -293,7 +340,8 @@ impl Elector {
             election = %election,
             candidate = %self.options.candidate_id,
         );
-        tokio::spawn(observe_task(backend, options, stream, tx).instrument(span));
+        let reads = self.reads.subscribe();
+        tokio::spawn(observe_task(backend, options, stream, tx, reads).instrument(span));
         Ok(rx)
     }
 
@@ -376,6 +424,7 @@ impl Elector {
             options: self.options.clone(),
             monitor: self.monitor.clone(),
             cancel,
+            reads: Running::start(&self.reads),
         };
         tokio::spawn(
             async move {
@@ -408,6 +457,8 @@ struct Campaign {
     options: ElectionOptions,
     monitor: Arc<Monitor>,
     cancel: CancellationToken,
+    /// Publishes the leaders this campaign reads to the elector's observers.
+    reads: Running,
 }
 
 /// A claim held while waiting, with the send time of its last refresh.
@@ -525,6 +576,7 @@ impl Campaign {
                         }),
                         (None, _) => None,
                     };
+                    self.reads.saw(&leader);
                     if !caps.server_expiry && observed.is_none_or(|(r, _)| r != revision) {
                         // Seen now (reply time): the holder wrote it no later.
                         observed = Some((revision, Instant::now()));
@@ -701,6 +753,7 @@ async fn observe_task(
     options: ElectionOptions,
     mut stream: Option<Box<dyn crate::backend::LeaderWatch>>,
     tx: watch::Sender<Option<LeaderInfo>>,
+    mut reads: watch::Receiver<CampaignReads>,
 ) {
     let mut backoff = Backoff::new(options.retry_interval);
     let publish = |next: Option<LeaderInfo>| {
@@ -744,6 +797,9 @@ async fn observe_task(
             match &mut stream {
                 Some(s) => s.next().await,
                 None => {
+                    if !watchable && let Some(leader) = campaign_read(&mut reads).await {
+                        return Ok(leader);
+                    }
                     sleep(jittered(options.retry_interval)).await;
                     bounded(
                         options.request_timeout,
@@ -788,6 +844,28 @@ async fn observe_task(
                     stream = None;
                 }
             }
+        }
+    }
+}
+
+/// The next leader a running campaign of the same elector reads, or `None`
+/// once no campaign runs (or none has started): then the observer polls.
+async fn campaign_read(reads: &mut watch::Receiver<CampaignReads>) -> Option<Option<LeaderInfo>> {
+    let seen = {
+        let r = reads.borrow_and_update();
+        if r.running == 0 {
+            return None;
+        }
+        r.count
+    };
+    loop {
+        reads.changed().await.ok()?;
+        let r = reads.borrow_and_update();
+        if r.count != seen {
+            return Some(r.leader.clone());
+        }
+        if r.running == 0 {
+            return None;
         }
     }
 }
