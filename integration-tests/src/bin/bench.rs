@@ -540,10 +540,14 @@ impl Bench<'_> {
                 .unwrap_or_else(|_| panic!("no successor within {LONG:?}"))
                 .unwrap_or_else(|| panic!("the waiters are gone"));
             leader = next;
-            sleep(self.settle()).await;
+            // Count for one ttl from the unlock (a whole number of every
+            // periodic interval: renewals, re-checks), so that subtracting
+            // the idle rate leaves the handover's own cost.
+            let span = self.ttl.max(t.elapsed() + Duration::from_millis(500));
+            sleep(span.saturating_sub(t.elapsed())).await;
             let s1 = self.store.counted().await;
             let secs = t.elapsed().as_secs_f64();
-            requests.push((s1.requests - s0.requests - idle_rate * secs).max(0.0));
+            requests.push(s1.requests - s0.requests - idle_rate * secs);
             events.push(s1.watch_events - s0.watch_events);
         }
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
@@ -623,6 +627,18 @@ impl Bench<'_> {
                     }
                 });
         }
+    }
+}
+
+/// The window, rounded to a whole number of ttls when it is longer than
+/// one: every periodic interval of the engine (renew ttl/3, re-check ttl)
+/// then fits a whole number of times, and a rate does not depend on how
+/// many synchronised renewals happen to fall inside.
+fn whole_ttls(window: f64, ttl: f64) -> Duration {
+    if window > ttl && ttl > 0.0 {
+        Duration::from_secs_f64((window / ttl).round() * ttl)
+    } else {
+        Duration::from_secs_f64(window)
     }
 }
 
@@ -810,9 +826,9 @@ fn print_tables(args: &Args, all: &[(Kind, Figures)]) {
         args.locks
     );
     println!(
-        "| backend | acquire all (s) | store msg/s while held | client msg/s | RSS per lock (KiB) | CPU to acquire per lock (ms) | CPU per held lock (µs/s) |"
+        "| backend | acquire all (s) | store msg/s while held | client msg/s | RSS per lock (KiB) | CPU to acquire per lock (ms) | CPU per held lock (µs/s) | terms lost while held |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (k, x) in all {
         println!(
             "{}",
@@ -848,7 +864,7 @@ async fn bench(args: &Args) {
             kind,
             store: &store,
             ttl: Duration::from_secs_f64(args.ttl),
-            window: Duration::from_secs_f64(args.window),
+            window: whole_ttls(args.window, args.ttl),
             figures: Figures::default(),
             pids: Vec::new(),
             base: None,
