@@ -238,7 +238,7 @@ async fn leasehold_run_stops_its_command_before_another_candidates_starts() {
 /// one reader makes at most `window / (0.8 x interval) + 1` reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leasehold_campaign_follower_on_cloud_storage_reads_once_per_poll() {
-    use leasehold_integration_tests::bench::emulator_requests;
+    use leasehold_integration_tests::bench::{emulator_requests, most_polls};
     let gcs = FakeGcs::start()
         .await
         .expect("start fake-gcs-server (install: bash scripts/setup)");
@@ -294,7 +294,7 @@ async fn leasehold_campaign_follower_on_cloud_storage_reads_once_per_poll() {
     wait_exit(&mut follower, Duration::from_secs(30), "the follower").await;
     wait_exit(&mut leader, Duration::from_secs(30), "the leader").await;
     let poll = Duration::from_millis(500);
-    let one_reader_at_most = (window.as_secs_f64() / (poll.as_secs_f64() * 0.8)).floor() as u64 + 2;
+    let one_reader_at_most = most_polls(window, poll);
     eprintln!("{reads} reads of the record in {window:?} (poll {poll:?})");
     assert!(reads > 0, "the follower never read the record");
     assert!(

@@ -107,6 +107,13 @@ pub fn sum_counter(metrics: &str, name: &str) -> Option<f64> {
     found.then_some(sum)
 }
 
+/// The most polls one poller can make in `window` when it polls every
+/// `interval` jittered by ±20 % (the engine's retry-interval jitter): one
+/// per shortest gap, plus one at each edge of the window.
+pub fn most_polls(window: Duration, interval: Duration) -> u64 {
+    (window.as_secs_f64() / (interval.as_secs_f64() * 0.8)).floor() as u64 + 2
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

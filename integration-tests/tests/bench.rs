@@ -28,6 +28,7 @@ const FIGURES: &[&str] = &[
     "locks_acquire_cpu_ms_per_lock",
     "locks_cpu_us_per_s_per_lock",
     "locks_lost_while_held",
+    "locks_release_failures",
 ];
 
 /// Figures only etcd reports (its client-side counters).

@@ -826,7 +826,7 @@ async fn a_429_costs_a_retry_never_the_lease() {
 /// twice the window over the interval.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_campaigning_observer_polls_once() {
-    use leasehold_integration_tests::bench::emulator_requests;
+    use leasehold_integration_tests::bench::{emulator_requests, most_polls};
     let gcs = emulator().await;
     let election = unique_name("poll-once");
     let poll = Duration::from_millis(500);
@@ -847,7 +847,7 @@ async fn a_campaigning_observer_polls_once() {
     let reads = emulator_requests(gcs.log_path(), &object)
         .since(&before)
         .reads;
-    let one_reader_at_most = (window.as_secs_f64() / (poll.as_secs_f64() * 0.8)).floor() as u64 + 2;
+    let one_reader_at_most = most_polls(window, poll);
     assert!(
         reads <= one_reader_at_most,
         "{reads} reads of the record in {window:?} with a {poll:?} poll: more than one reader's \
