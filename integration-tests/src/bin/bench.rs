@@ -525,13 +525,18 @@ impl Bench<'_> {
             self.figures
                 .put("idle_waiter_client_rps", w / n.max(1) as f64);
         }
-        // Handovers with the waiters queued: the store requests and watch
-        // events from unlock to the settle after the successor leads, minus
-        // the idle traffic of the same time.
-        let idle_rate = with_waiters - base;
+        // Handovers with the waiters queued. Each round counts one ttl
+        // without a handover, then one ttl from an unlock (a whole number of
+        // every periodic interval: renewals, re-checks, so both spans hold
+        // the same idle traffic); the handover's own cost is the difference.
         let mut requests = Vec::new();
         let mut events = Vec::new();
         for _ in 0..self.args.herd_rounds.min(n) {
+            let i0 = self.store.counted().await;
+            let t = Instant::now();
+            sleep(self.ttl).await;
+            let i1 = self.store.counted().await;
+            let idle_secs = t.elapsed().as_secs_f64();
             let s0 = self.store.counted().await;
             let t = Instant::now();
             unlock(leader).await;
@@ -540,15 +545,14 @@ impl Bench<'_> {
                 .unwrap_or_else(|_| panic!("no successor within {LONG:?}"))
                 .unwrap_or_else(|| panic!("the waiters are gone"));
             leader = next;
-            // Count for one ttl from the unlock (a whole number of every
-            // periodic interval: renewals, re-checks), so that subtracting
-            // the idle rate leaves the handover's own cost.
             let span = self.ttl.max(t.elapsed() + Duration::from_millis(500));
             sleep(span.saturating_sub(t.elapsed())).await;
             let s1 = self.store.counted().await;
-            let secs = t.elapsed().as_secs_f64();
-            requests.push(s1.requests - s0.requests - idle_rate * secs);
-            events.push(s1.watch_events - s0.watch_events);
+            let scale = t.elapsed().as_secs_f64() / idle_secs;
+            requests.push((s1.requests - s0.requests) - (i1.requests - i0.requests) * scale);
+            events.push(
+                (s1.watch_events - s0.watch_events) - (i1.watch_events - i0.watch_events) * scale,
+            );
         }
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
         self.figures.put("herd_waiters", n as f64);
