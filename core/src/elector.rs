@@ -756,6 +756,8 @@ async fn observe_task(
     mut reads: watch::Receiver<CampaignReads>,
 ) {
     let mut backoff = Backoff::new(options.retry_interval);
+    // The campaigns' reads so far: only later ones are news to this observer.
+    let mut reads_seen = reads.borrow_and_update().count;
     let publish = |next: Option<LeaderInfo>| {
         tx.send_if_modified(|cur| {
             if *cur == next {
@@ -796,18 +798,24 @@ async fn observe_task(
         let step = async {
             match &mut stream {
                 Some(s) => s.next().await,
-                None => {
-                    if !watchable && let Some(leader) = campaign_read(&mut reads).await {
-                        return Ok(leader);
+                // Each turn ends in a read unless a campaign started during
+                // the sleep; then its reads are followed until it ends.
+                None => loop {
+                    if !watchable
+                        && let Some(leader) = campaign_read(&mut reads, &mut reads_seen).await
+                    {
+                        break Ok(leader);
                     }
                     sleep(jittered(options.retry_interval)).await;
-                    bounded(
-                        options.request_timeout,
-                        "leader",
-                        backend.leader(&options.election),
-                    )
-                    .await
-                }
+                    if watchable || reads.borrow().running == 0 {
+                        break bounded(
+                            options.request_timeout,
+                            "leader",
+                            backend.leader(&options.election),
+                        )
+                        .await;
+                    }
+                },
             }
         };
         let result = tokio::select! {
@@ -848,24 +856,24 @@ async fn observe_task(
     }
 }
 
-/// The next leader a running campaign of the same elector reads, or `None`
-/// once no campaign runs (or none has started): then the observer polls.
-async fn campaign_read(reads: &mut watch::Receiver<CampaignReads>) -> Option<Option<LeaderInfo>> {
-    let seen = {
-        let r = reads.borrow_and_update();
-        if r.running == 0 {
-            return None;
-        }
-        r.count
-    };
+/// The leader from the next read of a running campaign of the same elector
+/// that this observer has not seen (`seen`: the reads it has), or `None`
+/// once no campaign runs: then the observer polls.
+async fn campaign_read(
+    reads: &mut watch::Receiver<CampaignReads>,
+    seen: &mut u64,
+) -> Option<Option<LeaderInfo>> {
     loop {
+        {
+            let r = reads.borrow_and_update();
+            if r.count != *seen {
+                *seen = r.count;
+                return Some(r.leader.clone());
+            }
+            if r.running == 0 {
+                return None;
+            }
+        }
         reads.changed().await.ok()?;
-        let r = reads.borrow_and_update();
-        if r.count != seen {
-            return Some(r.leader.clone());
-        }
-        if r.running == 0 {
-            return None;
-        }
     }
 }
