@@ -19,7 +19,7 @@
 //!   to acquire all, store messages per second while holding them, resident
 //!   memory (VmRSS) and CPU (utime + stime) per held lock.
 //!
-//! Run (about ten minutes with the defaults):
+//! Run (about twelve minutes with the defaults):
 //! `cargo run --release -p leasehold-integration-tests --bin bench`
 //! (`-- --help` lists the flags; `--json FILE` also writes every figure as
 //! JSON). Every loop is bounded by a count and a time; every process started
@@ -70,7 +70,8 @@ struct Args {
     /// Handovers measured with the waiters queued.
     #[arg(long, default_value_t = 5)]
     herd_rounds: usize,
-    /// Measuring window of each request-rate figure, in seconds.
+    /// Measuring window of each request-rate figure, in seconds (rounded
+    /// to a whole number of ttls when longer than one).
     #[arg(long, default_value_t = 20.0)]
     window: f64,
     /// The ttl of every figure but the failover, in seconds (at most about
