@@ -229,3 +229,77 @@ async fn leasehold_run_stops_its_command_before_another_candidates_starts() {
         String::from_utf8_lossy(&leader.stdout)
     );
 }
+
+/// `leasehold campaign` runs an observer beside its campaign; on Cloud
+/// Storage a follower must still read the record once per poll interval,
+/// not twice (the observer follows the campaign's reads). Counted at the
+/// emulator's access log; the leader runs under `leasehold run`, which
+/// writes its renewals and reads nothing. With polls jittered to 0.8..1.2 of the interval,
+/// one reader makes at most `window / (0.8 x interval) + 1` reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leasehold_campaign_follower_on_cloud_storage_reads_once_per_poll() {
+    use leasehold_integration_tests::bench::{emulator_requests, most_polls};
+    let gcs = FakeGcs::start()
+        .await
+        .expect("start fake-gcs-server (install: bash scripts/setup)");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let election = unique_name("campaign-poll");
+    // ttl 3 s: a poll every 500 ms.
+    let config = dir.path().join("gcs.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "election = \"{election}\"\nttl = \"3s\"\n[store]\nkind = \"gcs\"\nbucket = \"{}\"\nendpoint = \"{}\"\ncredentials = \"none\"\nprefix = \"locks\"\n",
+            gcs.bucket(),
+            gcs.endpoint()
+        ),
+    )
+    .expect("write config");
+    let start = |args: &[&str]| {
+        cli()
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start leasehold")
+    };
+    // The leader under `run`, which observes nothing: only the follower reads.
+    let mut leader = start(&["run", "--id", "alpha", "--", "sleep", "600"]);
+    let mut lines = BufReader::new(leader.stdout.take().expect("stdout")).lines();
+    timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            if line.contains("\"event\":\"elected\"") {
+                return;
+            }
+        }
+        panic!("leasehold run ended without being elected");
+    })
+    .await
+    .expect("the first candidate was not elected within 60s");
+    let mut follower = start(&["campaign", "--id", "beta"]);
+    // Settle: the follower's first attempt and its observer's first read.
+    sleep(Duration::from_secs(2)).await;
+    let object = format!("locks%2F{election}");
+    let before = emulator_requests(gcs.log_path(), &object);
+    let window = Duration::from_secs(6);
+    sleep(window).await;
+    sleep(Duration::from_millis(200)).await; // the log catches up
+    let reads = emulator_requests(gcs.log_path(), &object)
+        .since(&before)
+        .reads;
+    signal(&follower, Signal::SIGTERM);
+    signal(&leader, Signal::SIGTERM);
+    wait_exit(&mut follower, Duration::from_secs(30), "the follower").await;
+    wait_exit(&mut leader, Duration::from_secs(30), "the leader").await;
+    let poll = Duration::from_millis(500);
+    let one_reader_at_most = most_polls(window, poll);
+    eprintln!("{reads} reads of the record in {window:?} (poll {poll:?})");
+    assert!(reads > 0, "the follower never read the record");
+    assert!(
+        reads <= one_reader_at_most,
+        "{reads} reads of the record in {window:?} with a {poll:?} poll: more than one \
+         reader's {one_reader_at_most} at most, so the observer polls beside the campaign"
+    );
+}

@@ -79,6 +79,46 @@ pub struct Elector {
     backend: Arc<dyn Backend>,
     options: ElectionOptions,
     monitor: Arc<Monitor>,
+    /// What this elector's campaigns read of the leader, for its observers
+    /// (shared by clones).
+    reads: Arc<watch::Sender<CampaignReads>>,
+}
+
+/// The leader as this elector's campaigns read it, so that an observer on a
+/// backend without a watch follows those reads instead of polling the store
+/// a second time (one read per poll serves both).
+#[derive(Debug, Default)]
+struct CampaignReads {
+    /// Campaigns of this elector (or its clones) running now.
+    running: usize,
+    /// Reads of the leader so far (each `Held` outcome is one).
+    count: u64,
+    /// The leader the last of them saw.
+    leader: Option<LeaderInfo>,
+}
+
+/// Counts a campaign as running until dropped (when its task ends).
+struct Running(Arc<watch::Sender<CampaignReads>>);
+
+impl Running {
+    fn start(reads: &Arc<watch::Sender<CampaignReads>>) -> Running {
+        reads.send_modify(|r| r.running += 1);
+        Running(reads.clone())
+    }
+
+    /// Publish the leader a campaign read.
+    fn saw(&self, leader: &Option<LeaderInfo>) {
+        self.0.send_modify(|r| {
+            r.count += 1;
+            r.leader = leader.clone();
+        });
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.send_modify(|r| r.running -= 1);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +146,7 @@ impl Elector {
             backend,
             options,
             monitor,
+            reads: Arc::new(watch::Sender::new(CampaignReads::default())),
         })
     }
 
@@ -255,6 +296,12 @@ impl Elector {
     /// or polls every (jittered) retry interval on backends without one.
     /// A background task feeds it until every receiver is dropped.
     ///
+    /// On a backend without a watch, while a campaign of this elector (or a
+    /// clone of it) runs, the observer does not poll: it follows the
+    /// campaign's own reads of the leader (one per poll), so a follower
+    /// that campaigns and observes reads the store once per poll interval,
+    /// not twice. Between campaigns (leading, or not campaigning) it polls.
+    ///
     /// What the receiver sees when the store fails after the start:
     ///
     /// * Errors that may pass (unreachable, timeouts) are retried for ever
@@ -304,7 +351,8 @@ impl Elector {
             election = %election,
             candidate = %self.options.candidate_id,
         );
-        tokio::spawn(observe_task(backend, options, stream, tx).instrument(span));
+        let reads = self.reads.subscribe();
+        tokio::spawn(observe_task(backend, options, stream, tx, reads).instrument(span));
         Ok(rx)
     }
 
@@ -387,6 +435,7 @@ impl Elector {
             options: self.options.clone(),
             monitor: self.monitor.clone(),
             cancel,
+            reads: Running::start(&self.reads),
         };
         tokio::spawn(
             async move {
@@ -419,6 +468,8 @@ struct Campaign {
     options: ElectionOptions,
     monitor: Arc<Monitor>,
     cancel: CancellationToken,
+    /// Publishes the leaders this campaign reads to the elector's observers.
+    reads: Running,
 }
 
 /// A claim held while waiting, with the send time of its last refresh
@@ -613,6 +664,7 @@ impl Campaign {
                         }),
                         (None, _) => None,
                     };
+                    self.reads.saw(&leader);
                     if !caps.server_expiry && observed.is_none_or(|(r, _)| r != revision) {
                         // Seen now (reply time): the holder wrote it no later.
                         observed = Some((revision, Instant::now()));
@@ -911,8 +963,11 @@ async fn observe_task(
     options: ElectionOptions,
     mut stream: Option<Box<dyn crate::backend::LeaderWatch>>,
     tx: watch::Sender<Option<LeaderInfo>>,
+    mut reads: watch::Receiver<CampaignReads>,
 ) {
     let mut backoff = Backoff::new(options.retry_interval);
+    // The campaigns' reads so far: only later ones are news to this observer.
+    let mut reads_seen = reads.borrow_and_update().count;
     let publish = |next: Option<LeaderInfo>| {
         tx.send_if_modified(|cur| {
             if *cur == next {
@@ -953,15 +1008,24 @@ async fn observe_task(
         let step = async {
             match &mut stream {
                 Some(s) => s.next().await,
-                None => {
+                // Each turn ends in a read unless a campaign started during
+                // the sleep; then its reads are followed until it ends.
+                None => loop {
+                    if !watchable
+                        && let Some(leader) = campaign_read(&mut reads, &mut reads_seen).await
+                    {
+                        break Ok(leader);
+                    }
                     sleep(jittered(options.retry_interval)).await;
-                    bounded(
-                        options.request_timeout,
-                        "leader",
-                        backend.leader(&options.election),
-                    )
-                    .await
-                }
+                    if watchable || reads.borrow().running == 0 {
+                        break bounded(
+                            options.request_timeout,
+                            "leader",
+                            backend.leader(&options.election),
+                        )
+                        .await;
+                    }
+                },
             }
         };
         let result = tokio::select! {
@@ -999,5 +1063,27 @@ async fn observe_task(
                 }
             }
         }
+    }
+}
+
+/// The leader from the next read of a running campaign of the same elector
+/// that this observer has not seen (`seen`: the reads it has), or `None`
+/// once no campaign runs: then the observer polls.
+async fn campaign_read(
+    reads: &mut watch::Receiver<CampaignReads>,
+    seen: &mut u64,
+) -> Option<Option<LeaderInfo>> {
+    loop {
+        {
+            let r = reads.borrow_and_update();
+            if r.count != *seen {
+                *seen = r.count;
+                return Some(r.leader.clone());
+            }
+            if r.running == 0 {
+                return None;
+            }
+        }
+        reads.changed().await.ok()?;
     }
 }

@@ -817,3 +817,58 @@ async fn a_429_costs_a_retry_never_the_lease() {
     );
     la.unlock().await.unwrap();
 }
+
+/// A follower that campaigns and observes on one elector (what `leasehold
+/// campaign` does) reads the record once per poll interval, not twice: the
+/// observer follows the campaign's reads. Counted at the emulator. With
+/// polls jittered to 0.8..1.2 of the interval, one reader makes at most
+/// `window / (0.8 x interval) + 1` reads in a window; two readers average
+/// twice the window over the interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_campaigning_observer_polls_once() {
+    use leasehold_integration_tests::bench::{emulator_requests, most_polls};
+    let gcs = emulator().await;
+    let election = unique_name("poll-once");
+    let poll = Duration::from_millis(500);
+    let leader = Elector::new(client(&gcs).await, options(&election, "alpha")).unwrap();
+    let held = timeout(LONG, leader.lock()).await.unwrap().unwrap();
+    let mut follower_options = options(&election, "beta");
+    follower_options.retry_interval = poll;
+    let follower = Elector::new(client(&gcs).await, follower_options).unwrap();
+    let mut seen = follower.observe().await.unwrap();
+    let waiting = campaign(follower.clone());
+    // Settle: the campaign's first attempt and the observer's first read.
+    sleep(poll * 2).await;
+    let object = format!("{PREFIX}%2F{election}");
+    let before = emulator_requests(gcs.log_path(), &object);
+    let window = Duration::from_secs(6);
+    sleep(window).await;
+    sleep(Duration::from_millis(200)).await; // the log catches up
+    let reads = emulator_requests(gcs.log_path(), &object)
+        .since(&before)
+        .reads;
+    let one_reader_at_most = most_polls(window, poll);
+    assert!(
+        reads <= one_reader_at_most,
+        "{reads} reads of the record in {window:?} with a {poll:?} poll: more than one reader's \
+         {one_reader_at_most} at most, so the observer polls beside the campaign"
+    );
+    eprintln!("{reads} reads of the record in {window:?} (poll {poll:?})");
+    assert!(reads > 0, "the follower never read the record");
+    assert_eq!(
+        seen.borrow_and_update().as_ref().map(|l| l.id.clone()),
+        Some("alpha".to_owned())
+    );
+
+    // The observer still follows: after the handover it shows the follower.
+    held.unlock().await.unwrap();
+    let (_, won) = waiting.await.unwrap();
+    timeout(
+        LONG,
+        seen.wait_for(|l| l.as_ref().is_some_and(|l| l.id == "beta")),
+    )
+    .await
+    .expect("the observer never showed the new leader")
+    .unwrap();
+    won.unlock().await.unwrap();
+}

@@ -40,7 +40,8 @@
 //!
 //! No watch ([`Backend::wait`] and [`Backend::watch`] return
 //! [`Error::NotSupported`]): followers poll every retry interval, with one
-//! read per poll.
+//! read per poll (an observer on an elector that is campaigning follows the
+//! campaign's reads rather than polling beside it).
 //!
 //! ```no_run
 //! # async fn f() -> leasehold_core::Result<()> {
