@@ -91,6 +91,40 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl TermState {
+    /// The state of a term that starts now with `claim`, reported to the
+    /// monitor with its first `deadline`.
+    fn begin(
+        options: &ElectionOptions,
+        claim: Claim,
+        deadline: Instant,
+        monitor: Arc<Monitor>,
+        waited: std::time::Duration,
+    ) -> Arc<Self> {
+        let info = LeaderInfo {
+            id: options.candidate_id.clone(),
+            value: options.value.clone(),
+            token: claim.token,
+        };
+        let span = tracing::info_span!(
+            "term",
+            election = %options.election,
+            candidate = %options.candidate_id,
+            token = %claim.token,
+        );
+        monitor.term_started(claim.token, deadline, waited);
+        Arc::new(TermState {
+            info,
+            span,
+            monitor,
+            last_error: Mutex::new(None),
+            claim: Mutex::new(claim),
+            value: Mutex::new(options.value.clone()),
+            deadline: Mutex::new(deadline),
+            reason: Mutex::new(None),
+            lost: CancellationToken::new(),
+        })
+    }
+
     fn claim(&self) -> Claim {
         lock(&self.claim).clone()
     }
@@ -220,30 +254,9 @@ impl Leadership {
         monitor: Arc<Monitor>,
         waited: std::time::Duration,
     ) -> Self {
-        let info = LeaderInfo {
-            id: options.candidate_id.clone(),
-            value: options.value.clone(),
-            token: claim.token,
-        };
-        let span = tracing::info_span!(
-            "term",
-            election = %options.election,
-            candidate = %options.candidate_id,
-            token = %claim.token,
-        );
         let deadline = anchor + options.deadline_after_renewal();
-        monitor.term_started(claim.token, deadline, waited);
-        let state = Arc::new(TermState {
-            info,
-            span: span.clone(),
-            monitor,
-            last_error: Mutex::new(None),
-            claim: Mutex::new(claim),
-            value: Mutex::new(options.value.clone()),
-            deadline: Mutex::new(anchor + options.deadline_after_renewal()),
-            reason: Mutex::new(None),
-            lost: CancellationToken::new(),
-        });
+        let state = TermState::begin(&options, claim, deadline, monitor, waited);
+        let span = state.span.clone();
         let stop = CancellationToken::new();
         let heartbeat_span = tracing::info_span!(parent: &span, "heartbeat");
         tokio::spawn(
@@ -280,31 +293,9 @@ impl Leadership {
         monitor: Arc<Monitor>,
         waited: std::time::Duration,
     ) -> Self {
-        let info = LeaderInfo {
-            id: options.candidate_id.clone(),
-            value: options.value.clone(),
-            token: claim.token,
-        };
-        let span = tracing::info_span!(
-            "term",
-            election = %options.election,
-            candidate = %options.candidate_id,
-            token = %claim.token,
-        );
         let mark = session.lead();
-        let deadline = session.deadline();
-        monitor.term_started(claim.token, deadline, waited);
-        let state = Arc::new(TermState {
-            info,
-            span: span.clone(),
-            monitor,
-            last_error: Mutex::new(None),
-            claim: Mutex::new(claim),
-            value: Mutex::new(options.value.clone()),
-            deadline: Mutex::new(deadline),
-            reason: Mutex::new(None),
-            lost: CancellationToken::new(),
-        });
+        let state = TermState::begin(&options, claim, session.deadline(), monitor, waited);
+        let span = state.span.clone();
         let stop = CancellationToken::new();
         let watch_span = tracing::info_span!(parent: &span, "session_term");
         tokio::spawn(
