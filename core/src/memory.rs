@@ -260,6 +260,29 @@ impl State {
         })
     }
 
+    /// Put `req`'s candidate at the end of its election's line, in `lease`,
+    /// with fencing token `token`; its claim.
+    fn enqueue(&mut self, req: &AcquireRequest, lease: i64, token: u64) -> Claim {
+        let key = format!("{}/{lease:016x}", req.election);
+        self.queues
+            .entry(req.election.clone())
+            .or_default()
+            .push(Entry {
+                key: key.clone(),
+                candidate: req.candidate.clone(),
+                value: req.value.clone(),
+                token,
+                lease,
+            });
+        Claim {
+            election: req.election.clone(),
+            key,
+            session: lease,
+            token: FencingToken(token),
+            version: 0,
+        }
+    }
+
     fn lease_expiry(&self, lease: i64) -> Option<Instant> {
         self.leases.get(&lease).map(|l| l.expires_at)
     }
@@ -316,25 +339,9 @@ impl MemoryBackend {
                         session: false,
                     },
                 );
-                let key = format!("{}/{lease:016x}", req.election);
-                st.queues
-                    .entry(req.election.clone())
-                    .or_default()
-                    .push(Entry {
-                        key: key.clone(),
-                        candidate: req.candidate.clone(),
-                        value: req.value.clone(),
-                        token,
-                        lease,
-                    });
+                let claim = st.enqueue(req, lease, token);
                 self.shared.bump(&mut st);
-                Claim {
-                    election: req.election.clone(),
-                    key,
-                    session: lease,
-                    token: FencingToken(token),
-                    version: 0,
-                }
+                claim
             }
         };
         let head = st
@@ -376,25 +383,9 @@ impl MemoryBackend {
         }
         st.next_token += 1;
         let token = st.next_token;
-        st.queues
-            .entry(req.election.clone())
-            .or_default()
-            .push(Entry {
-                key: key.clone(),
-                candidate: req.candidate.clone(),
-                value: req.value.clone(),
-                token,
-                lease: session,
-            });
+        let claim = st.enqueue(req, session, token);
         self.shared.bump(&mut st);
         drop(st);
-        let claim = Claim {
-            election: req.election.clone(),
-            key,
-            session,
-            token: FencingToken(token),
-            version: 0,
-        };
         self.acquire_queue(&AcquireRequest {
             claim: Some(claim),
             ..req.clone()
