@@ -238,7 +238,7 @@ async fn leasehold_run_stops_its_command_before_another_candidates_starts() {
 /// one reader makes at most `window / (0.8 x interval) + 1` reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leasehold_campaign_follower_on_cloud_storage_reads_once_per_poll() {
-    use leasehold_integration_tests::bench::{emulator_requests, most_polls};
+    use leasehold_integration_tests::bench::{emulator_requests_during, most_polls};
     let gcs = FakeGcs::start()
         .await
         .expect("start fake-gcs-server (install: bash scripts/setup)");
@@ -282,12 +282,9 @@ async fn leasehold_campaign_follower_on_cloud_storage_reads_once_per_poll() {
     // Settle: the follower's first attempt and its observer's first read.
     sleep(Duration::from_secs(2)).await;
     let object = format!("locks%2F{election}");
-    let before = emulator_requests(gcs.log_path(), &object);
     let window = Duration::from_secs(6);
-    sleep(window).await;
-    sleep(Duration::from_millis(200)).await; // the log catches up
-    let reads = emulator_requests(gcs.log_path(), &object)
-        .since(&before)
+    let reads = emulator_requests_during(gcs.log_path(), &object, window)
+        .await
         .reads;
     signal(&follower, Signal::SIGTERM);
     signal(&leader, Signal::SIGTERM);

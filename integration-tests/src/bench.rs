@@ -67,6 +67,18 @@ pub fn emulator_requests(log: &Path, path_part: &str) -> LoggedRequests {
     count_logged(&text, path_part)
 }
 
+/// The requests the emulator logged for paths containing `path_part`
+/// during the next `window` (plus 200 ms for the log to catch up).
+pub async fn emulator_requests_during(
+    log: &Path,
+    path_part: &str,
+    window: std::time::Duration,
+) -> LoggedRequests {
+    let before = emulator_requests(log, path_part);
+    tokio::time::sleep(window + std::time::Duration::from_millis(200)).await;
+    emulator_requests(log, path_part).since(&before)
+}
+
 fn count_logged(text: &str, path_part: &str) -> LoggedRequests {
     let mut counts = LoggedRequests::default();
     for line in text.lines().filter(|l| l.contains(path_part)) {

@@ -826,7 +826,7 @@ async fn a_429_costs_a_retry_never_the_lease() {
 /// twice the window over the interval.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_campaigning_observer_polls_once() {
-    use leasehold_integration_tests::bench::{emulator_requests, most_polls};
+    use leasehold_integration_tests::bench::{emulator_requests_during, most_polls};
     let gcs = emulator().await;
     let election = unique_name("poll-once");
     let poll = Duration::from_millis(500);
@@ -840,12 +840,9 @@ async fn a_campaigning_observer_polls_once() {
     // Settle: the campaign's first attempt and the observer's first read.
     sleep(poll * 2).await;
     let object = format!("{PREFIX}%2F{election}");
-    let before = emulator_requests(gcs.log_path(), &object);
     let window = Duration::from_secs(6);
-    sleep(window).await;
-    sleep(Duration::from_millis(200)).await; // the log catches up
-    let reads = emulator_requests(gcs.log_path(), &object)
-        .since(&before)
+    let reads = emulator_requests_during(gcs.log_path(), &object, window)
+        .await
         .reads;
     let one_reader_at_most = most_polls(window, poll);
     assert!(
