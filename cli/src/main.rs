@@ -655,7 +655,7 @@ async fn run(elector: &Elector, command: &[String], how: How) -> ExitCode {
                 _ = shutdown.token.cancelled() => {
                     shutdown.announce();
                     if let Err(e) = leadership.unlock().await {
-                        eprintln!("leasehold: release failed ({e}); the next candidate waits until the store ends the lease (its ttl; on ZooKeeper, when this process's session ends)");
+                        eprintln!("leasehold: release failed ({e}); the release is retried in the background while this process's session lives; else the next candidate waits until the store ends the lease (its ttl)");
                     }
                     return shutdown.exit_code().unwrap_or(ExitCode::from(1));
                 }
@@ -763,7 +763,7 @@ async fn run(elector: &Elector, command: &[String], how: How) -> ExitCode {
             && let Err(e) = leadership.unlock().await
         {
             eprintln!(
-                "leasehold: release failed ({e}); the next candidate waits until the store ends the lease (its ttl; on ZooKeeper, when this process's session ends)"
+                "leasehold: release failed ({e}); the release is retried in the background while this process's session lives; else the next candidate waits until the store ends the lease (its ttl)"
             );
         }
         let code = match &status {

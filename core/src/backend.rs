@@ -69,7 +69,9 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// Give up `claim`: a leader steps down so the next candidate can lead at
     /// once, a waiting candidate leaves the queue. Releasing a claim that is
     /// already gone, or twice, is not an error; releasing must never remove
-    /// someone else's claim.
+    /// someone else's claim. For a claim in a session, the engine calls it
+    /// again (in the background, until it succeeds) when an answer was lost,
+    /// since the session outlives the claim.
     async fn release(&self, claim: &Claim) -> Result<()>;
 
     /// Publish `value` as the leader value of the term behind `claim`
@@ -162,6 +164,13 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// [`open_session`](Self::open_session)) instead of a lease of its own.
     /// The engine never asks for two claims of one election in one session.
     ///
+    /// **Never adopt.** A claim of `req.election` that already exists in
+    /// `session` can only be left by an earlier call whose answer was lost
+    /// (the engine keeps the election's place in the session until such a
+    /// claim is resolved). It is never taken as the new claim: it is removed
+    /// and a new claim created, so every claim, and so every term, gets a
+    /// new fencing token.
+    ///
     /// # Errors
     /// [`Error::Lost`](crate::Error::Lost) when the session is gone;
     /// otherwise as [`try_acquire`](Self::try_acquire).
@@ -169,6 +178,27 @@ pub trait Backend: Send + Sync + Debug + 'static {
         let _ = (req, session);
         Err(crate::Error::NotSupported {
             operation: "try_acquire_in",
+            backend: self.name(),
+        })
+    }
+
+    /// Remove the claim, if any, that a [`try_acquire_in`](Self::try_acquire_in)
+    /// of `election` in `session` made but whose answer never arrived (lost
+    /// in a connection reset, timed out, dropped). The engine calls it when a
+    /// campaign ends with such a create unresolved, while it still keeps
+    /// the election's place in the session, so no other claim of
+    /// `election` can be in `session`. Removing nothing is not an error.
+    ///
+    /// # Errors
+    /// [`Error::NotSupported`](crate::Error::NotSupported) (the default): the
+    /// engine then gives the session up (stops keeping it alive and ends
+    /// every term on it), so that the store ends it and the claim with it
+    /// within a ttl. Store failures: the engine retries in the background
+    /// for up to a ttl, then gives the session up.
+    async fn withdraw_in(&self, election: &str, session: i64) -> Result<()> {
+        let _ = (election, session);
+        Err(crate::Error::NotSupported {
+            operation: "withdraw_in",
             backend: self.name(),
         })
     }

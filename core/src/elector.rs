@@ -15,7 +15,7 @@ use crate::health::{Health, Monitor};
 use crate::leadership::Leadership;
 use crate::options::ElectionOptions;
 use crate::retry::{Backoff, RenewSchedule, jittered};
-use crate::session::{self, SessionUse};
+use crate::session::{self, SessionUse, Unsettled};
 use crate::types::{AcquireOutcome, AcquireRequest, Claim, LeaderInfo};
 
 /// The outcome of [`Elector::try_lock`].
@@ -398,7 +398,7 @@ impl Elector {
             }
             let ended_early = !term.is_lost();
             if let Err(e) = term.unlock().await {
-                tracing::warn!(election = %self.options.election, candidate = %self.options.candidate_id, %token, error = %e, "release after the term failed; the next candidate waits until the store ends the lease (etcd and Cloud Storage: its ttl; ZooKeeper: when this session ends)");
+                tracing::warn!(election = %self.options.election, candidate = %self.options.candidate_id, %token, error = %e, "release after the term failed; on a session it is retried in the background until it lands (or the session is given up within a ttl); else the next candidate waits until the store ends the lease (its ttl)");
             }
             if cancel.is_cancelled() {
                 return Ok(());
@@ -512,16 +512,46 @@ impl Campaign {
         result
     }
 
-    /// Withdraw a claim, bounded, logging failures (the claim then expires).
+    /// Withdraw a claim, bounded. A claim in a session whose withdrawal was
+    /// not confirmed is resolved in the background while the session lives
+    /// ([`SessionUse::settle`]); a claim of its own lease expires with it.
     async fn withdraw(&self, claim: Option<Held>) {
-        if let Some(h) = claim
-            && let Err(e) = self.call("release", self.backend.release(&h.claim)).await
-        {
-            tracing::debug!(key = %h.claim.key, error = %e, "withdrawing the claim failed; it stays in the line until the store ends it (etcd: its ttl; ZooKeeper: when this session ends)");
+        let Some(h) = claim else { return };
+        if let Err(e) = self.call("release", self.backend.release(&h.claim)).await {
+            match h.session {
+                Some(session) => session.settle(Unsettled::Release(h.claim), e),
+                None => {
+                    tracing::debug!(key = %h.claim.key, error = %e, "withdrawing the claim failed; it stays in the line until the store ends its lease (its ttl)")
+                }
+            }
         }
     }
 
     async fn run(self, mode: Mode) -> Result<Attempt> {
+        let mut unanswered = None;
+        let result = self.campaign_loop(mode, &mut unanswered).await;
+        // The campaign ended while a create in a session went unanswered:
+        // remove whatever it may have made, in the background.
+        if let Some((session, error)) = unanswered {
+            session.settle(
+                Unsettled::Create {
+                    election: self.options.election.clone(),
+                },
+                error,
+            );
+        }
+        result
+    }
+
+    /// The campaign. `unanswered` holds the session of a create whose
+    /// answer was lost (with its error) until a later create in the same
+    /// session resolves it: that session keeps the election's place, so the
+    /// claim the lost create may have made is never adopted by anyone else.
+    async fn campaign_loop(
+        &self,
+        mode: Mode,
+        unanswered: &mut Option<(SessionUse, Error)>,
+    ) -> Result<Attempt> {
         let caps = self.backend.capabilities();
         let opts = &self.options;
         let lifetime = opts.deadline_after_renewal();
@@ -553,7 +583,15 @@ impl Campaign {
                 self.withdraw(held.take()).await;
                 continue;
             }
-            let session = if use_sessions && held.is_none() {
+            // Retry a create whose answer was lost in the same session: the
+            // backend replaces what it may have made (never adopts it).
+            let retry_in = unanswered
+                .take()
+                .map(|(s, _)| s)
+                .filter(|s| !s.is_lost() && held.is_none());
+            let session = if let Some(s) = retry_in {
+                Some(s)
+            } else if use_sessions && held.is_none() {
                 match self.join_session().await {
                     Ok(s) => Some(s),
                     Err(e) if mode == Mode::Try || !e.is_transient() => return Err(e),
@@ -598,6 +636,14 @@ impl Campaign {
                 None => bounded(bound, "acquire", self.backend.try_acquire(&req)).await,
             };
             self.note("acquire", &outcome);
+            let mut session = session;
+            if let Err(e) = &outcome
+                && !e.is_lost()
+                && let Some(s) = session.take()
+            {
+                // A create in a session whose outcome is unknown.
+                *unanswered = Some((s, e.clone()));
+            }
             let (leader, revision) = match outcome {
                 Ok(AcquireOutcome::Acquired(claim)) => {
                     let session = match held.as_mut() {

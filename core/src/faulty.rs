@@ -44,6 +44,14 @@ pub enum Fault {
     /// Calls wait until the fault changes, then proceed (a paused client
     /// process, as with SIGSTOP).
     Pause,
+    /// Each call reaches the store and takes effect, but its answer is lost:
+    /// the caller gets [`Error::Unavailable`] (a reply dropped after the
+    /// write landed).
+    LoseReplies,
+    /// Releases (`release`, `withdraw_in`) fail at once with
+    /// [`Error::Unavailable`]; every other call passes (a store that keeps
+    /// a session alive but refuses the delete).
+    RefuseReleases,
 }
 
 /// Controls the faults of one [`FaultyBackend`] and counts its calls.
@@ -171,7 +179,7 @@ impl FaultyBackend {
         loop {
             let fault = rx.borrow_and_update().clone();
             match fault {
-                Fault::None => return Ok(()),
+                Fault::None | Fault::LoseReplies | Fault::RefuseReleases => return Ok(()),
                 Fault::Delay(d) => {
                     tokio::time::sleep(d).await;
                     return Ok(());
@@ -194,6 +202,29 @@ impl FaultyBackend {
     }
 }
 
+impl FaultyBackend {
+    fn refuse_release(&self) -> Result<()> {
+        if *self.rx.borrow() == Fault::RefuseReleases {
+            return Err(Error::Unavailable {
+                backend: self.inner.name(),
+                message: "injected refusal of a release".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Apply the current fault to a call's answer.
+    fn answer<T>(&self, result: Result<T>) -> Result<T> {
+        if *self.rx.borrow() == Fault::LoseReplies {
+            return Err(Error::Unavailable {
+                backend: self.inner.name(),
+                message: "injected loss of the answer (the call took effect)".into(),
+            });
+        }
+        result
+    }
+}
+
 #[async_trait]
 impl Backend for FaultyBackend {
     fn name(&self) -> &'static str {
@@ -210,12 +241,14 @@ impl Backend for FaultyBackend {
 
     async fn try_acquire(&self, req: &AcquireRequest) -> Result<AcquireOutcome> {
         self.gate(&self.calls.acquire).await?;
-        self.inner.try_acquire(req).await
+        let result = self.inner.try_acquire(req).await;
+        self.answer(result)
     }
 
     async fn renew(&self, claim: &Claim) -> Result<Claim> {
         self.gate(&self.calls.renew).await?;
-        self.inner.renew(claim).await
+        let result = self.inner.renew(claim).await;
+        self.answer(result)
     }
 
     fn sessions(&self) -> Option<&SessionRegistry> {
@@ -225,52 +258,70 @@ impl Backend for FaultyBackend {
     /// Faulted, not counted in [`CallCounts`].
     async fn open_session(&self, ttl: Duration) -> Result<i64> {
         self.gate(&self.calls.sessions).await?;
-        self.inner.open_session(ttl).await
+        let result = self.inner.open_session(ttl).await;
+        self.answer(result)
     }
 
     /// Counted (and faulted) as a renewal: it is the session's.
     async fn keep_alive(&self, session: i64) -> Result<()> {
         self.gate(&self.calls.renew).await?;
-        self.inner.keep_alive(session).await
+        let result = self.inner.keep_alive(session).await;
+        self.answer(result)
     }
 
     async fn close_session(&self, session: i64) -> Result<()> {
         self.gate(&self.calls.sessions).await?;
-        self.inner.close_session(session).await
+        let result = self.inner.close_session(session).await;
+        self.answer(result)
     }
 
     async fn try_acquire_in(&self, req: &AcquireRequest, session: i64) -> Result<AcquireOutcome> {
         self.gate(&self.calls.acquire).await?;
-        self.inner.try_acquire_in(req, session).await
+        let result = self.inner.try_acquire_in(req, session).await;
+        self.answer(result)
     }
 
     async fn watch_claim(&self, claim: &Claim) -> Result<()> {
         self.gate(&self.calls.wait).await?;
-        self.inner.watch_claim(claim).await
+        let result = self.inner.watch_claim(claim).await;
+        self.answer(result)
+    }
+
+    async fn withdraw_in(&self, election: &str, session: i64) -> Result<()> {
+        self.gate(&self.calls.release).await?;
+        self.refuse_release()?;
+        let result = self.inner.withdraw_in(election, session).await;
+        self.answer(result)
     }
 
     async fn release(&self, claim: &Claim) -> Result<()> {
         self.gate(&self.calls.release).await?;
-        self.inner.release(claim).await
+        self.refuse_release()?;
+        let result = self.inner.release(claim).await;
+        self.answer(result)
     }
 
     async fn proclaim(&self, claim: &Claim, value: &[u8]) -> Result<Claim> {
         self.gate(&self.calls.proclaim).await?;
-        self.inner.proclaim(claim, value).await
+        let result = self.inner.proclaim(claim, value).await;
+        self.answer(result)
     }
 
     async fn leader(&self, election: &str) -> Result<Option<LeaderInfo>> {
         self.gate(&self.calls.leader).await?;
-        self.inner.leader(election).await
+        let result = self.inner.leader(election).await;
+        self.answer(result)
     }
 
     async fn wait(&self, election: &str, claim: Option<&Claim>, revision: i64) -> Result<()> {
         self.gate(&self.calls.wait).await?;
-        self.inner.wait(election, claim, revision).await
+        let result = self.inner.wait(election, claim, revision).await;
+        self.answer(result)
     }
 
     async fn watch(&self, election: &str) -> Result<Box<dyn LeaderWatch>> {
         self.gate(&self.calls.watch).await?;
-        self.inner.watch(election).await
+        let result = self.inner.watch(election).await;
+        self.answer(result)
     }
 }

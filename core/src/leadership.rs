@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::health::{LeaderHealth, Monitor};
 use crate::options::ElectionOptions;
 use crate::retry::{Backoff, RenewSchedule};
-use crate::session::{LeaderMark, SessionUse};
+use crate::session::{LeaderMark, SessionUse, Unsettled};
 use crate::types::{Claim, FencingToken, LeaderInfo};
 
 /// Why a term ended.
@@ -193,20 +193,35 @@ impl Drop for TermGuard {
         let span = self.state.span.clone();
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
+                let in_flight = InFlight {
+                    session,
+                    claim: claim.clone(),
+                    backend: backend.name(),
+                    span: span.clone(),
+                };
                 handle.spawn(async move {
-                    // The session (if any) is let go once the claim is.
-                    let _session = session;
-                    match timeout(bound, backend.release(&claim)).await {
-                        Ok(Ok(())) => tracing::debug!(key = %claim.key, "released on drop"),
-                        Ok(Err(e)) => tracing::warn!(key = %claim.key, error = %e, "release on drop failed; the next candidate waits until the store ends the lease (etcd and Cloud Storage: its ttl; ZooKeeper: when this session ends)"),
-                        Err(_) => tracing::warn!(key = %claim.key, "release on drop timed out; unless it landed, the next candidate waits until the store ends the lease (etcd and Cloud Storage: its ttl; ZooKeeper: when this session ends)"),
+                    let result = match timeout(bound, backend.release(&claim)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(Error::Timeout { operation: "release", after: bound }),
+                    };
+                    if result.is_ok() {
+                        tracing::debug!(key = %claim.key, "released on drop");
                     }
+                    in_flight.finish(&result, "release on drop");
                 }.instrument(span));
             }
-            Err(_) => span.in_scope(|| tracing::warn!(
-                key = %claim.key,
-                "leadership dropped outside a tokio runtime: not released; the next candidate waits until the store ends the lease (etcd and Cloud Storage: its ttl; ZooKeeper: when this session ends)"
-            )),
+            Err(_) => span.in_scope(|| {
+                tracing::warn!(
+                    key = %claim.key,
+                    "leadership dropped outside a tokio runtime: not released; the next candidate waits until the store ends the lease (its ttl; on a shared session, the session is given up)"
+                );
+                settle_failed_release(
+                    session,
+                    claim,
+                    Error::Cancelled,
+                    "release on drop outside a runtime",
+                );
+            }),
         }
     }
 }
@@ -485,23 +500,35 @@ impl Leadership {
     /// lost is harmless.
     ///
     /// # Errors
-    /// The store's error if the release could not be made; the lease then
-    /// expires on its own after the ttl.
+    /// The store's error if the release could not be confirmed. On a
+    /// session (etcd, ZooKeeper) the release is then retried in the
+    /// background for as long as the session lives; when it cannot land
+    /// within a ttl the session is given up (every term on it ends) so that
+    /// the store ends it within a ttl. Without a session, the lease expires
+    /// on its own after the ttl.
     ///
     /// # Cancel safety
     /// The done signal fires and the heartbeat stops at the first poll;
-    /// dropping the future before it completes may leave the lease to expire
-    /// on its own.
+    /// dropping the future before it completes leaves the release to the
+    /// background, as for an error.
     pub async fn unlock(self) -> Result<()> {
         let g = &self.guard;
         g.state.fire_lost(LossReason::Released);
         g.stop.cancel();
         // Let go of the session (if any) only once the claim is released.
-        let _session = g.take_session();
+        let session = g.take_session();
         if !g.take_release() {
             return Ok(());
         }
         let claim = g.state.claim();
+        // Dropped before the store answers, the release is settled in the
+        // background.
+        let in_flight = InFlight {
+            session,
+            claim: claim.clone(),
+            backend: g.backend.name(),
+            span: g.state.span.clone(),
+        };
         let bound = g.options.request_timeout;
         let span = tracing::info_span!(parent: &g.state.span, "release");
         let result = match timeout(bound, g.backend.release(&claim))
@@ -518,7 +545,62 @@ impl Leadership {
             Ok(()) => g.state.monitor.store_ok(),
             Err(e) => g.state.monitor.store_error("release", e),
         }
+        in_flight.finish(&result, "release");
         result
+    }
+}
+
+/// A release on its way: the session keeping the claim (if any) is let go
+/// once the store confirmed it; otherwise, and when the release's future is
+/// dropped before the answer, the claim is settled in the background.
+struct InFlight {
+    session: Option<(SessionUse, LeaderMark)>,
+    claim: Claim,
+    backend: &'static str,
+    span: tracing::Span,
+}
+
+impl InFlight {
+    fn finish(mut self, result: &Result<()>, what: &str) {
+        let session = self.session.take();
+        if let Err(e) = result {
+            let _e = self.span.enter();
+            settle_failed_release(session, self.claim.clone(), e.clone(), what);
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(session) = self.session.take() {
+            let _e = self.span.enter();
+            let error = Error::Unavailable {
+                backend: self.backend,
+                message: "the release was dropped before the store answered".into(),
+            };
+            settle_failed_release(Some(session), self.claim.clone(), error, "release");
+        }
+    }
+}
+
+/// A release that failed (its outcome unknown): on a session, resolved in
+/// the background while the session lives (see [`SessionUse::settle`]);
+/// without one, the claim's own lease ends at the store after its ttl,
+/// since nobody renews it any more.
+fn settle_failed_release(
+    session: Option<(SessionUse, LeaderMark)>,
+    claim: Claim,
+    error: Error,
+    what: &str,
+) {
+    match session {
+        Some((session, mark)) => {
+            drop(mark);
+            session.settle(Unsettled::Release(claim), error);
+        }
+        None => {
+            tracing::warn!(key = %claim.key, %error, "{what} failed; unless it landed, the next candidate waits until the store ends the lease (its ttl)")
+        }
     }
 }
 

@@ -263,7 +263,7 @@ impl State {
     /// Put `req`'s candidate at the end of its election's line, in `lease`,
     /// with fencing token `token`; its claim.
     fn enqueue(&mut self, req: &AcquireRequest, lease: i64, token: u64) -> Claim {
-        let key = format!("{}/{lease:016x}", req.election);
+        let key = session_key(&req.election, lease);
         self.queues
             .entry(req.election.clone())
             .or_default()
@@ -307,6 +307,11 @@ impl State {
 pub struct MemoryBackend {
     shared: Arc<Shared>,
     sessions: Arc<SessionRegistry>,
+}
+
+/// The key of `session`'s claim in `election` (one per session).
+fn session_key(election: &str, session: i64) -> String {
+    format!("{election}/{session:016x}")
 }
 
 fn lost(claim: &Claim) -> Error {
@@ -367,20 +372,14 @@ impl MemoryBackend {
                 "session {session:x} no longer exists (it expired or was closed); open a new one"
             )));
         }
-        let key = format!("{}/{session:016x}", req.election);
-        if st
-            .queues
-            .get(&req.election)
-            .is_some_and(|q| q.iter().any(|e| e.key == key))
-        {
-            return Err(Error::Backend {
-                backend: NAME,
-                message: format!(
-                    "session {session:x} already holds a claim in {:?}",
-                    req.election
-                ),
-            });
+        // A claim this session already has in the election is left by a
+        // create whose answer was lost: never adopted, replaced (a new
+        // token, at the end of the line).
+        let key = session_key(&req.election, session);
+        if let Some(q) = st.queues.get_mut(&req.election) {
+            q.retain(|e| e.key != key);
         }
+        st.queues.retain(|_, q| !q.is_empty());
         st.next_token += 1;
         let token = st.next_token;
         let claim = st.enqueue(req, session, token);
@@ -615,6 +614,26 @@ impl Backend for MemoryBackend {
                 backend: NAME,
             }),
         }
+    }
+
+    async fn withdraw_in(&self, election: &str, session: i64) -> Result<()> {
+        if self.shared.kind == Kind::Record {
+            return Err(Error::NotSupported {
+                operation: "withdraw_in",
+                backend: NAME,
+            });
+        }
+        let key = session_key(election, session);
+        let mut st = self.shared.lock_expired();
+        let before = st.queues.get(election).map_or(0, |q| q.len());
+        if let Some(q) = st.queues.get_mut(election) {
+            q.retain(|e| e.key != key);
+        }
+        st.queues.retain(|_, q| !q.is_empty());
+        if st.queues.get(election).map_or(0, |q| q.len()) != before {
+            self.shared.bump(&mut st);
+        }
+        Ok(())
     }
 
     async fn watch_claim(&self, claim: &Claim) -> Result<()> {

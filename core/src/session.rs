@@ -40,7 +40,8 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::leadership::LossReason;
 use crate::options::ElectionOptions;
-use crate::retry::RenewSchedule;
+use crate::retry::{Backoff, RenewSchedule};
+use crate::types::Claim;
 
 /// The engine's sessions on one backend instance. A backend that supports
 /// sessions owns one (a field, returned by
@@ -259,6 +260,115 @@ impl SessionUse {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+/// A claim in a session whose end the store has not confirmed.
+#[derive(Debug, Clone)]
+pub(crate) enum Unsettled {
+    /// A release (a leader stepping down) or a withdrawal (a waiter leaving
+    /// the line) whose answer was lost.
+    Release(Claim),
+    /// A create ([`Backend::try_acquire_in`]) whose answer was lost: the
+    /// claim may exist without the engine knowing it.
+    Create {
+        /// The election it was made for.
+        election: String,
+    },
+}
+
+impl Unsettled {
+    fn describe(&self) -> String {
+        match self {
+            Unsettled::Release(claim) => format!("the release of {}", claim.key),
+            Unsettled::Create { election } => {
+                format!("the removal of a claim in {election:?} whose create was not answered")
+            }
+        }
+    }
+}
+
+impl SessionUse {
+    /// Resolve `what` in the background: the session stays alive, and this
+    /// election's place in it stays taken (so no new claim of the election
+    /// is made in it), while the release is retried with backoff until the
+    /// store confirms it. When that cannot succeed within a ttl (or the
+    /// error is one retrying cannot fix), the session is given up: it is
+    /// marked lost (every term on it ends, its keep-alives stop) so that the
+    /// store ends its lease, and the claim with it, within a ttl. A session
+    /// already lost takes the claim with it: nothing to do.
+    ///
+    /// Without this, a claim left in a session that other electors keep
+    /// alive would stay in the line for as long as they run: nobody else
+    /// could lead its election.
+    pub(crate) fn settle(self, what: Unsettled, error: Error) {
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            // No runtime to retry on: give up the session now.
+            self.give_up(&what, &error);
+            return;
+        };
+        let span = tracing::info_span!("settle", session = %format_args!("{:#x}", self.id()));
+        handle.spawn(self.settle_task(what, error).instrument(span));
+    }
+
+    async fn settle_task(self, what: Unsettled, mut error: Error) {
+        let state = self.state().clone();
+        let backend = self.hold.core.backend.clone();
+        let timing = state.timing;
+        let give_up_at = Instant::now() + timing.ttl;
+        let mut backoff = Backoff::new(timing.retry_interval);
+        tracing::warn!(error = %error, "{} was not confirmed; retrying in the background while the session lives", what.describe());
+        loop {
+            if !error.is_transient() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                _ = state.lost.cancelled() => {
+                    tracing::debug!("the session ended; the claim went with it");
+                    return;
+                }
+                _ = sleep_until(give_up_at) => break,
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+            let bound = timing.request_timeout;
+            let call = async {
+                match &what {
+                    Unsettled::Release(claim) => backend.release(claim).await,
+                    Unsettled::Create { election } => backend.withdraw_in(election, state.id).await,
+                }
+            };
+            let result = tokio::select! {
+                biased;
+                _ = state.lost.cancelled() => return,
+                r = timeout(bound, call) => r,
+            };
+            match result {
+                Ok(Ok(())) => {
+                    tracing::info!("{} is confirmed", what.describe());
+                    return;
+                }
+                Ok(Err(e)) => error = e,
+                Err(_) => {
+                    error = Error::Timeout {
+                        operation: "release",
+                        after: bound,
+                    }
+                }
+            }
+            tracing::debug!(error = %error, "{} failed again", what.describe());
+        }
+        self.give_up(&what, &error);
+    }
+
+    /// End the session here: every term on it ends, its keeper stops, and
+    /// the store ends it within a ttl (or at once, when it is closed after
+    /// its last user goes).
+    fn give_up(&self, what: &Unsettled, error: &Error) {
+        self.state().mark_lost(LossReason::LeaseLost(format!(
+            "{} could not be confirmed ({error}); the session is given up so that the store ends it, and the claim with it, within a ttl",
+            what.describe()
+        )));
     }
 }
 

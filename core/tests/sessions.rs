@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use leasehold_core::faulty::FaultyBackend;
+use leasehold_core::faulty::{Fault, FaultyBackend};
 use leasehold_core::memory::MemoryStore;
 use leasehold_core::{Backend, ElectionOptions, Elector, LossReason};
 use tokio::time::{sleep, timeout};
@@ -188,4 +188,115 @@ async fn a_claim_deleted_by_hand_ends_its_term_at_once() {
     assert!(matches!(reason, LossReason::LeaseLost(_)), "{reason:?}");
     sleep(TTL).await;
     assert!(!l2.is_lost(), "the other term on the session goes on");
+}
+
+/// Issue 20: a release that never reached the store, in a session another elector
+/// keeps alive, is retried until it lands; the next candidate then leads
+/// with a higher token, and a later candidate on the same backend never
+/// adopts the ended term's claim.
+#[tokio::test(start_paused = true)]
+async fn a_release_whose_answer_is_lost_is_retried_until_it_lands() {
+    let store = MemoryStore::new();
+    let (shared, faults) = FaultyBackend::wrap(Arc::new(store.client()));
+    let shared: Arc<dyn Backend> = shared;
+    let a = Elector::new(shared.clone(), options("e", "a")).unwrap();
+    let g = Elector::new(shared.clone(), options("f", "g")).unwrap();
+    let la = a.lock().await.unwrap();
+    let lg = g.lock().await.unwrap();
+    let b = Elector::new(Arc::new(store.client()), options("e", "b")).unwrap();
+    let b_task = tokio::spawn(async move { b.lock().await });
+    sleep(Duration::from_millis(10)).await;
+
+    // The link goes silent for the delete (it never lands), then heals well
+    // before the session's deadline.
+    faults.set(Fault::BlackHole);
+    let a_token = la.fencing_token();
+    assert!(la.unlock().await.is_err(), "the release timed out");
+    faults.set(Fault::None);
+    let lb = timeout(TTL, b_task)
+        .await
+        .expect("b leads within a ttl")
+        .unwrap()
+        .unwrap();
+    assert!(lb.fencing_token() > a_token);
+    assert!(!lg.is_lost(), "the session lives on for g");
+    lb.unlock().await.unwrap();
+    lg.unlock().await.unwrap();
+}
+
+/// Issue 20: a release that keeps failing in a session that stays alive
+/// gives the session up after a ttl: every term on it ends, its keep-alives
+/// stop, the store ends it (and the claim), and the next candidate leads.
+#[tokio::test(start_paused = true)]
+async fn a_release_that_keeps_failing_gives_the_session_up() {
+    let store = MemoryStore::new();
+    let (shared, faults) = FaultyBackend::wrap(Arc::new(store.client()));
+    let shared: Arc<dyn Backend> = shared;
+    let a = Elector::new(shared.clone(), options("e", "a")).unwrap();
+    let g = Elector::new(shared.clone(), options("f", "g")).unwrap();
+    let la = a.lock().await.unwrap();
+    let lg = g.lock().await.unwrap();
+    let b = Elector::new(Arc::new(store.client()), options("e", "b")).unwrap();
+    let b_task = tokio::spawn(async move { b.lock().await });
+    sleep(Duration::from_millis(10)).await;
+    // The store keeps answering keep-alives but refuses every delete.
+    faults.set(Fault::RefuseReleases);
+    let started = tokio::time::Instant::now();
+    assert!(la.unlock().await.is_err());
+    let reason = timeout(TTL * 2, lg.lost())
+        .await
+        .expect("the session is given up within a ttl of the failed release");
+    let given_up = started.elapsed();
+    assert!(
+        matches!(&reason, LossReason::LeaseLost(m) if m.contains("given up")),
+        "{reason}"
+    );
+    assert!(
+        given_up >= TTL,
+        "given up after {given_up:?}, before a ttl of retries"
+    );
+    let lb = timeout(TTL * 2, b_task)
+        .await
+        .expect("b leads once the store ended the given-up session")
+        .unwrap()
+        .unwrap();
+    assert_eq!(lb.leader().id, "b");
+    assert!(lb.fencing_token() > lg.fencing_token());
+}
+
+/// Issue 20: a create in a shared session whose answer was lost, in a
+/// campaign that then ends (`try_lock`), leaves no claim behind in the line,
+/// and the next create in that session gets a new token (never adopts it).
+#[tokio::test(start_paused = true)]
+async fn a_create_whose_answer_is_lost_is_never_adopted() {
+    let store = MemoryStore::new();
+    let z = Elector::new(Arc::new(store.client()), options("e", "z")).unwrap();
+    let lz = z.lock().await.unwrap();
+    let (shared, faults) = FaultyBackend::wrap(Arc::new(store.client()));
+    let shared: Arc<dyn Backend> = shared;
+    let g = Elector::new(shared.clone(), options("f", "g")).unwrap();
+    let lg = g.lock().await.unwrap();
+    let a = Elector::new(shared.clone(), options("e", "a")).unwrap();
+    faults.set(Fault::LoseReplies);
+    assert!(a.try_lock().await.is_err(), "the create's answer was lost");
+    faults.set(Fault::None);
+    // Whatever the lost create made is withdrawn in the background.
+    sleep(TTL).await;
+    assert_eq!(store.queue_len("e"), 1, "only z is in the line");
+    // d, on the same backend (and so the same session), leads after z with a
+    // token of its own.
+    let d = Elector::new(shared.clone(), options("e", "d")).unwrap();
+    let d_task = tokio::spawn(async move { d.lock().await });
+    sleep(Duration::from_millis(10)).await;
+    let z_token = lz.fencing_token();
+    lz.unlock().await.unwrap();
+    let ld = timeout(TTL, d_task)
+        .await
+        .expect("d leads")
+        .unwrap()
+        .unwrap();
+    assert!(ld.fencing_token() > z_token);
+    assert_eq!(ld.leader().id, "d");
+    ld.unlock().await.unwrap();
+    lg.unlock().await.unwrap();
 }

@@ -315,43 +315,57 @@ impl EtcdBackend {
     }
 
     /// Create the candidate key of `req` in `lease`, then who leads. With
-    /// `adopt`, a key of this lease that exists already is taken as this
-    /// candidate's (a create whose answer was lost: one session holds one
-    /// claim per election, so it can only be ours).
+    /// `replace`, a key of this lease that exists already (left by a create
+    /// whose answer was lost: the engine keeps the election's place in a
+    /// session until that is resolved) is deleted and the key created anew,
+    /// never adopted, so that every claim gets a new create revision (token).
     async fn create_in(
         &self,
         req: &AcquireRequest,
         lease: i64,
-        adopt: bool,
+        replace: bool,
     ) -> Result<AcquireOutcome> {
         let t = self.timeout();
         let range = self.inner.keys.range(&req.election);
         let key = self.inner.keys.candidate(&req.election, lease);
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([
-                TxnOp::put(
-                    key.clone(),
-                    self.inner.keys.encode(&req.candidate, &req.value),
-                    Some(PutOptions::new().with_lease(lease)),
-                ),
-                TxnOp::get(range.clone(), Some(Self::first_by_create())),
-            ])
-            .or_else([
-                TxnOp::get(key.clone(), None),
-                TxnOp::get(range, Some(Self::first_by_create())),
-            ]);
         let mut kv = self.inner.client.kv_client();
-        self.inner.counters.request();
-        let resp = bounded("create candidate key", t, kv.txn(txn)).await?;
-        let revision = header_revision(resp.header(), "create candidate key")?;
-        let responses = resp.op_responses();
-        let token = if resp.succeeded() {
-            revision
-        } else {
-            let existing = first_kv(&responses);
-            match existing {
-                Some(kv) if adopt && kv.lease() == lease => kv.create_revision(),
+        // One create, or a leftover's delete and then one create.
+        let mut attempts = 0;
+        let (resp, revision) = loop {
+            attempts += 1;
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .and_then([
+                    TxnOp::put(
+                        key.clone(),
+                        self.inner.keys.encode(&req.candidate, &req.value),
+                        Some(PutOptions::new().with_lease(lease)),
+                    ),
+                    TxnOp::get(range.clone(), Some(Self::first_by_create())),
+                ])
+                .or_else([TxnOp::get(key.clone(), None)]);
+            self.inner.counters.request();
+            let resp = bounded("create candidate key", t, kv.txn(txn)).await?;
+            let revision = header_revision(resp.header(), "create candidate key")?;
+            if resp.succeeded() {
+                break (resp, revision);
+            }
+            let leftover = first_kv(&resp.op_responses());
+            match leftover {
+                Some(old) if replace && old.lease() == lease && attempts < 3 => {
+                    tracing::debug!(%key, token = old.create_revision(), "a key of this session left by an unanswered create: replacing it");
+                    let delete = Txn::new()
+                        .when([Compare::create_revision(
+                            key.clone(),
+                            CompareOp::Equal,
+                            old.create_revision(),
+                        )])
+                        .and_then([TxnOp::delete(key.clone(), None)]);
+                    self.inner.counters.request();
+                    bounded("delete a leftover candidate key", t, kv.txn(delete)).await?;
+                }
+                // Gone in between: create again.
+                None if attempts < 3 => {}
                 _ => {
                     return Err(Error::Backend {
                         backend: BACKEND,
@@ -363,6 +377,8 @@ impl EtcdBackend {
                 }
             }
         };
+        let token = revision;
+        let responses = resp.op_responses();
         let first = responses
             .iter()
             .filter_map(|r| match r {
@@ -984,12 +1000,29 @@ impl Backend for EtcdBackend {
         }
     }
 
-    /// Cancel safe: a key whose create answer was lost is adopted by the
-    /// next attempt in the same session, or goes when the session closes.
+    /// Cancel safe: a key whose create answer was lost is replaced (never
+    /// adopted) by the next attempt in the same session, or removed by
+    /// [`withdraw_in`](Backend::withdraw_in), or goes when the session ends.
     async fn try_acquire_in(&self, req: &AcquireRequest, session: i64) -> Result<AcquireOutcome> {
         self.create_in(req, session, true)
             .await
             .map_err(|e| self.denied(e, &req.election, "readwrite"))
+    }
+
+    /// Deletes the session's key in the election (named after the lease,
+    /// so it can only be the claim of the unanswered create). Cancel safe.
+    async fn withdraw_in(&self, election: &str, session: i64) -> Result<()> {
+        let key = self.inner.keys.candidate(election, session);
+        let mut kv = self.inner.client.kv_client();
+        self.inner.counters.request();
+        bounded(
+            "delete an unanswered candidate key",
+            self.timeout(),
+            kv.delete(key, None),
+        )
+        .await
+        .map_err(|e| self.denied(e, election, "readwrite"))?;
+        Ok(())
     }
 
     /// Cancel safe: the watch it opened is closed when the future is dropped.

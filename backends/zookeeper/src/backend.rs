@@ -547,6 +547,15 @@ impl Backend for ZkBackend {
         self.create_and_evaluate(client, dir, req).await
     }
 
+    /// Nothing to do here: a create whose answer was lost is found by its
+    /// protected name and deleted in the background by
+    /// [`try_acquire_in`](Backend::try_acquire_in) itself (Curator's
+    /// protection mode), and a new create makes a new sequential node, so a
+    /// leftover is never adopted.
+    async fn withdraw_in(&self, _election: &str, _session: i64) -> Result<()> {
+        Ok(())
+    }
+
     /// An exists-watch on the own node: resolves when the node is deleted
     /// or the session ends. Costs one request to arm, nothing while armed.
     /// Cancel safe.
