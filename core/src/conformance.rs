@@ -75,6 +75,7 @@ pub async fn run_all(s: &dyn Subject) {
         renewal_keeps_the_lease(s),
         vanished_holder_is_replaced(s),
         electors_on_one_client_release_independently(s),
+        a_release_that_never_landed_does_not_block(s),
     );
     tokio::join!(
         tokens_strictly_increase(s),
@@ -315,6 +316,62 @@ pub async fn electors_on_one_client_release_independently(s: &dyn Subject) {
         Some(l2.fencing_token()),
         "{W}: the second election lost its leader"
     );
+    for l in [l2, lb] {
+        l.unlock()
+            .await
+            .unwrap_or_else(|e| panic!("{W}: unlock failed: {e}"));
+    }
+}
+
+/// A release that never reaches the store (the link goes silent for the
+/// delete, then heals), by one of two electors on one client (sharing its
+/// session where the backend has sessions, which the other keeps alive),
+/// does not block the election: the waiting candidate leads within a ttl
+/// and a poll, with a higher token, and the other term goes on.
+pub async fn a_release_that_never_landed_does_not_block(s: &dyn Subject) {
+    const W: &str = "a_release_that_never_landed_does_not_block";
+    let (e1, e2) = (s.election("lost-release-1"), s.election("lost-release-2"));
+    let (client, faults) = crate::faulty::FaultyBackend::wrap(s.client().await);
+    let client: Arc<dyn Backend> = client;
+    let a1 = elector(client.clone(), s.options(&e1, "alpha"));
+    let a2 = elector(client, s.options(&e2, "alpha"));
+    let q = quick(s, a1.options());
+    let l1 = must_lock(&a1, q, W).await;
+    let l2 = must_lock(&a2, q, W).await;
+    let b1 = new_elector(s, &e1, "beta").await;
+    let waiting = tokio::spawn(async move {
+        let l = b1.lock().await;
+        (Instant::now(), l)
+    });
+    sleep(Duration::from_millis(100)).await;
+    faults.set(crate::faulty::Fault::BlackHole);
+    let token = l1.fencing_token();
+    let unlocked = l1.unlock().await;
+    assert!(
+        unlocked.is_err(),
+        "{W}: a release into a silent link reported success"
+    );
+    faults.set(crate::faulty::Fault::None);
+    let healed = Instant::now();
+    let bound = a1.options().ttl + q;
+    let (led_at, lb) = timeout(bound, waiting)
+        .await
+        .unwrap_or_else(|_| {
+            panic!("{W}: the waiting candidate did not lead within {bound:?} of the heal: the unreleased claim blocks the election")
+        })
+        .unwrap_or_else(|e| panic!("{W}: task: {e}"));
+    let lb = lb.unwrap_or_else(|e| panic!("{W}: lock failed: {e}"));
+    assert!(
+        lb.fencing_token() > token,
+        "{W}: the next term's token {} is not above {token}",
+        lb.fencing_token()
+    );
+    assert!(
+        !l2.is_lost(),
+        "{W}: the other term on the client ended: {:?}",
+        l2.loss_reason()
+    );
+    tracing::info!(after = ?led_at - healed, "{W}: the next candidate led after the heal");
     for l in [l2, lb] {
         l.unlock()
             .await

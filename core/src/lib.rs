@@ -22,7 +22,11 @@
 //!   (etcd leases, ZooKeeper sessions) the electors on one backend instance
 //!   share a session kept alive by one engine task; a waiting candidate
 //!   costs nothing more, and losing the session ends every term on it (see
-//!   [`ElectionOptions::own_session`] to isolate one election).
+//!   [`ElectionOptions::own_session`] to isolate one election). A claim
+//!   whose release (or create) went unanswered in a session is never
+//!   forgotten: the engine retries in the background until the store
+//!   confirms it, or gives the session up within a ttl so the store ends it;
+//!   a new claim never adopts an old one, so every term has a new token.
 //! * Losing is not an error: "someone else holds it" is
 //!   [`Attempt::Held`]; a store outage is an [`Error`] that counts against
 //!   the deadline; [`LossReason`] tells "the lease is gone" from "the store

@@ -22,6 +22,12 @@
 //! start over with a new session. The session is closed (the etcd lease
 //! revoked) when its last user goes.
 //!
+//! A claim's end that the store did not confirm (a release, a withdrawal or
+//! a create whose answer was lost) keeps its election's place in the
+//! session and is retried in the background until it is confirmed; when it
+//! cannot be within a ttl, the session is given up (marked lost, so the
+//! store ends it). See [`SessionUse::settle`].
+//!
 //! On backends whose client keeps the session alive by itself
 //! ([`Capabilities::self_kept_sessions`]: ZooKeeper's pings), the engine
 //! sends keep-alives only while a leader is on the session, to prove its
