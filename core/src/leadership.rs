@@ -136,7 +136,9 @@ impl TermState {
             if r.is_none() {
                 let _e = self.span.enter();
                 match &reason {
-                    LossReason::Released => tracing::info!("leadership released"),
+                    // "leadership released" is logged once the store
+                    // confirmed the release (unlock, or the drop's task).
+                    LossReason::Released => tracing::info!("leadership ends: stepping down"),
                     other => tracing::warn!(reason = %other, "leadership lost"),
                 }
                 self.monitor.term_ended(self.info.token, reason.label());
@@ -204,9 +206,6 @@ impl Drop for TermGuard {
                         Ok(r) => r,
                         Err(_) => Err(Error::Timeout { operation: "release", after: bound }),
                     };
-                    if result.is_ok() {
-                        tracing::debug!(key = %claim.key, "released on drop");
-                    }
                     in_flight.finish(&result, "release on drop");
                 }.instrument(span));
             }
@@ -563,9 +562,10 @@ struct InFlight {
 impl InFlight {
     fn finish(mut self, result: &Result<()>, what: &str) {
         let session = self.session.take();
-        if let Err(e) = result {
-            let _e = self.span.enter();
-            settle_failed_release(session, self.claim.clone(), e.clone(), what);
+        let _e = self.span.enter();
+        match result {
+            Ok(()) => tracing::info!(key = %self.claim.key, "leadership released"),
+            Err(e) => settle_failed_release(session, self.claim.clone(), e.clone(), what),
         }
     }
 }

@@ -13,6 +13,27 @@ use crate::error::{Error, Result};
 /// The invariants (checked by [`validate`](Self::validate)):
 /// `0 < safety_margin < ttl`, and `renew_interval <= (ttl - safety_margin) / 2`
 /// so that at least two renewals can be tried before the local deadline.
+///
+/// The struct is `#[non_exhaustive]`: build it with [`new`](Self::new) and
+/// the `with_*` methods (or assign its public fields).
+///
+/// ```
+/// use std::time::Duration;
+/// use leasehold_core::ElectionOptions;
+///
+/// let options = ElectionOptions::new("orders", "worker-1")
+///     .with_ttl(Duration::from_secs(10)) // renew 3.33 s, retry 1.67 s, margin 1 s, timeout 3.33 s
+///     .with_value("10.0.0.7:8080")
+///     .with_request_timeout(Duration::from_secs(2))
+///     .with_own_session();
+/// options.validate().unwrap();
+/// assert_eq!(options.value, b"10.0.0.7:8080");
+///
+/// // A renew interval that leaves no room for a second try is refused,
+/// // naming the field.
+/// let err = options.clone().with_renew_interval(Duration::from_secs(6)).validate().unwrap_err();
+/// assert!(err.to_string().contains("renew_interval"), "{err}");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ElectionOptions {
@@ -86,6 +107,41 @@ impl ElectionOptions {
     /// [`own_session`](Self::own_session)).
     pub fn with_own_session(mut self) -> Self {
         self.own_session = true;
+        self
+    }
+
+    /// Publish `value` while leading (an address, a JSON blob; at most
+    /// [`MAX_VALUE_LEN`] bytes, checked by [`validate`](Self::validate)).
+    pub fn with_value(mut self, value: impl Into<Vec<u8>>) -> Self {
+        self.value = value.into();
+        self
+    }
+
+    /// Set [`renew_interval`](Self::renew_interval) alone (call after
+    /// [`with_ttl`](Self::with_ttl), which derives it).
+    pub fn with_renew_interval(mut self, interval: Duration) -> Self {
+        self.renew_interval = interval;
+        self
+    }
+
+    /// Set [`retry_interval`](Self::retry_interval) alone (call after
+    /// [`with_ttl`](Self::with_ttl), which derives it).
+    pub fn with_retry_interval(mut self, interval: Duration) -> Self {
+        self.retry_interval = interval;
+        self
+    }
+
+    /// Set [`safety_margin`](Self::safety_margin) alone (call after
+    /// [`with_ttl`](Self::with_ttl), which derives it).
+    pub fn with_safety_margin(mut self, margin: Duration) -> Self {
+        self.safety_margin = margin;
+        self
+    }
+
+    /// Set [`request_timeout`](Self::request_timeout) alone (call after
+    /// [`with_ttl`](Self::with_ttl), which derives it).
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
         self
     }
 

@@ -139,4 +139,20 @@ async fn every_term_event_names_election_candidate_and_token_at_info_level() {
     second.unlock().await.unwrap();
     let released = capture.with_message("leadership released");
     assert_names(&released, "leadership released", &token2);
+
+    // "released" only once the store confirmed it: a release into a silent
+    // link logs the step-down, not the release.
+    let third = a.lock().await.unwrap();
+    let token3 = third.fencing_token().to_string();
+    faults.set(Fault::BlackHole);
+    assert!(third.unlock().await.is_err());
+    faults.set(Fault::None);
+    let steps = capture.with_message("leadership ends");
+    assert_names(&steps[steps.len() - 1..], "leadership ends", &token3);
+    let released_now = capture.with_message("leadership released");
+    assert_eq!(
+        released_now.len(),
+        released.len(),
+        "a release the store never confirmed was logged as released"
+    );
 }
