@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -25,6 +24,10 @@ pub(crate) const NAME: &str = "zookeeper";
 /// How many times one call re-reads when the line changes under it (a
 /// leader node deleted between listing and reading it).
 const MAX_REREADS: usize = 5;
+
+/// How many events of its own node (a proclaim's data change) one
+/// [`Backend::watch_claim`] call re-arms after; the line's events do not count.
+const MAX_OWN_NODE_EVENTS: usize = 100;
 
 /// The ZooKeeper backend: one client session, shared by every election run
 /// through it. The session is the lease: the server deletes this backend's
@@ -454,6 +457,39 @@ impl ZkBackend {
         })
     }
 
+    /// Watch the line of `dir` for a node under another lock name, for as
+    /// long as the caller polls: each event of the line is a fresh listing
+    /// and a new children watch. Resolves `Ok` when the line or the session
+    /// is gone (so is the caller's node), [`Error::Lost`] when a foreign node
+    /// joined, or with the error of a listing that failed.
+    async fn watch_line(&self, client: &Client, dir: &str) -> Result<()> {
+        loop {
+            let watcher = match self
+                .call(
+                    client,
+                    "watch candidates",
+                    client.get_and_watch_children(dir),
+                )
+                .await?
+            {
+                Ok((children, _, watcher)) => {
+                    if let Err(e) = self.line(children, dir) {
+                        return Err(Error::Lost(format!(
+                            "{e}; this term ends rather than lead beside a participant that counts the line differently"
+                        )));
+                    }
+                    watcher
+                }
+                Err(zk::Error::SessionExpired | zk::Error::NoNode) => return Ok(()),
+                Err(e) => return Err(map_err("watch candidates", e)),
+            };
+            watcher.changed().await;
+            if client.state().is_terminated() {
+                return Ok(());
+            }
+        }
+    }
+
     /// The first candidate in `dir`, if any.
     pub(crate) async fn read_leader(
         &self,
@@ -549,76 +585,53 @@ impl Backend for ZkBackend {
 
     /// An exists-watch on the own node: resolves when the node is deleted
     /// or the session ends. Costs one request to arm, nothing while armed.
-    /// Cancel safe.
+    /// Beside it, a children watch on the election's line (a node under
+    /// another lock name joined: a Curator participant would then lead beside
+    /// this leader, so the term ends loudly). The line is watched on its own:
+    /// its events (any number of candidates coming and going) never use up
+    /// nor hold up the own-node watch. Cancel safe.
     async fn watch_claim(&self, claim: &Claim) -> Result<()> {
         let Ok(client) = self.claim_client(claim) else {
             return Ok(());
         };
         let dir = self.dir(&claim.election)?;
-        // Two one-shot watches, each re-armed only after it fired: the own
-        // node (deleted by hand, or by the end of its session) and the line
-        // of the election (a node under another lock name joined: a Curator
-        // participant would then lead beside this leader, so the term ends
-        // loudly). Bounded: after that many events the engine watches again.
-        let mut own: Option<Pin<Box<dyn Future<Output = zk::WatchedEvent> + Send>>> = None;
-        let mut line: Option<Pin<Box<dyn Future<Output = zk::WatchedEvent> + Send>>> = None;
-        for _ in 0..100 {
-            if own.is_none() {
-                match self
-                    .call(
-                        &client,
-                        "watch own node",
-                        client.check_and_watch_stat(&claim.key),
-                    )
-                    .await?
-                {
-                    Ok((None, _)) => return Ok(()),
-                    Ok((Some(stat), _)) if stat.ephemeral_owner != claim.session => return Ok(()),
-                    Ok((Some(_), watcher)) => own = Some(Box::pin(watcher.changed())),
-                    Err(zk::Error::SessionExpired | zk::Error::NoNode) => return Ok(()),
-                    Err(e) => return Err(map_err("watch own node", e)),
-                }
-            }
-            if line.is_none() {
-                match self
-                    .call(
-                        &client,
-                        "watch candidates",
-                        client.get_and_watch_children(&dir),
-                    )
-                    .await?
-                {
-                    Ok((children, _, watcher)) => {
-                        if let Err(e) = self.line(children, &dir) {
-                            return Err(Error::Lost(format!(
-                                "{e}; this term ends rather than lead beside a participant that counts the line differently"
-                            )));
-                        }
-                        line = Some(Box::pin(watcher.changed()));
-                    }
-                    Err(zk::Error::SessionExpired | zk::Error::NoNode) => return Ok(()),
-                    Err(e) => return Err(map_err("watch candidates", e)),
-                }
-            }
-            let (Some(own_fired), Some(line_fired)) = (own.as_mut(), line.as_mut()) else {
-                continue;
+        let line = self.watch_line(&client, &dir);
+        tokio::pin!(line);
+        // Each arming is a fresh read of the own node. Only the own node's
+        // events that are not its end (a proclaim's data change) re-arm it;
+        // bounded: after that many the engine watches again, at once.
+        for _ in 0..MAX_OWN_NODE_EVENTS {
+            let own = match self
+                .call(
+                    &client,
+                    "watch own node",
+                    client.check_and_watch_stat(&claim.key),
+                )
+                .await?
+            {
+                Ok((None, _)) => return Ok(()),
+                Ok((Some(stat), _)) if stat.ephemeral_owner != claim.session => return Ok(()),
+                Ok((Some(_), watcher)) => watcher,
+                Err(zk::Error::SessionExpired | zk::Error::NoNode) => return Ok(()),
+                Err(e) => return Err(map_err("watch own node", e)),
             };
             tokio::select! {
-                event = own_fired => {
+                // The own node first: when both are ready, its end wins.
+                biased;
+                event = own.changed() => {
                     if event.event_type == zk::EventType::NodeDeleted
                         || client.state().is_terminated()
                     {
                         return Ok(());
                     }
-                    own = None;
                 }
-                _ = line_fired => line = None,
+                ended = &mut line => return ended,
             }
         }
         Err(Error::Unavailable {
             backend: NAME,
             message: format!(
-                "the watches on {} fired 100 times without the node going; watch again",
+                "the watch on {} fired {MAX_OWN_NODE_EVENTS} times without the node going; watch again",
                 claim.key
             ),
         })
