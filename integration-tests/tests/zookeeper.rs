@@ -1485,3 +1485,68 @@ async fn the_own_node_watch_is_not_used_up_by_churn_in_the_line() {
     );
     ended.expect("the own-node watch ended with an error instead of the delete");
 }
+
+/// Issue 20 §4: a replacement session, opened after the last one expired, is
+/// held to the safe minimum `validate` enforces (`min_session_timeout`), not
+/// only to the ttl. The server is restarted without its data (so the
+/// session is expired) and with a `maxSessionTimeout` of 6.5 s: enough for
+/// the ttl of 6 s, less than the 7.4 s the election needs. The next campaign
+/// must be refused with an error that says so, never lead on that session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_session_shorter_than_the_safe_minimum_is_refused() {
+    let ttl = Duration::from_secs(6);
+    let server = start_server().await;
+    let cs = server.connect_string();
+    let backend: Arc<dyn Backend> = Arc::new(connect(&cs, Duration::from_secs(8)).await);
+    let election = unique_name("replacement");
+    let opts = options(&election, "a", ttl);
+    let needed = ZkBackend::min_session_timeout(&opts);
+    assert_eq!(needed, Duration::from_millis(7400));
+    let a = Elector::new(backend, opts).expect("an 8 s session is enough for ttl 6 s");
+    let la = lock_within(&a, Duration::from_secs(10), "a").await;
+
+    // The server comes back without the session, granting at most 6.5 s.
+    server.kill();
+    let data = server.data_dir();
+    std::fs::remove_dir_all(data.join("version-2")).expect("remove the server's data");
+    let config = data.parent().expect("the server's dir").join("zoo.cfg");
+    let mut text = std::fs::read_to_string(&config).expect("read zoo.cfg");
+    text.push_str("maxSessionTimeout=6500\n");
+    std::fs::write(&config, text).expect("write zoo.cfg");
+    server
+        .restart()
+        .await
+        .unwrap_or_else(|e| panic!("restarting ZooKeeper: {e}"));
+    let reason = timeout(Duration::from_secs(15), la.lost())
+        .await
+        .expect("the term outlived its expired session");
+    eprintln!("the term ended: {reason}");
+
+    let began = Instant::now();
+    match timeout(Duration::from_secs(30), a.lock()).await {
+        Err(_) => panic!("the campaign on the replacement session neither led nor failed in 30 s"),
+        Ok(Ok(l)) => panic!(
+            "led on a replacement session of {:?} (the election needs {needed:?}), token {}",
+            Duration::from_millis(6500),
+            l.fencing_token()
+        ),
+        Ok(Err(e)) => {
+            eprintln!("refused after {:?}: {e}", began.elapsed());
+            assert!(
+                matches!(
+                    e,
+                    Error::InvalidOption {
+                        field: "session_timeout",
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+            let text = e.to_string();
+            assert!(
+                text.contains("6.5s") && text.contains("7.4s"),
+                "the error must name the session granted and the one needed: {text}"
+            );
+        }
+    }
+}

@@ -51,6 +51,10 @@ pub struct ZkBackend {
     /// backend (nanoseconds; `u64::MAX`: none yet): the engine's bound on
     /// `release`, which answers well within it.
     engine_bound: AtomicU64,
+    /// The longest [`ZkBackend::min_session_timeout`] of the elections
+    /// validated on this backend (nanoseconds; 0: none yet): a replacement
+    /// session opened after an expiry must be granted at least this.
+    needed_session: AtomicU64,
     /// The engine's sessions on this backend (all of them on its one
     /// ZooKeeper session).
     sessions: SessionRegistry,
@@ -98,6 +102,7 @@ impl ZkBackend {
             current: Mutex::new(client),
             reconnect: tokio::sync::Mutex::new(()),
             engine_bound: AtomicU64::new(u64::MAX),
+            needed_session: AtomicU64::new(0),
             sessions: SessionRegistry::new(),
         })
     }
@@ -283,7 +288,7 @@ impl ZkBackend {
         dir: String,
         req: &AcquireRequest,
     ) -> Result<AcquireOutcome> {
-        self.check_ttl(&client, req.ttl)?;
+        self.check_session(&client, req.ttl)?;
         // Until the engine has the claim, a node this call creates
         // is nobody's: if the call fails after the create may have
         // been applied, or is cancelled, the guard finds the node by
@@ -321,6 +326,29 @@ impl ZkBackend {
                 "ttl",
                 format!(
                     "{ttl:?} is longer than the ZooKeeper session timeout the server granted ({negotiated:?}, {:?} was requested): the server could expire the session before the leader's local deadline; use a ttl of at most {negotiated:?}, or ask for a longer session_timeout (the server allows 2 to 20 x its tickTime)",
+                    self.config.session_timeout
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`check_ttl`](Self::check_ttl), and that `client`'s session (a
+    /// replacement, when the one `validate` checked expired) is still as
+    /// long as every election validated on this backend needs: the server
+    /// may grant a new session less than the last (its `maxSessionTimeout`
+    /// or `tickTime` changed, or another member of the ensemble is
+    /// configured differently).
+    fn check_session(&self, client: &Client, ttl: Duration) -> Result<()> {
+        self.check_ttl(client, ttl)?;
+        let needed = Duration::from_nanos(self.needed_session.load(Ordering::Relaxed));
+        let granted = client.session_timeout();
+        if granted < needed {
+            return Err(Error::invalid_option(
+                "session_timeout",
+                format!(
+                    "the ZooKeeper server granted session {} a timeout of {granted:?} ({:?} was requested), but the elections on this backend need at least {needed:?} (ttl - safety_margin + renew_interval, ZkBackend::min_session_timeout; the session the elections were checked against was long enough, so the server now grants less: its maxSessionTimeout or tickTime changed, or the members of the ensemble are configured differently); no candidate node was created; make the server allow a session of {needed:?} or more (maxSessionTimeout, by default 20 x tickTime), or lower the ttl / raise the safety_margin",
+                    client.session_id(),
                     self.config.session_timeout
                 ),
             ));
@@ -551,7 +579,7 @@ impl Backend for ZkBackend {
     /// ended). Cancel safe.
     async fn open_session(&self, ttl: Duration) -> Result<i64> {
         let client = self.live_client().await?;
-        self.check_ttl(&client, ttl)?;
+        self.check_session(&client, ttl)?;
         Ok(client.session_id().0)
     }
 
@@ -663,6 +691,9 @@ impl Backend for ZkBackend {
                 ),
             ));
         }
+        // A replacement session (after an expiry) is held to this too.
+        let safe = u64::try_from(Self::min_session_timeout(options).as_nanos()).unwrap_or(u64::MAX);
+        self.needed_session.fetch_max(safe, Ordering::Relaxed);
         Ok(())
     }
 
