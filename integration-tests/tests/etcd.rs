@@ -1340,3 +1340,76 @@ async fn a_key_deleted_while_the_watch_stream_reconnects_ends_its_term_at_once()
         "the deposed leader's done signal came more than 1 s after the delete (round, delay): {late:?}"
     );
 }
+
+/// Issue 20 §4: an own-key watch on a member cut off from its peers sees no
+/// deletions made by the others. The client asks etcd to require a leader
+/// on its streams (`ConnectOptions::with_require_leader(true)`, the
+/// `hasleader` metadata Go's client sends, on every call including Watch),
+/// so the cut-off member cancels the shared watch stream after a few
+/// election timeouts; but what bounds the term is the keep-alive path: the
+/// session's keep-alive needs the raft leader, so the leader's done signal
+/// fires at its local deadline (`ttl - safety_margin` after the last
+/// keep-alive sent), before etcd can end the lease, and so before anyone
+/// else can lead. The harness cannot cut one member off while the others
+/// serve, so the two others are frozen (SIGSTOP): the member the leader
+/// talks to then has no leader, as behind a partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_on_a_member_cut_off_from_its_peers_steps_down_at_its_deadline() {
+    const TTL: u64 = 6;
+    let cluster = EtcdCluster::start(3)
+        .await
+        .unwrap_or_else(|e| panic!("could not start a 3-member etcd cluster: {e}"));
+    let endpoints = cluster.endpoints();
+    let election = unique_name("cut-off");
+    let a_backend = Arc::new(connect(std::slice::from_ref(&endpoints[0])).await);
+    let a_dyn: Arc<dyn Backend> = a_backend.clone();
+    let a = Elector::new(a_dyn, options(&election, "a", TTL)).expect("options");
+    let la = lock_within(&a, Duration::from_secs(15), "a").await;
+    let b = elector(std::slice::from_ref(&endpoints[1]), &election, "b", TTL).await;
+    let b_task = tokio::spawn(async move {
+        let lb = b.lock().await.expect("b: lock");
+        (Instant::now(), lb)
+    });
+    sleep(Duration::from_millis(500)).await;
+    let before = a_backend.stats();
+    let deadline = la.deadline();
+    // Member 0 is cut off: its peers are frozen.
+    cluster.member(1).pause();
+    cluster.member(2).pause();
+    let cut = Instant::now();
+    let reason = timeout(Duration::from_secs(TTL + 4), la.lost()).await;
+    let done = Instant::now();
+    // Let the watch stream's cancellation ("no leader", after 3 election
+    // timeouts) show in the counters if it has not yet.
+    sleep(Duration::from_secs(1)).await;
+    let after = a_backend.stats();
+    cluster.member(1).resume();
+    cluster.member(2).resume();
+    let reason = reason.unwrap_or_else(|_| {
+        panic!("the leader on the cut-off member did not step down within {TTL} s + 4 s")
+    });
+    eprintln!(
+        "the done signal came {:?} after the cut ({reason}); {:?} after the deadline known at the cut; own-key watches registered during the cut: {}, watch streams opened: {}",
+        done - cut,
+        done.saturating_duration_since(deadline),
+        after.watches_opened - before.watches_opened,
+        after.watch_streams - before.watch_streams,
+    );
+    assert!(
+        matches!(reason, LossReason::Unreachable { .. }),
+        "{reason:?}"
+    );
+    assert!(
+        done - cut < Duration::from_secs(TTL),
+        "the done signal came {:?} after the cut, not within the ttl",
+        done - cut
+    );
+    let (b_led, lb) = timeout(Duration::from_secs(TTL * 4), b_task)
+        .await
+        .expect("b did not lead after the heal")
+        .expect("b's task");
+    eprintln!("b led {:?} after the cut", b_led - cut);
+    assert!(b_led > done, "b led before a's done signal");
+    assert!(lb.fencing_token() > la.fencing_token());
+    lb.unlock().await.expect("unlock b");
+}
