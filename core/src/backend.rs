@@ -213,8 +213,11 @@ pub trait Backend: Send + Sync + Debug + 'static {
     /// without a watch; [`Error::Lost`](crate::Error::Lost) when the claim
     /// still exists but can no longer be trusted to lead (ZooKeeper: a node
     /// under another lock name joined the line): the engine ends the term
-    /// with that message; other store failures (the engine waits a retry
-    /// interval and watches again).
+    /// with that message; other store failures (a broken or exhausted
+    /// watch): the engine calls again at once, and waits (a back-off of at
+    /// most a retry interval) only when that fails too. So each call must
+    /// start from a fresh look at the claim (a read, or a watch from its
+    /// creation): a deletion between two calls must not be missed.
     async fn watch_claim(&self, claim: &Claim) -> Result<()> {
         let _ = claim;
         Err(crate::Error::NotSupported {

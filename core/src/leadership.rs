@@ -702,6 +702,14 @@ async fn heartbeat(
 /// deadline and health, end the term when the session is lost, and watch
 /// the own claim so that a claim deleted on the store (by hand, or with a
 /// lease an admin revoked) ends the term at once rather than at a read.
+///
+/// No blind gap: a watch that fails (a broken stream, an exhausted watch) is
+/// watched again at once, and each `watch_claim` call starts from a fresh
+/// look at the claim, so a deletion in between is seen. Only repeated
+/// failures wait ([`Backoff`], at most a retry interval), and the back-off
+/// starts over after a success: a watch that held for a retry interval, or a
+/// keep-alive of the session that the store answered (which also ends a
+/// pending wait: the store answers again, so watch now).
 async fn session_term(
     state: Arc<TermState>,
     backend: Arc<dyn Backend>,
@@ -712,10 +720,13 @@ async fn session_term(
     let lost = session.lost_token();
     let mut beats = session.beats();
     let mut backoff = Backoff::new(options.retry_interval);
+    // Watch failures in a row (none since the last success).
+    let mut failures: u32 = 0;
     // Whether the backend can watch a claim at all.
     let mut watchable = true;
     loop {
         let claim = state.claim();
+        let armed = Instant::now();
         let watch = backend.watch_claim(&claim);
         tokio::pin!(watch);
         let mut retry_at: Option<Instant> = None;
@@ -740,6 +751,12 @@ async fn session_term(
                         None => {
                             *lock(&state.last_error) = None;
                             state.monitor.renewed(state.info.token, beat.deadline, beat.latency);
+                            failures = 0;
+                            backoff.reset();
+                            if retry_at.is_some() {
+                                tracing::debug!("the store answers again; watching the own claim now");
+                                break;
+                            }
                         }
                         Some(e) => {
                             let left = beat.deadline.saturating_duration_since(Instant::now());
@@ -768,8 +785,20 @@ async fn session_term(
                         return;
                     }
                     Err(e) => {
-                        tracing::debug!(error = %e, "watching the own claim failed; watching again after a retry interval");
-                        retry_at = Some(Instant::now() + backoff.next_delay());
+                        if armed.elapsed() >= options.retry_interval {
+                            // It held that long: it was watching, this is a
+                            // first failure.
+                            failures = 0;
+                            backoff.reset();
+                        }
+                        failures += 1;
+                        if failures == 1 {
+                            tracing::debug!(error = %e, "watching the own claim failed; watching again at once");
+                            break;
+                        }
+                        let delay = backoff.next_delay();
+                        tracing::debug!(error = %e, failures, retry_in = ?delay, "watching the own claim failed again; watching again after a back-off");
+                        retry_at = Some(Instant::now() + delay);
                     }
                 },
                 _ = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => break,

@@ -1221,3 +1221,195 @@ async fn a_key_deleted_by_hand_ends_its_term_at_once() {
     lb.unlock().await.expect("unlock");
     l2.unlock().await.expect("unlock");
 }
+
+/// Runs `etcdctl del <key>` against `endpoint` (no auth), as an operator
+/// would; panics with its output on failure.
+async fn etcdctl_del(endpoint: &str, key: &str) {
+    let out = tokio::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .args(["del", key])
+        .output()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "could not run etcdctl ({e}); install it with `apt-get install -y etcd-client` (scripts/setup does)"
+            )
+        });
+    assert!(
+        out.status.success(),
+        "etcdctl del {key}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1",
+        "etcdctl del {key} deleted nothing"
+    );
+}
+
+/// Issue 20 §2: a leader's key deleted by hand while the shared own-key
+/// watch stream reconnects ends its term at once. The leader's connection is
+/// reset twice (each reset breaks the stream its own-key watch rides), the
+/// second time just before `etcdctl del` of its key; a waiting candidate on
+/// another connection then leads. The deposed leader's done signal must come
+/// within 1 s of the delete (renewals are 5 s apart; a retry interval of 5 s
+/// makes a blind back-off after a broken watch plain to see).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_deleted_while_the_watch_stream_reconnects_ends_its_term_at_once() {
+    const TTL: u64 = 15;
+    const ROUNDS: usize = 3;
+    let node = start_node().await;
+    let proxy = Proxy::start(node.client_addr()).await;
+    let a_backend = Arc::new(connect(&[format!("http://{}", proxy.addr())]).await);
+    let b_backend: Arc<dyn Backend> = Arc::new(connect(&[node.endpoint()]).await);
+    let base = unique_name("reconnect-del");
+    let started = Instant::now();
+    let mut late = Vec::new();
+    for round in 0..ROUNDS {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the rounds took too long"
+        );
+        let election = format!("{base}-{round}");
+        let mut a_options = options(&election, "a", TTL);
+        a_options.retry_interval = Duration::from_secs(5);
+        let a_dyn: Arc<dyn Backend> = a_backend.clone();
+        let a = Elector::new(a_dyn, a_options).expect("options");
+        let la = lock_within(&a, Duration::from_secs(10), "a").await;
+        let key = format!(
+            "{}{:016x}",
+            a_backend.election_prefix(&election),
+            la.session_id().expect("a session") as u64
+        );
+        let b = Elector::new(b_backend.clone(), options(&election, "b", TTL)).expect("options");
+        let b_task = tokio::spawn(async move {
+            let lb = b.lock().await.expect("b: lock");
+            (Instant::now(), lb)
+        });
+        sleep(Duration::from_millis(300)).await;
+        // The first reset: the watch breaks and is watched again.
+        proxy.reset_all();
+        sleep(Duration::from_millis(1500)).await;
+        assert!(!la.is_lost(), "round {round}: a reset alone ended the term");
+        // The second reset, then the delete while the stream reconnects.
+        proxy.reset_all();
+        let deleting = Instant::now();
+        etcdctl_del(&node.endpoint(), &key).await;
+        let deleted = Instant::now();
+        let reason = timeout(Duration::from_secs(12), la.lost())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the term did not end within 12 s"));
+        let done = Instant::now();
+        let (b_led, lb) = timeout(Duration::from_secs(5), b_task)
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: b did not lead within 5 s of the delete"))
+            .expect("b's task");
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let after_delete = done.saturating_duration_since(deleting);
+        let (sign, gap) = if done >= b_led {
+            ("after", done - b_led)
+        } else {
+            ("before", b_led - done)
+        };
+        eprintln!(
+            "round {round}: etcdctl del took {:.1} ms; the deposed leader's done signal came {:.1} ms after the delete was sent ({reason}), {:.1} ms {sign} the next leader led ({:.1} ms after the delete was sent)",
+            ms(deleted - deleting),
+            ms(after_delete),
+            ms(gap),
+            ms(b_led.saturating_duration_since(deleting)),
+        );
+        assert!(
+            matches!(reason, LossReason::LeaseLost(_)),
+            "round {round}: {reason:?}"
+        );
+        assert!(
+            lb.fencing_token() > la.fencing_token(),
+            "round {round}: the new term's token {} is not above {}",
+            lb.fencing_token(),
+            la.fencing_token()
+        );
+        if after_delete > Duration::from_secs(1) {
+            late.push((round, after_delete));
+        }
+        lb.unlock().await.expect("unlock b");
+    }
+    assert!(
+        late.is_empty(),
+        "the deposed leader's done signal came more than 1 s after the delete (round, delay): {late:?}"
+    );
+}
+
+/// Issue 20 §4: an own-key watch on a member cut off from its peers sees no
+/// deletions made by the others. The client asks etcd to require a leader
+/// on its streams (`ConnectOptions::with_require_leader(true)`, the
+/// `hasleader` metadata Go's client sends, on every call including Watch),
+/// so the cut-off member cancels the shared watch stream after a few
+/// election timeouts; but what bounds the term is the keep-alive path: the
+/// session's keep-alive needs the raft leader, so the leader's done signal
+/// fires at its local deadline (`ttl - safety_margin` after the last
+/// keep-alive sent), before etcd can end the lease, and so before anyone
+/// else can lead. The harness cannot cut one member off while the others
+/// serve, so the two others are frozen (SIGSTOP): the member the leader
+/// talks to then has no leader, as behind a partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_on_a_member_cut_off_from_its_peers_steps_down_at_its_deadline() {
+    const TTL: u64 = 6;
+    let cluster = EtcdCluster::start(3)
+        .await
+        .unwrap_or_else(|e| panic!("could not start a 3-member etcd cluster: {e}"));
+    let endpoints = cluster.endpoints();
+    let election = unique_name("cut-off");
+    let a_backend = Arc::new(connect(std::slice::from_ref(&endpoints[0])).await);
+    let a_dyn: Arc<dyn Backend> = a_backend.clone();
+    let a = Elector::new(a_dyn, options(&election, "a", TTL)).expect("options");
+    let la = lock_within(&a, Duration::from_secs(15), "a").await;
+    let b = elector(std::slice::from_ref(&endpoints[1]), &election, "b", TTL).await;
+    let b_task = tokio::spawn(async move {
+        let lb = b.lock().await.expect("b: lock");
+        (Instant::now(), lb)
+    });
+    sleep(Duration::from_millis(500)).await;
+    let before = a_backend.stats();
+    let deadline = la.deadline();
+    // Member 0 is cut off: its peers are frozen.
+    cluster.member(1).pause();
+    cluster.member(2).pause();
+    let cut = Instant::now();
+    let reason = timeout(Duration::from_secs(TTL + 4), la.lost()).await;
+    let done = Instant::now();
+    // Let the watch stream's cancellation ("no leader", after 3 election
+    // timeouts) show in the counters if it has not yet.
+    sleep(Duration::from_secs(1)).await;
+    let after = a_backend.stats();
+    cluster.member(1).resume();
+    cluster.member(2).resume();
+    let reason = reason.unwrap_or_else(|_| {
+        panic!("the leader on the cut-off member did not step down within {TTL} s + 4 s")
+    });
+    eprintln!(
+        "the done signal came {:?} after the cut ({reason}); {:?} after the deadline known at the cut; own-key watches registered during the cut: {}, watch streams opened: {}",
+        done - cut,
+        done.saturating_duration_since(deadline),
+        after.watches_opened - before.watches_opened,
+        after.watch_streams - before.watch_streams,
+    );
+    assert!(
+        matches!(reason, LossReason::Unreachable { .. }),
+        "{reason:?}"
+    );
+    assert!(
+        done - cut < Duration::from_secs(TTL),
+        "the done signal came {:?} after the cut, not within the ttl",
+        done - cut
+    );
+    let (b_led, lb) = timeout(Duration::from_secs(TTL * 4), b_task)
+        .await
+        .expect("b did not lead after the heal")
+        .expect("b's task");
+    eprintln!("b led {:?} after the cut", b_led - cut);
+    assert!(b_led > done, "b led before a's done signal");
+    assert!(lb.fencing_token() > la.fencing_token());
+    lb.unlock().await.expect("unlock b");
+}

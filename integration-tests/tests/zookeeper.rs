@@ -1289,3 +1289,264 @@ async fn a_node_deleted_by_hand_ends_its_term_at_once() {
     assert!(!l2.is_lost(), "the other term on the session ended too");
     l2.unlock().await.expect("unlock");
 }
+
+/// Creates and deletes nodes in `dir` (the line of an election, under the
+/// default lock name) every ~3 ms until `stop`, at most 30,000 times or for
+/// 120 s: a third client churning the line. Returns how many it created.
+fn churn_the_line(
+    client: zk::Client,
+    dir: String,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let began = Instant::now();
+        let mode = zk::CreateMode::EphemeralSequential.with_acls(zk::Acls::anyone_all());
+        let prefix = format!("{dir}/_c_churn-latch-");
+        let mut created = 0;
+        while created < 30_000 && began.elapsed() < Duration::from_secs(120) && !stop.is_cancelled()
+        {
+            match timeout(
+                Duration::from_secs(2),
+                client.create(&prefix, b"churn", &mode),
+            )
+            .await
+            {
+                Ok(Ok((_, sequence))) => {
+                    created += 1;
+                    let _ = timeout(
+                        Duration::from_secs(2),
+                        client.delete(&format!("{prefix}{sequence}"), None),
+                    )
+                    .await;
+                }
+                // The directory is gone between rounds, or the server is busy.
+                _ => sleep(Duration::from_millis(20)).await,
+            }
+            sleep(Duration::from_millis(3)).await;
+        }
+        created
+    })
+}
+
+/// The first node in line of `dir` (by sequence): the leader's.
+async fn first_in_line(client: &zk::Client, dir: &str) -> String {
+    let mut nodes = client.list_children(dir).await.expect("list the line");
+    nodes.sort_by(|a, b| a[a.len() - 10..].cmp(&b[b.len() - 10..]));
+    nodes.first().cloned().expect("nobody in line")
+}
+
+/// Issue 20 §3: while a third client creates and deletes nodes in the
+/// election's line every few milliseconds, a leader's node deleted by hand
+/// still ends its term at once: the line's events must not use up the
+/// leader's own-node watch, and a watch that ends is re-armed at once (a
+/// retry interval of 3 s makes a blind back-off plain to see). The deposed
+/// leader's done signal must come within 1 s of each delete (renewals are
+/// 2.7 s apart), and the next leader's token is higher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_deleted_by_hand_under_churn_in_the_line_ends_its_term_at_once() {
+    const ROUNDS: usize = 6;
+    let ttl = Duration::from_secs(8);
+    let server = start_server().await;
+    let cs = server.connect_string();
+    let a_backend: Arc<dyn Backend> = Arc::new(connect(&cs, session_for(ttl)).await);
+    let b_backend: Arc<dyn Backend> = Arc::new(connect(&cs, session_for(ttl)).await);
+    let admin = connect(&cs, session_for(ttl)).await;
+    let churner = connect(&cs, session_for(ttl)).await;
+    let base = unique_name("churn-del");
+    let started = Instant::now();
+    let mut late = Vec::new();
+    let mut overlaps = 0;
+    for round in 0..ROUNDS {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the rounds took too long"
+        );
+        let election = format!("{base}-{round}");
+        let dir = format!("/{election}");
+        let mut a_options = options(&election, "a", ttl);
+        a_options.retry_interval = Duration::from_secs(3);
+        let a = Elector::new(a_backend.clone(), a_options).expect("options");
+        let la = lock_within(&a, Duration::from_secs(10), "a").await;
+        let b = Elector::new(b_backend.clone(), options(&election, "b", ttl)).expect("options");
+        let b_task = tokio::spawn(async move {
+            let lb = b.lock().await.expect("b: lock");
+            (Instant::now(), lb)
+        });
+        let stop = CancellationToken::new();
+        let churn = churn_the_line(churner.client(), dir.clone(), stop.clone());
+        // 1.5 to 2.5 s of churn before the delete.
+        sleep(Duration::from_millis(1500 + 200 * round as u64)).await;
+        assert!(!la.is_lost(), "round {round}: churn alone ended the term");
+        let node = first_in_line(&admin.client(), &dir).await;
+        let deleting = Instant::now();
+        admin
+            .client()
+            .delete(&format!("{dir}/{node}"), None)
+            .await
+            .expect("delete the leader's node");
+        let reason = timeout(Duration::from_secs(12), la.lost())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the term did not end within 12 s"));
+        let done = Instant::now();
+        let (b_led, lb) = timeout(Duration::from_secs(5), b_task)
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: b did not lead within 5 s of the delete"))
+            .expect("b's task");
+        stop.cancel();
+        let created = churn.await.expect("the churn task");
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let after_delete = done.saturating_duration_since(deleting);
+        let (sign, gap) = if done >= b_led {
+            overlaps += 1;
+            ("after", done - b_led)
+        } else {
+            ("before", b_led - done)
+        };
+        eprintln!(
+            "round {round}: {created} churn nodes; the deposed leader's done signal came {:.1} ms after the delete ({reason}), {:.1} ms {sign} the next leader led ({:.1} ms after the delete)",
+            ms(after_delete),
+            ms(gap),
+            ms(b_led.saturating_duration_since(deleting)),
+        );
+        assert!(
+            matches!(reason, LossReason::LeaseLost(_)),
+            "round {round}: {reason:?}"
+        );
+        assert!(
+            lb.fencing_token() > la.fencing_token(),
+            "round {round}: the new term's token {} is not above {}",
+            lb.fencing_token(),
+            la.fencing_token()
+        );
+        if after_delete > Duration::from_secs(1) {
+            late.push((round, after_delete));
+        }
+        lb.unlock().await.expect("unlock b");
+    }
+    eprintln!(
+        "the next leader led before the deposed leader's done signal in {overlaps} of {ROUNDS} rounds"
+    );
+    assert!(
+        late.is_empty(),
+        "the deposed leader's done signal came more than 1 s after the delete (round, delay): {late:?}"
+    );
+}
+
+/// Issue 20 §3, the backend's part: a leader's own-node watch
+/// (`Backend::watch_claim`) is not used up by events in the election's line.
+/// Under 3 s of churn (hundreds of line events) it must still be watching,
+/// and then resolve when the node is deleted by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_own_node_watch_is_not_used_up_by_churn_in_the_line() {
+    let ttl = Duration::from_secs(8);
+    let server = start_server().await;
+    let cs = server.connect_string();
+    let backend = connect(&cs, session_for(ttl)).await;
+    let admin = connect(&cs, session_for(ttl)).await;
+    let churner = connect(&cs, session_for(ttl)).await;
+    let election = unique_name("churn-watch");
+    let dir = format!("/{election}");
+    let claim = match backend
+        .try_acquire(&request(&election, "a", b"", ttl))
+        .await
+        .expect("try_acquire")
+    {
+        AcquireOutcome::Acquired(claim) => claim,
+        other => panic!("did not lead an empty election: {other:?}"),
+    };
+    let stop = CancellationToken::new();
+    let churn = churn_the_line(churner.client(), dir.clone(), stop.clone());
+    let watch = backend.watch_claim(&claim);
+    tokio::pin!(watch);
+    if let Ok(ended) = timeout(Duration::from_secs(3), &mut watch).await {
+        stop.cancel();
+        let created = churn.await.expect("the churn task");
+        panic!(
+            "the own-node watch ended under churn alone ({created} churn nodes created and deleted in the line), the node still there: {ended:?}"
+        );
+    }
+    let node = first_in_line(&admin.client(), &dir).await;
+    assert_eq!(format!("{dir}/{node}"), claim.key);
+    let deleted_at = Instant::now();
+    admin
+        .client()
+        .delete(&claim.key, None)
+        .await
+        .expect("delete the leader's node");
+    let ended = timeout(Duration::from_secs(2), &mut watch)
+        .await
+        .expect("the own-node watch did not resolve within 2 s of the delete");
+    let took = deleted_at.elapsed();
+    stop.cancel();
+    let created = churn.await.expect("the churn task");
+    eprintln!(
+        "after {created} churn nodes the own-node watch was still armed; it resolved {:.1} ms after the delete",
+        took.as_secs_f64() * 1000.0
+    );
+    ended.expect("the own-node watch ended with an error instead of the delete");
+}
+
+/// Issue 20 §4: a replacement session, opened after the last one expired, is
+/// held to the safe minimum `validate` enforces (`min_session_timeout`), not
+/// only to the ttl. The server is restarted without its data (so the
+/// session is expired) and with a `maxSessionTimeout` of 6.5 s: enough for
+/// the ttl of 6 s, less than the 7.4 s the election needs. The next campaign
+/// must be refused with an error that says so, never lead on that session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_session_shorter_than_the_safe_minimum_is_refused() {
+    let ttl = Duration::from_secs(6);
+    let server = start_server().await;
+    let cs = server.connect_string();
+    let backend: Arc<dyn Backend> = Arc::new(connect(&cs, Duration::from_secs(8)).await);
+    let election = unique_name("replacement");
+    let opts = options(&election, "a", ttl);
+    let needed = ZkBackend::min_session_timeout(&opts);
+    assert_eq!(needed, Duration::from_millis(7400));
+    let a = Elector::new(backend, opts).expect("an 8 s session is enough for ttl 6 s");
+    let la = lock_within(&a, Duration::from_secs(10), "a").await;
+
+    // The server comes back without the session, granting at most 6.5 s.
+    server.kill();
+    let data = server.data_dir();
+    std::fs::remove_dir_all(data.join("version-2")).expect("remove the server's data");
+    let config = data.parent().expect("the server's dir").join("zoo.cfg");
+    let mut text = std::fs::read_to_string(&config).expect("read zoo.cfg");
+    text.push_str("maxSessionTimeout=6500\n");
+    std::fs::write(&config, text).expect("write zoo.cfg");
+    server
+        .restart()
+        .await
+        .unwrap_or_else(|e| panic!("restarting ZooKeeper: {e}"));
+    let reason = timeout(Duration::from_secs(15), la.lost())
+        .await
+        .expect("the term outlived its expired session");
+    eprintln!("the term ended: {reason}");
+
+    let began = Instant::now();
+    match timeout(Duration::from_secs(30), a.lock()).await {
+        Err(_) => panic!("the campaign on the replacement session neither led nor failed in 30 s"),
+        Ok(Ok(l)) => panic!(
+            "led on a replacement session of {:?} (the election needs {needed:?}), token {}",
+            Duration::from_millis(6500),
+            l.fencing_token()
+        ),
+        Ok(Err(e)) => {
+            eprintln!("refused after {:?}: {e}", began.elapsed());
+            assert!(
+                matches!(
+                    e,
+                    Error::InvalidOption {
+                        field: "session_timeout",
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+            let text = e.to_string();
+            assert!(
+                text.contains("6.5s") && text.contains("7.4s"),
+                "the error must name the session granted and the one needed: {text}"
+            );
+        }
+    }
+}

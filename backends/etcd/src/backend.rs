@@ -21,6 +21,10 @@ use tokio::sync::oneshot;
 use crate::error::{BACKEND, bounded, map, unavailable};
 use crate::layout::{Keys, Layout};
 
+/// How many times one own-key watch is registered again (after its shared
+/// stream broke, or etcd cancelled it) before the call gives up.
+const MAX_KEY_REWATCHES: usize = 16;
+
 /// etcd's smallest lease ttl, in seconds.
 pub const MIN_TTL_SECS: u64 = 2;
 
@@ -408,38 +412,59 @@ impl EtcdBackend {
     /// Resolve when `claim`'s key is gone: a watch on the key from just
     /// after its creation, so a delete in between is seen too. The watches
     /// of all the leaders on this backend share one watch stream.
+    ///
+    /// When that stream breaks (a connection reset) or etcd cancels the
+    /// watch (a compaction past its start), the key is read again at once
+    /// (a linearizable read): gone, or with another create revision, the
+    /// claim is gone; else the watch is registered again from that read's
+    /// revision + 1, so a delete while the stream was down is never missed.
+    /// A failed read is the caller's error (the engine watches again).
     async fn watch_own_key(&self, claim: &Claim) -> Result<()> {
         let token = Self::token_of(claim);
         let mut start = token + 1;
-        // Registered again only when etcd cancels a watch (a compaction past
-        // its start): then the key is read once to find where to go on.
-        for _ in 0..3 {
+        // Bounded: a stream that keeps breaking while reads succeed ends
+        // the call; the engine then watches again (after a back-off when
+        // that too fails at once).
+        for _ in 0..MAX_KEY_REWATCHES {
             let watch = self.register_key_watch(&claim.key, start).await?;
             match watch.wait().await {
                 KeyEvent::Deleted => return Ok(()),
-                KeyEvent::Broken(e) => return Err(e),
-                KeyEvent::Canceled => {
-                    let mut kv = self.inner.client.kv_client();
-                    self.inner.counters.request();
-                    let got = bounded(
-                        "read own key",
-                        self.timeout(),
-                        kv.get(claim.key.as_str(), Some(GetOptions::new().with_keys_only())),
-                    )
-                    .await?;
-                    match got.kvs().first() {
-                        Some(kv) if kv.create_revision() == token => {
-                            start = header_revision(got.header(), "read own key")? + 1;
-                        }
-                        _ => return Ok(()),
-                    }
+                KeyEvent::Broken(e) => {
+                    tracing::debug!(key = %claim.key, error = %e, "the own-key watch stream broke; reading the key and watching again");
                 }
+                KeyEvent::Canceled => {
+                    tracing::debug!(key = %claim.key, "etcd cancelled the own-key watch; reading the key and watching again");
+                }
+            }
+            match self.read_own_key(claim).await? {
+                Some(revision) => start = revision + 1,
+                None => return Ok(()),
             }
         }
         Err(unavailable(format!(
-            "watch own key {}: etcd cancelled the watch 3 times; watch again",
+            "watch own key {}: the watch ended {MAX_KEY_REWATCHES} times without the key going; watch again",
             claim.key
         )))
+    }
+
+    /// A fresh (linearizable) read of `claim`'s key: the revision the read
+    /// saw when the key is still the claim's, `None` when it is gone or has
+    /// another create revision.
+    async fn read_own_key(&self, claim: &Claim) -> Result<Option<i64>> {
+        let mut kv = self.inner.client.kv_client();
+        self.inner.counters.request();
+        let got = bounded(
+            "read own key",
+            self.timeout(),
+            kv.get(claim.key.as_str(), Some(GetOptions::new().with_keys_only())),
+        )
+        .await?;
+        match got.kvs().first() {
+            Some(kv) if kv.create_revision() == Self::token_of(claim) => {
+                Ok(Some(header_revision(got.header(), "read own key")?))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Later campaign steps: the claim must still exist; then who leads.
@@ -650,8 +675,9 @@ enum KeyEvent {
 /// One watch stream carrying the own-key watches of every leader on a
 /// backend, told apart by client-assigned watch ids. A reader task hands
 /// each watch its end; the stream closes when its last watch is gone or it
-/// breaks (then every watch on it ends with [`KeyEvent::Broken`] and is
-/// registered again, on a new stream, by its term).
+/// breaks (then every watch on it ends with [`KeyEvent::Broken`] at once and
+/// is registered again on a new stream, after a fresh read of its key, by
+/// [`EtcdBackend::watch_own_key`]).
 struct KeyWatchStream {
     sender: tokio::sync::Mutex<Option<WatchRequestSender>>,
     next_id: AtomicI64,

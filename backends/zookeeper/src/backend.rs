@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -26,6 +25,10 @@ pub(crate) const NAME: &str = "zookeeper";
 /// leader node deleted between listing and reading it).
 const MAX_REREADS: usize = 5;
 
+/// How many events of its own node (a proclaim's data change) one
+/// [`Backend::watch_claim`] call re-arms after; the line's events do not count.
+const MAX_OWN_NODE_EVENTS: usize = 100;
+
 /// The ZooKeeper backend: one client session, shared by every election run
 /// through it. The session is the lease: the server deletes this backend's
 /// candidate nodes when the session expires (no heartbeat for the negotiated
@@ -48,6 +51,10 @@ pub struct ZkBackend {
     /// backend (nanoseconds; `u64::MAX`: none yet): the engine's bound on
     /// `release`, which answers well within it.
     engine_bound: AtomicU64,
+    /// The longest [`ZkBackend::min_session_timeout`] of the elections
+    /// validated on this backend (nanoseconds; 0: none yet): a replacement
+    /// session opened after an expiry must be granted at least this.
+    needed_session: AtomicU64,
     /// The engine's sessions on this backend (all of them on its one
     /// ZooKeeper session).
     sessions: SessionRegistry,
@@ -95,6 +102,7 @@ impl ZkBackend {
             current: Mutex::new(client),
             reconnect: tokio::sync::Mutex::new(()),
             engine_bound: AtomicU64::new(u64::MAX),
+            needed_session: AtomicU64::new(0),
             sessions: SessionRegistry::new(),
         })
     }
@@ -280,7 +288,7 @@ impl ZkBackend {
         dir: String,
         req: &AcquireRequest,
     ) -> Result<AcquireOutcome> {
-        self.check_ttl(&client, req.ttl)?;
+        self.check_session(&client, req.ttl)?;
         // Until the engine has the claim, a node this call creates
         // is nobody's: if the call fails after the create may have
         // been applied, or is cancelled, the guard finds the node by
@@ -318,6 +326,29 @@ impl ZkBackend {
                 "ttl",
                 format!(
                     "{ttl:?} is longer than the ZooKeeper session timeout the server granted ({negotiated:?}, {:?} was requested): the server could expire the session before the leader's local deadline; use a ttl of at most {negotiated:?}, or ask for a longer session_timeout (the server allows 2 to 20 x its tickTime)",
+                    self.config.session_timeout
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`check_ttl`](Self::check_ttl), and that `client`'s session (a
+    /// replacement, when the one `validate` checked expired) is still as
+    /// long as every election validated on this backend needs: the server
+    /// may grant a new session less than the last (its `maxSessionTimeout`
+    /// or `tickTime` changed, or another member of the ensemble is
+    /// configured differently).
+    fn check_session(&self, client: &Client, ttl: Duration) -> Result<()> {
+        self.check_ttl(client, ttl)?;
+        let needed = Duration::from_nanos(self.needed_session.load(Ordering::Relaxed));
+        let granted = client.session_timeout();
+        if granted < needed {
+            return Err(Error::invalid_option(
+                "session_timeout",
+                format!(
+                    "the ZooKeeper server granted session {} a timeout of {granted:?} ({:?} was requested), but the elections on this backend need at least {needed:?} (ttl - safety_margin + renew_interval, ZkBackend::min_session_timeout; the session the elections were checked against was long enough, so the server now grants less: its maxSessionTimeout or tickTime changed, or the members of the ensemble are configured differently); no candidate node was created; make the server allow a session of {needed:?} or more (maxSessionTimeout, by default 20 x tickTime), or lower the ttl / raise the safety_margin",
+                    client.session_id(),
                     self.config.session_timeout
                 ),
             ));
@@ -454,6 +485,39 @@ impl ZkBackend {
         })
     }
 
+    /// Watch the line of `dir` for a node under another lock name, for as
+    /// long as the caller polls: each event of the line is a fresh listing
+    /// and a new children watch. Resolves `Ok` when the line or the session
+    /// is gone (so is the caller's node), [`Error::Lost`] when a foreign node
+    /// joined, or with the error of a listing that failed.
+    async fn watch_line(&self, client: &Client, dir: &str) -> Result<()> {
+        loop {
+            let watcher = match self
+                .call(
+                    client,
+                    "watch candidates",
+                    client.get_and_watch_children(dir),
+                )
+                .await?
+            {
+                Ok((children, _, watcher)) => {
+                    if let Err(e) = self.line(children, dir) {
+                        return Err(Error::Lost(format!(
+                            "{e}; this term ends rather than lead beside a participant that counts the line differently"
+                        )));
+                    }
+                    watcher
+                }
+                Err(zk::Error::SessionExpired | zk::Error::NoNode) => return Ok(()),
+                Err(e) => return Err(map_err("watch candidates", e)),
+            };
+            watcher.changed().await;
+            if client.state().is_terminated() {
+                return Ok(());
+            }
+        }
+    }
+
     /// The first candidate in `dir`, if any.
     pub(crate) async fn read_leader(
         &self,
@@ -515,7 +579,7 @@ impl Backend for ZkBackend {
     /// ended). Cancel safe.
     async fn open_session(&self, ttl: Duration) -> Result<i64> {
         let client = self.live_client().await?;
-        self.check_ttl(&client, ttl)?;
+        self.check_session(&client, ttl)?;
         Ok(client.session_id().0)
     }
 
@@ -558,76 +622,53 @@ impl Backend for ZkBackend {
 
     /// An exists-watch on the own node: resolves when the node is deleted
     /// or the session ends. Costs one request to arm, nothing while armed.
-    /// Cancel safe.
+    /// Beside it, a children watch on the election's line (a node under
+    /// another lock name joined: a Curator participant would then lead beside
+    /// this leader, so the term ends loudly). The line is watched on its own:
+    /// its events (any number of candidates coming and going) never use up
+    /// nor hold up the own-node watch. Cancel safe.
     async fn watch_claim(&self, claim: &Claim) -> Result<()> {
         let Ok(client) = self.claim_client(claim) else {
             return Ok(());
         };
         let dir = self.dir(&claim.election)?;
-        // Two one-shot watches, each re-armed only after it fired: the own
-        // node (deleted by hand, or by the end of its session) and the line
-        // of the election (a node under another lock name joined: a Curator
-        // participant would then lead beside this leader, so the term ends
-        // loudly). Bounded: after that many events the engine watches again.
-        let mut own: Option<Pin<Box<dyn Future<Output = zk::WatchedEvent> + Send>>> = None;
-        let mut line: Option<Pin<Box<dyn Future<Output = zk::WatchedEvent> + Send>>> = None;
-        for _ in 0..100 {
-            if own.is_none() {
-                match self
-                    .call(
-                        &client,
-                        "watch own node",
-                        client.check_and_watch_stat(&claim.key),
-                    )
-                    .await?
-                {
-                    Ok((None, _)) => return Ok(()),
-                    Ok((Some(stat), _)) if stat.ephemeral_owner != claim.session => return Ok(()),
-                    Ok((Some(_), watcher)) => own = Some(Box::pin(watcher.changed())),
-                    Err(zk::Error::SessionExpired | zk::Error::NoNode) => return Ok(()),
-                    Err(e) => return Err(map_err("watch own node", e)),
-                }
-            }
-            if line.is_none() {
-                match self
-                    .call(
-                        &client,
-                        "watch candidates",
-                        client.get_and_watch_children(&dir),
-                    )
-                    .await?
-                {
-                    Ok((children, _, watcher)) => {
-                        if let Err(e) = self.line(children, &dir) {
-                            return Err(Error::Lost(format!(
-                                "{e}; this term ends rather than lead beside a participant that counts the line differently"
-                            )));
-                        }
-                        line = Some(Box::pin(watcher.changed()));
-                    }
-                    Err(zk::Error::SessionExpired | zk::Error::NoNode) => return Ok(()),
-                    Err(e) => return Err(map_err("watch candidates", e)),
-                }
-            }
-            let (Some(own_fired), Some(line_fired)) = (own.as_mut(), line.as_mut()) else {
-                continue;
+        let line = self.watch_line(&client, &dir);
+        tokio::pin!(line);
+        // Each arming is a fresh read of the own node. Only the own node's
+        // events that are not its end (a proclaim's data change) re-arm it;
+        // bounded: after that many the engine watches again, at once.
+        for _ in 0..MAX_OWN_NODE_EVENTS {
+            let own = match self
+                .call(
+                    &client,
+                    "watch own node",
+                    client.check_and_watch_stat(&claim.key),
+                )
+                .await?
+            {
+                Ok((None, _)) => return Ok(()),
+                Ok((Some(stat), _)) if stat.ephemeral_owner != claim.session => return Ok(()),
+                Ok((Some(_), watcher)) => watcher,
+                Err(zk::Error::SessionExpired | zk::Error::NoNode) => return Ok(()),
+                Err(e) => return Err(map_err("watch own node", e)),
             };
             tokio::select! {
-                event = own_fired => {
+                // The own node first: when both are ready, its end wins.
+                biased;
+                event = own.changed() => {
                     if event.event_type == zk::EventType::NodeDeleted
                         || client.state().is_terminated()
                     {
                         return Ok(());
                     }
-                    own = None;
                 }
-                _ = line_fired => line = None,
+                ended = &mut line => return ended,
             }
         }
         Err(Error::Unavailable {
             backend: NAME,
             message: format!(
-                "the watches on {} fired 100 times without the node going; watch again",
+                "the watch on {} fired {MAX_OWN_NODE_EVENTS} times without the node going; watch again",
                 claim.key
             ),
         })
@@ -659,6 +700,9 @@ impl Backend for ZkBackend {
                 ),
             ));
         }
+        // A replacement session (after an expiry) is held to this too.
+        let safe = u64::try_from(Self::min_session_timeout(options).as_nanos()).unwrap_or(u64::MAX);
+        self.needed_session.fetch_max(safe, Ordering::Relaxed);
         Ok(())
     }
 
