@@ -724,4 +724,131 @@ mod tests {
         let text = table(&[r]);
         assert!(text.contains("VIOLATION"), "{text}");
     }
+
+    #[test]
+    fn one_candidates_two_terms_with_one_token_is_a_violation() {
+        // A release whose answer was lost left the claim in the shared
+        // session; the same candidate's next campaign adopted it.
+        let writes = vec![w(5, 100, 101, true), w(5, 3_000, 3_001, true)];
+        let mut events = handover().1;
+        events.truncate(2);
+        events.push(ev(
+            2_900,
+            1,
+            Ev::Elected {
+                token: 5,
+                worker: Some(6),
+            },
+        ));
+        let r = check(&writes, &events, &[], &[], 4_000 * MS, &[], LIMITS);
+        let all = r.violations.join("\n");
+        assert!(
+            all.contains("token 5 was handed out twice, both times to the same candidate"),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn a_token_below_an_ended_terms_token_is_a_violation() {
+        let (writes, mut events) = handover();
+        events.push(ev(3_200, 2, Ev::Lost));
+        events.push(ev(
+            3_300,
+            3,
+            Ev::Elected {
+                token: 6,
+                worker: Some(13),
+            },
+        ));
+        let r = check(&writes, &events, &[], &[], 4_000 * MS, &[], LIMITS);
+        let all = r.violations.join("\n");
+        assert!(all.contains("token 6 was handed out at"), "{all}");
+        assert!(all.contains("below token 7"), "{all}");
+    }
+
+    #[test]
+    fn leaderless_longer_than_the_bound_after_a_heal_is_a_violation() {
+        let (writes, mut events) = handover();
+        events.push(ev(3_200, 2, Ev::Lost));
+        // The term of token 7 ends at 3.2 s; the fault heals at 4 s; nobody
+        // leads until 12 s: 8 s after the heal, bound 5 s.
+        events.push(ev(
+            12_000,
+            3,
+            Ev::Elected {
+                token: 9,
+                worker: Some(9),
+            },
+        ));
+        let faults = [Fault {
+            kind: "release-lost",
+            start: 3_100 * MS,
+            heal: 4_000 * MS,
+        }];
+        let r = check(&writes, &events, &faults, &[], 13_000 * MS, &[], LIMITS);
+        let all = r.violations.join("\n");
+        assert!(
+            all.contains("the election had no leader for 8.000s, from 4.000s (after release-lost healed) until 12.000s"),
+            "{all}"
+        );
+        assert_eq!(r.longest_leaderless_ns, 8_000 * MS);
+        // The same stretch inside a fault's window is no violation.
+        let long = [Fault {
+            kind: "restart-store",
+            start: 3_100 * MS,
+            heal: 11_000 * MS,
+        }];
+        let r = check(&writes, &events, &long, &[], 13_000 * MS, &[], LIMITS);
+        assert!(
+            !r.violations.join("\n").contains("no leader"),
+            "{:?}",
+            r.violations
+        );
+        // Left: the handover's own 2.74 s (0.25 s to 2.99 s) and 1 s after the heal.
+        assert_eq!(r.longest_leaderless_ns, 2_740 * MS);
+    }
+
+    #[test]
+    fn leaderless_until_the_end_of_the_run_is_a_violation() {
+        let (writes, mut events) = handover();
+        events.push(ev(3_200, 2, Ev::Exited));
+        let r = check(&writes, &events, &[], &[], 9_000 * MS, &[], LIMITS);
+        let all = r.violations.join("\n");
+        assert!(
+            all.contains("from 3.200s (after the last term ended) until the end of the run"),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn a_deposed_leader_may_act_within_its_notice_bound_but_not_after() {
+        let (mut writes, mut events) = handover();
+        // Token 5's claim is deleted by hand at 2.9 s; token 7 is elected
+        // at 2.99 s; token 5's worker writes once more at 3.05 s (rejected)
+        // and its term ends at 3.1 s: within the 250 ms bound.
+        events.retain(|e| e.ev != Ev::Lost);
+        events.push(ev(3_100, 1, Ev::Lost));
+        writes.push(w(5, 3_050, 3_051, false));
+        let deletions = [Deletion {
+            at: 2_900 * MS,
+            token: 5,
+        }];
+        let r = check(&writes, &events, &[], &deletions, 4_000 * MS, &[], LIMITS);
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        assert_eq!((r.deposed, r.overlaps), (1, 0));
+        assert_eq!(r.worst_notice_ns, Some(200 * MS));
+        // Learning it 400 ms late is a violation, and writes past the bound
+        // after the next term began are an overlap.
+        events.retain(|e| e.ev != Ev::Lost);
+        events.push(ev(3_300, 1, Ev::Lost));
+        writes.push(w(5, 3_200, 3_201, false));
+        let r = check(&writes, &events, &[], &deletions, 4_000 * MS, &[], LIMITS);
+        let all = r.violations.join("\n");
+        assert!(
+            all.contains("the claim of token 5 (supervisor pid 1) was deleted by hand at 2.900s and its term ended only 0.400s later"),
+            "{all}"
+        );
+        assert!(all.contains("two leaders acting"), "{all}");
+        assert_eq!((r.deposed, r.overlaps), (1, 1));
+    }
 }
