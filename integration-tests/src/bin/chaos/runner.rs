@@ -324,7 +324,13 @@ impl Run<'_> {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
-            .env("RUST_LOG", "leasehold=info,leasehold_core=info")
+            // CHAOS_RUST_LOG, when set, is the candidates' RUST_LOG (their
+            // logs are kept when a run finds a violation).
+            .env(
+                "RUST_LOG",
+                std::env::var("CHAOS_RUST_LOG")
+                    .unwrap_or_else(|_| "leasehold=info,leasehold_core=info".to_owned()),
+            )
             .kill_on_drop(true);
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("LEASEHOLD_") {
