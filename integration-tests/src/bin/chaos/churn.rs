@@ -57,7 +57,7 @@ fn etcd_range(election: &str) -> String {
 
 enum Churner {
     Etcd {
-        client: etcd_client::Client,
+        client: Box<etcd_client::Client>,
         range: String,
         key: String,
         record: Vec<u8>,
@@ -105,7 +105,7 @@ impl Churner {
                 let key = format!("{range}{:016x}", lease as u64);
                 let record = br#"{"v":1,"id":"churn","value":""}"#.to_vec();
                 Ok(Churner::Etcd {
-                    client,
+                    client: Box::new(client),
                     range,
                     key,
                     record,

@@ -659,7 +659,7 @@ impl Run<'_> {
                 {
                     return Ok(None);
                 }
-                let request_lost = self.releases_lost % 2 == 0;
+                let request_lost = self.releases_lost.is_multiple_of(2);
                 self.releases_lost += 1;
                 let start = mono_ns();
                 if request_lost {
