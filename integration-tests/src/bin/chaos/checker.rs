@@ -46,6 +46,17 @@ pub(crate) struct Fault {
     pub(crate) heal: u64,
 }
 
+/// A leader's claim deleted by hand (the `delete-leader` fault): an
+/// operator's override, which lets the next candidate in at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Deletion {
+    /// When the delete was sent (monotonic ns).
+    pub(crate) at: u64,
+    /// The deleted claim's token (etcd: create revision; ZooKeeper: czxid):
+    /// the fencing token of the term it deposed.
+    pub(crate) token: u64,
+}
+
 /// The bounds the checker holds the history to.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
@@ -56,9 +67,23 @@ pub(crate) struct Limits {
     /// before its supervisor (thawed at the same instant) stops it. Such
     /// late writes must be rejected by the register, and are counted.
     pub(crate) resume_ns: u64,
-    /// After a fault heals, an accepted write must arrive within this
-    /// (ttl + the stated slack).
+    /// After a fault heals, an accepted write must arrive within this, and
+    /// the election may be without a live term for no longer than this:
+    /// ttl + slack. The slack (6 s by default, `--slack-ms`) covers what
+    /// comes on top of the old lease's ttl before a new term's first write:
+    /// the store noticing the expiry (etcd checks leases every 500 ms; a
+    /// ZooKeeper session's expiry is checked per tick), the store itself
+    /// recovering after a restart or a member's return (a new raft or zab
+    /// leader, 1 to 3 s here), a candidate's retry interval and reconnect,
+    /// and starting the worker.
     pub(crate) recover_ns: u64,
+    /// A leader whose claim was deleted by hand must end its term (its
+    /// supervisor's `lost` line) and stop acting within this of the
+    /// deletion. Its writes in that window after the next term began are
+    /// counted (`deposed`), not failed: the store let the next candidate in
+    /// at once, so only the fencing token (which the register checks) keeps
+    /// the resource safe meanwhile.
+    pub(crate) deposed_ns: u64,
     /// The run's start: times in messages are seconds since then (as in the
     /// runner's progress lines).
     pub(crate) origin: u64,
@@ -78,6 +103,15 @@ pub(crate) struct Report {
     pub(crate) overlaps: usize,
     pub(crate) orphaned: usize,
     pub(crate) worst_recovery_ns: Option<u64>,
+    /// Writes of a leader deposed by hand in its `deposed_ns` window, after
+    /// the next term began.
+    pub(crate) deposed: usize,
+    /// The worst time from a hand deletion to the end of the term it deposed.
+    pub(crate) worst_notice_ns: Option<u64>,
+    /// The longest time the election had no live term while no fault was in
+    /// progress (measured from the last heal, or from the end of the last
+    /// term).
+    pub(crate) longest_leaderless_ns: u64,
     /// The longest time without an accepted write (from the first one to
     /// the end of the fault phase).
     pub(crate) longest_gap_ns: u64,
@@ -87,6 +121,7 @@ pub(crate) struct Report {
 
 #[derive(Debug, Default, Clone)]
 struct Term {
+    sup: u32,
     token: u64,
     worker: Option<u32>,
     elected: u64,
@@ -104,6 +139,7 @@ pub(crate) fn check(
     writes: &[Write],
     events: &[Event],
     faults: &[Fault],
+    deletions: &[Deletion],
     end: u64,
     alive_orphans: &[(u32, Option<u64>)],
     limits: Limits,
@@ -117,19 +153,37 @@ pub(crate) fn check(
     events.sort_by_key(|e| e.t);
     let mut terms: Vec<Term> = Vec::new();
     let mut current: HashMap<u32, usize> = HashMap::new();
-    let mut by_token: HashMap<u64, u64> = HashMap::new();
+    let mut by_token: HashMap<u64, (u64, u32)> = HashMap::new();
+    // The highest token of a term that had ended (token, when it ended).
+    let mut highest_ended: Option<(u64, u64)> = None;
     for e in &events {
         match e.ev {
             Ev::Elected { token, worker } => {
-                if let Some(before) = by_token.insert(token, e.t) {
+                // A token handed to two terms: two candidates, or one
+                // candidate's two separate terms.
+                if let Some((before, sup)) = by_token.insert(token, (e.t, e.sup)) {
+                    let whom = if sup == e.sup {
+                        format!("both times to the same candidate (supervisor pid {sup})")
+                    } else {
+                        format!("to two candidates (supervisor pids {sup} and {})", e.sup)
+                    };
                     r.violations.push(format!(
-                        "token {token} was handed out twice (at {:.3}s and {:.3}s): tokens must strictly increase across terms",
+                        "token {token} was handed out twice, {whom}, at {:.3}s and {:.3}s: every term must get a token of its own, greater than every earlier term's",
                         secs(before.saturating_sub(limits.origin)),
                         secs(e.t.saturating_sub(limits.origin))
+                    ));
+                } else if let Some((high, ended)) = highest_ended
+                    && token < high
+                {
+                    r.violations.push(format!(
+                        "token {token} was handed out at {:.3}s, below token {high} of a term that had ended at {:.3}s: tokens must strictly increase across terms",
+                        secs(e.t.saturating_sub(limits.origin)),
+                        secs(ended.saturating_sub(limits.origin))
                     ));
                 }
                 current.insert(e.sup, terms.len());
                 terms.push(Term {
+                    sup: e.sup,
                     token,
                     worker,
                     elected: e.t,
@@ -141,6 +195,9 @@ pub(crate) fn check(
                     && term.ended.is_none()
                 {
                     term.ended = Some(e.t);
+                    if highest_ended.is_none_or(|(h, _)| term.token > h) {
+                        highest_ended = Some((term.token, e.t));
+                    }
                 }
             }
             Ev::Continued => {
@@ -225,6 +282,20 @@ pub(crate) fn check(
             best = Some((i, starts[i]));
         }
     }
+    // The hand deletions that deposed each term: the term with the deleted
+    // token that was elected last before the deletion (or within the
+    // window after it: a leader deposed as it was being elected).
+    let mut deposed_at: Vec<Vec<u64>> = vec![Vec::new(); terms.len()];
+    let mut deposed_term: Vec<Option<usize>> = Vec::new();
+    for d in deletions {
+        let i = terms
+            .iter()
+            .rposition(|t| t.token == d.token && t.elected <= d.at + limits.deposed_ns);
+        if let Some(i) = i {
+            deposed_at[i].push(d.at);
+        }
+        deposed_term.push(i);
+    }
     let mut overlap_pairs: BTreeMap<(u64, u64), (usize, u64, u64)> = BTreeMap::new();
     let mut orphan_tokens: BTreeMap<u64, (usize, u64)> = BTreeMap::new();
     for w in writes {
@@ -236,11 +307,16 @@ pub(crate) fn check(
             .continued
             .iter()
             .any(|c| *c <= w.sent && w.sent <= c + limits.resume_ns);
+        let deposed = deposed_at[i]
+            .iter()
+            .any(|d| *d <= w.sent && w.sent <= d + limits.deposed_ns);
         if let Some((next, s)) = next_start[i]
             && w.sent > s
         {
             if excused {
                 r.late_after_freeze += 1;
+            } else if deposed {
+                r.deposed += 1;
             } else {
                 r.overlaps += 1;
                 let e = overlap_pairs
@@ -312,7 +388,109 @@ pub(crate) fn check(
             None => {}
         }
     }
+
+    // 4. A hand deletion ends the deposed term within the bound.
+    for (d, i) in deletions.iter().zip(&deposed_term) {
+        let Some(i) = *i else {
+            continue;
+        };
+        let term = &terms[i];
+        let notice = term.ended.unwrap_or(end.max(d.at)).saturating_sub(d.at);
+        r.worst_notice_ns = Some(r.worst_notice_ns.unwrap_or(0).max(notice));
+        if notice > limits.deposed_ns {
+            let how = match term.ended {
+                Some(_) => format!("its term ended only {:.3}s later", secs(notice)),
+                None => format!("its term had not ended {:.3}s later", secs(notice)),
+            };
+            r.violations.push(format!(
+                "the claim of token {} (supervisor pid {}) was deleted by hand at {:.3}s and {how} (bound {:.3}s): a deposed leader must learn it within the bound",
+                d.token,
+                term.sup,
+                secs(d.at.saturating_sub(limits.origin)),
+                secs(limits.deposed_ns)
+            ));
+        }
+    }
+
+    // 5. Never leaderless for longer than ttl + slack while no fault is in
+    // progress: from the first election on, every stretch without a live
+    // term (by the supervisors' lines), less the faults' windows, each
+    // measured from where it begins (a term's end, or a fault's heal).
+    leaderless(&terms, faults, end, limits, &mut r);
     r
+}
+
+/// Check 5: stretches without a live term.
+fn leaderless(terms: &[Term], faults: &[Fault], end: u64, limits: Limits, r: &mut Report) {
+    let mut points: Vec<(u64, i64)> = Vec::new();
+    for t in terms {
+        points.push((t.elected, 1));
+        if let Some(e) = t.ended {
+            points.push((e.max(t.elected), -1));
+        }
+    }
+    // At one instant an election before an end: no false zero-length gap.
+    points.sort_by_key(|(t, d)| (*t, -*d));
+    let mut gaps: Vec<(u64, u64)> = Vec::new();
+    let mut live = 0i64;
+    let mut open: Option<u64> = None;
+    for (t, d) in points {
+        live += d;
+        if live == 0 && d < 0 {
+            open = Some(t);
+        } else if live > 0
+            && let Some(a) = open.take()
+        {
+            gaps.push((a, t));
+        }
+    }
+    if let Some(a) = open {
+        gaps.push((a, end));
+    }
+    let mut windows: Vec<&Fault> = faults.iter().collect();
+    windows.sort_by_key(|f| f.start);
+    for (a, b) in gaps {
+        let b = b.min(end);
+        if b <= a {
+            continue;
+        }
+        let mut from = a;
+        let mut after: Option<&'static str> = None;
+        let mut stretches: Vec<(u64, u64, Option<&'static str>)> = Vec::new();
+        for f in windows.iter().filter(|f| f.start < b && f.heal > a) {
+            if f.start > from {
+                stretches.push((from, f.start, after));
+            }
+            if f.heal > from {
+                from = f.heal;
+                after = Some(f.kind);
+            }
+        }
+        if b > from {
+            stretches.push((from, b, after));
+        }
+        for (x, y, after) in stretches {
+            let len = y - x;
+            r.longest_leaderless_ns = r.longest_leaderless_ns.max(len);
+            if len > limits.recover_ns {
+                let since = match after {
+                    Some(kind) => format!("after {kind} healed"),
+                    None => "after the last term ended".to_owned(),
+                };
+                let until = if y >= end {
+                    "until the end of the run".to_owned()
+                } else {
+                    format!("until {:.3}s", secs(y.saturating_sub(limits.origin)))
+                };
+                r.violations.push(format!(
+                    "the election had no leader for {:.3}s, from {:.3}s ({since}) {until} (bound ttl + slack = {:.3}s)",
+                    secs(len),
+                    secs(x.saturating_sub(limits.origin)),
+                    secs(limits.recover_ns)
+                ));
+            }
+        }
+    }
 }
 
 /// The table, one row per run, and the violations under it.
@@ -320,7 +498,7 @@ pub(crate) fn table(reports: &[Report]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<14} {:>6} {:>5} {:>5} {:>8} {:>6} {:>5} {:>7} {:>7} {:>9} {:>8} {:>8}  faults",
+        "{:<14} {:>6} {:>5} {:>5} {:>8} {:>6} {:>5} {:>7} {:>7} {:>7} {:>9} {:>8} {:>8} {:>10} {:>8}  faults",
         "backend",
         "seed",
         "secs",
@@ -328,17 +506,24 @@ pub(crate) fn table(reports: &[Report]) -> String {
         "accepted",
         "stale",
         "late",
+        "deposed",
         "overlap",
         "orphans",
         "recovery",
         "bound",
-        "max gap"
+        "max gap",
+        "leaderless",
+        "notice"
     );
     for r in reports {
         let faults: Vec<String> = r.faults.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        let notice = match r.worst_notice_ns {
+            Some(n) => format!("{:.3}s", secs(n)),
+            None => "-".to_owned(),
+        };
         let _ = writeln!(
             out,
-            "{:<14} {:>6} {:>5} {:>5} {:>8} {:>6} {:>5} {:>7} {:>7} {:>8.2}s {:>7.1}s {:>7.2}s  {}",
+            "{:<14} {:>6} {:>5} {:>5} {:>8} {:>6} {:>5} {:>7} {:>7} {:>7} {:>8.2}s {:>7.1}s {:>7.2}s {:>9.2}s {:>8}  {}",
             r.backend,
             r.seed,
             r.seconds,
@@ -346,17 +531,20 @@ pub(crate) fn table(reports: &[Report]) -> String {
             r.accepted,
             r.stale_rejected,
             r.late_after_freeze,
+            r.deposed,
             r.overlaps,
             r.orphaned,
             secs(r.worst_recovery_ns.unwrap_or(0)),
             secs(r.recover_bound_ns),
             secs(r.longest_gap_ns),
+            secs(r.longest_leaderless_ns),
+            notice,
             faults.join(" ")
         );
     }
     let _ = writeln!(
         out,
-        "(stale: writes the register rejected; late: a frozen leader's writes just after SIGCONT, all rejected; recovery: worst time from a fault's heal to the next accepted write, bound: ttl + slack; max gap: longest time without an accepted write)"
+        "(stale: writes the register rejected; late: a frozen leader's writes just after SIGCONT, all rejected; deposed: writes of a leader whose claim was deleted by hand, within its notice bound after the next term began; recovery: worst time from a fault's heal to the next accepted write, bound: ttl + slack; max gap: longest time without an accepted write; leaderless: longest time without a live term while no fault was in progress, bound ttl + slack; notice: worst time from a hand deletion to the end of the term it deposed)"
     );
     for r in reports {
         for v in &r.violations {
@@ -375,6 +563,7 @@ mod tests {
         orphan_ns: 300 * MS,
         resume_ns: 500 * MS,
         recover_ns: 5_000 * MS,
+        deposed_ns: 250 * MS,
         origin: 0,
     };
 
@@ -429,7 +618,7 @@ mod tests {
             start: 240 * MS,
             heal: 240 * MS,
         }];
-        let r = check(&writes, &events, &faults, 4_000 * MS, &[], LIMITS);
+        let r = check(&writes, &events, &faults, &[], 4_000 * MS, &[], LIMITS);
         assert!(r.violations.is_empty(), "{:?}", r.violations);
         assert_eq!((r.terms, r.accepted, r.overlaps), (2, 4, 0));
         assert_eq!(r.worst_recovery_ns, Some(2_761 * MS));
@@ -439,7 +628,7 @@ mod tests {
     fn a_lower_token_accepted_after_a_higher_one_is_a_violation() {
         let (mut writes, events) = handover();
         writes.push(w(5, 3_200, 3_201, true));
-        let r = check(&writes, &events, &[], 4_000 * MS, &[], LIMITS);
+        let r = check(&writes, &events, &[], &[], 4_000 * MS, &[], LIMITS);
         let all = r.violations.join("\n");
         assert!(all.contains("accepted token 5 after token 7"), "{all}");
         assert!(all.contains("interleaved"), "{all}");
@@ -451,7 +640,7 @@ mod tests {
         // The old term never reported lost (a leader without its deadline).
         events.retain(|e| e.ev != Ev::Lost);
         writes.push(w(5, 3_050, 3_051, false));
-        let r = check(&writes, &events, &[], 4_000 * MS, &[], LIMITS);
+        let r = check(&writes, &events, &[], &[], 4_000 * MS, &[], LIMITS);
         assert_eq!(r.overlaps, 1);
         assert_eq!(r.stale_rejected, 1);
         assert!(r.violations.join("\n").contains("two leaders acting"));
@@ -465,7 +654,7 @@ mod tests {
         events.push(ev(3_040, 1, Ev::Continued));
         events.push(ev(3_060, 1, Ev::Lost));
         writes.push(w(5, 3_050, 3_051, false));
-        let r = check(&writes, &events, &[], 4_000 * MS, &[], LIMITS);
+        let r = check(&writes, &events, &[], &[], 4_000 * MS, &[], LIMITS);
         assert!(r.violations.is_empty(), "{:?}", r.violations);
         assert_eq!((r.late_after_freeze, r.overlaps), (1, 0));
     }
@@ -476,7 +665,15 @@ mod tests {
         events.retain(|e| e.ev != Ev::Lost);
         events.push(ev(250, 1, Ev::Killed));
         writes.push(w(5, 1_000, 1_001, true));
-        let r = check(&writes, &events, &[], 4_000 * MS, &[(5, Some(5))], LIMITS);
+        let r = check(
+            &writes,
+            &events,
+            &[],
+            &[],
+            4_000 * MS,
+            &[(5, Some(5))],
+            LIMITS,
+        );
         assert_eq!(r.orphaned, 2);
         assert!(r.violations.join("\n").contains("orphaned worker"));
     }
@@ -505,7 +702,7 @@ mod tests {
         let mut late = w(1, 3_550, 3_551, false);
         late.pid = 11;
         writes.push(late);
-        let r = check(&writes, &events, &[], 4_000 * MS, &[], LIMITS);
+        let r = check(&writes, &events, &[], &[], 4_000 * MS, &[], LIMITS);
         assert!(
             r.violations
                 .join("\n")
@@ -522,9 +719,136 @@ mod tests {
             start: 3_200 * MS,
             heal: 3_500 * MS,
         }];
-        let r = check(&writes, &events, &faults, 10_000 * MS, &[], LIMITS);
+        let r = check(&writes, &events, &faults, &[], 10_000 * MS, &[], LIMITS);
         assert!(r.violations.join("\n").contains("no write was accepted"));
         let text = table(&[r]);
         assert!(text.contains("VIOLATION"), "{text}");
+    }
+
+    #[test]
+    fn one_candidates_two_terms_with_one_token_is_a_violation() {
+        // A release whose answer was lost left the claim in the shared
+        // session; the same candidate's next campaign adopted it.
+        let writes = vec![w(5, 100, 101, true), w(5, 3_000, 3_001, true)];
+        let mut events = handover().1;
+        events.truncate(2);
+        events.push(ev(
+            2_900,
+            1,
+            Ev::Elected {
+                token: 5,
+                worker: Some(6),
+            },
+        ));
+        let r = check(&writes, &events, &[], &[], 4_000 * MS, &[], LIMITS);
+        let all = r.violations.join("\n");
+        assert!(
+            all.contains("token 5 was handed out twice, both times to the same candidate"),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn a_token_below_an_ended_terms_token_is_a_violation() {
+        let (writes, mut events) = handover();
+        events.push(ev(3_200, 2, Ev::Lost));
+        events.push(ev(
+            3_300,
+            3,
+            Ev::Elected {
+                token: 6,
+                worker: Some(13),
+            },
+        ));
+        let r = check(&writes, &events, &[], &[], 4_000 * MS, &[], LIMITS);
+        let all = r.violations.join("\n");
+        assert!(all.contains("token 6 was handed out at"), "{all}");
+        assert!(all.contains("below token 7"), "{all}");
+    }
+
+    #[test]
+    fn leaderless_longer_than_the_bound_after_a_heal_is_a_violation() {
+        let (writes, mut events) = handover();
+        events.push(ev(3_200, 2, Ev::Lost));
+        // The term of token 7 ends at 3.2 s; the fault heals at 4 s; nobody
+        // leads until 12 s: 8 s after the heal, bound 5 s.
+        events.push(ev(
+            12_000,
+            3,
+            Ev::Elected {
+                token: 9,
+                worker: Some(9),
+            },
+        ));
+        let faults = [Fault {
+            kind: "release-lost",
+            start: 3_100 * MS,
+            heal: 4_000 * MS,
+        }];
+        let r = check(&writes, &events, &faults, &[], 13_000 * MS, &[], LIMITS);
+        let all = r.violations.join("\n");
+        assert!(
+            all.contains("the election had no leader for 8.000s, from 4.000s (after release-lost healed) until 12.000s"),
+            "{all}"
+        );
+        assert_eq!(r.longest_leaderless_ns, 8_000 * MS);
+        // The same stretch inside a fault's window is no violation.
+        let long = [Fault {
+            kind: "restart-store",
+            start: 3_100 * MS,
+            heal: 11_000 * MS,
+        }];
+        let r = check(&writes, &events, &long, &[], 13_000 * MS, &[], LIMITS);
+        assert!(
+            !r.violations.join("\n").contains("no leader"),
+            "{:?}",
+            r.violations
+        );
+        // Left: the handover's own 2.74 s (0.25 s to 2.99 s) and 1 s after the heal.
+        assert_eq!(r.longest_leaderless_ns, 2_740 * MS);
+    }
+
+    #[test]
+    fn leaderless_until_the_end_of_the_run_is_a_violation() {
+        let (writes, mut events) = handover();
+        events.push(ev(3_200, 2, Ev::Exited));
+        let r = check(&writes, &events, &[], &[], 9_000 * MS, &[], LIMITS);
+        let all = r.violations.join("\n");
+        assert!(
+            all.contains("from 3.200s (after the last term ended) until the end of the run"),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn a_deposed_leader_may_act_within_its_notice_bound_but_not_after() {
+        let (mut writes, mut events) = handover();
+        // Token 5's claim is deleted by hand at 2.9 s; token 7 is elected
+        // at 2.99 s; token 5's worker writes once more at 3.05 s (rejected)
+        // and its term ends at 3.1 s: within the 250 ms bound.
+        events.retain(|e| e.ev != Ev::Lost);
+        events.push(ev(3_100, 1, Ev::Lost));
+        writes.push(w(5, 3_050, 3_051, false));
+        let deletions = [Deletion {
+            at: 2_900 * MS,
+            token: 5,
+        }];
+        let r = check(&writes, &events, &[], &deletions, 4_000 * MS, &[], LIMITS);
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        assert_eq!((r.deposed, r.overlaps), (1, 0));
+        assert_eq!(r.worst_notice_ns, Some(200 * MS));
+        // Learning it 400 ms late is a violation, and writes past the bound
+        // after the next term began are an overlap.
+        events.retain(|e| e.ev != Ev::Lost);
+        events.push(ev(3_300, 1, Ev::Lost));
+        writes.push(w(5, 3_200, 3_201, false));
+        let r = check(&writes, &events, &[], &deletions, 4_000 * MS, &[], LIMITS);
+        let all = r.violations.join("\n");
+        assert!(
+            all.contains("the claim of token 5 (supervisor pid 1) was deleted by hand at 2.900s and its term ended only 0.400s later"),
+            "{all}"
+        );
+        assert!(all.contains("two leaders acting"), "{all}");
+        assert_eq!((r.deposed, r.overlaps), (1, 1));
     }
 }

@@ -5,6 +5,8 @@
 //! chaos soak --backend etcd --members 3 --minutes 30 --seed 7
 //! chaos soak --backend gcs --seconds 40 --seed 3 --faults cut-leader
 //! chaos worker --register 10.202.0.1:PORT       # what `leasehold run` supervises
+//! chaos candidate --store URL --side NAME --register ADDR   # two electors, one session
+//! chaos churn --backend etcd --endpoints H:P --election NAME  # claims in the line
 //! ```
 //!
 //! For one backend the runner starts the store (one node, or a 3-member etcd
@@ -14,15 +16,19 @@
 //! every 20 ms. Faults are drawn from the printed seed: SIGKILL of the
 //! leader's supervisor, SIGSTOP of supervisor and worker for longer than the
 //! ttl, the leader's store link cut (both ways, or one way only), store
-//! restarts, member kill/restart, and, for Cloud Storage, the lease object
-//! deleted by hand. Then `checker.rs` reads the history and prints a table;
+//! restarts, member kill/restart, a release whose answer is lost while
+//! another elector keeps the shared session alive (`candidate.rs`), the
+//! leader's key / node deleted by hand while a churn client (`churn.rs`)
+//! fills the line, and, for Cloud Storage, the lease object deleted by hand. Then `checker.rs` reads the history and prints a table;
 //! the exit status is 1 on any violation, 2 when the run itself failed.
 //!
 //! It needs root (network namespaces) and the stores `scripts/setup`
 //! installs, and the `leasehold` binary (`cargo build -p leasehold-cli`; by
 //! default the one next to this binary, else `--cli PATH`).
 
+mod candidate;
 mod checker;
+mod churn;
 mod members;
 mod net;
 mod register;
@@ -69,6 +75,43 @@ enum Cmd {
         #[arg(long, default_value_t = 86_400)]
         max_seconds: u64,
     },
+    /// A candidate with two electors on one store (one shared session): it
+    /// holds `--side` for its whole life and campaigns for the URL's
+    /// election, running `chaos worker` while it leads (see candidate.rs).
+    Candidate {
+        /// The store URL with the election, `id` and `ttl`.
+        #[arg(long)]
+        store: String,
+        /// The side election held for the process's whole life.
+        #[arg(long)]
+        side: String,
+        /// The register's address (for the worker).
+        #[arg(long)]
+        register: SocketAddr,
+        /// Stop the worker this long before the local deadline when
+        /// renewals fail.
+        #[arg(long, default_value_t = 300)]
+        grace_ms: u64,
+    },
+    /// Create and delete claims in an election's line every few ms; delete
+    /// the leader's claim on a line `delete-leader` on stdin (see churn.rs).
+    Churn {
+        /// The store (etcd or zookeeper).
+        #[arg(long, value_enum)]
+        backend: Backend,
+        /// `host:port` of the members, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        endpoints: Vec<String>,
+        /// The election.
+        #[arg(long)]
+        election: String,
+        /// Time between two claims.
+        #[arg(long, default_value_t = 3)]
+        period_ms: u64,
+        /// Exit after this long at the latest.
+        #[arg(long, default_value_t = 60)]
+        max_seconds: u64,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -97,9 +140,15 @@ struct SoakArgs {
     /// `leasehold run --grace`, in milliseconds.
     #[arg(long, default_value_t = 300)]
     grace_ms: u64,
-    /// Recovery bound = ttl + this slack, in milliseconds.
+    /// Recovery bound = ttl + this slack, in milliseconds: the longest a
+    /// fault's heal may go without an accepted write, and the election
+    /// without a live term (see checker.rs, `Limits::recover_ns`).
     #[arg(long, default_value_t = 6000)]
     slack_ms: u64,
+    /// A leader whose key / node is deleted by hand must end its term and
+    /// stop writing within this, in milliseconds.
+    #[arg(long, default_value_t = 250)]
+    deposed_ms: u64,
     /// Only these fault kinds (comma-separated; default: all that apply).
     #[arg(long, value_enum, value_delimiter = ',')]
     faults: Vec<FaultKind>,
@@ -159,6 +208,7 @@ fn config(a: SoakArgs) -> Result<RunConfig, String> {
         ttl: Duration::from_millis(a.ttl_ms),
         grace: Duration::from_millis(a.grace_ms),
         slack: Duration::from_millis(a.slack_ms),
+        deposed: Duration::from_millis(a.deposed_ms),
         kinds,
         cli: default_cli(a.cli)?,
         log_dir: PathBuf::new(),
@@ -167,8 +217,9 @@ fn config(a: SoakArgs) -> Result<RunConfig, String> {
 }
 
 /// The quick mode's runs: fixed seeds, a 3-member etcd cluster, a 3-member
-/// ZooKeeper ensemble and Cloud Storage, 45 to 60 s of faults each: enough
-/// for one round of every fault kind.
+/// ZooKeeper ensemble and Cloud Storage, 45 to 60 s of faults each; the
+/// runner always finishes the first round, so every fault kind (ten on etcd
+/// and ZooKeeper, with release-lost and delete-leader) runs at least once.
 fn quick(cli: Option<PathBuf>) -> Result<Vec<RunConfig>, String> {
     let runs = [
         (Backend::Etcd, 3, 11, 60),
@@ -188,6 +239,7 @@ fn quick(cli: Option<PathBuf>) -> Result<Vec<RunConfig>, String> {
                 ttl_ms: 3000,
                 grace_ms: 300,
                 slack_ms: 6000,
+                deposed_ms: 250,
                 faults: Vec::new(),
                 cli: Some(cli.clone()),
                 unsafe_no_deadline: false,
@@ -271,6 +323,48 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("chaos worker: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Cmd::Candidate {
+            store,
+            side,
+            register,
+            grace_ms,
+        } => {
+            let args = candidate::CandidateArgs {
+                store,
+                side,
+                register,
+                grace: Duration::from_millis(grace_ms),
+            };
+            return match candidate::main(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("chaos candidate: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Cmd::Churn {
+            backend,
+            endpoints,
+            election,
+            period_ms,
+            max_seconds,
+        } => {
+            let args = churn::ChurnArgs {
+                backend,
+                endpoints,
+                election,
+                period: Duration::from_millis(period_ms.max(1)),
+                max_life: Duration::from_secs(max_seconds.min(3600)),
+            };
+            return match churn::main(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("chaos churn: {e}");
                     ExitCode::from(2)
                 }
             };

@@ -226,6 +226,26 @@ impl Net {
         .map_err(|_| "the setns thread panicked".to_owned())?
     }
 
+    /// The hub namespace (where the store forwarders and the register listen,
+    /// and from where every store member is reachable).
+    pub(crate) fn hub_ns(&self) -> &str {
+        &self.hub
+    }
+
+    /// Aborts every TCP connection between candidate `i` and the store, on
+    /// both ends (`ss -K`, which needs a kernel with INET_DIAG_DESTROY): the
+    /// bytes still queued in them (a request not yet delivered, an answer not
+    /// yet read) are thrown away, as when a connection is reset. The client
+    /// sees its connection aborted and connects again.
+    pub(crate) fn reset_store_connections(&self, i: usize) -> Result<(), String> {
+        let me = Self::candidate_store_ip(i);
+        ss_kill(&self.candidates[i], "10.201.0.0/24")?;
+        for (ns, _, _) in self.store_sides() {
+            ss_kill(&ns, &me)?;
+        }
+        Ok(())
+    }
+
     /// Cuts candidate `i` from the store in both directions (its store link down).
     pub(crate) fn cut(&self, i: usize) -> Result<(), String> {
         ip(&["-n", &self.candidates[i], "link", "set", "s0", "down"])
@@ -278,6 +298,24 @@ impl Net {
             ip(&["-n", &ns, "neigh", "del", &addr, "dev", dev])?;
         }
         Ok(())
+    }
+}
+
+/// In namespace `ns`, aborts every TCP socket whose peer is in `dst` (an
+/// address or a prefix).
+fn ss_kill(ns: &str, dst: &str) -> Result<(), String> {
+    let out = in_netns(ns)
+        .args(["ss", "-K", "-t", "-n", "dst", dst])
+        .output()
+        .map_err(|e| format!("cannot run `ss -K` in {ns}: {e}; install iproute2"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`ss -K -t dst {dst}` in {ns} failed ({}): {}; it needs a kernel with CONFIG_INET_DIAG_DESTROY",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 

@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
 
-use crate::checker::{self, Ev, Event, Fault, Limits, Report};
+use crate::checker::{self, Deletion, Ev, Event, Fault, Limits, Report};
 use crate::members::NsCluster;
 use crate::net::{HUB_REGISTER_IP, HUB_STORE_IP, Net, sweep_leftovers};
 use crate::register::{Forwarder, Register, mono_ns};
@@ -50,6 +50,17 @@ pub(crate) enum FaultKind {
     IsolateMember,
     /// Delete the Cloud Storage lease object by hand.
     DeleteLease,
+    /// A release whose answer is lost: the leader (a `chaos candidate`,
+    /// whose session another elector of its process keeps alive) unlocks
+    /// while its store link drops what it sends (the delete never lands) or
+    /// what it receives (the answer never arrives); once the unlock has
+    /// failed its connections are reset and the link heals, before the
+    /// shared session's deadline (etcd, ZooKeeper).
+    ReleaseLost,
+    /// While a churn client creates and deletes claims in the election's
+    /// line every few ms, delete the leader's key / node by hand, twice
+    /// (etcd, ZooKeeper).
+    DeleteLeader,
 }
 
 impl FaultKind {
@@ -64,6 +75,8 @@ impl FaultKind {
             FaultKind::KillMember => "kill-member",
             FaultKind::IsolateMember => "isolate-member",
             FaultKind::DeleteLease => "delete-lease",
+            FaultKind::ReleaseLost => "release-lost",
+            FaultKind::DeleteLeader => "delete-leader",
         }
     }
 
@@ -79,7 +92,11 @@ impl FaultKind {
         match backend {
             // fake-gcs-server keeps objects in memory: a restart is a deletion.
             Backend::Gcs => kinds.push(FaultKind::DeleteLease),
-            _ => kinds.push(FaultKind::RestartStore),
+            _ => kinds.extend([
+                FaultKind::RestartStore,
+                FaultKind::ReleaseLost,
+                FaultKind::DeleteLeader,
+            ]),
         }
         if members > 1 {
             kinds.push(FaultKind::KillMember);
@@ -102,6 +119,8 @@ pub(crate) struct RunConfig {
     pub(crate) ttl: Duration,
     pub(crate) grace: Duration,
     pub(crate) slack: Duration,
+    /// A leader whose claim is deleted by hand must stop within this.
+    pub(crate) deposed: Duration,
     pub(crate) kinds: Vec<FaultKind>,
     pub(crate) cli: PathBuf,
     pub(crate) log_dir: PathBuf,
@@ -164,12 +183,23 @@ impl Store {
     }
 }
 
-/// A running `leasehold run --forever` (through `nsenter --net`).
+/// A running candidate (through `nsenter --net`): `leasehold run --forever`,
+/// or, in the shared slot, `chaos candidate` (two electors on one session).
 struct Candidate {
     slot: usize,
     generation: usize,
     child: Child,
     pid: u32,
+    shared: bool,
+}
+
+/// A line of a candidate that is no term event (`handover_ready`,
+/// `release_failed`, ...), stamped on arrival.
+#[derive(Debug, Clone)]
+struct Note {
+    sup: u32,
+    event: String,
+    t: u64,
 }
 
 /// The shared history the reader tasks append to.
@@ -182,6 +212,8 @@ struct History {
     leading: Vec<u32>,
     /// Every worker an elected line named.
     workers: Vec<WorkerProc>,
+    /// The candidates' other lines.
+    notes: Vec<Note>,
 }
 
 /// A worker process as first seen: pids get reused (pid_max is 32768 here,
@@ -227,7 +259,7 @@ fn record(h: &Shared, sup: u32, ev: Ev) {
 /// Spawns `program` with SIGKILL as its parent-death signal, so a runner
 /// killed without running destructors takes its candidates with it.
 #[allow(unsafe_code)]
-fn with_parent_death_signal(command: &mut Command) {
+pub(crate) fn with_parent_death_signal(command: &mut Command) {
     // SAFETY: the closure runs in the forked child before exec and only makes
     // the prctl(2) system call, which is async-signal-safe; it allocates
     // nothing and touches no lock or state shared with the parent.
@@ -246,6 +278,16 @@ struct Run<'a> {
     history: Shared,
     candidates: Vec<Candidate>,
     chaos: PathBuf,
+    /// The slot whose candidate is a `chaos candidate` (shared session).
+    shared_slot: Option<usize>,
+    /// The election's name, and the store's addresses as seen from the hub.
+    election: String,
+    hosts: Vec<String>,
+    /// The leaders' claims deleted by hand.
+    deletions: Vec<Deletion>,
+    /// How many `release-lost` faults were injected (they alternate between
+    /// a lost request and a lost answer).
+    releases_lost: usize,
 }
 
 impl Run<'_> {
@@ -257,19 +299,38 @@ impl Run<'_> {
         let stderr = std::fs::File::create(&stderr_path)
             .map_err(|e| format!("cannot create {}: {e}", stderr_path.display()))?;
         let mut cmd = Command::from(crate::net::in_netns(self.net.candidate_ns(slot)));
-        cmd.arg(&cfg.cli)
-            .args(["--store", &self.url, "run"])
-            .args(["--id", &format!("c{slot}-{generation}")])
-            .args(["--ttl", &format!("{}ms", cfg.ttl.as_millis())])
-            .args(["--grace", &format!("{}ms", cfg.grace.as_millis())])
-            .arg("--forever")
-            .arg("--")
-            .arg(&self.chaos)
-            .args(["worker", "--register", &self.register.to_string()])
-            .stdin(Stdio::null())
+        let id = format!("c{slot}-{generation}");
+        let shared = self.shared_slot == Some(slot);
+        if shared {
+            // The same store, election, id and ttl as the CLI gets, in the URL.
+            let sep = if self.url.contains('?') { '&' } else { '?' };
+            let url = format!("{}{sep}id={id}&ttl={}ms", self.url, cfg.ttl.as_millis());
+            cmd.arg(&self.chaos)
+                .args(["candidate", "--store", &url])
+                .args(["--side", &format!("{}-side-{id}", self.election)])
+                .args(["--register", &self.register.to_string()])
+                .args(["--grace-ms", &cfg.grace.as_millis().to_string()]);
+        } else {
+            cmd.arg(&cfg.cli)
+                .args(["--store", &self.url, "run"])
+                .args(["--id", &id])
+                .args(["--ttl", &format!("{}ms", cfg.ttl.as_millis())])
+                .args(["--grace", &format!("{}ms", cfg.grace.as_millis())])
+                .arg("--forever")
+                .arg("--")
+                .arg(&self.chaos)
+                .args(["worker", "--register", &self.register.to_string()]);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
-            .env("RUST_LOG", "leasehold=info,leasehold_core=info")
+            // CHAOS_RUST_LOG, when set, is the candidates' RUST_LOG (their
+            // logs are kept when a run finds a violation).
+            .env(
+                "RUST_LOG",
+                std::env::var("CHAOS_RUST_LOG")
+                    .unwrap_or_else(|_| "leasehold=info,leasehold_core=info".to_owned()),
+            )
             .kill_on_drop(true);
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("LEASEHOLD_") {
@@ -304,7 +365,16 @@ impl Run<'_> {
                     },
                     Some("lost") => Ev::Lost,
                     Some("exited") => Ev::Exited,
-                    _ => continue,
+                    Some(other) => {
+                        let note = Note {
+                            sup: pid,
+                            event: other.to_owned(),
+                            t: mono_ns(),
+                        };
+                        lock(&history).notes.push(note);
+                        continue;
+                    }
+                    None => continue,
                 };
                 record(&history, pid, ev);
             }
@@ -314,7 +384,136 @@ impl Run<'_> {
             generation,
             child,
             pid,
+            shared,
         })
+    }
+
+    /// A fresh candidate in candidate `i`'s slot (the old one is reaped in
+    /// the background).
+    fn replace(&mut self, i: usize) -> Result<(), String> {
+        let generation = self.candidates[i].generation + 1;
+        let slot = self.candidates[i].slot;
+        let fresh = self.spawn(slot, generation)?;
+        let mut old = std::mem::replace(&mut self.candidates[i], fresh);
+        tokio::spawn(async move {
+            let _ = old.child.wait().await;
+        });
+        Ok(())
+    }
+
+    /// The leader, once it is another supervisor than `old` (waiting up to
+    /// `wait`).
+    async fn leader_other_than(
+        &self,
+        old: u32,
+        wait: Duration,
+    ) -> Option<(usize, u32, Option<u32>)> {
+        let end = Instant::now() + wait;
+        // Bounded by `wait`.
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.leader(left).await {
+                Some(l) if l.1 != old => return Some(l),
+                _ if Instant::now() >= end => return None,
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    /// The first of `events` that supervisor `sup` printed after `since`,
+    /// waiting up to `wait`.
+    async fn note(&self, sup: u32, events: &[&str], since: u64, wait: Duration) -> Option<Note> {
+        let end = Instant::now() + wait;
+        // Bounded by `wait`.
+        loop {
+            let found = lock(&self.history)
+                .notes
+                .iter()
+                .find(|n| n.sup == sup && n.t >= since && events.contains(&n.event.as_str()))
+                .cloned();
+            if found.is_some() || Instant::now() >= end {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Brings the lead to the shared candidate: while a `leasehold run`
+    /// candidate leads, SIGTERM it (it stops its worker and releases) and
+    /// start a fresh one in its slot, at the back of the line. Returns the
+    /// shared candidate's index and pid once it leads.
+    async fn lead_to_shared(&mut self) -> Result<Option<(usize, u32)>, String> {
+        let ttl = self.cfg.ttl;
+        // Each hand-over moves the lead one place down the line.
+        for _ in 0..=self.candidates.len() {
+            let Some((i, sup, _)) = self.leader(ttl * 3).await else {
+                return Ok(None);
+            };
+            if self.candidates[i].shared {
+                return Ok(Some((i, sup)));
+            }
+            let _ = kill(Pid::from_raw(sup as i32), Signal::SIGTERM);
+            if tokio::time::timeout(Duration::from_secs(5), self.candidates[i].child.wait())
+                .await
+                .is_err()
+            {
+                let _ = self.candidates[i].child.start_kill();
+            }
+            self.replace(i)?;
+            if self.leader_other_than(sup, ttl * 3).await.is_none() {
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Starts `chaos churn` in the hub namespace and waits for it to connect.
+    async fn start_churn(&self) -> Result<Churn, String> {
+        let backend = match self.cfg.backend {
+            Backend::Etcd => "etcd",
+            Backend::Zookeeper => "zookeeper",
+            Backend::Gcs => return Err("no churn client for Cloud Storage".to_owned()),
+        };
+        let log = self.cfg.log_dir.join(format!("churn-{}.log", mono_ns()));
+        let stderr = std::fs::File::create(&log)
+            .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        let mut cmd = Command::from(crate::net::in_netns(self.net.hub_ns()));
+        cmd.arg(&self.chaos)
+            .args(["churn", "--backend", backend])
+            .args(["--endpoints", &self.hosts.join(",")])
+            .args(["--election", &self.election])
+            .args(["--period-ms", "3", "--max-seconds", "60"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .kill_on_drop(true);
+        with_parent_death_signal(&mut cmd);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start the churn client: {e}"))?;
+        let stdin = child
+            .stdin
+            .take()
+            .ok_or("no stdin pipe to the churn client")?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or("no stdout pipe from the churn client")?;
+        let mut churn = Churn {
+            child,
+            stdin: Some(stdin),
+            lines: tokio::io::BufReader::new(stdout).lines(),
+        };
+        match churn.next(Duration::from_secs(15)).await {
+            Some(v) if v.get("event").and_then(|e| e.as_str()) == Some("ready") => Ok(churn),
+            other => {
+                churn.stop().await;
+                Err(format!(
+                    "the churn client did not connect ({other:?}); its log: {}",
+                    log.display()
+                ))
+            }
+        }
     }
 
     /// The leading candidate's index, waiting up to `wait` for one.
@@ -369,13 +568,7 @@ impl Run<'_> {
                 let _ = kill(Pid::from_raw(sup as i32), Signal::SIGKILL);
                 record(&self.history, sup, Ev::Killed);
                 let heal = mono_ns();
-                let generation = self.candidates[i].generation + 1;
-                let slot = self.candidates[i].slot;
-                let fresh = self.spawn(slot, generation)?;
-                let mut old = std::mem::replace(&mut self.candidates[i], fresh);
-                tokio::spawn(async move {
-                    let _ = old.child.wait().await;
-                });
+                self.replace(i)?;
                 return Ok(Some(Fault {
                     kind: kind.name(),
                     start,
@@ -451,6 +644,92 @@ impl Run<'_> {
                     ));
                 }
             }
+            (FaultKind::ReleaseLost, _) => {
+                let Some((i, sup)) = self.lead_to_shared().await? else {
+                    return Ok(None);
+                };
+                // The candidate hands over right after its session's next
+                // renewal: the link drops between that and its unlock.
+                let asked = mono_ns();
+                let _ = kill(Pid::from_raw(sup as i32), Signal::SIGUSR1);
+                if self
+                    .note(sup, &["handover_ready"], asked, ttl * 2)
+                    .await
+                    .is_none()
+                {
+                    return Ok(None);
+                }
+                let request_lost = self.releases_lost.is_multiple_of(2);
+                self.releases_lost += 1;
+                let start = mono_ns();
+                if request_lost {
+                    self.net.drop_outgoing(i)?;
+                } else {
+                    self.net.drop_incoming(i)?;
+                }
+                let _ = kill(Pid::from_raw(sup as i32), Signal::SIGUSR2);
+                // The unlock is bounded by the request timeout (ttl / 3 by
+                // default); wait a little longer, but heal within the ttl.
+                let outcome = self
+                    .note(sup, &["release_failed", "released"], start, ttl / 2)
+                    .await;
+                let reset = self.net.reset_store_connections(i);
+                if request_lost {
+                    self.net.undrop_outgoing(i)?;
+                } else {
+                    self.net.undrop_incoming(i)?;
+                }
+                reset?;
+                eprintln!(
+                    "chaos:          release-lost: the {} was dropped; the leader's unlock: {}",
+                    if request_lost { "request" } else { "answer" },
+                    outcome
+                        .map(|n| n.event)
+                        .unwrap_or_else(|| "still waiting".into())
+                );
+                return Ok(Some(Fault {
+                    kind: kind.name(),
+                    start,
+                    heal: mono_ns(),
+                }));
+            }
+            (FaultKind::DeleteLeader, _) => {
+                if self.leader(ttl * 3).await.is_none() {
+                    return Ok(None);
+                }
+                let mut churn = self.start_churn().await?;
+                let mut first = None;
+                let mut last = start;
+                let mut found = Vec::new();
+                for _ in 0..2 {
+                    tokio::time::sleep(Duration::from_millis(300 + rng.u64(0..500))).await;
+                    let Some((_, sup, _)) = self.leader(ttl * 3).await else {
+                        break;
+                    };
+                    let Some(answer) = churn.delete_leader().await else {
+                        break;
+                    };
+                    found.push(answer.to_string());
+                    if let (Some(token), Some(at)) = (
+                        answer.get("token").and_then(|t| t.as_u64()),
+                        answer.get("sent").and_then(|t| t.as_u64()),
+                    ) {
+                        self.deletions.push(Deletion { at, token });
+                        first.get_or_insert(at);
+                        last = at;
+                    }
+                    // Under churn until the next leader leads, and a while.
+                    let _ = self.leader_other_than(sup, ttl * 3).await;
+                    tokio::time::sleep(Duration::from_millis(1300 + rng.u64(0..1000))).await;
+                }
+                churn.stop().await;
+                eprintln!("chaos:          delete-leader: {}", found.join(" "));
+                return Ok(Some(Fault {
+                    kind: kind.name(),
+                    start: first.unwrap_or(start),
+                    heal: last,
+                }));
+            }
             _ => return Ok(None),
         }
         Ok(Some(Fault {
@@ -492,6 +771,54 @@ impl Run<'_> {
             }
         }
         orphans
+    }
+}
+
+/// A running `chaos churn` (in the hub namespace).
+struct Churn {
+    child: Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Churn {
+    /// Its next JSON line, waiting up to `wait`.
+    async fn next(&mut self, wait: Duration) -> Option<serde_json::Value> {
+        let end = Instant::now() + wait;
+        // Bounded by `wait`.
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.lines.next_line()).await {
+                Ok(Ok(Some(line))) => {
+                    if let Ok(v) = serde_json::from_str(&line) {
+                        return Some(v);
+                    }
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Asks it to delete the leader's claim; its answer.
+    async fn delete_leader(&mut self) -> Option<serde_json::Value> {
+        use tokio::io::AsyncWriteExt;
+        let stdin = self.stdin.as_mut()?;
+        stdin.write_all(b"delete-leader\n").await.ok()?;
+        stdin.flush().await.ok()?;
+        self.next(Duration::from_secs(10)).await
+    }
+
+    /// Closes its stdin (it deletes its claim and exits); SIGKILL by pid if
+    /// it is still there after 5 s.
+    async fn stop(mut self) {
+        drop(self.stdin.take());
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.start_kill();
+            let _ = self.child.wait().await;
+        }
     }
 }
 
@@ -577,6 +904,9 @@ pub(crate) async fn run(cfg: &RunConfig) -> Result<Report, String> {
         (_, _) => format!("zk://{}/{election}", hosts.join(",")),
     };
     let chaos = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
+    // With release-lost the last slot is a shared-session candidate.
+    let shared_slot = (cfg.kinds.contains(&FaultKind::ReleaseLost) && cfg.backend != Backend::Gcs)
+        .then(|| cfg.candidates - 1);
     let mut run = Run {
         cfg,
         net: &net,
@@ -585,6 +915,11 @@ pub(crate) async fn run(cfg: &RunConfig) -> Result<Report, String> {
         history: Shared::default(),
         candidates: Vec::new(),
         chaos,
+        shared_slot,
+        election: election.clone(),
+        hosts: hosts.clone(),
+        deletions: Vec::new(),
+        releases_lost: 0,
     };
     for slot in 0..cfg.candidates {
         let c = run.spawn(slot, 0)?;
@@ -596,6 +931,7 @@ pub(crate) async fn run(cfg: &RunConfig) -> Result<Report, String> {
         orphan_ns: (cfg.grace + Duration::from_millis(250)).as_nanos() as u64,
         resume_ns: (cfg.grace + Duration::from_millis(500)).as_nanos() as u64,
         recover_ns: (cfg.ttl + cfg.slack).as_nanos() as u64,
+        deposed_ns: cfg.deposed.as_nanos() as u64,
         origin: mono_ns(),
     };
     let mut faults = Vec::new();
@@ -605,13 +941,19 @@ pub(crate) async fn run(cfg: &RunConfig) -> Result<Report, String> {
     }
     // At most one fault a second: the count bound backs the time bound.
     let max_faults = cfg.duration.as_secs() as usize + 1;
-    // Every kind once per round, in a seeded random order, so that even a
-    // short run covers them all.
+    // Every kind once per round, in a seeded random order; the first round
+    // is always finished, so that even a short run covers them all.
+    let max_faults = max_faults.max(cfg.kinds.len());
     let mut round: Vec<FaultKind> = Vec::new();
-    while error.is_none() && started.elapsed() < cfg.duration && faults.len() < max_faults {
+    let mut rounds = 0usize;
+    while error.is_none()
+        && (started.elapsed() < cfg.duration || (rounds == 1 && !round.is_empty()))
+        && faults.len() < max_faults
+    {
         if round.is_empty() {
             round = cfg.kinds.clone();
             rng.shuffle(&mut round);
+            rounds += 1;
         }
         let kind = round.remove(0);
         eprintln!(
@@ -651,7 +993,15 @@ pub(crate) async fn run(cfg: &RunConfig) -> Result<Report, String> {
         return Err(e);
     }
     let events = lock(&run.history).events.clone();
-    let mut report = checker::check(&register.log(), &events, &faults, end, &orphans, limits);
+    let mut report = checker::check(
+        &register.log(),
+        &events,
+        &faults,
+        &run.deletions,
+        end,
+        &orphans,
+        limits,
+    );
     report.backend = format!("{:?} x{}", cfg.backend, cfg.members).to_lowercase();
     report.seed = cfg.seed;
     report.seconds = started.elapsed().as_secs();
