@@ -1258,19 +1258,57 @@ async fn etcdctl_del(endpoint: &str, key: &str) {
 /// makes a blind back-off after a broken watch plain to see).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_deleted_while_the_watch_stream_reconnects_ends_its_term_at_once() {
-    const TTL: u64 = 15;
-    const ROUNDS: usize = 3;
     let node = start_node().await;
     let proxy = Proxy::start(node.client_addr()).await;
+    key_deleted_while_the_watch_stream_reconnects(
+        "single node",
+        &proxy,
+        &node.endpoint(),
+        &node.endpoint(),
+    )
+    .await;
+}
+
+/// Issue 20 §2 on a 3-member cluster: the leader talks to member 1 through
+/// the proxy, the next candidate to member 2, and `etcdctl del` goes to
+/// member 3, so the deletion reaches the leader's member only through raft
+/// while its watch stream reconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_a_key_deleted_while_the_watch_stream_reconnects_ends_its_term_at_once() {
+    let cluster = EtcdCluster::start(3)
+        .await
+        .unwrap_or_else(|e| panic!("could not start a 3-member etcd cluster: {e}"));
+    let proxy = Proxy::start(cluster.member(0).client_addr()).await;
+    key_deleted_while_the_watch_stream_reconnects(
+        "cluster",
+        &proxy,
+        &cluster.member(1).endpoint(),
+        &cluster.member(2).endpoint(),
+    )
+    .await;
+}
+
+/// The body of the two tests above. The leader `a` reaches the store
+/// through `proxy` only (whose resets break its watch stream); the next
+/// candidate `b` talks to `b_endpoint`; the key is deleted with `etcdctl`
+/// on `del_endpoint`.
+async fn key_deleted_while_the_watch_stream_reconnects(
+    what: &str,
+    proxy: &Proxy,
+    b_endpoint: &str,
+    del_endpoint: &str,
+) {
+    const TTL: u64 = 15;
+    const ROUNDS: usize = 3;
     let a_backend = Arc::new(connect(&[format!("http://{}", proxy.addr())]).await);
-    let b_backend: Arc<dyn Backend> = Arc::new(connect(&[node.endpoint()]).await);
+    let b_backend: Arc<dyn Backend> = Arc::new(connect(&[b_endpoint.to_owned()]).await);
     let base = unique_name("reconnect-del");
     let started = Instant::now();
     let mut late = Vec::new();
     for round in 0..ROUNDS {
         assert!(
             started.elapsed() < Duration::from_secs(90),
-            "the rounds took too long"
+            "{what}: the rounds took too long"
         );
         let election = format!("{base}-{round}");
         let mut a_options = options(&election, "a", TTL);
@@ -1292,19 +1330,30 @@ async fn a_key_deleted_while_the_watch_stream_reconnects_ends_its_term_at_once()
         // The first reset: the watch breaks and is watched again.
         proxy.reset_all();
         sleep(Duration::from_millis(1500)).await;
-        assert!(!la.is_lost(), "round {round}: a reset alone ended the term");
+        assert!(
+            !la.is_lost(),
+            "{what}, round {round}: a reset alone ended the term"
+        );
+        // The done signal's instant, taken as it fires (etcdctl takes longer).
+        let lost = la.lost();
+        let lost = tokio::spawn(async move {
+            let reason = lost.await;
+            (Instant::now(), reason)
+        });
         // The second reset, then the delete while the stream reconnects.
         proxy.reset_all();
         let deleting = Instant::now();
-        etcdctl_del(&node.endpoint(), &key).await;
+        etcdctl_del(del_endpoint, &key).await;
         let deleted = Instant::now();
-        let reason = timeout(Duration::from_secs(12), la.lost())
+        let (done, reason) = timeout(Duration::from_secs(12), lost)
             .await
-            .unwrap_or_else(|_| panic!("round {round}: the term did not end within 12 s"));
-        let done = Instant::now();
+            .unwrap_or_else(|_| panic!("{what}, round {round}: the term did not end within 12 s"))
+            .expect("the done signal's task");
         let (b_led, lb) = timeout(Duration::from_secs(5), b_task)
             .await
-            .unwrap_or_else(|_| panic!("round {round}: b did not lead within 5 s of the delete"))
+            .unwrap_or_else(|_| {
+                panic!("{what}, round {round}: b did not lead within 5 s of the delete")
+            })
             .expect("b's task");
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let after_delete = done.saturating_duration_since(deleting);
@@ -1314,7 +1363,7 @@ async fn a_key_deleted_while_the_watch_stream_reconnects_ends_its_term_at_once()
             ("before", b_led - done)
         };
         eprintln!(
-            "round {round}: etcdctl del took {:.1} ms; the deposed leader's done signal came {:.1} ms after the delete was sent ({reason}), {:.1} ms {sign} the next leader led ({:.1} ms after the delete was sent)",
+            "{what}, round {round}: etcdctl del took {:.1} ms; the deposed leader's done signal came {:.1} ms after the delete was sent ({reason}), {:.1} ms {sign} the next leader led ({:.1} ms after the delete was sent)",
             ms(deleted - deleting),
             ms(after_delete),
             ms(gap),
@@ -1322,11 +1371,11 @@ async fn a_key_deleted_while_the_watch_stream_reconnects_ends_its_term_at_once()
         );
         assert!(
             matches!(reason, LossReason::LeaseLost(_)),
-            "round {round}: {reason:?}"
+            "{what}, round {round}: {reason:?}"
         );
         assert!(
             lb.fencing_token() > la.fencing_token(),
-            "round {round}: the new term's token {} is not above {}",
+            "{what}, round {round}: the new term's token {} is not above {}",
             lb.fencing_token(),
             la.fencing_token()
         );
@@ -1337,7 +1386,7 @@ async fn a_key_deleted_while_the_watch_stream_reconnects_ends_its_term_at_once()
     }
     assert!(
         late.is_empty(),
-        "the deposed leader's done signal came more than 1 s after the delete (round, delay): {late:?}"
+        "{what}: the deposed leader's done signal came more than 1 s after the delete (round, delay): {late:?}"
     );
 }
 

@@ -3,15 +3,17 @@
 //! alive, is resolved, never forgotten, and a claim left by an ended term is
 //! never adopted by a new one.
 //!
-//! Each test starts its own etcd on a free loopback port and reaches it
-//! through a fault-injecting proxy; the harness stops the store by pid.
+//! Each test starts its own etcd (a single node, or a 3-member cluster) on
+//! free loopback ports and reaches it through a fault-injecting proxy; the
+//! harness stops the store by pid.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use leasehold_core::{Backend, ElectionOptions, Elector, Error, Leadership};
 use leasehold_etcd::EtcdBackend;
-use leasehold_integration_tests::{EtcdNode, Proxy, unique_name};
+use leasehold_integration_tests::{EtcdCluster, EtcdNode, Proxy, unique_name};
 use tokio::time::{Instant, sleep, timeout};
 
 const TTL: u64 = 6;
@@ -22,15 +24,15 @@ async fn start_node() -> EtcdNode {
         .unwrap_or_else(|e| panic!("could not start etcd: {e}"))
 }
 
-async fn connect(endpoint: String) -> Arc<dyn Backend> {
+async fn connect(endpoints: &[String]) -> Arc<dyn Backend> {
     Arc::new(
         EtcdBackend::builder()
-            .endpoints([endpoint.clone()])
+            .endpoints(endpoints.iter().cloned())
             .request_timeout(Duration::from_secs(1))
             .connect_timeout(Duration::from_secs(1))
             .connect()
             .await
-            .unwrap_or_else(|e| panic!("connecting to {endpoint} failed: {e}")),
+            .unwrap_or_else(|e| panic!("connecting to {endpoints:?} failed: {e}")),
     )
 }
 
@@ -73,9 +75,36 @@ async fn just_after_a_keep_alive(term: &Leadership) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn etcd_a_release_whose_answer_is_lost_is_resolved() {
     let node = start_node().await;
-    let proxy = Proxy::start(node.client_addr()).await;
-    let shared = connect(format!("http://{}", proxy.addr())).await;
-    let direct = connect(node.endpoint()).await;
+    a_release_whose_answer_is_lost_is_resolved("single node", node.client_addr(), node.endpoint())
+        .await;
+}
+
+/// The same on a 3-member cluster: A's backend reaches member 1 through the
+/// proxy, B and the observers talk to member 2, so the retried release
+/// reaches B only through raft.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn etcd_cluster_a_release_whose_answer_is_lost_is_resolved() {
+    let cluster = EtcdCluster::start(3)
+        .await
+        .unwrap_or_else(|e| panic!("could not start a 3-member etcd cluster: {e}"));
+    a_release_whose_answer_is_lost_is_resolved(
+        "cluster",
+        cluster.member(0).client_addr(),
+        cluster.member(1).endpoint(),
+    )
+    .await;
+}
+
+/// The body of the two tests above: the shared backend reaches `shared_via`
+/// through a proxy; B and the observers talk to `direct` without one.
+async fn a_release_whose_answer_is_lost_is_resolved(
+    what: &str,
+    shared_via: SocketAddr,
+    direct: String,
+) {
+    let proxy = Proxy::start(shared_via).await;
+    let shared = connect(&[format!("http://{}", proxy.addr())]).await;
+    let direct = connect(&[direct]).await;
     let base = unique_name("lost-release");
     let (e, f) = (format!("{base}-e"), format!("{base}-f"));
 
@@ -84,25 +113,29 @@ async fn etcd_a_release_whose_answer_is_lost_is_resolved() {
     let b = elector(&direct, &e, "b");
     let la = lock_within(&a, Duration::from_secs(10), "a").await;
     let lg = lock_within(&g, Duration::from_secs(10), "g").await;
-    assert_eq!(la.session_id(), lg.session_id(), "A and G share one lease");
+    assert_eq!(
+        la.session_id(),
+        lg.session_id(),
+        "{what}: A and G share one lease"
+    );
     let b_waits = {
         let b = b.clone();
         tokio::spawn(async move { b.lock().await })
     };
     sleep(Duration::from_millis(300)).await;
-    assert!(!b_waits.is_finished(), "B led while A holds");
+    assert!(!b_waits.is_finished(), "{what}: B led while A holds");
 
     just_after_a_keep_alive(&la).await;
     proxy.blackhole();
     let a_token = la.fencing_token();
     let unlocked = la.unlock().await;
-    eprintln!("A.unlock() in the silence: {unlocked:?}");
+    eprintln!("{what}: A.unlock() in the silence: {unlocked:?}");
     assert!(
         matches!(
             unlocked,
             Err(Error::Timeout { .. } | Error::Unavailable { .. })
         ),
-        "the release could not have been answered: {unlocked:?}"
+        "{what}: the release could not have been answered: {unlocked:?}"
     );
     // Heal well within the session's deadline: the session lives on.
     proxy.reset_all();
@@ -120,21 +153,24 @@ async fn etcd_a_release_whose_answer_is_lost_is_resolved() {
         Err(_) => {
             let leader = direct.leader(&e).await;
             panic!(
-                "B did not lead within {within:?} of the heal (ttl {TTL} s + 3 s); the store names {leader:?} as leader; D's campaign finished: {}",
+                "{what}: B did not lead within {within:?} of the heal (ttl {TTL} s + 3 s); the store names {leader:?} as leader; D's campaign finished: {}",
                 d_campaign.is_finished()
             );
         }
     };
     let took = healed.elapsed();
     eprintln!(
-        "B led {took:?} after the heal with token {} (A's was {a_token})",
+        "{what}: B led {took:?} after the heal with token {} (A's was {a_token})",
         lb.fencing_token()
     );
     assert!(lb.fencing_token() > a_token);
-    assert!(!lg.is_lost(), "G's term on the shared session went on");
+    assert!(
+        !lg.is_lost(),
+        "{what}: G's term on the shared session ended"
+    );
     assert!(
         !d_campaign.is_finished(),
-        "D led while B holds (D adopted a stale key?)"
+        "{what}: D led while B holds (D adopted a stale key?)"
     );
     let b_token = lb.fencing_token();
     lb.unlock().await.expect("B unlock");
@@ -145,7 +181,7 @@ async fn etcd_a_release_whose_answer_is_lost_is_resolved() {
         .expect("D lock");
     assert!(
         ld.fencing_token() > b_token,
-        "D leads with token {} after B's {b_token}: a token handed out twice",
+        "{what}: D leads with token {} after B's {b_token}: a token handed out twice",
         ld.fencing_token()
     );
     let leader = direct.leader(&e).await.expect("leader").expect("a leader");
@@ -162,8 +198,8 @@ async fn etcd_a_release_whose_answer_is_lost_is_resolved() {
 async fn etcd_a_withdrawal_whose_answer_is_lost_is_resolved() {
     let node = start_node().await;
     let proxy = Proxy::start(node.client_addr()).await;
-    let shared = connect(format!("http://{}", proxy.addr())).await;
-    let direct = connect(node.endpoint()).await;
+    let shared = connect(&[format!("http://{}", proxy.addr())]).await;
+    let direct = connect(&[node.endpoint()]).await;
     let base = unique_name("lost-withdraw");
     let (e, f) = (format!("{base}-e"), format!("{base}-f"));
 

@@ -1328,8 +1328,10 @@ fn churn_the_line(
     })
 }
 
-/// The first node in line of `dir` (by sequence): the leader's.
+/// The first node in line of `dir` (by sequence): the leader's. Synced
+/// first: on an ensemble, `client`'s member may lag the leader's.
 async fn first_in_line(client: &zk::Client, dir: &str) -> String {
+    client.sync(dir).await.expect("sync the line");
     let mut nodes = client.list_children(dir).await.expect("list the line");
     nodes.sort_by(|a, b| a[a.len() - 10..].cmp(&b[b.len() - 10..]));
     nodes.first().cloned().expect("nobody in line")
@@ -1344,22 +1346,52 @@ async fn first_in_line(client: &zk::Client, dir: &str) -> String {
 /// 2.7 s apart), and the next leader's token is higher.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_deleted_by_hand_under_churn_in_the_line_ends_its_term_at_once() {
-    const ROUNDS: usize = 6;
-    let ttl = Duration::from_secs(8);
     let server = start_server().await;
     let cs = server.connect_string();
-    let a_backend: Arc<dyn Backend> = Arc::new(connect(&cs, session_for(ttl)).await);
-    let b_backend: Arc<dyn Backend> = Arc::new(connect(&cs, session_for(ttl)).await);
-    let admin = connect(&cs, session_for(ttl)).await;
-    let churner = connect(&cs, session_for(ttl)).await;
+    let clients = ChurnClients::all_on("standalone", &cs);
+    node_deleted_by_hand_under_churn(&clients, 6).await;
+}
+
+/// Where the clients of the churn tests connect: the leader's, the next
+/// candidate's, the one that deletes by hand and the one that churns.
+struct ChurnClients<'a> {
+    what: &'a str,
+    leader: &'a str,
+    next: &'a str,
+    admin: &'a str,
+    churner: &'a str,
+}
+
+impl<'a> ChurnClients<'a> {
+    /// Every client on `cs`.
+    fn all_on(what: &'a str, cs: &'a str) -> Self {
+        ChurnClients {
+            what,
+            leader: cs,
+            next: cs,
+            admin: cs,
+            churner: cs,
+        }
+    }
+}
+
+/// The body of the churn-and-delete tests, `rounds` times (each takes 2 to
+/// 4 s): see [`a_node_deleted_by_hand_under_churn_in_the_line_ends_its_term_at_once`].
+async fn node_deleted_by_hand_under_churn(clients: &ChurnClients<'_>, rounds: usize) {
+    let what = clients.what;
+    let ttl = Duration::from_secs(8);
+    let a_backend: Arc<dyn Backend> = Arc::new(connect(clients.leader, session_for(ttl)).await);
+    let b_backend: Arc<dyn Backend> = Arc::new(connect(clients.next, session_for(ttl)).await);
+    let admin = connect(clients.admin, session_for(ttl)).await;
+    let churner = connect(clients.churner, session_for(ttl)).await;
     let base = unique_name("churn-del");
     let started = Instant::now();
     let mut late = Vec::new();
     let mut overlaps = 0;
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         assert!(
             started.elapsed() < Duration::from_secs(120),
-            "the rounds took too long"
+            "{what}: the rounds took too long"
         );
         let election = format!("{base}-{round}");
         let dir = format!("/{election}");
@@ -1376,21 +1408,32 @@ async fn a_node_deleted_by_hand_under_churn_in_the_line_ends_its_term_at_once() 
         let churn = churn_the_line(churner.client(), dir.clone(), stop.clone());
         // 1.5 to 2.5 s of churn before the delete.
         sleep(Duration::from_millis(1500 + 200 * round as u64)).await;
-        assert!(!la.is_lost(), "round {round}: churn alone ended the term");
+        assert!(
+            !la.is_lost(),
+            "{what}, round {round}: churn alone ended the term"
+        );
         let node = first_in_line(&admin.client(), &dir).await;
+        // The done signal's instant, taken as it fires.
+        let lost = la.lost();
+        let lost = tokio::spawn(async move {
+            let reason = lost.await;
+            (Instant::now(), reason)
+        });
         let deleting = Instant::now();
         admin
             .client()
             .delete(&format!("{dir}/{node}"), None)
             .await
             .expect("delete the leader's node");
-        let reason = timeout(Duration::from_secs(12), la.lost())
+        let (done, reason) = timeout(Duration::from_secs(12), lost)
             .await
-            .unwrap_or_else(|_| panic!("round {round}: the term did not end within 12 s"));
-        let done = Instant::now();
+            .unwrap_or_else(|_| panic!("{what}, round {round}: the term did not end within 12 s"))
+            .expect("the done signal's task");
         let (b_led, lb) = timeout(Duration::from_secs(5), b_task)
             .await
-            .unwrap_or_else(|_| panic!("round {round}: b did not lead within 5 s of the delete"))
+            .unwrap_or_else(|_| {
+                panic!("{what}, round {round}: b did not lead within 5 s of the delete")
+            })
             .expect("b's task");
         stop.cancel();
         let created = churn.await.expect("the churn task");
@@ -1403,18 +1446,18 @@ async fn a_node_deleted_by_hand_under_churn_in_the_line_ends_its_term_at_once() 
             ("before", b_led - done)
         };
         eprintln!(
-            "round {round}: {created} churn nodes; the deposed leader's done signal came {:.1} ms after the delete ({reason}), {:.1} ms {sign} the next leader led ({:.1} ms after the delete)",
+            "{what}, round {round}: {created} churn nodes; the deposed leader's done signal came {:.1} ms after the delete ({reason}), {:.1} ms {sign} the next leader led ({:.1} ms after the delete)",
             ms(after_delete),
             ms(gap),
             ms(b_led.saturating_duration_since(deleting)),
         );
         assert!(
             matches!(reason, LossReason::LeaseLost(_)),
-            "round {round}: {reason:?}"
+            "{what}, round {round}: {reason:?}"
         );
         assert!(
             lb.fencing_token() > la.fencing_token(),
-            "round {round}: the new term's token {} is not above {}",
+            "{what}, round {round}: the new term's token {} is not above {}",
             lb.fencing_token(),
             la.fencing_token()
         );
@@ -1424,11 +1467,11 @@ async fn a_node_deleted_by_hand_under_churn_in_the_line_ends_its_term_at_once() 
         lb.unlock().await.expect("unlock b");
     }
     eprintln!(
-        "the next leader led before the deposed leader's done signal in {overlaps} of {ROUNDS} rounds"
+        "{what}: the next leader led before the deposed leader's done signal in {overlaps} of {rounds} rounds"
     );
     assert!(
         late.is_empty(),
-        "the deposed leader's done signal came more than 1 s after the delete (round, delay): {late:?}"
+        "{what}: the deposed leader's done signal came more than 1 s after the delete (round, delay): {late:?}"
     );
 }
 
@@ -1438,12 +1481,20 @@ async fn a_node_deleted_by_hand_under_churn_in_the_line_ends_its_term_at_once() 
 /// and then resolve when the node is deleted by hand.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_own_node_watch_is_not_used_up_by_churn_in_the_line() {
-    let ttl = Duration::from_secs(8);
     let server = start_server().await;
     let cs = server.connect_string();
-    let backend = connect(&cs, session_for(ttl)).await;
-    let admin = connect(&cs, session_for(ttl)).await;
-    let churner = connect(&cs, session_for(ttl)).await;
+    let clients = ChurnClients::all_on("standalone", &cs);
+    own_node_watch_under_churn(&clients).await;
+}
+
+/// The body of the own-node watch tests (about 3.5 s; `clients.next` is not
+/// used): see [`the_own_node_watch_is_not_used_up_by_churn_in_the_line`].
+async fn own_node_watch_under_churn(clients: &ChurnClients<'_>) {
+    let what = clients.what;
+    let ttl = Duration::from_secs(8);
+    let backend = connect(clients.leader, session_for(ttl)).await;
+    let admin = connect(clients.admin, session_for(ttl)).await;
+    let churner = connect(clients.churner, session_for(ttl)).await;
     let election = unique_name("churn-watch");
     let dir = format!("/{election}");
     let claim = match backend
@@ -1462,7 +1513,7 @@ async fn the_own_node_watch_is_not_used_up_by_churn_in_the_line() {
         stop.cancel();
         let created = churn.await.expect("the churn task");
         panic!(
-            "the own-node watch ended under churn alone ({created} churn nodes created and deleted in the line), the node still there: {ended:?}"
+            "{what}: the own-node watch ended under churn alone ({created} churn nodes created and deleted in the line), the node still there: {ended:?}"
         );
     }
     let node = first_in_line(&admin.client(), &dir).await;
@@ -1475,15 +1526,55 @@ async fn the_own_node_watch_is_not_used_up_by_churn_in_the_line() {
         .expect("delete the leader's node");
     let ended = timeout(Duration::from_secs(2), &mut watch)
         .await
-        .expect("the own-node watch did not resolve within 2 s of the delete");
+        .unwrap_or_else(|_| {
+            panic!("{what}: the own-node watch did not resolve within 2 s of the delete")
+        });
     let took = deleted_at.elapsed();
     stop.cancel();
     let created = churn.await.expect("the churn task");
     eprintln!(
-        "after {created} churn nodes the own-node watch was still armed; it resolved {:.1} ms after the delete",
+        "{what}: after {created} churn nodes the own-node watch was still armed; it resolved {:.1} ms after the delete",
         took.as_secs_f64() * 1000.0
     );
-    ended.expect("the own-node watch ended with an error instead of the delete");
+    ended.unwrap_or_else(|e| {
+        panic!("{what}: the own-node watch ended with an error instead of the delete: {e}")
+    });
+}
+
+/// Issue 20 §3 on a 3-member ensemble: both churn tests above, with every
+/// client on a member of its own where there are enough: the leader's
+/// client on one follower, the next candidate's and the deleting client on
+/// the other follower, the churning client on ZooKeeper's leader. So the
+/// deletion and the churn reach the leader's member only as commits from
+/// ZooKeeper's leader. One ensemble serves both bodies (a start costs a few
+/// seconds and three JVMs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ensemble_under_churn_in_the_line_a_node_deleted_by_hand_ends_its_term_at_once() {
+    let began = Instant::now();
+    let ensemble = ZkEnsemble::start(3)
+        .await
+        .unwrap_or_else(|e| panic!("could not start a ZooKeeper ensemble: {e}"));
+    let zk_leader = zk_leader_index(&ensemble, Duration::from_secs(30)).await;
+    let followers: Vec<usize> = (0..3).filter(|&i| i != zk_leader).collect();
+    let cs = |i: usize| ensemble.member(i).connect_string();
+    let (leader, other, churner) = (cs(followers[0]), cs(followers[1]), cs(zk_leader));
+    eprintln!(
+        "ensemble up after {:?}: the leader's client on member {}, the next candidate and the deleting client on member {}, the churn on member {} (ZooKeeper's leader)",
+        began.elapsed(),
+        followers[0] + 1,
+        followers[1] + 1,
+        zk_leader + 1
+    );
+    let clients = ChurnClients {
+        what: "ensemble",
+        leader: &leader,
+        next: &other,
+        admin: &other,
+        churner: &churner,
+    };
+    own_node_watch_under_churn(&clients).await;
+    node_deleted_by_hand_under_churn(&clients, 4).await;
+    eprintln!("ensemble: {:?} in all", began.elapsed());
 }
 
 /// Issue 20 §4: a replacement session, opened after the last one expired, is
