@@ -90,11 +90,22 @@ impl Churner {
                         .await
                         .map_err(|_| "connecting to etcd timed out".to_owned())?
                         .map_err(|e| format!("cannot connect to etcd: {e}"))?;
-                let lease = timeout(CALL, client.lease_grant(2, None))
-                    .await
-                    .map_err(|_| "lease grant timed out".to_owned())?
-                    .map_err(|e| format!("lease grant failed: {e}"))?
-                    .id();
+                // The cluster may still be recovering from the last fault (a
+                // member just restarted, a new raft leader): try a few times.
+                let mut attempt = 0;
+                let lease = loop {
+                    attempt += 1;
+                    let error = match timeout(CALL, client.lease_grant(2, None)).await {
+                        Ok(Ok(grant)) => break grant.id(),
+                        Ok(Err(e)) => format!("lease grant failed: {e}"),
+                        Err(_) => "lease grant timed out".to_owned(),
+                    };
+                    if attempt >= 5 {
+                        return Err(format!("{error} ({attempt} attempts)"));
+                    }
+                    eprintln!("chaos churn: {error}; trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                };
                 let (keeper, mut stream) = client
                     .lease_keep_alive(lease)
                     .await

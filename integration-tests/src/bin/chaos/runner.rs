@@ -504,7 +504,7 @@ impl Run<'_> {
             stdin: Some(stdin),
             lines: tokio::io::BufReader::new(stdout).lines(),
         };
-        match churn.next(Duration::from_secs(15)).await {
+        match churn.next(Duration::from_secs(30)).await {
             Some(v) if v.get("event").and_then(|e| e.as_str()) == Some("ready") => Ok(churn),
             other => {
                 churn.stop().await;
