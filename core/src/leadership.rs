@@ -615,15 +615,7 @@ async fn heartbeat(
     stop: CancellationToken,
     anchor: Instant,
 ) {
-    let lifetime = options.deadline_after_renewal();
-    // Test-only breakage (feature `unsafe-no-deadline` AND the variable
-    // LEASEHOLD_UNSAFE_NO_DEADLINE set; never for production): a deadline a
-    // day away, i.e. none. The variable keeps `--all-features` builds safe.
-    #[cfg(feature = "unsafe-no-deadline")]
-    let lifetime = match std::env::var_os("LEASEHOLD_UNSAFE_NO_DEADLINE") {
-        Some(_) => std::time::Duration::from_secs(86_400),
-        None => lifetime,
-    };
+    let lifetime = options.kept_lifetime();
     let mut deadline = anchor + lifetime;
     let mut next = anchor + options.renew_interval;
     let mut schedule = RenewSchedule::new(&options);

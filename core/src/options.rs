@@ -237,6 +237,22 @@ impl ElectionOptions {
     pub fn deadline_after_renewal(&self) -> Duration {
         self.ttl.saturating_sub(self.safety_margin)
     }
+
+    /// What the engine's heartbeats (a leader's, a session's) keep a lease
+    /// for after each successful renewal: [`deadline_after_renewal`](Self::deadline_after_renewal).
+    ///
+    /// Test-only breakage for the chaos suite's self-test, never for
+    /// production: built with `--cfg leasehold_unsafe_no_deadline` (a
+    /// RUSTFLAGS cfg, not a cargo feature) AND run with the variable
+    /// `LEASEHOLD_UNSAFE_NO_DEADLINE` set, the deadline is a day away, i.e.
+    /// none.
+    pub(crate) fn kept_lifetime(&self) -> Duration {
+        #[cfg(leasehold_unsafe_no_deadline)]
+        if std::env::var_os("LEASEHOLD_UNSAFE_NO_DEADLINE").is_some() {
+            return Duration::from_secs(86_400);
+        }
+        self.deadline_after_renewal()
+    }
 }
 
 fn check_name(field: &'static str, name: &str) -> Result<()> {

@@ -505,14 +505,7 @@ async fn keeper(
     anchor: Instant,
     self_kept: bool,
 ) {
-    let lifetime = options.deadline_after_renewal();
-    // Test-only breakage, as in the leader's heartbeat (feature
-    // `unsafe-no-deadline` AND the variable LEASEHOLD_UNSAFE_NO_DEADLINE).
-    #[cfg(feature = "unsafe-no-deadline")]
-    let lifetime = match std::env::var_os("LEASEHOLD_UNSAFE_NO_DEADLINE") {
-        Some(_) => Duration::from_secs(86_400),
-        None => lifetime,
-    };
+    let lifetime = options.kept_lifetime();
     let mut deadline = anchor + lifetime;
     let mut next = anchor + options.renew_interval;
     let mut schedule = RenewSchedule::new(&options);

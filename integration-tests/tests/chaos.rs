@@ -9,6 +9,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Mutex, PoisonError};
+
+/// The two tests run one after the other: each is a timed fault run on real
+/// stores, and the broken build's compilation must not slow quick mode.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn chaos() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_chaos"));
@@ -32,6 +37,7 @@ fn leasehold_cli() -> PathBuf {
 /// few minutes in all: the checker must find no violation.
 #[test]
 fn quick_mode_keeps_every_promise_on_every_backend() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
     let cli = leasehold_cli();
     let status = chaos()
         .arg("quick")
@@ -45,21 +51,51 @@ fn quick_mode_keeps_every_promise_on_every_backend() {
     );
 }
 
+/// The `leasehold` CLI with the engine's test-only breakage compiled in
+/// (`--cfg leasehold_unsafe_no_deadline`: leaders never step down on their
+/// own clock while the variable LEASEHOLD_UNSAFE_NO_DEADLINE is set), built
+/// with etcd only into a target directory of its own, so that no other
+/// build ever has it. scripts/test builds it before the tests; here it is
+/// brought up to date (a no-op then) or built.
+fn broken_cli() -> PathBuf {
+    let root = leasehold_integration_tests::workspace_root();
+    let target = root.join("target").join("unsafe-no-deadline");
+    let status = Command::new(env!("CARGO"))
+        .current_dir(root)
+        .args([
+            "build",
+            "--locked",
+            "-p",
+            "leasehold-cli",
+            "--no-default-features",
+        ])
+        .args(["--features", "leasehold/etcd", "--target-dir"])
+        .arg(&target)
+        .env("RUSTFLAGS", "--cfg leasehold_unsafe_no_deadline")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .status()
+        .expect("run cargo to build the broken leasehold CLI");
+    assert!(
+        status.success(),
+        "building the broken CLI failed ({status}): RUSTFLAGS=\"--cfg leasehold_unsafe_no_deadline\" cargo build -p leasehold-cli --no-default-features --features leasehold/etcd --target-dir target/unsafe-no-deadline"
+    );
+    let cli = target.join("debug").join("leasehold");
+    assert!(
+        cli.is_file(),
+        "{} is missing after the build",
+        cli.display()
+    );
+    cli
+}
+
 /// The checker can fail: a CLI whose leaders never step down on their own
-/// clock (leasehold-core's test-only `unsafe-no-deadline`, switched on by the
-/// variable the runner sets with `--unsafe-no-deadline`), with its store link
-/// cut, keeps its worker writing while a newer leader writes too.
-///
-/// With this crate's `unsafe-no-deadline` feature on (`--all-features`, as
-/// scripts/test builds the workspace), the `leasehold` binary built in the
-/// same cargo run has the switch compiled in: no second build.
+/// clock ([`broken_cli`], switched on by the variable the runner sets with
+/// `--unsafe-no-deadline`), with its store link cut, keeps its worker
+/// writing while a newer leader writes too.
 #[test]
-#[cfg_attr(
-    not(feature = "unsafe-no-deadline"),
-    ignore = "needs the feature unsafe-no-deadline so that the leasehold CLI of the same build has the switch: cargo test --workspace --all-features (scripts/test does)"
-)]
 fn a_leader_without_its_step_down_deadline_fails_the_checker() {
-    let broken = leasehold_cli();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
+    let broken = broken_cli();
     let out = chaos()
         .args([
             "soak",

@@ -156,7 +156,7 @@ struct SoakArgs {
     #[arg(long)]
     cli: Option<PathBuf>,
     /// Run the candidates with LEASEHOLD_UNSAFE_NO_DEADLINE set: with a CLI
-    /// built with the test-only feature `leasehold-core/unsafe-no-deadline`
+    /// built with RUSTFLAGS="--cfg leasehold_unsafe_no_deadline" (test-only)
     /// the leaders never step down on their own clock (the checker must fail).
     #[arg(long)]
     unsafe_no_deadline: bool,

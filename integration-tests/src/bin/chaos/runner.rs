@@ -125,7 +125,7 @@ pub(crate) struct RunConfig {
     pub(crate) cli: PathBuf,
     pub(crate) log_dir: PathBuf,
     /// Set LEASEHOLD_UNSAFE_NO_DEADLINE for the candidates (a CLI built with
-    /// `leasehold-core/unsafe-no-deadline` then never steps down on its own).
+    /// `--cfg leasehold_unsafe_no_deadline` then never steps down on its own).
     pub(crate) unsafe_no_deadline: bool,
 }
 
