@@ -472,9 +472,10 @@ struct Campaign {
     reads: Running,
 }
 
-/// A claim held while waiting, with the send time of its last refresh
+/// This candidate's own claim in the line, held while waiting (not to be
+/// confused with [`Attempt::Held`], someone else leading): with the send time of its last refresh
 /// (claims of their own lease), or the session that keeps it alive.
-struct Held {
+struct QueuedClaim {
     claim: Claim,
     anchor: Instant,
     session: Option<SessionUse>,
@@ -515,7 +516,7 @@ impl Campaign {
     /// Withdraw a claim, bounded. A claim in a session whose withdrawal was
     /// not confirmed is resolved in the background while the session lives
     /// ([`SessionUse::settle`]); a claim of its own lease expires with it.
-    async fn withdraw(&self, claim: Option<Held>) {
+    async fn withdraw(&self, claim: Option<QueuedClaim>) {
         let Some(h) = claim else { return };
         if let Err(e) = self.call("release", self.backend.release(&h.claim)).await {
             match h.session {
@@ -555,7 +556,7 @@ impl Campaign {
         let caps = self.backend.capabilities();
         let opts = &self.options;
         let lifetime = opts.deadline_after_renewal();
-        let mut held: Option<Held> = None;
+        let mut held: Option<QueuedClaim> = None;
         let use_sessions = caps.sessions;
         // Observed-time expiry (backends without server-side expiry): the
         // revision seen and when it was first seen.
@@ -670,7 +671,7 @@ impl Campaign {
                     if anchor + lifetime <= Instant::now() {
                         // Won with a lease too old to trust: start over.
                         tracing::warn!("won with a lease past its local deadline; starting over");
-                        self.withdraw(Some(Held {
+                        self.withdraw(Some(QueuedClaim {
                             claim,
                             anchor,
                             session: None,
@@ -698,12 +699,12 @@ impl Campaign {
                     backoff.reset();
                     claim_schedule.reset();
                     held = match (queued, held.take()) {
-                        (Some(claim), Some(old)) => Some(Held {
+                        (Some(claim), Some(old)) => Some(QueuedClaim {
                             claim,
                             anchor: old.anchor,
                             session: old.session,
                         }),
-                        (Some(claim), None) => Some(Held {
+                        (Some(claim), None) => Some(QueuedClaim {
                             claim,
                             anchor: sent,
                             session,
@@ -818,7 +819,7 @@ impl Campaign {
         let too_old = session.is_lost() || session.deadline() <= Instant::now();
         if proven.is_err() || too_old {
             let reason = session.reason();
-            self.withdraw(Some(Held {
+            self.withdraw(Some(QueuedClaim {
                 claim,
                 anchor: Instant::now(),
                 session: Some(session),
@@ -850,7 +851,7 @@ impl Campaign {
     async fn wait_in_session(
         &self,
         mode: Mode,
-        held: &mut Option<Held>,
+        held: &mut Option<QueuedClaim>,
         revision: i64,
         caps: &crate::types::Capabilities,
     ) -> WaitEnd {
@@ -908,7 +909,7 @@ impl Campaign {
     async fn wait_turn(
         &self,
         mode: Mode,
-        held: &mut Option<Held>,
+        held: &mut Option<QueuedClaim>,
         revision: i64,
         caps: &crate::types::Capabilities,
     ) -> WaitEnd {
