@@ -1,188 +1,196 @@
 //! One configuration for every store: from a URL, a TOML file, or code, with
 //! `LEASEHOLD_*` environment overrides, all through the same builder.
 
-use std::fmt;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use leasehold_core::driver::{Driver, KeyKind, StoreParams, Value};
+use serde::de::Error as _;
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::stores::{self, name_list};
 use crate::{ElectionOptions, Error, Result};
 
-/// A secret (a password): never shown by `Debug`, `Display` or logs.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
+pub use leasehold_core::driver::{Secret, parse_duration};
 
-impl Secret {
-    /// Wrap a secret.
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-
-    /// The secret itself, for handing to a store client.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-/// How a Cloud Storage store authenticates. Independent of its endpoint: a
-/// private or regional endpoint works with any of these.
+/// Which store, and how to reach it: the store's name (its `kind`) and its
+/// own settings, checked against what its driver accepts.
 ///
-/// Written as one string in URLs (`credentials=`) and config files
-/// (`credentials = "..."`): `default`, `none` (or `anonymous`), or the path
-/// of a service account key file (`./none` for a key file named `none`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-#[non_exhaustive]
-pub enum GcsCredentials {
-    /// Application default credentials (`GOOGLE_APPLICATION_CREDENTIALS`,
-    /// gcloud's login, the metadata server). Written `default`.
-    Default,
-    /// No credentials, for emulators. Written `none` or `anonymous`.
-    Anonymous,
-    /// A service account key file (JSON): any other value.
-    KeyFile(PathBuf),
-}
-
-impl GcsCredentials {
-    /// Parse the string form (see the type's documentation).
-    ///
-    /// # Errors
-    /// [`Error::Config`] for an empty string.
-    pub fn parse(text: &str) -> Result<Self> {
-        match text {
-            "" => Err(Error::Config(
-                "`credentials` is empty; use `none` (an emulator), `default` (application default credentials) or the path of a service account key file".to_owned(),
-            )),
-            "default" => Ok(GcsCredentials::Default),
-            "none" | "anonymous" => Ok(GcsCredentials::Anonymous),
-            path => Ok(GcsCredentials::KeyFile(PathBuf::from(path))),
-        }
-    }
-}
-
-impl TryFrom<String> for GcsCredentials {
-    type Error = Error;
-
-    fn try_from(text: String) -> Result<Self> {
-        GcsCredentials::parse(&text)
-    }
-}
-
-impl From<GcsCredentials> for String {
-    fn from(c: GcsCredentials) -> String {
-        match c {
-            GcsCredentials::Default => "default".to_owned(),
-            GcsCredentials::Anonymous => "none".to_owned(),
-            GcsCredentials::KeyFile(path) => path.display().to_string(),
-        }
-    }
-}
-
-/// Which store, and how to reach it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-#[non_exhaustive]
-pub enum StoreConfig {
-    /// The in-process memory store (one per process, shared by every
-    /// elector of the process): for tests and demos.
-    Memory,
-    /// etcd v3.
-    Etcd {
-        /// `host:port` of each member.
-        endpoints: Vec<String>,
-        /// Use TLS (`etcd+https://`).
-        #[serde(default)]
-        tls: bool,
-        /// The key prefix elections live under (default `/leasehold`; with
-        /// `layout = "go"`, empty and taken verbatim).
-        #[serde(default)]
-        prefix: Option<String>,
-        /// The key layout: `"leasehold"` (the default) or `"go"`, the keys
-        /// and raw values of etcd's Go `concurrency.Election` and `etcdctl
-        /// elect`, to share elections with them (see docs/interop.md).
-        #[serde(default)]
-        layout: Option<String>,
-        /// User for etcd authentication.
-        #[serde(default)]
-        user: Option<String>,
-        /// Password for etcd authentication.
-        #[serde(default)]
-        password: Option<Secret>,
-        /// PEM file of the CA that signed the server certificates.
-        #[serde(default)]
-        ca: Option<PathBuf>,
-        /// PEM file of the client certificate (with `key`).
-        #[serde(default)]
-        cert: Option<PathBuf>,
-        /// PEM file of the client key (with `cert`).
-        #[serde(default)]
-        key: Option<PathBuf>,
-        /// How long to try to connect, e.g. `"5s"`.
-        #[serde(default)]
-        connect_timeout: Option<String>,
-    },
-    /// Apache ZooKeeper.
-    Zookeeper {
-        /// `host:port` of each server.
-        hosts: Vec<String>,
-        /// The chroot path elections live under (e.g. `/leasehold`).
-        #[serde(default)]
-        chroot: Option<String>,
-        /// The session timeout, e.g. `"6s"`: the lease. Default: the shortest
-        /// that covers the election's timings (ttl - safety_margin +
-        /// renew_interval); given without `ttl`, the ttl is 30/37 of it.
-        #[serde(default)]
-        session_timeout: Option<String>,
-        /// The lock name in candidate node names: `latch-` (the default,
-        /// Apache Curator's LeaderLatch) or `lock-` (Curator's
-        /// LeaderSelector and InterProcessMutex). Every participant of an
-        /// election must use the same (docs/interop.md).
-        #[serde(default)]
-        lock_name: Option<String>,
-        /// User for digest authentication (nodes get ACLs for this user).
-        #[serde(default)]
-        user: Option<String>,
-        /// Password for digest authentication.
-        #[serde(default)]
-        password: Option<Secret>,
-    },
-    /// Google Cloud Storage.
-    Gcs {
-        /// The bucket.
-        bucket: String,
-        /// The object name prefix elections live under.
-        #[serde(default)]
-        prefix: Option<String>,
-        /// A custom endpoint (an emulator, a private or regional endpoint),
-        /// e.g. `http://127.0.0.1:4443`. It does not change the credentials.
-        #[serde(default)]
-        endpoint: Option<String>,
-        /// How to authenticate; default: application default credentials
-        /// (anonymous when `STORAGE_EMULATOR_HOST` names the emulator and
-        /// no endpoint is given). An emulator at `endpoint` needs
-        /// [`GcsCredentials::Anonymous`] (`credentials = "none"`).
-        #[serde(default)]
-        credentials: Option<GcsCredentials>,
-    },
+/// In a config file, the `[store]` table: `kind` and the store's keys
+/// (for etcd `endpoints`, `tls`, `prefix`, `layout`, `user`, `password`,
+/// `ca`, `cert`, `key`, `connect_timeout`; for ZooKeeper `hosts`, `chroot`,
+/// `session_timeout`, `lock_name`, `user`, `password`; for Cloud Storage
+/// `bucket`, `prefix`, `endpoint`, `credentials`; memory has none). Each
+/// store's driver lists them ([`Driver::keys`]). `Debug` never shows a
+/// password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    kind: &'static str,
+    params: StoreParams,
 }
 
 impl StoreConfig {
-    /// The scheme name (`memory`, `etcd`, `zookeeper`, `gcs`).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            StoreConfig::Memory => "memory",
-            StoreConfig::Etcd { .. } => "etcd",
-            StoreConfig::Zookeeper { .. } => "zookeeper",
-            StoreConfig::Gcs { .. } => "gcs",
+    /// The store named `kind` (`"etcd"`) with `params`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an unknown store, a store whose cargo feature is
+    /// off (naming the feature), a key the store does not take (naming the
+    /// keys it does), a value of the wrong type, a missing required key, or
+    /// settings the store refuses together.
+    pub fn new(kind: &str, params: StoreParams) -> Result<StoreConfig> {
+        let (name, driver) = store_driver(kind)?;
+        for (key, value) in params.iter() {
+            let spec = driver
+                .keys()
+                .iter()
+                .find(|k| k.name == key)
+                .ok_or_else(|| unknown_key(name, driver, key))?;
+            if value.kind() != spec.kind {
+                return Err(wrong_type(name, key, spec.kind));
+            }
         }
+        if let Some(missing) = driver
+            .keys()
+            .iter()
+            .find(|k| k.required && params.get(k.name).is_none())
+        {
+            return Err(Error::Config(format!(
+                "the {name} store needs `{}`",
+                missing.name
+            )));
+        }
+        driver.check(&params)?;
+        Ok(StoreConfig { kind: name, params })
+    }
+
+    /// The in-process memory store (one per process, shared by every
+    /// elector of the process): for tests and demos.
+    pub fn memory() -> StoreConfig {
+        StoreConfig {
+            kind: "memory",
+            params: StoreParams::new(),
+        }
+    }
+
+    /// The store's name (`memory`, `etcd`, `zookeeper`, `gcs`).
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// The store's own settings.
+    pub fn params(&self) -> &StoreParams {
+        &self.params
+    }
+
+    /// The store's driver.
+    ///
+    /// # Errors
+    /// Never for a `StoreConfig` built in this process (its store was
+    /// checked then); [`Error::Config`] naming the cargo feature otherwise.
+    pub fn driver(&self) -> Result<&'static dyn Driver> {
+        store_driver(self.kind).map(|(_, d)| d)
+    }
+
+    /// From a `[store]` table's values.
+    fn from_table(mut table: toml::Table) -> Result<StoreConfig> {
+        let kind = match table.remove("kind") {
+            Some(toml::Value::String(kind)) => kind,
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "`kind` must be a string: one of {}, not {other}",
+                    name_list()
+                )));
+            }
+            None => {
+                return Err(Error::Config(format!(
+                    "the [store] table needs `kind`: one of {}",
+                    name_list()
+                )));
+            }
+        };
+        let (name, driver) = store_driver(&kind)?;
+        let mut params = StoreParams::new();
+        for (key, value) in table {
+            let spec = driver
+                .keys()
+                .iter()
+                .find(|k| k.name == key.as_str())
+                .ok_or_else(|| unknown_key(name, driver, &key))?;
+            let value = match (spec.kind, value) {
+                (KeyKind::Text, toml::Value::String(s)) => Value::Text(s),
+                (KeyKind::Secret, toml::Value::String(s)) => Value::Secret(Secret::new(s)),
+                (KeyKind::Flag, toml::Value::Boolean(b)) => Value::Flag(b),
+                (KeyKind::List, toml::Value::Array(items)) => Value::List(
+                    items
+                        .into_iter()
+                        .map(|item| match item {
+                            toml::Value::String(s) => Ok(s),
+                            _ => Err(wrong_type(name, &key, KeyKind::List)),
+                        })
+                        .collect::<Result<_>>()?,
+                ),
+                (kind, _) => return Err(wrong_type(name, &key, kind)),
+            };
+            params.insert(key, value);
+        }
+        StoreConfig::new(name, params)
+    }
+}
+
+/// The store named `kind` and its driver.
+fn store_driver(kind: &str) -> Result<(&'static str, &'static dyn Driver)> {
+    let entry = stores::by_name(kind).ok_or_else(|| {
+        Error::Config(format!(
+            "unknown store kind {kind:?}; use one of {}",
+            name_list()
+        ))
+    })?;
+    Ok((entry.name, entry.driver()?))
+}
+
+fn unknown_key(store: &str, driver: &dyn Driver, key: &str) -> Error {
+    let allowed: Vec<&str> = driver.keys().iter().map(|k| k.name).collect();
+    let allowed = if allowed.is_empty() {
+        "none but `kind`".to_owned()
+    } else {
+        format!("kind, {}", allowed.join(", "))
+    };
+    Error::Config(format!(
+        "unknown key `{key}` for the {store} store; allowed: {allowed}"
+    ))
+}
+
+fn wrong_type(store: &str, key: &str, kind: KeyKind) -> Error {
+    Error::Config(format!(
+        "`{key}` of the {store} store must be {}",
+        kind.describe()
+    ))
+}
+
+impl<'de> Deserialize<'de> for StoreConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let table = toml::Table::deserialize(deserializer)?;
+        StoreConfig::from_table(table).map_err(|e| match e {
+            Error::Config(m) => D::Error::custom(m),
+            other => D::Error::custom(other),
+        })
+    }
+}
+
+impl Serialize for StoreConfig {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("kind", self.kind)?;
+        for (key, value) in self.params.iter() {
+            match value {
+                Value::Text(t) => map.serialize_entry(key, t)?,
+                Value::Flag(b) => map.serialize_entry(key, b)?,
+                Value::List(l) => map.serialize_entry(key, l)?,
+                Value::Secret(s) => map.serialize_entry(key, s.expose())?,
+                _ => {}
+            }
+        }
+        map.end()
     }
 }
 
@@ -350,19 +358,11 @@ impl ElectionConfig {
         })?;
         let id = cfg.id.unwrap_or_else(default_candidate_id);
         let mut options = ElectionOptions::new(election, id);
-        // Given only a ZooKeeper session timeout, the ttl is the longest one
-        // the session covers with the derived timings: the session must
-        // cover ttl - ttl/10 + ttl/3 = 37/30 ttl (docs/zookeeper.md).
-        let zk_session = match &store {
-            StoreConfig::Zookeeper {
-                session_timeout, ..
-            } => session_timeout.clone(),
-            _ => None,
-        };
         if let Some(ttl) = cfg.ttl.as_deref() {
             options = options.with_ttl(parse_duration("ttl", ttl)?);
-        } else if let Some(session) = zk_session.as_deref() {
-            options = options.with_ttl(parse_duration("session_timeout", session)? * 30 / 37);
+        } else if let Some(ttl) = store.driver()?.default_ttl(store.params())? {
+            // The store implies one (ZooKeeper: from its session timeout).
+            options = options.with_ttl(ttl);
         }
         let fields = [
             (
@@ -410,37 +410,10 @@ pub fn default_candidate_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// Parse a duration as Go, etcdctl and consul users write it: `"500ms"`,
-/// `"10s"`, `"1.5s"`, `"1m30s"`, `"2h"` (jiff's friendly format, so
-/// `"1 minute 30 seconds"` and ISO 8601 `"PT1M30S"` work too). Negative
-/// durations and calendar units (days and longer) are refused.
-///
-/// # Errors
-/// [`Error::Config`] naming `field` and the accepted forms.
-pub fn parse_duration(field: &str, text: &str) -> Result<Duration> {
-    let bad = |why: &str| {
-        Error::Config(format!(
-            "`{field}`: {text:?} is not a duration ({why}); write e.g. \"500ms\", \"10s\", \"1.5s\", \"1m30s\", \"2h\""
-        ))
-    };
-    let t = text.trim();
-    if t.is_empty() {
-        return Err(bad("it is empty"));
-    }
-    // A bare number has no unit: "10" could mean seconds or milliseconds.
-    if t.chars().all(|c| c.is_ascii_digit() || c == '.') {
-        return Err(bad("a number needs a unit"));
-    }
-    let signed: jiff::SignedDuration = t.parse().map_err(|e: jiff::Error| bad(&e.to_string()))?;
-    if signed.is_negative() {
-        return Err(bad("it is negative"));
-    }
-    Duration::try_from(signed).map_err(|_| bad("it is out of range"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn durations() {
@@ -486,6 +459,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "etcd")]
     #[test]
     fn toml_with_a_store_section() {
         let cfg = ElectionConfig::from_toml(
@@ -507,6 +481,7 @@ mod tests {
         assert!(!format!("{store:?}").contains("hunter2"));
     }
 
+    #[cfg(feature = "etcd")]
     #[test]
     fn toml_etcd_layout() {
         let cfg = ElectionConfig::from_toml(
@@ -520,10 +495,7 @@ mod tests {
         )
         .unwrap();
         let (store, _) = cfg.resolve().unwrap();
-        match store {
-            StoreConfig::Etcd { layout, .. } => assert_eq!(layout.as_deref(), Some("go")),
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(store.params().text("layout"), Some("go"));
     }
 
     #[test]
@@ -534,6 +506,7 @@ mod tests {
         assert!(e.to_string().contains("redis"), "{e}");
     }
 
+    #[cfg(feature = "etcd")]
     #[test]
     fn explicit_fields_and_env_override_the_url() {
         let cfg = ElectionConfig {
@@ -548,24 +521,20 @@ mod tests {
         assert_eq!(options.election, "orders");
     }
 
+    #[cfg(feature = "gcs")]
     #[test]
     fn gcs_credentials_in_toml_are_independent_of_the_endpoint() {
+        use leasehold_gcs::GcsCredentials;
         let store = |extra: &str| {
             let cfg = ElectionConfig::from_toml(&format!(
                 "election = \"e\"\n[store]\nkind = \"gcs\"\nbucket = \"b-b\"\nendpoint = \"https://storage.example:443\"\n{extra}"
             ))
             .unwrap();
-            match cfg.resolve().unwrap().0 {
-                StoreConfig::Gcs {
-                    endpoint,
-                    credentials,
-                    ..
-                } => {
-                    assert_eq!(endpoint.as_deref(), Some("https://storage.example:443"));
-                    credentials
-                }
-                other => panic!("{other:?}"),
-            }
+            let (store, _) = cfg.resolve().unwrap();
+            let p = store.params();
+            assert_eq!(p.text("endpoint"), Some("https://storage.example:443"));
+            p.text("credentials")
+                .map(|c| GcsCredentials::parse(c).unwrap())
         };
         assert_eq!(store(""), None);
         assert_eq!(
@@ -588,12 +557,69 @@ mod tests {
         assert!(e.contains("`credentials` is empty"), "{e}");
     }
 
+    #[cfg(all(feature = "etcd", feature = "zookeeper"))]
+    #[test]
+    fn store_tables_are_checked_against_their_driver() {
+        let bad = |table: &str| {
+            ElectionConfig::from_toml(&format!("election = \"e\"\n[store]\n{table}"))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = bad("kind = \"etcd\"\nendpoints = [\"h:1\"]\nsession_timeout = \"5s\"\n");
+        assert!(
+            e.contains("unknown key `session_timeout` for the etcd store; allowed: kind, endpoints, tls, prefix"),
+            "{e}"
+        );
+        let e = bad("kind = \"etcd\"\nendpoints = \"h:1\"\n");
+        assert!(
+            e.contains("`endpoints` of the etcd store must be a list of strings"),
+            "{e}"
+        );
+        let e = bad("kind = \"etcd\"\nendpoints = [\"h:1\"]\ntls = \"yes\"\n");
+        assert!(
+            e.contains("`tls` of the etcd store must be true or false"),
+            "{e}"
+        );
+        let e = bad("kind = \"zookeeper\"\nchroot = \"/x\"\n");
+        assert!(e.contains("the zookeeper store needs `hosts`"), "{e}");
+        let e = bad("endpoints = [\"h:1\"]\n");
+        assert!(
+            e.contains("needs `kind`: one of memory, etcd, zookeeper, gcs"),
+            "{e}"
+        );
+        let e = bad("kind = \"memory\"\nttl = \"5s\"\n");
+        assert!(
+            e.contains("unknown key `ttl` for the memory store; allowed: none but `kind`"),
+            "{e}"
+        );
+        // The password stays hidden, and a table round-trips through serde.
+        let cfg = ElectionConfig::from_toml(
+            "election = \"e\"\n[store]\nkind = \"zookeeper\"\nhosts = [\"h:2181\"]\nuser = \"u\"\npassword = \"hunter2\"\n",
+        )
+        .unwrap();
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+        let again = ElectionConfig::from_toml(&toml::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(again, cfg);
+    }
+
+    /// Meaningful in builds without the backend features.
+    #[test]
+    fn a_store_table_whose_feature_is_off_says_which_feature() {
+        for store in crate::STORES.iter().filter(|s| s.driver.is_none()) {
+            let feature = store.feature.unwrap_or(store.name);
+            let e = ElectionConfig::from_toml(&format!("[store]\nkind = \"{}\"\n", store.name))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("`{feature}` cargo feature")), "{e}");
+        }
+    }
+
     #[test]
     fn missing_store_or_election_is_explained() {
         let e = ElectionConfig::default().resolve().unwrap_err().to_string();
         assert!(e.contains("no store given"), "{e}");
         let e = ElectionConfig {
-            store: Some(StoreConfig::Memory),
+            store: Some(StoreConfig::memory()),
             ..Default::default()
         }
         .resolve()

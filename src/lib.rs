@@ -31,7 +31,9 @@
 //! The defaults are lean: the engine and the in-memory store. `etcd`,
 //! `zookeeper` and `gcs` each bring one backend and its URL schemes; `full`
 //! brings all three. A URL whose backend is compiled out is an error naming
-//! the feature to turn on. The `etcd` feature builds etcd's gRPC definitions
+//! the feature to turn on. [`STORES`] lists every store, with its schemes
+//! and feature; each store's crate registers itself with a
+//! [`Driver`](leasehold_core::driver::Driver) (docs/backends.md). The `etcd` feature builds etcd's gRPC definitions
 //! and needs `protoc` with the protobuf well-known types (Debian:
 //! `apt-get install protobuf-compiler libprotobuf-dev`; macOS: `brew install
 //! protobuf`; or point `PROTOC=` at a protoc binary).
@@ -39,8 +41,6 @@
 //! The `leasehold` command-line tool is its own package, `leasehold-cli`,
 //! with every backend on.
 #![cfg_attr(docsrs, feature(doc_cfg))]
-
-use std::sync::{Arc, OnceLock};
 
 pub use leasehold_core::{
     AcquireOutcome, AcquireRequest, Attempt, Backend, CancellationToken, Capabilities, Claim,
@@ -63,11 +63,13 @@ pub use leasehold_zookeeper as zookeeper;
 
 pub mod config;
 mod store;
+mod stores;
 mod url;
 
 pub use config::{ElectionConfig, Secret, StoreConfig};
+pub use leasehold_core::driver::{DynBackend, process_memory_store};
 pub use store::Store;
-pub use url::SCHEMES;
+pub use stores::{STORES, StoreEntry, drivers};
 
 /// Build an elector from a store URL.
 ///
@@ -113,68 +115,22 @@ impl ElectionConfig {
     }
 }
 
-/// The memory store shared by every `memory://` elector of this process.
-pub fn process_memory_store() -> &'static memory::MemoryStore {
-    static STORE: OnceLock<memory::MemoryStore> = OnceLock::new();
-    STORE.get_or_init(memory::MemoryStore::new)
-}
-
-#[cfg_attr(
-    all(feature = "etcd", feature = "zookeeper", feature = "gcs"),
-    allow(dead_code)
-)]
-fn feature_off(scheme: &str, feature: &str) -> Error {
-    Error::Config(format!(
-        "the {scheme} store needs leasehold's `{feature}` cargo feature, which this build does not have; enable it in Cargo.toml (features = [\"{feature}\"])"
-    ))
-}
-
-/// Build the backend a [`StoreConfig`] describes, for `options`.
+/// Build the backend a [`StoreConfig`] describes, for `options`, with the
+/// store's driver.
 ///
 /// # Errors
 /// As [`connect`].
-pub async fn build_backend(
-    store: &StoreConfig,
-    options: &ElectionOptions,
-) -> Result<Arc<dyn Backend>> {
-    let _ = options;
-    match store {
-        StoreConfig::Memory => Ok(Arc::new(process_memory_store().client())),
-        StoreConfig::Etcd { .. } => {
-            #[cfg(feature = "etcd")]
-            {
-                backends::etcd(store, options).await
-            }
-            #[cfg(not(feature = "etcd"))]
-            {
-                Err(feature_off("etcd", "etcd"))
-            }
-        }
-        StoreConfig::Zookeeper { .. } => {
-            #[cfg(feature = "zookeeper")]
-            {
-                backends::zookeeper(store, options).await
-            }
-            #[cfg(not(feature = "zookeeper"))]
-            {
-                Err(feature_off("zookeeper", "zookeeper"))
-            }
-        }
-        StoreConfig::Gcs { .. } => {
-            #[cfg(feature = "gcs")]
-            {
-                backends::gcs(store, options).await
-            }
-            #[cfg(not(feature = "gcs"))]
-            {
-                Err(feature_off("gcs", "gcs"))
-            }
-        }
-    }
+///
+/// # Cancel safety
+/// Cancel safe: nothing is left behind but a dropped connection.
+pub async fn build_backend(store: &StoreConfig, options: &ElectionOptions) -> Result<DynBackend> {
+    store.driver()?.build(store.params(), options).await
 }
 
-#[cfg(any(feature = "etcd", feature = "zookeeper", feature = "gcs"))]
-mod backends;
+/// docs/backends.md: its code compiles and runs with the doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/backends.md")]
+struct BackendsGuide;
 
 #[cfg(test)]
 mod tests {
@@ -200,29 +156,20 @@ mod tests {
         assert!(e.to_string().contains("`ttl`"), "{e}");
     }
 
-    /// Runs in builds without the backend features (scripts/test runs
+    /// Meaningful in builds without the backend features (scripts/test runs
     /// `cargo test -p leasehold --no-default-features --lib`).
-    #[cfg(not(all(feature = "etcd", feature = "zookeeper", feature = "gcs")))]
     #[tokio::test]
     async fn a_scheme_whose_feature_is_off_says_which_feature() {
-        for (url, feature) in [
-            ("etcd://127.0.0.1:2379/e", "etcd"),
-            ("zk://127.0.0.1:2181/e", "zookeeper"),
-            ("gs://bucket/e", "gcs"),
-        ] {
-            let on = match feature {
-                "etcd" => cfg!(feature = "etcd"),
-                "zookeeper" => cfg!(feature = "zookeeper"),
-                _ => cfg!(feature = "gcs"),
-            };
-            if on {
-                continue;
+        for store in STORES.iter().filter(|s| s.driver.is_none()) {
+            let feature = store.feature.unwrap_or(store.name);
+            for scheme in store.schemes {
+                let url = format!("{scheme}://127.0.0.1:1/e");
+                let e = connect(&url).await.unwrap_err().to_string();
+                assert!(
+                    e.contains(&format!("`{feature}` cargo feature")),
+                    "{url}: {e}"
+                );
             }
-            let e = connect(url).await.unwrap_err().to_string();
-            assert!(
-                e.contains(&format!("`{feature}` cargo feature")),
-                "{url}: {e}"
-            );
         }
     }
 }

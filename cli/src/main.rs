@@ -336,9 +336,21 @@ async fn build(cli: &Cli, e: &Election) -> leasehold::Result<Elector> {
 
 /// The log filter without `RUST_LOG`: warnings from everything, and
 /// leasehold's own few info lines (a term won, lost or released; a lost
-/// answer recovered) with the spans that name election, candidate and token.
-const DEFAULT_LOG_FILTER: &str =
-    "warn,leasehold_core=info,leasehold_etcd=info,leasehold_zookeeper=info,leasehold_gcs=info";
+/// answer recovered) with the spans that name election, candidate and token,
+/// from the engine and from every store compiled in.
+fn default_log_filter() -> String {
+    let mut crates = vec!["leasehold_core"];
+    for driver in leasehold::drivers() {
+        if !crates.contains(&driver.crate_name()) {
+            crates.push(driver.crate_name());
+        }
+    }
+    let mut filter = "warn".to_owned();
+    for name in crates {
+        filter.push_str(&format!(",{name}=info"));
+    }
+    filter
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -353,7 +365,7 @@ async fn main() -> ExitCode {
     // only when stderr is a terminal (not in log files).
     let filter = match std::env::var("RUST_LOG") {
         Ok(f) if !f.is_empty() => tracing_subscriber::EnvFilter::new(f),
-        _ => tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER),
+        _ => tracing_subscriber::EnvFilter::new(default_log_filter()),
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -790,6 +802,29 @@ async fn run(elector: &Elector, command: &[String], how: How) -> ExitCode {
                 shutdown.announce();
                 return shutdown.exit_code().unwrap_or(code);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_log_filter_names_the_engine_and_every_store_compiled_in() {
+        let filter = super::default_log_filter();
+        let mut parts = filter.split(',');
+        assert_eq!(parts.next(), Some("warn"), "{filter}");
+        assert_eq!(parts.next(), Some("leasehold_core=info"), "{filter}");
+        let rest: Vec<&str> = parts.collect();
+        // Every store of the list is on in the tool (the memory store's
+        // crate is the engine's, named once).
+        assert_eq!(rest.len(), leasehold::STORES.len() - 1, "{filter}");
+        for driver in leasehold::drivers() {
+            let directive = format!("{}=info", driver.crate_name());
+            assert_eq!(
+                filter.split(',').filter(|d| *d == directive).count(),
+                1,
+                "{filter}"
+            );
         }
     }
 }

@@ -3,7 +3,8 @@
 //! reaches etcd through a proxy that is black-holed), and see the is-leader
 //! gauge, the counters and the health change. Also: without RUST_LOG the
 //! store errors show on stderr, without colour codes (stderr is a pipe).
-#![cfg(feature = "etcd")]
+// etcd: in the `full` feature (the default).
+#![cfg(feature = "full")]
 
 #[allow(dead_code)]
 mod common;

@@ -4,7 +4,8 @@
 //!
 //! The stores are started by the integration harness on free loopback ports
 //! (install them with `bash scripts/setup`).
-#![cfg(all(feature = "etcd", feature = "zookeeper", feature = "gcs"))]
+// Every store: the `full` feature (the default).
+#![cfg(feature = "full")]
 
 mod common;
 

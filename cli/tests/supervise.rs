@@ -10,7 +10,8 @@
 //! pid and `time.monotonic_ns()` (CLOCK_MONOTONIC, comparable across the
 //! processes of this host), so "A's work stopped before B's started" is read
 //! off the work's own log; the pids it records are checked in /proc.
-#![cfg(all(feature = "etcd", feature = "zookeeper"))]
+// etcd and ZooKeeper: in the `full` feature (the default).
+#![cfg(feature = "full")]
 
 mod common;
 

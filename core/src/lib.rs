@@ -3,7 +3,8 @@
 //! The backend-agnostic heart of leasehold: the [`Backend`] trait a store
 //! adapter implements, the election engine ([`Elector`]) that owns time
 //! (heartbeat, lease renewal, retries with backoff, the step-down deadline),
-//! the [`Leadership`] guard, the in-memory backend ([`memory`]), a
+//! the [`Leadership`] guard, the in-memory backend ([`memory`]), the
+//! registration of stores with the `leasehold` facade ([`driver`]), a
 //! fault-injecting wrapper ([`faulty`]) and, behind the `conformance`
 //! feature, the conformance suite every backend runs.
 //!
@@ -34,6 +35,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
+pub mod driver;
 mod elector;
 mod error;
 pub mod faulty;

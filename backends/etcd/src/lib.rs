@@ -62,9 +62,11 @@
 
 mod backend;
 mod builder;
+mod driver;
 mod error;
 mod layout;
 
 pub use backend::{EtcdBackend, EtcdStats, MIN_TTL_SECS, lease_ttl_secs};
 pub use builder::{DEFAULT_PREFIX, EtcdBuilder};
+pub use driver::{DRIVER, EtcdDriver};
 pub use layout::Layout;

@@ -60,10 +60,12 @@
 
 mod backend;
 mod builder;
+mod driver;
 mod record;
 
 pub use backend::{GcsBackend, MIN_RENEW_INTERVAL};
 pub use builder::{DEFAULT_PREFIX, EMULATOR_HOST_ENV, GcsBackendBuilder};
+pub use driver::{DRIVER, GcsCredentials, GcsDriver};
 /// The Cloud Storage client crate this backend uses, re-exported so that
 /// tools and tests can inspect lease objects with the same version.
 pub use google_cloud_storage;

@@ -61,11 +61,13 @@
 mod backend;
 mod builder;
 mod cleanup;
+mod driver;
 mod node;
 mod watch;
 
 pub use backend::ZkBackend;
 pub use builder::{DEFAULT_SESSION_TIMEOUT, ZkBackendBuilder};
+pub use driver::{DRIVER, ZkDriver};
 pub use node::LockName;
 /// The `zookeeper-client` crate this backend is built on, for
 /// [`ZkBackend::client`].
