@@ -932,6 +932,7 @@ pub(crate) async fn run(cfg: &RunConfig) -> Result<Report, String> {
         resume_ns: (cfg.grace + Duration::from_millis(500)).as_nanos() as u64,
         recover_ns: (cfg.ttl + cfg.slack).as_nanos() as u64,
         deposed_ns: cfg.deposed.as_nanos() as u64,
+        ttl_ns: cfg.ttl.as_nanos() as u64,
         origin: mono_ns(),
     };
     let mut faults = Vec::new();
