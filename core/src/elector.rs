@@ -639,10 +639,11 @@ impl Campaign {
             self.note("acquire", &outcome);
             let mut session = session;
             if let Err(e) = &outcome
-                && !e.is_lost()
+                && e.is_transient()
                 && let Some(s) = session.take()
             {
-                // A create in a session whose outcome is unknown.
+                // A create in a session whose outcome is unknown (a refusal
+                // such as permission denied made nothing: nothing to settle).
                 *unanswered = Some((s, e.clone()));
             }
             let (leader, revision) = match outcome {

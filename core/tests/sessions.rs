@@ -300,3 +300,33 @@ async fn a_create_whose_answer_is_lost_is_never_adopted() {
     ld.unlock().await.unwrap();
     lg.unlock().await.unwrap();
 }
+
+/// Issue 20: a create the store refused (permission denied) made nothing:
+/// it is not settled, so the shared session (and the other terms on it)
+/// is not given up.
+#[tokio::test(start_paused = true)]
+async fn a_refused_create_does_not_give_the_session_up() {
+    let store = MemoryStore::new();
+    let (shared, faults) = FaultyBackend::wrap(Arc::new(store.client()));
+    let shared: Arc<dyn Backend> = shared;
+    let g = Elector::new(shared.clone(), options("f", "g")).unwrap();
+    let lg = g.lock().await.unwrap();
+    let a = Elector::new(shared.clone(), options("e", "a")).unwrap();
+    faults.set(Fault::Error(leasehold_core::Error::PermissionDenied {
+        backend: "memory",
+        message: "no write permission on e".into(),
+    }));
+    let refused = a.try_lock().await;
+    assert!(
+        matches!(refused, Err(leasehold_core::Error::PermissionDenied { .. })),
+        "{refused:?}"
+    );
+    faults.set(Fault::None);
+    sleep(TTL * 3).await;
+    assert!(
+        !lg.is_lost(),
+        "a refused create gave the shared session up: {:?}",
+        lg.loss_reason()
+    );
+    lg.unlock().await.unwrap();
+}
