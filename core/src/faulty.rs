@@ -188,10 +188,7 @@ impl FaultyBackend {
                     return Ok(());
                 }
                 Fault::Fail => {
-                    return Err(Error::Unavailable {
-                        backend: self.inner.name(),
-                        message: "injected failure".into(),
-                    });
+                    return Err(Error::unavailable(self.inner.name(), "injected failure"));
                 }
                 Fault::Error(e) => return Err(e),
                 Fault::BlackHole => return std::future::pending().await,
@@ -208,10 +205,10 @@ impl FaultyBackend {
 impl FaultyBackend {
     fn refuse_release(&self) -> Result<()> {
         if *self.rx.borrow() == Fault::RefuseReleases {
-            return Err(Error::Unavailable {
-                backend: self.inner.name(),
-                message: "injected refusal of a release".into(),
-            });
+            return Err(Error::unavailable(
+                self.inner.name(),
+                "injected refusal of a release",
+            ));
         }
         Ok(())
     }
@@ -219,10 +216,10 @@ impl FaultyBackend {
     /// Apply the current fault to a call's answer.
     fn answer<T>(&self, result: Result<T>) -> Result<T> {
         if *self.rx.borrow() == Fault::LoseReplies {
-            return Err(Error::Unavailable {
-                backend: self.inner.name(),
-                message: "injected loss of the answer (the call took effect)".into(),
-            });
+            return Err(Error::unavailable(
+                self.inner.name(),
+                "injected loss of the answer (the call took effect)",
+            ));
         }
         result
     }

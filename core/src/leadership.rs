@@ -566,10 +566,10 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         if let Some(lease) = self.lease.take() {
             let _e = self.span.enter();
-            let error = Error::Unavailable {
-                backend: self.backend,
-                message: "the release was dropped before the store answered".into(),
-            };
+            let error = Error::unavailable(
+                self.backend,
+                "the release was dropped before the store answered",
+            );
             settle_failed_release(Some(lease), self.claim.clone(), error, "release");
         }
     }

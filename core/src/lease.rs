@@ -93,8 +93,10 @@ struct SessionRegistry {
 /// all gone is pruned; a live session keeps its backend (and so the state
 /// its scope is the address of) alive, so a scope is never reused while its
 /// registry has sessions.
-static REGISTRIES: LazyLock<Mutex<HashMap<(&'static str, SessionScope), Arc<SessionRegistry>>>> =
-    LazyLock::new(Default::default);
+static REGISTRIES: LazyLock<Mutex<Registries>> = LazyLock::new(Default::default);
+
+/// The registries, by backend name and scope.
+type Registries = HashMap<(&'static str, SessionScope), Arc<SessionRegistry>>;
 
 fn registry(name: &'static str, scope: SessionScope) -> Arc<SessionRegistry> {
     let mut all = lock(&REGISTRIES);

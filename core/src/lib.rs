@@ -59,7 +59,7 @@ pub use backend::{
     WatchLeader,
 };
 pub use elector::{Attempt, Elector};
-pub use error::{Error, Result};
+pub use error::{Error, Result, Source};
 pub use health::{Health, LeaderHealth, StoreContact};
 pub use leadership::{Leadership, LossReason};
 pub use lease::shared_sessions;

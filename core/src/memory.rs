@@ -692,7 +692,7 @@ impl LeaderWatch for MemoryWatch {
             let far = Instant::now() + Duration::from_secs(3600);
             tokio::select! {
                 r = self.rx.changed() => if r.is_err() {
-                    return Err(Error::Unavailable { backend: NAME, message: "store dropped".into() });
+                    return Err(Error::unavailable(NAME, "store dropped"));
                 },
                 _ = sleep_until(expiry.unwrap_or(far)) => {}
             }

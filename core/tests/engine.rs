@@ -696,10 +696,7 @@ async fn an_observer_stops_on_a_permission_error_and_retries_an_outage() {
     let polls = faults.calls().leader;
     assert!(polls >= 10, "the outage is retried ({polls} polls)");
 
-    let denied = Error::PermissionDenied {
-        backend: "memory",
-        message: "no read permission on the election".into(),
-    };
+    let denied = Error::permission_denied("memory", "no read permission on the election");
     faults.set(Fault::Error(denied.clone()));
     let r = timeout(TTL, rx.changed())
         .await

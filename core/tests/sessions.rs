@@ -312,10 +312,10 @@ async fn a_refused_create_does_not_give_the_session_up() {
     let g = Elector::new(shared.clone(), options("f", "g")).unwrap();
     let lg = g.lock().await.unwrap();
     let a = Elector::new(shared.clone(), options("e", "a")).unwrap();
-    faults.set(Fault::Error(leasehold_core::Error::PermissionDenied {
-        backend: "memory",
-        message: "no write permission on e".into(),
-    }));
+    faults.set(Fault::Error(leasehold_core::Error::permission_denied(
+        "memory",
+        "no write permission on e",
+    )));
     let refused = a.try_lock().await;
     assert!(
         matches!(refused, Err(leasehold_core::Error::PermissionDenied { .. })),

@@ -224,30 +224,31 @@ impl EtcdBackend {
     /// etcd's own message names neither. Other errors pass unchanged.
     fn denied(&self, e: Error, election: &str, need: &str) -> Error {
         match e {
-            Error::PermissionDenied { backend, message }
-                if message.contains("permission denied") =>
-            {
-                Error::PermissionDenied {
-                    backend,
-                    message: format!(
-                        "{message}: the etcd user may not {what} the keys of election {election:?} (range {range:?}); grant its role {need} permission on {scope}: etcdctl role grant-permission <role> --prefix=true {need} {grant}",
-                        what = if need == "read" {
-                            "read"
-                        } else {
-                            "read and write"
-                        },
-                        range = self.inner.keys.range(election),
-                        scope = match self.inner.keys.layout {
-                            Layout::Leasehold => "that range, or on the whole prefix",
-                            Layout::Go => "that range",
-                        },
-                        grant = match self.inner.keys.layout {
-                            Layout::Leasehold => format!("{}/", self.inner.prefix),
-                            Layout::Go => self.inner.keys.range(election),
-                        },
-                    ),
-                }
-            }
+            Error::PermissionDenied {
+                backend,
+                message,
+                source,
+            } if message.contains("permission denied") => Error::PermissionDenied {
+                backend,
+                source,
+                message: format!(
+                    "{message}: the etcd user may not {what} the keys of election {election:?} (range {range:?}); grant its role {need} permission on {scope}: etcdctl role grant-permission <role> --prefix=true {need} {grant}",
+                    what = if need == "read" {
+                        "read"
+                    } else {
+                        "read and write"
+                    },
+                    range = self.inner.keys.range(election),
+                    scope = match self.inner.keys.layout {
+                        Layout::Leasehold => "that range, or on the whole prefix",
+                        Layout::Go => "that range",
+                    },
+                    grant = match self.inner.keys.layout {
+                        Layout::Leasehold => format!("{}/", self.inner.prefix),
+                        Layout::Go => self.inner.keys.range(election),
+                    },
+                ),
+            },
             other => other,
         }
     }
@@ -339,13 +340,13 @@ impl EtcdBackend {
                 // Gone in between: create again.
                 None if attempts < 3 => {}
                 _ => {
-                    return Err(Error::Backend {
-                        backend: BACKEND,
-                        message: format!(
+                    return Err(Error::backend(
+                        BACKEND,
+                        format!(
                             "candidate key {key} already exists for lease {lease:x}, not written by this candidate; is another program writing under the prefix {:?}?",
                             self.inner.prefix
                         ),
-                    });
+                    ));
                 }
             }
         };
@@ -840,9 +841,11 @@ fn lease_gone(lease: i64) -> Error {
 }
 
 fn header_revision(header: Option<&etcd_client::ResponseHeader>, operation: &str) -> Result<i64> {
-    header.map(|h| h.revision()).ok_or_else(|| Error::Backend {
-        backend: BACKEND,
-        message: format!("{operation}: etcd sent a response without a header"),
+    header.map(|h| h.revision()).ok_or_else(|| {
+        Error::backend(
+            BACKEND,
+            format!("{operation}: etcd sent a response without a header"),
+        )
     })
 }
 
@@ -1186,14 +1189,14 @@ impl LeaderWatch for EtcdLeaderWatch {
                 .next_response(&mut self.stream, "watch election")
                 .await?;
             if resp.canceled() {
-                return Err(Error::Backend {
-                    backend: BACKEND,
-                    message: format!(
+                return Err(Error::backend(
+                    BACKEND,
+                    format!(
                         "watch election: etcd cancelled the watch ({}; compacted at {}); open a new watch",
                         resp.cancel_reason(),
                         resp.compact_revision()
                     ),
-                });
+                ));
             }
             for event in resp.events() {
                 let Some(kv) = event.kv() else { continue };

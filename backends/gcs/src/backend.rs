@@ -326,46 +326,38 @@ impl GcsBackend {
     fn map_err(&self, e: google_cloud_storage::Error, op: &'static str, object: &str) -> Error {
         let what = format!("{op} of {}", self.gs_url(object));
         let code = e.http_status_code();
-        match code {
-            Some(401 | 403) => Error::PermissionDenied {
-                backend: NAME,
-                message: format!(
+        let mapped = match code {
+            Some(401 | 403) => Error::permission_denied(
+                NAME,
+                format!(
                     "{what}: {e}; the credentials need storage.objects.get and storage.objects.create (e.g. roles/storage.objectUser) on bucket {}",
                     self.bucket
                 ),
-            },
+            ),
             Some(404) => Error::Config(format!(
                 "{what}: {e}; does bucket {} exist? create it first",
                 self.bucket
             )),
-            Some(429) => Error::Unavailable {
-                backend: NAME,
-                message: format!(
+            Some(429) => Error::unavailable(
+                NAME,
+                format!(
                     "{what}: {e}; Cloud Storage allows about one write per second to one object, so this is retried (a longer ttl makes it rarer)"
                 ),
-            },
-            Some(408 | 500..=599) => Error::Unavailable {
-                backend: NAME,
-                message: format!("{what}: {e}"),
-            },
+            ),
+            Some(408 | 500..=599) => Error::unavailable(NAME, format!("{what}: {e}")),
             None if e.is_timeout() || e.is_io() || e.is_connect() || e.is_transport() => {
-                Error::Unavailable {
-                    backend: NAME,
-                    message: format!("{what}: {e}"),
-                }
+                Error::unavailable(NAME, format!("{what}: {e}"))
             }
-            _ if e.is_authentication() => Error::PermissionDenied {
-                backend: NAME,
-                message: format!(
+            _ if e.is_authentication() => Error::permission_denied(
+                NAME,
+                format!(
                     "{what}: {e}; no usable credentials for bucket {}: check the application default credentials (gcloud auth application-default login, GOOGLE_APPLICATION_CREDENTIALS) or the key file, or use anonymous access for an emulator",
                     self.bucket
                 ),
-            },
-            _ => Error::Backend {
-                backend: NAME,
-                message: format!("{what}: {e}"),
-            },
-        }
+            ),
+            _ => Error::backend(NAME, format!("{what}: {e}")),
+        };
+        mapped.caused_by(e)
     }
 
     fn claim(election: &str, object: &str, owner: u64, token: u64, generation: i64) -> Claim {

@@ -413,13 +413,13 @@ impl ZkBackend {
                 Err(e) => return Err(self.at("create candidate node in", dir, e)),
             }
         }
-        Err(Error::Unavailable {
-            backend: NAME,
-            message: format!(
+        Err(Error::unavailable(
+            NAME,
+            format!(
                 "the election directory {} kept disappearing while creating a candidate node; retry",
                 self.full_path(dir)
             ),
-        })
+        ))
     }
 
     /// Where `claim` stands: first in line (leader) or behind someone.
@@ -547,12 +547,10 @@ impl ZkBackend {
                 Err(e) => return Err(self.at("read leader node", &path, e)),
             }
         }
-        Err(Error::Unavailable {
-            backend: NAME,
-            message: format!(
-                "the leader of {dir} changed {MAX_REREADS} times while being read; retry"
-            ),
-        })
+        Err(Error::unavailable(
+            NAME,
+            format!("the leader of {dir} changed {MAX_REREADS} times while being read; retry"),
+        ))
     }
 }
 
@@ -722,13 +720,13 @@ impl QueueStore for ZkBackend {
                 ended = &mut line => return ended,
             }
         }
-        Err(Error::Unavailable {
-            backend: NAME,
-            message: format!(
+        Err(Error::unavailable(
+            NAME,
+            format!(
                 "the watch on {} fired {MAX_OWN_NODE_EVENTS} times without the node going; watch again",
                 claim.key
             ),
-        })
+        ))
     }
 
     async fn check(&self, claim: &Claim) -> Result<QueueOutcome> {
@@ -767,10 +765,10 @@ impl QueueStore for ZkBackend {
         let wait = bound.min(engine / 2);
         match tokio::time::timeout(wait, done).await {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err(Error::Backend {
-                backend: NAME,
-                message: format!("the task deleting {} ended without an answer", claim.key),
-            }),
+            Ok(Err(_)) => Err(Error::backend(
+                NAME,
+                format!("the task deleting {} ended without an answer", claim.key),
+            )),
             Err(_) => {
                 // Handed over: the node goes when the delete lands or the
                 // session ends, whichever comes first.
@@ -903,13 +901,13 @@ impl Proclaim for ZkBackend {
                 Err(e) => return Err(claim_err("write leader value", claim, e)),
             }
         }
-        Err(Error::Unavailable {
-            backend: NAME,
-            message: format!(
+        Err(Error::unavailable(
+            NAME,
+            format!(
                 "{} kept changing while its value was being written; retry",
                 claim.key
             ),
-        })
+        ))
     }
 }
 
@@ -942,9 +940,11 @@ async fn open_session(config: &Config) -> Result<Client> {
             operation: "connect to ZooKeeper",
             after: bound,
         })?
-        .map_err(|e| Error::Unavailable {
-            backend: NAME,
-            message: format!("cannot open a session with {}: {e}", config.hosts),
+        .map_err(|e| {
+            Error::unavailable(
+                NAME,
+                format!("cannot open a session with {}: {e}", config.hosts),
+            )
         })?;
     let negotiated = client.session_timeout();
     if negotiated != config.session_timeout {
@@ -1022,13 +1022,23 @@ impl Drop for Unclaimed {
 /// Name `path` in a permission error (the store's message does not).
 fn with_path(e: Error, path: &str) -> Error {
     match e {
-        Error::PermissionDenied { backend, message } => Error::PermissionDenied {
+        Error::PermissionDenied {
+            backend,
+            message,
+            source,
+        } => Error::PermissionDenied {
             backend,
             message: format!("{path}: {message}"),
+            source,
         },
-        Error::Backend { backend, message } => Error::Backend {
+        Error::Backend {
+            backend,
+            message,
+            source,
+        } => Error::Backend {
             backend,
             message: format!("{path}: {message}"),
+            source,
         },
         e => e,
     }
@@ -1076,7 +1086,7 @@ fn claim_err(operation: &'static str, claim: &Claim, e: zk::Error) -> Error {
 /// Map a `zookeeper-client` error into leasehold's, keeping its message.
 pub(crate) fn map_err(operation: &'static str, e: zk::Error) -> Error {
     use zk::Error as Z;
-    match e {
+    let mapped = match &e {
         Z::ConnectionLoss
         | Z::Timeout
         | Z::NoHosts
@@ -1084,26 +1094,23 @@ pub(crate) fn map_err(operation: &'static str, e: zk::Error) -> Error {
         | Z::ClientClosed
         | Z::SessionMoved
         | Z::SessionExpired
-        | Z::NotReadOnly => Error::Unavailable {
-            backend: NAME,
-            message: format!("{operation}: {e}"),
-        },
-        Z::NoAuth => Error::PermissionDenied {
-            backend: NAME,
-            message: format!(
+        | Z::NotReadOnly => Error::unavailable(NAME, format!("{operation}: {e}")),
+        Z::NoAuth => Error::permission_denied(
+            NAME,
+            format!(
                 "{operation}: {e}: the node's ACL does not grant this client the right; connect with the digest credentials that created the election (ZkBackend::builder().digest_auth(..))"
             ),
-        },
-        Z::AuthFailed => Error::PermissionDenied {
-            backend: NAME,
-            message: format!("{operation}: {e}: check the digest credentials"),
-        },
-        Z::InvalidAcl => Error::PermissionDenied {
-            backend: NAME,
-            message: format!(
+        ),
+        Z::AuthFailed => Error::permission_denied(
+            NAME,
+            format!("{operation}: {e}: check the digest credentials"),
+        ),
+        Z::InvalidAcl => Error::permission_denied(
+            NAME,
+            format!(
                 "{operation}: {e}: the server refused the ACL leasehold asked for (`auth` ACLs need an authenticated session)"
             ),
-        },
+        ),
         Z::NoChildrenForEphemerals => Error::InvalidRecord {
             backend: NAME,
             path: String::new(),
@@ -1111,11 +1118,9 @@ pub(crate) fn map_err(operation: &'static str, e: zk::Error) -> Error {
                 "{operation}: {e}: a parent of the election directory is an ephemeral node; use another election name"
             ),
         },
-        e => Error::Backend {
-            backend: NAME,
-            message: format!("{operation}: {e}"),
-        },
-    }
+        e => Error::backend(NAME, format!("{operation}: {e}")),
+    };
+    mapped.caused_by(e)
 }
 
 #[cfg(test)]
