@@ -71,6 +71,12 @@ pub trait Subject: Send + Sync {
     async fn revive(&self, client: &Arc<dyn Backend>) {
         let _ = client;
     }
+
+    /// Delete the leader's claim of `election` as an operator would by hand
+    /// (`etcdctl del`, a znode delete, a deleted object or row), through a
+    /// client of its own. The election has exactly one candidate when this
+    /// is called.
+    async fn delete_by_hand(&self, election: &str);
 }
 
 /// Run every behaviour of the suite, a few at a time.
@@ -82,6 +88,7 @@ pub async fn run_all(s: &dyn Subject) {
         vanished_holder_is_replaced(s),
         electors_on_one_client_release_independently(s),
         a_release_that_never_landed_does_not_block(s),
+        a_claim_deleted_by_hand_ends_the_term(s),
     );
     tokio::join!(
         tokens_strictly_increase(s),
@@ -607,6 +614,52 @@ pub async fn observer_sees_every_change(s: &dyn Subject) {
         .await
         .unwrap_or_else(|e| panic!("{W}: unlock failed: {e}"));
     wait_for(&mut rx, within, "the vacancy after beta", Option::is_none).await;
+}
+
+/// A leader's claim deleted by hand ends its term (the done signal fires,
+/// as lease lost) before the ttl is out, so before a successor could lead;
+/// another term on the same client goes on; the successor's token is above
+/// the deleted term's, as every later term's is, deletion or not.
+pub async fn a_claim_deleted_by_hand_ends_the_term(s: &dyn Subject) {
+    const W: &str = "a_claim_deleted_by_hand_ends_the_term";
+    let (e1, e2) = (s.election("deleted-1"), s.election("deleted-2"));
+    let client = s.client().await;
+    let a1 = elector(client.clone(), s.options(&e1, "alpha"));
+    let a2 = elector(client, s.options(&e2, "alpha"));
+    let l1 = must_lock(&a1, quick(s, a1.options()), W).await;
+    let l2 = must_lock(&a2, quick(s, a2.options()), W).await;
+    let ttl = a1.options().ttl;
+    s.delete_by_hand(&e1).await;
+    let deleted_at = Instant::now();
+    let reason = timeout(ttl, l1.lost()).await.unwrap_or_else(|_| {
+        panic!("{W}: UNSAFE: the term still leads a ttl ({ttl:?}) after its claim was deleted")
+    });
+    assert!(
+        matches!(reason, crate::LossReason::LeaseLost(_)),
+        "{W}: the term must end as lease lost, got {reason:?}"
+    );
+    let ended = deleted_at.elapsed();
+    let b = new_elector(s, &e1, "beta").await;
+    // Record stores whose followers observe expiry wait out a ttl of
+    // absence before they make the record again.
+    let lb = must_lock(&b, quick(s, b.options()) + ttl, W).await;
+    assert!(
+        lb.fencing_token() > l1.fencing_token(),
+        "{W}: the successor's token {} is not above the deleted term's {}",
+        lb.fencing_token(),
+        l1.fencing_token()
+    );
+    assert!(
+        !l2.is_lost(),
+        "{W}: the other term on the client ended too: {:?} (the deleted one ended {ended:?} after the delete)",
+        l2.loss_reason()
+    );
+    lb.unlock()
+        .await
+        .unwrap_or_else(|e| panic!("{W}: unlock failed: {e}"));
+    l2.unlock()
+        .await
+        .unwrap_or_else(|e| panic!("{W}: unlock failed: {e}"));
 }
 
 /// What a store does not have is a typed `NotSupported` through the engine,

@@ -173,6 +173,29 @@ impl MemoryStore {
         removed
     }
 
+    /// Delete the leader's claim of `election` (its record, on a record
+    /// store) as an operator would by hand. Returns whether there was one.
+    pub fn delete_by_hand(&self, election: &str) -> bool {
+        let mut st = self.shared.lock();
+        let removed = match self.shared.kind {
+            Kind::Queue => {
+                let removed = st.queues.get_mut(election).is_some_and(|q| {
+                    !q.is_empty() && {
+                        q.remove(0);
+                        true
+                    }
+                });
+                st.queues.retain(|_, q| !q.is_empty());
+                removed
+            }
+            Kind::Record => st.records.remove(election).is_some(),
+        };
+        if removed {
+            self.shared.bump(&mut st);
+        }
+        removed
+    }
+
     /// Expire a lease (session) now, as the server would after its ttl:
     /// every claim attached to it goes. For tests of a candidate whose
     /// session dies. Returns whether the lease existed.
@@ -412,10 +435,13 @@ impl RecordStore for MemoryBackend {
         st.revision += 1;
         let generation = st.revision;
         let current = st.records.get(&req.election).cloned();
+        // The token is the write's store revision, which only grows: a
+        // record deleted by hand and made again never gets an old token.
         let term = match &current {
-            None => 1,
-            Some(r) if r.released => r.term + 1,
-            Some(r) if req.expired_revision == Some(r.generation) => r.term + 1,
+            None => u64::try_from(generation).unwrap_or(0),
+            Some(r) if r.released || req.expired_revision == Some(r.generation) => {
+                u64::try_from(generation).unwrap_or(0)
+            }
             Some(r) => {
                 st.revision -= 1;
                 return Ok(RecordOutcome::Held {

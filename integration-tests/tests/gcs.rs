@@ -185,6 +185,19 @@ impl Subject for GcsSubject {
     fn slack(&self) -> Duration {
         SLACK
     }
+
+    /// Deletes the election's object, as an operator (or a lifecycle rule)
+    /// would.
+    async fn delete_by_hand(&self, election: &str) {
+        let object = backend_at(&self.gcs.endpoint()).await.object_name(election);
+        assert!(
+            self.gcs
+                .delete_object(self.gcs.bucket(), &object)
+                .await
+                .expect("delete the object"),
+            "{object} was not there to delete"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -38,7 +38,7 @@ async fn connect(connect_string: &str, session: Duration) -> ZkBackend {
         .connect_string(connect_string)
         .session_timeout(session)
         .connect_timeout(Duration::from_secs(15))
-        .connect()
+        .build()
         .await
         .unwrap_or_else(|e| panic!("connecting to {connect_string} failed: {e}"))
 }
@@ -162,6 +162,18 @@ impl Subject for ZkSubject {
     async fn revive(&self, client: &Arc<dyn Backend>) {
         self.link(client).heal();
     }
+
+    /// Deletes the leader's node through a session of its own.
+    async fn delete_by_hand(&self, election: &str) {
+        let admin = connect(&self.server.to_string(), session_for(TTL)).await;
+        let dir = format!("/{election}");
+        let leader = first_in_line(&admin.client(), &dir).await;
+        admin
+            .client()
+            .delete(&format!("{dir}/{leader}"), None)
+            .await
+            .expect("delete the leader's node");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -247,7 +259,7 @@ async fn an_unreachable_server_is_an_error_not_a_hang() {
             .connect_string(addr.to_string())
             .session_timeout(Duration::from_secs(2))
             .connect_timeout(Duration::from_secs(3))
-            .connect(),
+            .build(),
     )
     .await
     .expect("connect must respect its connect timeout");
@@ -557,7 +569,7 @@ async fn acls_keep_unauthenticated_clients_out() {
         .connect_string(&cs)
         .session_timeout(session_for(TTL))
         .digest_auth("alice", "s3cret")
-        .connect()
+        .build()
         .await
         .expect("owner connects");
     let owner: Arc<dyn Backend> = Arc::new(owner);
@@ -569,7 +581,7 @@ async fn acls_keep_unauthenticated_clients_out() {
         .connect_string(&cs)
         .session_timeout(session_for(TTL))
         .digest_auth("alice", "wrong password")
-        .connect()
+        .build()
         .await
         .expect("imposter connects");
     let dir = format!("/{election}");
@@ -627,7 +639,7 @@ async fn acls_keep_unauthenticated_clients_out() {
         .session_timeout(session_for(TTL))
         .digest_auth("alice", "s3cret")
         .public_read(false)
-        .connect()
+        .build()
         .await
         .expect("owner connects");
     let secret_election = unique_name("acl-private");

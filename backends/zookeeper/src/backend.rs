@@ -81,15 +81,12 @@ impl ZkBackend {
     /// (`host:port[,host:port...][/chroot]`).
     ///
     /// # Errors
-    /// As [`ZkBackendBuilder::connect`].
+    /// As [`ZkBackendBuilder::build`].
     ///
     /// # Cancel safety
     /// Cancel safe.
     pub async fn connect(connect_string: &str) -> Result<ZkBackend> {
-        Self::builder()
-            .connect_string(connect_string)
-            .connect()
-            .await
+        Self::builder().connect_string(connect_string).build().await
     }
 
     pub(crate) async fn open(config: Arc<Config>) -> Result<ZkBackend> {
@@ -569,7 +566,7 @@ impl Backend for ZkBackend {
         if options.own_session {
             return Err(Error::invalid_option(
                 "own_session",
-                "a ZkBackend is one ZooKeeper client session, shared by every elector built on it; to give an election a session of its own, build a ZkBackend of its own for it (ZkBackend::builder()...connect(), or leasehold::connect(url) per election) instead of setting own_session",
+                "a ZkBackend is one ZooKeeper client session, shared by every elector built on it; to give an election a session of its own, build a ZkBackend of its own for it (ZkBackend::builder()...build(), or leasehold::connect(url) per election) instead of setting own_session",
             ));
         }
         let bound = u64::try_from(options.request_timeout.as_nanos()).unwrap_or(u64::MAX);
