@@ -10,6 +10,7 @@
 //! Events are printed as one JSON object per line on stdout.
 
 mod exporter;
+mod serve;
 mod supervise;
 
 use std::process::ExitCode;
@@ -112,6 +113,25 @@ enum Cmd {
     Leader(Election),
     /// Print every leader change as a JSON line until interrupted.
     Observe(Election),
+    /// Serve the election over HTTP for services in any language (a
+    /// sidecar): GET / (status page), /leader, /status, /events (Server-Sent
+    /// Events), POST /resign, /healthz, /readyz, /metrics.
+    Serve {
+        #[command(flatten)]
+        election: Election,
+        /// Where to listen. Loopback by default; in a Kubernetes pod, 0.0.0.0:4040
+        /// lets the kubelet's probes in (POST /resign stays loopback-only
+        /// unless a resign token is set).
+        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:4040")]
+        listen: String,
+        /// Follow the election without campaigning.
+        #[arg(long)]
+        observe_only: bool,
+        /// A file holding the bearer token that lets callers from other
+        /// addresses POST /resign (or LEASEHOLD_RESIGN_TOKEN).
+        #[arg(long, value_name = "FILE")]
+        resign_token_file: Option<std::path::PathBuf>,
+    },
     /// Internal: the guardian `run` starts next to its command.
     #[command(name = "__guard", hide = true)]
     Guard {
@@ -374,7 +394,9 @@ async fn main() -> ExitCode {
         .init();
     let election = match &cli.command {
         Cmd::Leader(e) | Cmd::Observe(e) => e.clone(),
-        Cmd::Campaign { election, .. } | Cmd::Run { election, .. } => election.clone(),
+        Cmd::Campaign { election, .. }
+        | Cmd::Run { election, .. }
+        | Cmd::Serve { election, .. } => election.clone(),
         Cmd::Guard { .. } => return fail("__guard is internal to leasehold run"),
     };
     let timeout = match &cli.command {
@@ -389,9 +411,27 @@ async fn main() -> ExitCode {
     };
     // The recorder goes in before the elector exists: creating it records
     // the is-leader gauge at 0.
-    let exporter = match &cli.metrics_addr {
-        Some(addr) if !matches!(cli.command, Cmd::Leader(_)) => match exporter::bind(addr).await {
+    let exporter = match (&cli.command, &cli.metrics_addr) {
+        (Cmd::Serve { .. }, Some(addr)) => {
+            return fail(format!(
+                "--metrics-addr {addr}: serve answers /metrics, /healthz and /readyz on its --listen address already; drop --metrics-addr"
+            ));
+        }
+        (Cmd::Serve { listen, .. }, None) => match exporter::bind("--listen", listen).await {
             Ok(x) => Some(x),
+            Err(e) => return fail(e),
+        },
+        (Cmd::Leader(_), _) | (_, None) => None,
+        (_, Some(addr)) => match exporter::bind("--metrics-addr", addr).await {
+            Ok(x) => Some(x),
+            Err(e) => return fail(e),
+        },
+    };
+    let resign_token = match &cli.command {
+        Cmd::Serve {
+            resign_token_file, ..
+        } => match resign_token(resign_token_file.as_deref()) {
+            Ok(t) => t,
             Err(e) => return fail(e),
         },
         _ => None,
@@ -400,6 +440,16 @@ async fn main() -> ExitCode {
         Ok(e) => e,
         Err(e) => return fail(e),
     };
+    if let Cmd::Serve { observe_only, .. } = &cli.command {
+        let Some(x) = exporter else {
+            return fail("serve: no listener");
+        };
+        let options = serve::Options {
+            observe_only: *observe_only,
+            resign_token,
+        };
+        return serve::serve(elector, x, options).await;
+    }
     if let Some(x) = exporter {
         exporter::serve(x, elector.clone());
     }
@@ -447,8 +497,35 @@ async fn main() -> ExitCode {
             // spawned it (see supervise).
             run(&elector, command, how).await
         }
+        Cmd::Serve { .. } => fail("serve is handled above"),
         Cmd::Guard { .. } => fail("__guard is internal to leasehold run"),
     }
+}
+
+/// `serve`'s resign token: the file's first line, else
+/// `LEASEHOLD_RESIGN_TOKEN`; an empty one is refused.
+fn resign_token(file: Option<&std::path::Path>) -> Result<Option<String>, String> {
+    let (token, whence) = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                format!("--resign-token-file {}: cannot read it: {e}", path.display())
+            })?;
+            (
+                text.lines().next().unwrap_or("").trim().to_owned(),
+                format!("--resign-token-file {}", path.display()),
+            )
+        }
+        None => match std::env::var("LEASEHOLD_RESIGN_TOKEN") {
+            Ok(t) => (t.trim().to_owned(), "LEASEHOLD_RESIGN_TOKEN".to_owned()),
+            Err(_) => return Ok(None),
+        },
+    };
+    if token.is_empty() {
+        return Err(format!(
+            "{whence}: the resign token is empty; put a secret in it, or leave it unset to allow POST /resign from loopback only"
+        ));
+    }
+    Ok(Some(token))
 }
 
 async fn observe(elector: &Elector, stop: CancellationToken) -> ExitCode {
