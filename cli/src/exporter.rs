@@ -16,7 +16,6 @@
 //!   200 only on a leader with time left before its deadline (a Service that
 //!   routes to the leader alone).
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
@@ -52,10 +51,12 @@ pub(crate) struct Exporter {
 /// A message naming the flag and the address when it cannot be bound, or
 /// when a recorder was installed already.
 pub(crate) async fn bind(flag: &str, addr: &str) -> Result<Exporter, String> {
-    let parsed: SocketAddr = addr.parse().map_err(|_| {
-        format!("{flag} {addr}: not an address and port such as 127.0.0.1:9464 or [::1]:9464")
-    })?;
-    let listener = TcpListener::bind(parsed)
+    if !addr.contains(':') {
+        return Err(format!(
+            "{flag} {addr}: give an address and a port, such as 127.0.0.1:9464 or [::1]:9464"
+        ));
+    }
+    let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| format!("{flag} {addr}: cannot listen there: {e}"))?;
     // Histograms (aggregatable across candidates), not the default summaries.
@@ -221,5 +222,84 @@ pub(crate) fn health_json(health: &Health) -> serde_json::Value {
             }),
         },
         _ => json!({ "live": live, "healthy": health.is_healthy() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use leasehold::faulty::{Fault, FaultyBackend};
+    use leasehold::memory::MemoryStore;
+    use leasehold::{ElectionOptions, Elector, Health};
+
+    use super::{health_json, is_live, readiness};
+
+    /// A leader whose runtime is starved past its deadline (the thread is
+    /// blocked, so the engine cannot end the term) fails liveness; once the
+    /// engine runs again it ends the term and the candidate is live.
+    #[tokio::test(flavor = "current_thread")]
+    async fn only_a_leader_stuck_past_its_deadline_fails_liveness() {
+        let store = MemoryStore::new();
+        let ttl = Duration::from_millis(600);
+        let options = ElectionOptions::new("stuck", "a").with_ttl(ttl);
+        let elector = Elector::new(Arc::new(store.client()), options).expect("elector");
+        let leadership = elector.lock().await.expect("lead");
+        let healthy = elector.health();
+        assert!(is_live(&healthy), "{healthy:?}");
+        assert_eq!(readiness(&healthy, Some("leader")), Ok(true));
+        // Stuck: nothing else on this runtime runs while the thread sleeps.
+        std::thread::sleep(ttl + Duration::from_millis(200));
+        let stuck = elector.health();
+        assert!(matches!(&stuck, Health::Leading(l) if l.until_deadline.is_zero()), "{stuck:?}");
+        assert!(!is_live(&stuck), "{stuck:?}");
+        assert_eq!(readiness(&stuck, None), Ok(false));
+        assert_eq!(readiness(&stuck, Some("leader")), Ok(false));
+        assert_eq!(health_json(&stuck)["live"], false);
+        // Unstuck: the engine ends the term at once (bounded wait).
+        let reason = tokio::time::timeout(Duration::from_secs(5), leadership.lost())
+            .await
+            .expect("the term ends once the engine runs");
+        let after = elector.health();
+        assert!(is_live(&after), "{after:?} after {reason}");
+        assert_eq!(readiness(&after, Some("leader")), Ok(false));
+    }
+
+    /// A follower cut off from the store is live and ready (a store outage
+    /// must not take every replica out of a Service), but not ready for
+    /// role=leader.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_follower_cut_off_from_the_store_stays_live_and_ready() {
+        let store = MemoryStore::new();
+        let options = ElectionOptions::new("cut-off", "b").with_ttl(Duration::from_secs(3));
+        let leader = Elector::new(
+            Arc::new(store.client()),
+            ElectionOptions::new("cut-off", "a").with_ttl(Duration::from_secs(3)),
+        )
+        .expect("elector a");
+        let _held = leader.lock().await.expect("a leads");
+        let (backend, faults) = FaultyBackend::wrap(Arc::new(store.client()));
+        let follower = Elector::new(backend, options).expect("elector b");
+        faults.set(Fault::Fail);
+        let campaign = {
+            let follower = follower.clone();
+            tokio::spawn(async move { follower.lock().await })
+        };
+        // Bounded: 100 steps of 100 ms of paused time.
+        for _ in 0..100 {
+            if matches!(follower.health(), Health::Following { .. }) && !follower.health().is_healthy() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let cut_off = follower.health();
+        assert!(!cut_off.is_healthy(), "the follower is cut off: {cut_off:?}");
+        assert!(is_live(&cut_off), "{cut_off:?}");
+        assert_eq!(readiness(&cut_off, None), Ok(true));
+        assert_eq!(readiness(&cut_off, Some("leader")), Ok(false));
+        assert!(readiness(&cut_off, Some("boss")).unwrap_err().contains("role=boss"));
+        assert_eq!(health_json(&cut_off)["store"], "cut_off");
+        campaign.abort();
     }
 }

@@ -1,7 +1,8 @@
 //! `--metrics-addr` against a real etcd: scrape two candidates' /metrics and
 //! /healthz through a leader change caused by a store outage (candidate A
 //! reaches etcd through a proxy that is black-holed), and see the is-leader
-//! gauge, the counters and the health change. Also: without RUST_LOG the
+//! gauge, the counters and the health change (client-go's meaning: the
+//! follower cut off from the store stays live and ready). Also: without RUST_LOG the
 //! store errors show on stderr, without colour codes (stderr is a pipe).
 // etcd: in the `full` feature (the default).
 #![cfg(feature = "full")]
@@ -30,7 +31,7 @@ fn free_addr() -> String {
 async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
     let fetch = async {
         let mut s = TcpStream::connect(addr).await.ok()?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
             .await
             .ok()?;
         let mut text = String::new();
@@ -132,8 +133,12 @@ async fn metrics_and_health_follow_a_leader_change_and_a_store_outage() {
         "A lost, cut off",
         Duration::from_secs(20),
         |m, code, h| {
+            // client-go's meaning: a follower cut off from the store is
+            // alive (its `healthy` field says the store is not reached).
             sample(m, gauge, &a_is) == Some(0.0)
-                && code == 503
+                && code == 200
+                && h["live"] == true
+                && h["healthy"] == false
                 && h["store"] == "cut_off"
                 && sample(
                     m,
@@ -157,6 +162,12 @@ async fn metrics_and_health_follow_a_leader_change_and_a_store_outage() {
         "A's failed renewals are counted:\n{metrics}"
     );
     assert!(health["last_error"].is_string(), "{health}");
+    assert_eq!(
+        get(&addr_a, "/readyz").await.map(|r| r.0),
+        Some(200),
+        "a follower cut off from the store stays ready"
+    );
+    assert_eq!(get(&addr_a, "/readyz?role=leader").await.map(|r| r.0), Some(503));
     assert_eq!(
         sample(&metrics, "leasehold_terms_started_total", &a_is),
         Some(1.0)
