@@ -31,6 +31,10 @@ use crate::supervise::Tree;
 /// elected (GNU timeout's).
 const TIMED_OUT: u8 = 124;
 
+/// The exit status when `--timeout` ran out while the store could not be
+/// reached (sysexits' EX_UNAVAILABLE): not a busy lock.
+const UNREACHABLE: u8 = 69;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "leasehold",
@@ -70,6 +74,26 @@ struct Election {
     ttl: Option<String>,
 }
 
+/// The election a read-only command follows (no candidate options: it
+/// never campaigns).
+#[derive(Args, Debug, Clone)]
+struct Target {
+    /// The election name.
+    #[arg(long)]
+    name: Option<String>,
+}
+
+impl Target {
+    fn election(&self) -> Election {
+        Election {
+            name: self.name.clone(),
+            id: None,
+            value: None,
+            ttl: None,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Become a candidate and stay one; print an event per line (elected,
@@ -78,7 +102,8 @@ enum Cmd {
     Campaign {
         #[command(flatten)]
         election: Election,
-        /// Give up if not elected within this time, e.g. 30s (exit 124).
+        /// Give up if not elected within this time, e.g. 30s (exit 124; 69
+        /// when the store could not be reached).
         #[arg(long)]
         timeout: Option<String>,
     },
@@ -87,8 +112,8 @@ enum Cmd {
     Run {
         #[command(flatten)]
         election: Election,
-        /// Give up if not elected within this time, e.g. 30s (exit 124;
-        /// the command never starts).
+        /// Give up if not elected within this time, e.g. 30s (exit 124; 69
+        /// when the store could not be reached; the command never starts).
         #[arg(long)]
         timeout: Option<String>,
         /// Time between SIGTERM and SIGKILL; it must end before the local
@@ -110,9 +135,9 @@ enum Cmd {
         command: Vec<String>,
     },
     /// Print the current leader and token; exit 1 if there is none.
-    Leader(Election),
+    Leader(Target),
     /// Print every leader change as a JSON line until interrupted.
-    Observe(Election),
+    Observe(Target),
     /// Serve the election over HTTP for services in any language (a
     /// sidecar): GET / (status page), /leader, /status, /events (Server-Sent
     /// Events), POST /resign, /healthz, /readyz, /metrics.
@@ -180,6 +205,13 @@ enum Event<'a> {
     /// `--timeout` ran out before this candidate was elected; its claim is
     /// withdrawn.
     TimedOut { id: &'a str, after_ms: u64 },
+    /// `--timeout` ran out while the store could not be reached (its last
+    /// call failed with `error`, or none was answered): not a busy lock.
+    Unreachable {
+        id: &'a str,
+        after_ms: u64,
+        error: String,
+    },
     /// leasehold got a signal (`signal`: its name) and is stopping.
     Signalled { signal: &'static str },
 }
@@ -393,7 +425,7 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let election = match &cli.command {
-        Cmd::Leader(e) | Cmd::Observe(e) => e.clone(),
+        Cmd::Leader(t) | Cmd::Observe(t) => t.election(),
         Cmd::Campaign { election, .. }
         | Cmd::Run { election, .. }
         | Cmd::Serve { election, .. } => election.clone(),
@@ -615,13 +647,7 @@ async fn campaign(elector: &Elector, wait_for: Option<Duration>) -> ExitCode {
     let _ = watcher.await;
     let timed_out = locked(&state).1;
     match result {
-        Ok(()) if timed_out => {
-            emit(Event::TimedOut {
-                id: &elector.options().candidate_id,
-                after_ms: wait_for.map(millis).unwrap_or(0),
-            });
-            ExitCode::from(TIMED_OUT)
-        }
+        Ok(()) if timed_out => gave_up(elector, wait_for),
         Ok(()) => {
             emit(Event::Resigned {
                 id: &elector.options().candidate_id,
@@ -629,6 +655,37 @@ async fn campaign(elector: &Elector, wait_for: Option<Duration>) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),
+    }
+}
+
+/// `--timeout` ran out: `timed_out` (124) when the store answered and
+/// someone else holds the election, `unreachable` (69) when the store's last
+/// answer was an error, or it never answered.
+fn gave_up(elector: &Elector, wait_for: Option<Duration>) -> ExitCode {
+    let id = &elector.options().candidate_id;
+    let after_ms = wait_for.map(millis).unwrap_or(0);
+    let error = match elector.health() {
+        leasehold::Health::Following {
+            contact: leasehold::StoreContact::CutOff { last_error, .. },
+        } => Some(last_error.to_string()),
+        leasehold::Health::Following {
+            contact: leasehold::StoreContact::Unknown,
+        } => Some("the store answered no call".to_owned()),
+        _ => None,
+    };
+    match error {
+        Some(error) => {
+            emit(Event::Unreachable {
+                id,
+                after_ms,
+                error,
+            });
+            ExitCode::from(UNREACHABLE)
+        }
+        None => {
+            emit(Event::TimedOut { id, after_ms });
+            ExitCode::from(TIMED_OUT)
+        }
     }
 }
 
@@ -728,11 +785,7 @@ async fn run(elector: &Elector, command: &[String], how: How) -> ExitCode {
                     shutdown.announce();
                     return code;
                 }
-                emit(Event::TimedOut {
-                    id: &id,
-                    after_ms: wait_for.map(millis).unwrap_or(0),
-                });
-                return ExitCode::from(TIMED_OUT);
+                return gave_up(elector, wait_for);
             }
             Err(e) => return fail(e),
         };

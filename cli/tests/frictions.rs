@@ -1,0 +1,111 @@
+//! The CLI in the operator's words (issue 23, §2): a store that cannot be
+//! reached is not a busy lock, and each subcommand's help lists only the
+//! options it uses.
+#![cfg(feature = "full")]
+
+#[allow(dead_code)]
+mod common;
+
+use std::time::Duration;
+
+use common::cli;
+use serde_json::Value;
+use tokio::time::timeout;
+
+/// A loopback port nothing listens on (bound then released).
+fn dead_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").to_string()
+}
+
+/// The JSON lines of `stdout`.
+fn events(stdout: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_against_an_unreachable_store_exits_69_not_124() {
+    let store = format!("etcd://{}?ttl=3s", dead_addr());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let marker = dir.path().join("started");
+    let cases: [(&str, Vec<String>); 2] = [
+        ("campaign", vec![]),
+        (
+            "run",
+            vec![
+                "--".into(),
+                "touch".into(),
+                marker.to_string_lossy().into_owned(),
+            ],
+        ),
+    ];
+    for (command, rest) in cases {
+        let out = timeout(
+            Duration::from_secs(30),
+            cli()
+                .args(["--store", &store, command, "--name", "dead", "--timeout", "2s"])
+                .args(&rest)
+                .output(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{command} --timeout 2s did not exit within 30s"))
+        .expect("run leasehold");
+        let lines = events(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(69),
+            "{command}: an unreachable store exits 69; stdout {lines:?}; stderr {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let last = lines.last().expect("an event");
+        assert_eq!(last["event"], "unreachable", "{lines:?}");
+        assert_eq!(last["after_ms"], 2000, "{last}");
+        assert!(
+            last["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "the event says what failed: {last}"
+        );
+        assert!(
+            !lines.iter().any(|l| l["event"] == "timed_out"),
+            "not a busy lock: {lines:?}"
+        );
+    }
+    assert!(!marker.exists(), "run's command must not start");
+}
+
+#[tokio::test]
+async fn each_subcommand_help_lists_only_its_options() {
+    let help = |args: &'static [&'static str]| async move {
+        let out = cli().args(args).arg("--help").output().await.expect("run leasehold");
+        assert!(out.status.success(), "{args:?} --help");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for read_only in [&["leader"][..], &["observe"][..]] {
+        let text = help(read_only).await;
+        assert!(text.contains("--name"), "{text}");
+        for flag in ["--ttl", "--id", "--value", "--timeout", "--listen"] {
+            assert!(!text.contains(flag), "{read_only:?} --help lists {flag}:\n{text}");
+        }
+    }
+    let campaign = help(&["campaign"]).await;
+    for flag in ["--name", "--id", "--value", "--ttl", "--timeout"] {
+        assert!(campaign.contains(flag), "campaign --help lacks {flag}:\n{campaign}");
+    }
+    assert!(!campaign.contains("--listen"), "{campaign}");
+    let serve = help(&["serve"]).await;
+    for flag in ["--listen", "--observe-only", "--resign-token-file"] {
+        assert!(serve.contains(flag), "serve --help lacks {flag}:\n{serve}");
+    }
+    assert!(!serve.contains("--timeout"), "{serve}");
+    // A candidate option on a read-only command is refused, naming it.
+    let out = cli()
+        .args(["--store", "memory://x", "leader", "--name", "x", "--ttl", "5s"])
+        .output()
+        .await
+        .expect("run leasehold");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--ttl"), "{err}");
+}
