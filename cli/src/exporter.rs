@@ -110,7 +110,7 @@ async fn not_found() -> Response {
         .into_response()
 }
 
-async fn metrics(State(probe): State<Probe>) -> Response {
+pub(crate) async fn metrics(State(probe): State<Probe>) -> Response {
     probe.metrics.run_upkeep();
     (
         [(
@@ -122,7 +122,7 @@ async fn metrics(State(probe): State<Probe>) -> Response {
         .into_response()
 }
 
-async fn healthz(State(probe): State<Probe>) -> Response {
+pub(crate) async fn healthz(State(probe): State<Probe>) -> Response {
     let health = probe.elector.health();
     let live = is_live(&health);
     json_status(live, health_json(&health))

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
@@ -36,7 +36,7 @@ use serde_json::json;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::sleep;
 
-use crate::exporter::{self, Exporter, Probe};
+use crate::exporter::{self, Exporter, Probe, ReadyQuery};
 use crate::{Event, LeaderView, Shutdown, emit, lost};
 
 /// How many leaders `/status` and the page remember.
@@ -187,29 +187,6 @@ pub(crate) async fn serve(elector: Elector, exporter: Exporter, options: Options
         stop: stop.clone(),
     });
 
-    // The first read of the election: retried while the store is
-    // unreachable, fatal when retrying cannot help.
-    let mut watch = {
-        let mut backoff = elector.options().retry_interval;
-        loop {
-            match elector.observe().await {
-                Ok(rx) => break rx,
-                Err(e) if e.is_transient() => {
-                    tracing::warn!(error = %e, "reading the election failed; retrying");
-                    tokio::select! {
-                        _ = sleep(backoff) => {}
-                        _ = stop.cancelled() => {
-                            shutdown.announce();
-                            return ExitCode::SUCCESS;
-                        }
-                    }
-                    backoff = (backoff * 2).min(elector.options().ttl);
-                }
-                Err(e) => return crate::fail(e),
-            }
-        }
-    };
-
     let app = router(shared.clone());
     if let Some(addr) = local {
         tracing::info!(%addr, "serving the election on http://{addr}/");
@@ -224,6 +201,35 @@ pub(crate) async fn serve(elector: Elector, exporter: Exporter, options: Options
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
         })
+    };
+
+    // The first read of the election (the HTTP server already answers:
+    // live, not ready): retried while the store is unreachable, fatal when
+    // retrying cannot help.
+    let mut watch = {
+        let mut backoff = elector.options().retry_interval;
+        loop {
+            match elector.observe().await {
+                Ok(rx) => break rx,
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, "reading the election failed; retrying");
+                    tokio::select! {
+                        _ = sleep(backoff) => {}
+                        _ = stop.cancelled() => {
+                            shutdown.announce();
+                            let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+                            return ExitCode::SUCCESS;
+                        }
+                    }
+                    backoff = (backoff * 2).min(elector.options().ttl);
+                }
+                Err(e) => {
+                    stop.cancel();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+                    return crate::fail(e);
+                }
+            }
+        }
     };
 
     // Follow the leader.
@@ -415,20 +421,42 @@ fn router(shared: Arc<Shared>) -> Router {
         elector: shared.elector.clone(),
         metrics: shared.metrics.clone(),
     };
+    let probes = Router::new()
+        .route("/metrics", get(exporter::metrics))
+        .route("/healthz", get(exporter::healthz))
+        .with_state(probe);
     Router::new()
         .route("/", get(page))
         .route("/leader", get(leader))
         .route("/status", get(status))
         .route("/events", get(events))
         .route("/resign", post(resign))
+        .route("/readyz", get(readyz))
         .with_state(shared)
-        .merge(exporter::router(probe))
+        .merge(probes)
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
                 "not found: try /, /leader, /status, /events, POST /resign, /healthz, /readyz or /metrics\n",
             )
         })
+}
+
+/// `/readyz`: the exporter's readiness, but not ready before the first read
+/// of the election (`/leader` would not know yet).
+async fn readyz(State(shared): State<Arc<Shared>>, Query(query): Query<ReadyQuery>) -> Response {
+    let health = shared.elector.health();
+    let starting = shared.now().state == Role::Starting;
+    match exporter::readiness(&health, query.role.as_deref()) {
+        Ok(ready) => {
+            let mut body = exporter::health_json(&health);
+            if starting {
+                body["starting"] = json!(true);
+            }
+            exporter::json_status(ready && !starting, body)
+        }
+        Err(message) => (StatusCode::BAD_REQUEST, message).into_response(),
+    }
 }
 
 async fn page() -> Html<&'static str> {

@@ -362,3 +362,31 @@ async fn serve_names_the_flag_that_is_wrong() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("--resign-token-file") && err.contains("empty"), "{err}");
 }
+
+/// Started while the store is down: the sidecar answers at once, live but
+/// not ready (it cannot say who leads yet), and stops cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_started_while_the_store_is_down_is_live_not_ready() {
+    let dead = free_addr();
+    let addr = free_addr();
+    let mut s = serve(&format!("etcd://{dead}"), "down", "A", &addr);
+    let until = Instant::now() + Duration::from_secs(20);
+    let mut live = 0;
+    // Bounded by count and time.
+    while Instant::now() < until && live < 3 {
+        live = code(&addr, "/healthz").await;
+        if live == 200 {
+            break;
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(live, 200, "live while the store is down\n{}", logs());
+    let (c, body) = get_json(&addr, "/readyz").await.expect("/readyz answers");
+    assert_eq!(c, 503, "{body}");
+    assert_eq!(body["starting"], true, "{body}");
+    let (_, status) = get_json(&addr, "/status").await.expect("/status answers");
+    assert_eq!(status["state"], "starting", "{status}");
+    signal(&s, Signal::SIGTERM);
+    let status = wait_exit(&mut s, Duration::from_secs(15), "serve").await;
+    assert!(status.success(), "{status}\n{}", logs());
+}
