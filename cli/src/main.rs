@@ -360,6 +360,78 @@ impl Shutdown {
     }
 }
 
+/// A duration the operator typed as `flag`; the error names the flag and
+/// what was typed.
+fn flag_duration(flag: &str, text: &str) -> Result<Duration, String> {
+    parse_duration(flag, text).map_err(|e| reword(&e, flag, &format!("{flag} {text}")))
+}
+
+/// The options whose errors are reworded to name where the operator set
+/// them: (the library's field, the flag if any, the environment variable,
+/// the config file's key).
+const OPTION_SOURCES: [(&str, Option<&str>, &str); 5] = [
+    ("ttl", Some("--ttl"), "LEASEHOLD_TTL"),
+    ("renew_interval", None, "LEASEHOLD_RENEW_INTERVAL"),
+    ("retry_interval", None, "LEASEHOLD_RETRY_INTERVAL"),
+    ("safety_margin", None, "LEASEHOLD_SAFETY_MARGIN"),
+    ("request_timeout", None, "LEASEHOLD_REQUEST_TIMEOUT"),
+];
+
+/// Where the operator set `field`, in their words: `--ttl 1s`,
+/// `LEASEHOLD_TTL=5`, `ttl in leasehold.toml`, or the store URL's option.
+fn source_of(cli: &Cli, e: &Election, field: &str) -> Option<String> {
+    let (_, flag, var) = OPTION_SOURCES.iter().find(|(f, _, _)| *f == field)?;
+    if let (Some(flag), Some(v)) = (flag, &e.ttl)
+        && field == "ttl"
+    {
+        return Some(format!("{flag} {v}"));
+    }
+    if let Ok(v) = std::env::var(var) {
+        return Some(format!("{var}={v}"));
+    }
+    if let Some(path) = &cli.config
+        && std::fs::read_to_string(path).is_ok_and(|t| t.contains(field))
+    {
+        return Some(format!("{field} in {}", path.display()));
+    }
+    Some(format!("the store URL's {field}"))
+}
+
+/// An error of `field` worded with `source` (what the operator typed):
+/// the library's own prefix (`invalid option `ttl`:`) and its hint in Rust
+/// (`use with_ttl(...)`) give way to the flag or variable.
+fn reword(e: &leasehold::Error, field: &str, source: &str) -> String {
+    match e {
+        leasehold::Error::InvalidOption { reason, .. } => {
+            let reason = reason.split("; use with_").next().unwrap_or(reason);
+            format!("{source}: {reason}")
+        }
+        leasehold::Error::Config(m) => match m.split_once(&format!("`{field}`: ")) {
+            Some((_, rest)) => format!("{source}: {rest}"),
+            None => m.clone(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// [`build`], its error worded in the operator's terms.
+async fn build_named(cli: &Cli, e: &Election) -> Result<Elector, String> {
+    build(cli, e).await.map_err(|err| {
+        let field = match &err {
+            leasehold::Error::InvalidOption { field, .. } => Some(*field),
+            leasehold::Error::Config(m) => OPTION_SOURCES
+                .iter()
+                .map(|(f, _, _)| *f)
+                .find(|f| m.starts_with(&format!("`{f}`: "))),
+            _ => None,
+        };
+        match field.and_then(|f| Some((f, source_of(cli, e, f)?))) {
+            Some((f, source)) => reword(&err, f, &source),
+            None => err.to_string(),
+        }
+    })
+}
+
 async fn build(cli: &Cli, e: &Election) -> leasehold::Result<Elector> {
     let mut cfg = match &cli.config {
         Some(path) => ElectionConfig::from_file(path)?,
@@ -433,7 +505,7 @@ async fn main() -> ExitCode {
     };
     let timeout = match &cli.command {
         Cmd::Campaign { timeout, .. } | Cmd::Run { timeout, .. } => match timeout {
-            Some(t) => match parse_duration("timeout", t) {
+            Some(t) => match flag_duration("--timeout", t) {
                 Ok(d) => Some(d),
                 Err(e) => return fail(e),
             },
@@ -468,7 +540,7 @@ async fn main() -> ExitCode {
         },
         _ => None,
     };
-    let elector = match build(&cli, &election).await {
+    let elector = match build_named(&cli, &election).await {
         Ok(e) => e,
         Err(e) => return fail(e),
     };
@@ -512,7 +584,7 @@ async fn main() -> ExitCode {
             };
             let start_delay = match start_delay
                 .as_deref()
-                .map(|d| parse_duration("start_delay", d))
+                .map(|d| flag_duration("--start-delay", d))
             {
                 None => Duration::ZERO,
                 Some(Ok(d)) => d,
@@ -697,7 +769,7 @@ fn grace_for(elector: &Elector, given: Option<&str>) -> Result<Duration, String>
         .deadline_after_renewal()
         .saturating_sub(o.renew_interval + o.request_timeout.min(o.renew_interval));
     let grace = match given {
-        Some(g) => parse_duration("grace", g).map_err(|e| e.to_string())?,
+        Some(g) => flag_duration("--grace", g)?,
         None => (room / 2).min(Duration::from_secs(5)),
     };
     if grace.is_zero() || grace >= room {

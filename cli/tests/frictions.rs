@@ -109,3 +109,52 @@ async fn each_subcommand_help_lists_only_its_options() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--ttl"), "{err}");
 }
+
+/// Errors name what the operator typed: the flag or the environment
+/// variable, with its value, not the library's builder method.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_name_the_flag_or_variable_the_operator_typed() {
+    let etcd = format!("etcd://{}", dead_addr());
+    let cases: [(Vec<&str>, Option<(&str, &str)>, &str); 5] = [
+        (
+            vec!["--store", &etcd, "campaign", "--name", "x", "--ttl", "1s"],
+            None,
+            "--ttl 1s: ttl 1s is below etcd's minimum lease ttl of 2s",
+        ),
+        (
+            vec!["--store", "memory://x", "campaign", "--name", "x", "--ttl", "5"],
+            None,
+            "--ttl 5: \"5\" is not a duration (a number needs a unit)",
+        ),
+        (
+            vec!["--store", "memory://x", "campaign", "--name", "x"],
+            Some(("LEASEHOLD_TTL", "5")),
+            "LEASEHOLD_TTL=5: \"5\" is not a duration (a number needs a unit)",
+        ),
+        (
+            vec!["--store", "memory://x", "campaign", "--name", "x", "--timeout", "5"],
+            None,
+            "--timeout 5: \"5\" is not a duration",
+        ),
+        (
+            vec!["--store", "memory://x", "run", "--name", "x", "--grace", "soon", "--", "true"],
+            None,
+            "--grace soon: \"soon\" is not a duration",
+        ),
+    ];
+    for (args, env, want) in cases {
+        let mut cmd = cli();
+        cmd.args(&args);
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        let out = timeout(Duration::from_secs(20), cmd.output())
+            .await
+            .expect("leasehold did not exit within 20s")
+            .expect("run leasehold");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?} {env:?}: want {want:?} in:\n{err}");
+        assert!(!err.contains("with_ttl"), "no Rust in the operator's error: {err}");
+    }
+}
