@@ -123,6 +123,11 @@ enum Cmd {
         /// Campaign again after each term instead of exiting.
         #[arg(long)]
         forever: bool,
+        /// Write the JSON events to this file (appended; /dev/fd/3 for a
+        /// descriptor the caller opened) instead of stdout, which is then the
+        /// command's alone.
+        #[arg(long, value_name = "FILE")]
+        events_to: Option<std::path::PathBuf>,
         /// Wait this long after being elected before starting the command,
         /// e.g. 2s, holding the lease: a term that ended without the old
         /// leader's knowing (an administrator revoked its lease) gives the
@@ -255,9 +260,20 @@ impl LeaderView {
     }
 }
 
+/// Where events go when not to stdout (`run --events-to FILE`).
+static EVENTS_TO: std::sync::OnceLock<Mutex<std::fs::File>> = std::sync::OnceLock::new();
+
 fn print_json(value: &impl Serialize) {
     match serde_json::to_string(value) {
-        Ok(text) => println!("{text}"),
+        Ok(text) => match EVENTS_TO.get() {
+            Some(file) => {
+                use std::io::Write;
+                if let Err(e) = writeln!(locked(file), "{text}") {
+                    eprintln!("leasehold: cannot write an event to --events-to: {e}");
+                }
+            }
+            None => println!("{text}"),
+        },
         Err(e) => eprintln!("leasehold: cannot encode an event: {e}"),
     }
 }
@@ -513,6 +529,27 @@ async fn main() -> ExitCode {
         },
         _ => None,
     };
+    if let Cmd::Run {
+        events_to: Some(path),
+        ..
+    } = &cli.command
+    {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            Ok(file) => {
+                let _ = EVENTS_TO.set(Mutex::new(file));
+            }
+            Err(e) => {
+                return fail(format!(
+                    "--events-to {}: cannot open it for writing: {e}",
+                    path.display()
+                ));
+            }
+        }
+    }
     // The recorder goes in before the elector exists: creating it records
     // the is-leader gauge at 0.
     let exporter = match (&cli.command, &cli.metrics_addr) {
@@ -961,6 +998,10 @@ async fn run(elector: &Elector, command: &[String], how: How) -> ExitCode {
                 }
             }
         }
+        // Every way a term ends prints `lost` (as campaign does); the ones
+        // above already did.
+        let lost_said = matches!(ending, Ending::Lost(_) | Ending::SteppingDown)
+            || leadership.loss_reason().is_some();
         if let Err(left) = stopped {
             // Not releasing: the lease expires on its own after the ttl, the
             // only protection left (with fencing tokens) for those processes.
@@ -973,12 +1014,22 @@ async fn run(elector: &Elector, command: &[String], how: How) -> ExitCode {
         let status = tree.finish().await;
         // The command is gone, all of it: only now may the lease go to
         // someone else.
-        if !leadership.is_lost()
-            && let Err(e) = leadership.unlock().await
-        {
-            eprintln!(
-                "leasehold: release failed ({e}); the release is retried in the background while this process's session lives; else the next candidate waits until the store ends the lease (its ttl)"
-            );
+        if !leadership.is_lost() {
+            let released = leadership.unlock().await;
+            if let Err(e) = &released {
+                eprintln!(
+                    "leasehold: release failed ({e}); the release is retried in the background while this process's session lives; else the next candidate waits until the store ends the lease (its ttl)"
+                );
+            }
+            if !lost_said {
+                emit(Event::Lost {
+                    reason: Reason::Released,
+                    detail: match released {
+                        Ok(()) => "released once the command had ended".to_owned(),
+                        Err(e) => format!("the release failed ({e}); the lease ends with its ttl"),
+                    },
+                });
+            }
         }
         let code = match &status {
             Ok(s) => {

@@ -158,3 +158,87 @@ async fn errors_name_the_flag_or_variable_the_operator_typed() {
         assert!(!err.contains("with_ttl"), "no Rust in the operator's error: {err}");
     }
 }
+
+/// `run --events-to FILE`: the events go to the file, stdout is the
+/// command's alone; and a term that ends because the command exited prints
+/// `lost` (released), as campaign does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_keeps_events_apart_from_the_commands_stdout_and_says_lost() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let events_file = dir.path().join("events.jsonl");
+    let out = timeout(
+        Duration::from_secs(30),
+        cli()
+            .args(["--store", "memory://x?ttl=3s", "run", "--name", "x", "--id", "a"])
+            .arg("--events-to")
+            .arg(&events_file)
+            .args(["--", "sh", "-c", "echo not-json from the command; echo $LEASEHOLD_TOKEN"])
+            .output(),
+    )
+    .await
+    .expect("run did not exit within 30s")
+    .expect("run leasehold");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "not-json from the command\n1\n",
+        "stdout is the command's alone"
+    );
+    let text = std::fs::read_to_string(&events_file).expect("the events file");
+    let lines = events(text.as_bytes());
+    let names: Vec<&str> = lines.iter().filter_map(|l| l["event"].as_str()).collect();
+    assert_eq!(names, ["elected", "lost", "exited"], "{text}");
+    assert_eq!(lines[1]["reason"], "released", "{text}");
+    assert_eq!(lines[2]["status"], 0, "{text}");
+
+    // Without --events-to, the same run prints `lost` too, on stdout.
+    let out = timeout(
+        Duration::from_secs(30),
+        cli()
+            .args(["--store", "memory://x?ttl=3s", "run", "--name", "x", "--id", "a"])
+            .args(["--", "true"])
+            .output(),
+    )
+    .await
+    .expect("run did not exit within 30s")
+    .expect("run leasehold");
+    let lines = events(&out.stdout);
+    let names: Vec<&str> = lines.iter().filter_map(|l| l["event"].as_str()).collect();
+    assert_eq!(names, ["elected", "lost", "exited"], "{lines:?}");
+
+    let bad = cli()
+        .args(["--store", "memory://x", "run", "--name", "x", "--events-to", "/nonexistent/dir/e"])
+        .args(["--", "true"])
+        .output()
+        .await
+        .expect("run leasehold");
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("--events-to /nonexistent/dir/e: cannot open it"), "{err}");
+}
+
+/// A ZooKeeper that cannot be reached fails within its connect timeout (5 s
+/// by default for a URL; `connect_timeout=` sets it), not after a session
+/// timeout. Generous bounds: the figures are the point, not the exact time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_zookeeper_fails_within_its_connect_timeout() {
+    let dead = dead_addr();
+    for (query, bound) in [("", Duration::from_secs(15)), ("?connect_timeout=1s", Duration::from_secs(8))] {
+        let started = tokio::time::Instant::now();
+        let out = timeout(
+            Duration::from_secs(60),
+            cli()
+                .args(["--store", &format!("zk://{dead}/x{query}"), "leader", "--name", "x"])
+                .output(),
+        )
+        .await
+        .expect("leader did not exit within 60s")
+        .expect("run leasehold");
+        let took = started.elapsed();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("ZooKeeper"), "{err}");
+        assert!(took < bound, "zk://{dead}/x{query}: failed after {took:?}, want under {bound:?}: {err}");
+        eprintln!("zk://DEAD/x{query}: failed after {took:?}");
+    }
+}
