@@ -46,10 +46,14 @@ fn is_live(health: &Health) -> bool {
 /// The snapshot as a small JSON object.
 fn describe(health: &Health) -> serde_json::Value {
     let store = match health {
-        Health::Following { contact: StoreContact::CutOff { last_error, .. } } => {
+        Health::Following {
+            contact: StoreContact::CutOff { last_error, .. },
+        } => {
             format!("cut off: {last_error}")
         }
-        Health::Following { contact: StoreContact::Ok { .. } } => "ok".to_owned(),
+        Health::Following {
+            contact: StoreContact::Ok { .. },
+        } => "ok".to_owned(),
         _ => "unknown".to_owned(),
     };
     serde_json::json!({
@@ -60,7 +64,11 @@ fn describe(health: &Health) -> serde_json::Value {
 }
 
 fn answer(ok: bool, health: &Health) -> (StatusCode, axum::Json<serde_json::Value>) {
-    let code = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, axum::Json(describe(health)))
 }
 

@@ -252,7 +252,10 @@ mod tests {
         // Stuck: nothing else on this runtime runs while the thread sleeps.
         std::thread::sleep(ttl + Duration::from_millis(200));
         let stuck = elector.health();
-        assert!(matches!(&stuck, Health::Leading(l) if l.until_deadline.is_zero()), "{stuck:?}");
+        assert!(
+            matches!(&stuck, Health::Leading(l) if l.until_deadline.is_zero()),
+            "{stuck:?}"
+        );
         assert!(!is_live(&stuck), "{stuck:?}");
         assert_eq!(readiness(&stuck, None), Ok(false));
         assert_eq!(readiness(&stuck, Some("leader")), Ok(false));
@@ -288,17 +291,26 @@ mod tests {
         };
         // Bounded: 100 steps of 100 ms of paused time.
         for _ in 0..100 {
-            if matches!(follower.health(), Health::Following { .. }) && !follower.health().is_healthy() {
+            if matches!(follower.health(), Health::Following { .. })
+                && !follower.health().is_healthy()
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let cut_off = follower.health();
-        assert!(!cut_off.is_healthy(), "the follower is cut off: {cut_off:?}");
+        assert!(
+            !cut_off.is_healthy(),
+            "the follower is cut off: {cut_off:?}"
+        );
         assert!(is_live(&cut_off), "{cut_off:?}");
         assert_eq!(readiness(&cut_off, None), Ok(true));
         assert_eq!(readiness(&cut_off, Some("leader")), Ok(false));
-        assert!(readiness(&cut_off, Some("boss")).unwrap_err().contains("role=boss"));
+        assert!(
+            readiness(&cut_off, Some("boss"))
+                .unwrap_err()
+                .contains("role=boss")
+        );
         assert_eq!(health_json(&cut_off)["store"], "cut_off");
         campaign.abort();
     }

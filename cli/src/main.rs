@@ -649,7 +649,10 @@ fn resign_token(file: Option<&std::path::Path>) -> Result<Option<String>, String
     let (token, whence) = match file {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| {
-                format!("--resign-token-file {}: cannot read it: {e}", path.display())
+                format!(
+                    "--resign-token-file {}: cannot read it: {e}",
+                    path.display()
+                )
             })?;
             (
                 text.lines().next().unwrap_or("").trim().to_owned(),

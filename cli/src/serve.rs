@@ -505,7 +505,11 @@ async fn events(
 
 /// May a caller at `peer` presenting `presented` resign? Loopback callers
 /// may; others only with the configured token.
-fn may_resign(peer: IpAddr, configured: Option<&str>, presented: Option<&str>) -> Result<(), String> {
+fn may_resign(
+    peer: IpAddr,
+    configured: Option<&str>,
+    presented: Option<&str>,
+) -> Result<(), String> {
     if peer.to_canonical().is_loopback() {
         return Ok(());
     }
@@ -538,11 +542,7 @@ async fn resign(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    if let Err(message) = may_resign(
-        peer.ip(),
-        shared.options.resign_token.as_deref(),
-        presented,
-    ) {
+    if let Err(message) = may_resign(peer.ip(), shared.options.resign_token.as_deref(), presented) {
         return (StatusCode::FORBIDDEN, message).into_response();
     }
     if shared.options.observe_only {
@@ -607,17 +607,26 @@ mod tests {
     fn loopback_callers_may_resign_without_a_token() {
         assert_eq!(may_resign(ip("127.0.0.1"), None, None), Ok(()));
         assert_eq!(may_resign(ip("::1"), None, None), Ok(()));
-        assert_eq!(may_resign(ip("::ffff:127.0.0.1"), Some("s3cret"), None), Ok(()));
+        assert_eq!(
+            may_resign(ip("::ffff:127.0.0.1"), Some("s3cret"), None),
+            Ok(())
+        );
     }
 
     #[test]
     fn other_callers_need_the_configured_token() {
         let e = may_resign(ip("10.1.2.3"), None, Some("anything")).unwrap_err();
-        assert!(e.contains("--resign-token-file") && e.contains("LEASEHOLD_RESIGN_TOKEN"), "{e}");
+        assert!(
+            e.contains("--resign-token-file") && e.contains("LEASEHOLD_RESIGN_TOKEN"),
+            "{e}"
+        );
         assert!(may_resign(ip("10.1.2.3"), Some("s3cret"), None).is_err());
         assert!(may_resign(ip("10.1.2.3"), Some("s3cret"), Some("s3cres")).is_err());
         assert!(may_resign(ip("10.1.2.3"), Some("s3cret"), Some("s3cret-")).is_err());
-        assert_eq!(may_resign(ip("10.1.2.3"), Some("s3cret"), Some("s3cret")), Ok(()));
+        assert_eq!(
+            may_resign(ip("10.1.2.3"), Some("s3cret"), Some("s3cret")),
+            Ok(())
+        );
         assert!(may_resign(ip("::ffff:10.1.2.3"), None, None).is_err());
     }
 }

@@ -46,7 +46,15 @@ async fn a_timeout_against_an_unreachable_store_exits_69_not_124() {
         let out = timeout(
             Duration::from_secs(30),
             cli()
-                .args(["--store", &store, command, "--name", "dead", "--timeout", "2s"])
+                .args([
+                    "--store",
+                    &store,
+                    command,
+                    "--name",
+                    "dead",
+                    "--timeout",
+                    "2s",
+                ])
                 .args(&rest)
                 .output(),
         )
@@ -78,7 +86,12 @@ async fn a_timeout_against_an_unreachable_store_exits_69_not_124() {
 #[tokio::test]
 async fn each_subcommand_help_lists_only_its_options() {
     let help = |args: &'static [&'static str]| async move {
-        let out = cli().args(args).arg("--help").output().await.expect("run leasehold");
+        let out = cli()
+            .args(args)
+            .arg("--help")
+            .output()
+            .await
+            .expect("run leasehold");
         assert!(out.status.success(), "{args:?} --help");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
@@ -86,12 +99,18 @@ async fn each_subcommand_help_lists_only_its_options() {
         let text = help(read_only).await;
         assert!(text.contains("--name"), "{text}");
         for flag in ["--ttl", "--id", "--value", "--timeout", "--listen"] {
-            assert!(!text.contains(flag), "{read_only:?} --help lists {flag}:\n{text}");
+            assert!(
+                !text.contains(flag),
+                "{read_only:?} --help lists {flag}:\n{text}"
+            );
         }
     }
     let campaign = help(&["campaign"]).await;
     for flag in ["--name", "--id", "--value", "--ttl", "--timeout"] {
-        assert!(campaign.contains(flag), "campaign --help lacks {flag}:\n{campaign}");
+        assert!(
+            campaign.contains(flag),
+            "campaign --help lacks {flag}:\n{campaign}"
+        );
     }
     assert!(!campaign.contains("--listen"), "{campaign}");
     let serve = help(&["serve"]).await;
@@ -101,7 +120,15 @@ async fn each_subcommand_help_lists_only_its_options() {
     assert!(!serve.contains("--timeout"), "{serve}");
     // A candidate option on a read-only command is refused, naming it.
     let out = cli()
-        .args(["--store", "memory://x", "leader", "--name", "x", "--ttl", "5s"])
+        .args([
+            "--store",
+            "memory://x",
+            "leader",
+            "--name",
+            "x",
+            "--ttl",
+            "5s",
+        ])
         .output()
         .await
         .expect("run leasehold");
@@ -110,19 +137,31 @@ async fn each_subcommand_help_lists_only_its_options() {
     assert!(err.contains("--ttl"), "{err}");
 }
 
+/// Arguments, an environment variable, and what stderr must say.
+type Case<'a> = (Vec<&'a str>, Option<(&'a str, &'a str)>, &'a str);
+
 /// Errors name what the operator typed: the flag or the environment
 /// variable, with its value, not the library's builder method.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_name_the_flag_or_variable_the_operator_typed() {
     let etcd = format!("etcd://{}", dead_addr());
-    let cases: [(Vec<&str>, Option<(&str, &str)>, &str); 5] = [
+    // (arguments, an environment variable, what stderr must say)
+    let cases: [Case<'_>; 5] = [
         (
             vec!["--store", &etcd, "campaign", "--name", "x", "--ttl", "1s"],
             None,
             "--ttl 1s: ttl 1s is below etcd's minimum lease ttl of 2s",
         ),
         (
-            vec!["--store", "memory://x", "campaign", "--name", "x", "--ttl", "5"],
+            vec![
+                "--store",
+                "memory://x",
+                "campaign",
+                "--name",
+                "x",
+                "--ttl",
+                "5",
+            ],
             None,
             "--ttl 5: \"5\" is not a duration (a number needs a unit)",
         ),
@@ -132,12 +171,30 @@ async fn errors_name_the_flag_or_variable_the_operator_typed() {
             "LEASEHOLD_TTL=5: \"5\" is not a duration (a number needs a unit)",
         ),
         (
-            vec!["--store", "memory://x", "campaign", "--name", "x", "--timeout", "5"],
+            vec![
+                "--store",
+                "memory://x",
+                "campaign",
+                "--name",
+                "x",
+                "--timeout",
+                "5",
+            ],
             None,
             "--timeout 5: \"5\" is not a duration",
         ),
         (
-            vec!["--store", "memory://x", "run", "--name", "x", "--grace", "soon", "--", "true"],
+            vec![
+                "--store",
+                "memory://x",
+                "run",
+                "--name",
+                "x",
+                "--grace",
+                "soon",
+                "--",
+                "true",
+            ],
             None,
             "--grace soon: \"soon\" is not a duration",
         ),
@@ -154,8 +211,14 @@ async fn errors_name_the_flag_or_variable_the_operator_typed() {
             .expect("run leasehold");
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-        assert!(err.contains(want), "{args:?} {env:?}: want {want:?} in:\n{err}");
-        assert!(!err.contains("with_ttl"), "no Rust in the operator's error: {err}");
+        assert!(
+            err.contains(want),
+            "{args:?} {env:?}: want {want:?} in:\n{err}"
+        );
+        assert!(
+            !err.contains("with_ttl"),
+            "no Rust in the operator's error: {err}"
+        );
     }
 }
 
@@ -169,16 +232,33 @@ async fn run_keeps_events_apart_from_the_commands_stdout_and_says_lost() {
     let out = timeout(
         Duration::from_secs(30),
         cli()
-            .args(["--store", "memory://x?ttl=3s", "run", "--name", "x", "--id", "a"])
+            .args([
+                "--store",
+                "memory://x?ttl=3s",
+                "run",
+                "--name",
+                "x",
+                "--id",
+                "a",
+            ])
             .arg("--events-to")
             .arg(&events_file)
-            .args(["--", "sh", "-c", "echo not-json from the command; echo $LEASEHOLD_TOKEN"])
+            .args([
+                "--",
+                "sh",
+                "-c",
+                "echo not-json from the command; echo $LEASEHOLD_TOKEN",
+            ])
             .output(),
     )
     .await
     .expect("run did not exit within 30s")
     .expect("run leasehold");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "not-json from the command\n1\n",
@@ -195,7 +275,15 @@ async fn run_keeps_events_apart_from_the_commands_stdout_and_says_lost() {
     let out = timeout(
         Duration::from_secs(30),
         cli()
-            .args(["--store", "memory://x?ttl=3s", "run", "--name", "x", "--id", "a"])
+            .args([
+                "--store",
+                "memory://x?ttl=3s",
+                "run",
+                "--name",
+                "x",
+                "--id",
+                "a",
+            ])
             .args(["--", "true"])
             .output(),
     )
@@ -207,14 +295,25 @@ async fn run_keeps_events_apart_from_the_commands_stdout_and_says_lost() {
     assert_eq!(names, ["elected", "lost", "exited"], "{lines:?}");
 
     let bad = cli()
-        .args(["--store", "memory://x", "run", "--name", "x", "--events-to", "/nonexistent/dir/e"])
+        .args([
+            "--store",
+            "memory://x",
+            "run",
+            "--name",
+            "x",
+            "--events-to",
+            "/nonexistent/dir/e",
+        ])
         .args(["--", "true"])
         .output()
         .await
         .expect("run leasehold");
     assert_eq!(bad.status.code(), Some(2));
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("--events-to /nonexistent/dir/e: cannot open it"), "{err}");
+    assert!(
+        err.contains("--events-to /nonexistent/dir/e: cannot open it"),
+        "{err}"
+    );
 }
 
 /// A ZooKeeper that cannot be reached fails within its connect timeout (5 s
@@ -223,12 +322,21 @@ async fn run_keeps_events_apart_from_the_commands_stdout_and_says_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_zookeeper_fails_within_its_connect_timeout() {
     let dead = dead_addr();
-    for (query, bound) in [("", Duration::from_secs(15)), ("?connect_timeout=1s", Duration::from_secs(8))] {
+    for (query, bound) in [
+        ("", Duration::from_secs(15)),
+        ("?connect_timeout=1s", Duration::from_secs(8)),
+    ] {
         let started = tokio::time::Instant::now();
         let out = timeout(
             Duration::from_secs(60),
             cli()
-                .args(["--store", &format!("zk://{dead}/x{query}"), "leader", "--name", "x"])
+                .args([
+                    "--store",
+                    &format!("zk://{dead}/x{query}"),
+                    "leader",
+                    "--name",
+                    "x",
+                ])
                 .output(),
         )
         .await
@@ -238,7 +346,10 @@ async fn an_unreachable_zookeeper_fails_within_its_connect_timeout() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{err}");
         assert!(err.contains("ZooKeeper"), "{err}");
-        assert!(took < bound, "zk://{dead}/x{query}: failed after {took:?}, want under {bound:?}: {err}");
+        assert!(
+            took < bound,
+            "zk://{dead}/x{query}: failed after {took:?}, want under {bound:?}: {err}"
+        );
         eprintln!("zk://DEAD/x{query}: failed after {took:?}");
     }
 }

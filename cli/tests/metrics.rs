@@ -31,9 +31,11 @@ fn free_addr() -> String {
 async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
     let fetch = async {
         let mut s = TcpStream::connect(addr).await.ok()?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .ok()?;
         let mut text = String::new();
         s.read_to_string(&mut text).await.ok()?;
         let status = text.split_whitespace().nth(1)?.parse().ok()?;
@@ -167,7 +169,10 @@ async fn metrics_and_health_follow_a_leader_change_and_a_store_outage() {
         Some(200),
         "a follower cut off from the store stays ready"
     );
-    assert_eq!(get(&addr_a, "/readyz?role=leader").await.map(|r| r.0), Some(503));
+    assert_eq!(
+        get(&addr_a, "/readyz?role=leader").await.map(|r| r.0),
+        Some(503)
+    );
     assert_eq!(
         sample(&metrics, "leasehold_terms_started_total", &a_is),
         Some(1.0)

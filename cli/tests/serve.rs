@@ -62,7 +62,12 @@ async fn get_json(addr: &str, path: &str) -> Option<(u16, Value)> {
 
 /// Polls `/status` of `addr` every 100 ms until `ok` holds; panics with the
 /// last answer if it has not within `within`.
-async fn wait_status(addr: &str, what: &str, within: Duration, ok: impl Fn(&Value) -> bool) -> Value {
+async fn wait_status(
+    addr: &str,
+    what: &str,
+    within: Duration,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
     let until = Instant::now() + within;
     let mut last = None;
     while Instant::now() < until {
@@ -98,11 +103,17 @@ fn logs() -> String {
 
 /// The status code of GET `path` (0 when nothing answered).
 async fn code(addr: &str, path: &str) -> u16 {
-    curl(&format!("http://{addr}{path}"), &[]).await.map_or(0, |r| r.0)
+    curl(&format!("http://{addr}{path}"), &[])
+        .await
+        .map_or(0, |r| r.0)
 }
 
 fn serve(store: &str, name: &str, id: &str, listen: &str) -> Child {
-    let log = std::env::temp_dir().join(format!("leasehold-serve-{}-{id}-{}.log", std::process::id(), listen.replace([':', '.'], "-")));
+    let log = std::env::temp_dir().join(format!(
+        "leasehold-serve-{}-{id}-{}.log",
+        std::process::id(),
+        listen.replace([':', '.'], "-")
+    ));
     let file = std::fs::File::create(&log).expect("create the sidecar's log");
     LOGS.lock().unwrap().push(log);
     cli()
@@ -142,7 +153,8 @@ fn sse_events(lines: &[String]) -> Vec<(String, Value)> {
         if let Some(n) = l.strip_prefix("event: ") {
             name = Some(n.to_owned());
         } else if let Some(d) = l.strip_prefix("data: ") {
-            let v = serde_json::from_str(d).unwrap_or_else(|e| panic!("event data is not JSON ({e}): {d}"));
+            let v = serde_json::from_str(d)
+                .unwrap_or_else(|e| panic!("event data is not JSON ({e}): {d}"));
             out.push((name.take().unwrap_or_default(), v));
         }
     }
@@ -193,12 +205,18 @@ async fn sidecars_through_a_resign_and_an_outage(
     let resigned: Value = serde_json::from_str(&body).expect("resign answers JSON");
     assert_eq!(resigned["resigned"], true, "{resigned}");
     assert_eq!(resigned["token"].as_u64(), Some(token_a), "{resigned}");
-    let b_leads = wait_status(&addr_b, "B leads after A resigned", Duration::from_secs(30), |s| {
-        s["state"] == "leading"
-    })
+    let b_leads = wait_status(
+        &addr_b,
+        "B leads after A resigned",
+        Duration::from_secs(30),
+        |s| s["state"] == "leading",
+    )
     .await;
     let token_b = b_leads["token"].as_u64().expect("B's token");
-    assert!(token_b > token_a, "tokens increase: {token_a} then {token_b}");
+    assert!(
+        token_b > token_a,
+        "tokens increase: {token_a} then {token_b}"
+    );
     wait_status(&addr_a, "A sees B lead", Duration::from_secs(30), |s| {
         s["leader"]["name"] == "B" && s["state"] != "leading"
     })
@@ -207,44 +225,66 @@ async fn sidecars_through_a_resign_and_an_outage(
     // The outage: the leader steps down at its deadline and stays live (it
     // is not stuck); every sidecar stays live and ready.
     pause();
-    let down = wait_status(&addr_b, "B steps down, store unreachable", Duration::from_secs(30), |s| {
-        s["state"] == "following"
-    })
+    let down = wait_status(
+        &addr_b,
+        "B steps down, store unreachable",
+        Duration::from_secs(30),
+        |s| s["state"] == "following",
+    )
     .await;
     assert_eq!(down["live"], true, "{down}");
     for addr in [&addr_a, &addr_b] {
         for path in ["/healthz", "/readyz"] {
-            let (c, body) = get_json(addr, path).await.expect("the sidecar answers during the outage");
+            let (c, body) = get_json(addr, path)
+                .await
+                .expect("the sidecar answers during the outage");
             assert_eq!(c, 200, "{path} on {addr} during the outage: {body}");
         }
-        assert_eq!(code(addr, "/readyz?role=leader").await, 503, "nobody can lead during the outage");
+        assert_eq!(
+            code(addr, "/readyz?role=leader").await,
+            503,
+            "nobody can lead during the outage"
+        );
     }
 
     // The store is back: someone leads again, and both sidecars say who.
     resume();
     // (During the outage an observer keeps the last leader it saw: wait for
     // a term after B's.)
-    let again = wait_status(&addr_a, "a leader after the outage", Duration::from_secs(40), |s| {
-        s["leader"]["name"].is_string() && s["leader"]["token"].as_u64() > Some(token_b)
-    })
+    let again = wait_status(
+        &addr_a,
+        "a leader after the outage",
+        Duration::from_secs(40),
+        |s| s["leader"]["name"].is_string() && s["leader"]["token"].as_u64() > Some(token_b),
+    )
     .await;
     let who = again["leader"]["name"].as_str().unwrap().to_owned();
     let token = again["leader"]["token"].as_u64();
     let leader_addr = if who == "A" { &addr_a } else { &addr_b };
-    wait_status(leader_addr, "the new leader says it leads", Duration::from_secs(30), |s| {
-        s["state"] == "leading" && s["token"].as_u64() == token
-    })
+    wait_status(
+        leader_addr,
+        "the new leader says it leads",
+        Duration::from_secs(30),
+        |s| s["state"] == "leading" && s["token"].as_u64() == token,
+    )
     .await;
 
     // B's event stream saw B elected with its token, and B's term end.
     let seen = sse_events(&events.lock().unwrap());
-    assert_eq!(seen.first().map(|e| e.0.as_str()), Some("status"), "{seen:?}");
-    assert!(
-        seen.iter().any(|(n, v)| n == "elected" && v["token"].as_u64() == Some(token_b)),
+    assert_eq!(
+        seen.first().map(|e| e.0.as_str()),
+        Some("status"),
         "{seen:?}"
     );
     assert!(
-        seen.iter().any(|(n, v)| n == "lost" && v["token"].as_u64() == Some(token_b) && v["reason"] == "unreachable"),
+        seen.iter()
+            .any(|(n, v)| n == "elected" && v["token"].as_u64() == Some(token_b)),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|(n, v)| n == "lost"
+            && v["token"].as_u64() == Some(token_b)
+            && v["reason"] == "unreachable"),
         "B's term ended unreachable during the outage: {seen:?}"
     );
     assert!(
@@ -256,14 +296,27 @@ async fn sidecars_through_a_resign_and_an_outage(
     for (child, who) in [(&mut a, "A"), (&mut b, "B")] {
         signal(child, Signal::SIGTERM);
         let status = wait_exit(child, Duration::from_secs(15), who).await;
-        assert!(status.success(), "{who} exited with {status}; stderr:\n{}", logs());
+        assert!(
+            status.success(),
+            "{who} exited with {status}; stderr:\n{}",
+            logs()
+        );
     }
     let curl_status = wait_exit(&mut events_curl, Duration::from_secs(10), "curl on /events").await;
-    assert!(curl_status.success(), "the event stream ends cleanly: {curl_status}");
+    assert!(
+        curl_status.success(),
+        "the event stream ends cleanly: {curl_status}"
+    );
     let mut out = String::new();
-    a.stdout.take().unwrap().read_to_string(&mut out).await.unwrap();
+    a.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .await
+        .unwrap();
     for line in out.lines() {
-        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
+        let v: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
         assert!(v["event"].is_string(), "{line}");
     }
     assert!(out.contains("\"event\":\"elected\""), "{out}");
@@ -302,23 +355,38 @@ async fn an_observer_serves_the_leader_and_refuses_to_resign() {
     let store = format!("etcd://{}?prefix={prefix}", etcd.client_addr());
     let (addr_a, addr_o) = (free_addr(), free_addr());
     let mut o = cli()
-        .args(["--store", &store, "serve", "--name", "jobs", "--observe-only"])
+        .args([
+            "--store",
+            &store,
+            "serve",
+            "--name",
+            "jobs",
+            "--observe-only",
+        ])
         .args(["--listen", &addr_o])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start leasehold serve --observe-only");
-    wait_status(&addr_o, "the observer starts", Duration::from_secs(30), |s| {
-        s["state"] == "observing" && s["leader"]["name"].is_null()
-    })
+    wait_status(
+        &addr_o,
+        "the observer starts",
+        Duration::from_secs(30),
+        |s| s["state"] == "observing" && s["leader"]["name"].is_null(),
+    )
     .await;
     let mut a = serve(&store, "jobs", "A", &addr_a);
-    let v = wait_status(&addr_o, "the observer sees A", Duration::from_secs(30), |s| {
-        s["leader"]["name"] == "A"
-    })
+    let v = wait_status(
+        &addr_o,
+        "the observer sees A",
+        Duration::from_secs(30),
+        |s| s["leader"]["name"] == "A",
+    )
     .await;
     assert_eq!(v["terms_won"], 0, "{v}");
-    let (c, body) = curl(&format!("http://{addr_o}/resign"), &["-X", "POST"]).await.expect("answer");
+    let (c, body) = curl(&format!("http://{addr_o}/resign"), &["-X", "POST"])
+        .await
+        .expect("answer");
     assert_eq!(c, 409, "{body}");
     assert!(body.contains("observe-only"), "{body}");
     assert_eq!(code(&addr_o, "/nothing").await, 404);
@@ -335,8 +403,14 @@ async fn serve_names_the_flag_that_is_wrong() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().unwrap().to_string();
     for (args, want) in [
-        (vec!["--listen", addr.as_str()], format!("--listen {addr}: cannot listen there")),
-        (vec!["--listen", "localhost"], "--listen localhost: give an address and a port".to_owned()),
+        (
+            vec!["--listen", addr.as_str()],
+            format!("--listen {addr}: cannot listen there"),
+        ),
+        (
+            vec!["--listen", "localhost"],
+            "--listen localhost: give an address and a port".to_owned(),
+        ),
     ] {
         let out = cli()
             .args(["--store", "memory://x", "serve", "--name", "x"])
@@ -352,7 +426,15 @@ async fn serve_names_the_flag_that_is_wrong() {
     let empty = dir.path().join("token");
     std::fs::write(&empty, "\n").unwrap();
     let out = cli()
-        .args(["--store", "memory://x", "serve", "--name", "x", "--listen", "127.0.0.1:0"])
+        .args([
+            "--store",
+            "memory://x",
+            "serve",
+            "--name",
+            "x",
+            "--listen",
+            "127.0.0.1:0",
+        ])
         .arg("--resign-token-file")
         .arg(&empty)
         .output()
@@ -360,7 +442,10 @@ async fn serve_names_the_flag_that_is_wrong() {
         .expect("run leasehold serve");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(err.contains("--resign-token-file") && err.contains("empty"), "{err}");
+    assert!(
+        err.contains("--resign-token-file") && err.contains("empty"),
+        "{err}"
+    );
 }
 
 /// Started while the store is down: the sidecar answers at once, live but

@@ -127,11 +127,17 @@ async fn serve_idle_cost() {
     create_zk_path(&zk.connect_string(), &chroot)
         .await
         .expect("create the chroot");
-    let etcd_store = format!("etcd://{}?prefix={}", etcd.client_addr(), unique_name("/idle"));
+    let etcd_store = format!(
+        "etcd://{}?prefix={}",
+        etcd.client_addr(),
+        unique_name("/idle")
+    );
     let zk_store = format!("zk://{}{chroot}/idle?session_timeout=8s", zk.client_addr());
     let etcd_addr = etcd.client_addr();
     let etcd_count = || async move {
-        let r = http::get(etcd_addr, "/metrics").await.expect("etcd /metrics");
+        let r = http::get(etcd_addr, "/metrics")
+            .await
+            .expect("etcd /metrics");
         sum_counter(&r.body, "grpc_server_msg_received_total").expect("msg_received") as u64
     };
     let zk_count = || async { zk.packets_received().await.expect("zk mntr") };

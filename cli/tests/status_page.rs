@@ -29,7 +29,12 @@ fn free_addr() -> String {
 fn serve(store: &str, id: &str, listen: &str) -> Child {
     cli()
         .args(["--store", store, "serve", "--name", "page", "--id", id])
-        .args(["--ttl", "4s", "--value", &format!("http://{id}.example:8080")])
+        .args([
+            "--ttl",
+            "4s",
+            "--value",
+            &format!("http://{id}.example:8080"),
+        ])
         .args(["--listen", listen])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -60,7 +65,8 @@ async fn wait_state(addr: &str, state: &str) {
 fn playwright_modules() -> PathBuf {
     let modules = build_dir().join("node").join("node_modules");
     assert!(
-        modules.join("playwright-core").exists() && std::path::Path::new("/usr/bin/chromium").exists(),
+        modules.join("playwright-core").exists()
+            && std::path::Path::new("/usr/bin/chromium").exists(),
         "the status page test needs Chromium and playwright-core: run `bash scripts/setup` (apt-get install -y chromium nodejs npm; npm install playwright-core in .build/node)"
     );
     modules
@@ -99,8 +105,12 @@ async fn the_status_page_updates_itself_in_chromium() {
         .expect("run node (install: bash scripts/setup)");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the browser run failed: {stderr}");
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("the browser run printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "the browser run printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
 
     let before = &report["before"];
     assert_eq!(before["leader"], "A", "{report:#}");
@@ -126,7 +136,11 @@ async fn the_status_page_updates_itself_in_chromium() {
         timeline.iter().any(|t| t.starts_with("A · token")),
         "A's term is in the timeline: {timeline:?}"
     );
-    assert_eq!(report["errors"], serde_json::json!([]), "no script errors: {report:#}");
+    assert_eq!(
+        report["errors"],
+        serde_json::json!([]),
+        "no script errors: {report:#}"
+    );
     // One page load (it updated itself), and nothing but its own sidecar.
     let requests: Vec<&str> = report["requests"]
         .as_array()
@@ -144,11 +158,18 @@ async fn the_status_page_updates_itself_in_chromium() {
         1,
         "the page was loaded once: {requests:?}"
     );
-    assert!(requests.iter().any(|u| u.ends_with("/events")), "{requests:?}");
+    assert!(
+        requests.iter().any(|u| u.ends_with("/events")),
+        "{requests:?}"
+    );
     for shot in ["status-page-before.png", "status-page-after.png"] {
         let path = out_dir.join(shot);
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{} is a PNG", path.display());
+        assert!(
+            bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
+            "{} is a PNG",
+            path.display()
+        );
         println!("screenshot: {}", path.display());
     }
 
