@@ -5,9 +5,11 @@
 //! leasehold --store zk://127.0.0.1:2181 run --name jobs -- ./worker --flag
 //! leasehold --store gs://bucket/locks/ leader --name jobs
 //! leasehold --config leasehold.toml observe --name jobs
+//! leasehold --store etcd://127.0.0.1:2379 serve --name jobs --listen 127.0.0.1:4040
 //! ```
 //!
-//! Events are printed as one JSON object per line on stdout.
+//! Events are printed as one JSON object per line on stdout (`run
+//! --events-to FILE`: in FILE). `serve` (src/serve.rs) is the HTTP sidecar.
 
 mod exporter;
 mod serve;

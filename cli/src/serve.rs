@@ -356,6 +356,12 @@ async fn campaign(
             }
             None => leadership.lost().await,
         };
+        // Resigns that arrived as the term ended on its own: answer now.
+        while let Ok((for_token, reply)) = resign.try_recv() {
+            let _ = reply.send(Err(format!(
+                "the term with token {for_token} ended ({reason}) before the resign was taken"
+            )));
+        }
         emit(lost(&reason));
         shared.publish(
             "lost",

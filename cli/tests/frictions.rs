@@ -8,15 +8,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::cli;
+use common::{cli, free_addr};
 use serde_json::Value;
 use tokio::time::timeout;
-
-/// A loopback port nothing listens on (bound then released).
-fn dead_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").to_string()
-}
 
 /// The JSON lines of `stdout`.
 fn events(stdout: &[u8]) -> Vec<Value> {
@@ -28,7 +22,7 @@ fn events(stdout: &[u8]) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_against_an_unreachable_store_exits_69_not_124() {
-    let store = format!("etcd://{}?ttl=3s", dead_addr());
+    let store = format!("etcd://{}?ttl=3s", free_addr());
     let dir = tempfile::tempdir().expect("temp dir");
     let marker = dir.path().join("started");
     let cases: [(&str, Vec<String>); 2] = [
@@ -144,7 +138,7 @@ type Case<'a> = (Vec<&'a str>, Option<(&'a str, &'a str)>, &'a str);
 /// variable, with its value, not the library's builder method.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_name_the_flag_or_variable_the_operator_typed() {
-    let etcd = format!("etcd://{}", dead_addr());
+    let etcd = format!("etcd://{}", free_addr());
     // (arguments, an environment variable, what stderr must say)
     let cases: [Case<'_>; 5] = [
         (
@@ -321,7 +315,7 @@ async fn run_keeps_events_apart_from_the_commands_stdout_and_says_lost() {
 /// timeout. Generous bounds: the figures are the point, not the exact time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_zookeeper_fails_within_its_connect_timeout() {
-    let dead = dead_addr();
+    let dead = free_addr();
     for (query, bound) in [
         ("", Duration::from_secs(15)),
         ("?connect_timeout=1s", Duration::from_secs(8)),

@@ -13,19 +13,13 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{cli, signal, wait_exit};
+use common::{cli, free_addr, signal, wait_exit};
 use leasehold_integration_tests::{EtcdNode, Proxy, unique_name};
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::Child;
 use tokio::time::{Instant, sleep, timeout};
-
-/// A free loopback port (bound then released).
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").to_string()
-}
 
 /// One GET: the status code and the body, or None when nothing answered.
 async fn get(addr: &str, path: &str) -> Option<(u16, String)> {

@@ -16,19 +16,13 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{cli, signal, wait_exit};
+use common::{cli, free_addr, signal, wait_exit};
 use leasehold_integration_tests::{EtcdNode, ZkServer, create_zk_path, unique_name};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, sleep, timeout};
-
-/// A free loopback port (bound then released).
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").to_string()
-}
 
 /// One request with curl: the status code and the body; `None` when nothing
 /// answered. `args` are curl's (method, headers).

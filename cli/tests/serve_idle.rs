@@ -12,17 +12,12 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{cli, signal, wait_exit};
+use common::{cli, free_addr, signal, wait_exit};
 use leasehold_integration_tests::bench::sum_counter;
 use leasehold_integration_tests::{EtcdNode, ZkServer, create_zk_path, http, unique_name};
 use nix::sys::signal::Signal;
 use tokio::process::Child;
 use tokio::time::{Instant, sleep};
-
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").to_string()
-}
 
 fn window() -> Duration {
     let secs = std::env::var("LEASEHOLD_SERVE_IDLE_WINDOW")

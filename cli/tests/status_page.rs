@@ -14,17 +14,12 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{cli, signal, wait_exit};
+use common::{cli, free_addr, signal, wait_exit};
 use leasehold_integration_tests::{EtcdNode, build_dir, unique_name};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, sleep, timeout};
-
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").to_string()
-}
 
 fn serve(store: &str, id: &str, listen: &str) -> Child {
     cli()
