@@ -64,7 +64,42 @@ pub(crate) async fn bind(flag: &str, addr: &str) -> Result<Exporter, String> {
         .set_buckets(BUCKETS)
         .and_then(PrometheusBuilder::install_recorder)
         .map_err(|e| format!("{flag} {addr}: cannot install the metrics recorder: {e}"))?;
+    describe();
     Ok(Exporter { listener, handle })
+}
+
+/// The `# HELP` text (and unit) of every metric the engine records, as the
+/// README's "Metrics" table says.
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        "leasehold_leader_is_leader",
+        "1 while this candidate leads the election, else 0"
+    );
+    describe_counter!("leasehold_terms_started_total", "Terms won");
+    describe_counter!(
+        "leasehold_terms_lost_total",
+        "Terms ended, by reason: released, lease_lost, unreachable"
+    );
+    describe_histogram!(
+        "leasehold_renewal_duration_seconds",
+        Unit::Seconds,
+        "Time from sending a successful renewal to its answer"
+    );
+    describe_gauge!(
+        "leasehold_leader_deadline_seconds",
+        Unit::Seconds,
+        "Time left to the local deadline at the last renewal attempt; 0 when not leading"
+    );
+    describe_counter!(
+        "leasehold_store_errors_total",
+        "Failed store calls of campaigns and heartbeats, by backend, operation and kind"
+    );
+    describe_histogram!(
+        "leasehold_campaign_wait_seconds",
+        Unit::Seconds,
+        "Time from the start of a campaign to winning it"
+    );
 }
 
 /// What the health routes read.

@@ -190,6 +190,17 @@ async fn metrics_and_health_follow_a_leader_change_and_a_store_outage() {
         metrics.contains("leasehold_renewal_duration_seconds_bucket{"),
         "renewal latency is a histogram:\n{metrics}"
     );
+    for name in [
+        "leasehold_leader_is_leader",
+        "leasehold_terms_started_total",
+        "leasehold_renewal_duration_seconds",
+        "leasehold_campaign_wait_seconds",
+    ] {
+        assert!(
+            metrics.contains(&format!("# HELP {name} ")),
+            "{name} has its # HELP text:\n{metrics}"
+        );
+    }
 
     // The store is back for A: healthy again, following.
     proxy.heal();
