@@ -108,7 +108,39 @@ struct Now {
     history: VecDeque<Seen>,
 }
 
+/// Resign requests to the campaign loop: the term's token, and where to
+/// answer.
+type ResignRx = mpsc::Receiver<(u64, oneshot::Sender<Result<u64, String>>)>;
+
 impl Shared {
+    /// The state of a sidecar that is starting, and the campaign loop's end
+    /// of the resign channel.
+    fn new(
+        elector: Elector,
+        options: Options,
+        metrics: metrics_exporter_prometheus::PrometheusHandle,
+        stop: CancellationToken,
+    ) -> (Arc<Shared>, ResignRx) {
+        let (events, _) = broadcast::channel(64);
+        let (resign, resign_rx) = mpsc::channel(8);
+        let shared = Arc::new(Shared {
+            elector,
+            options,
+            metrics,
+            now: Mutex::new(Now {
+                state: Role::Starting,
+                token: None,
+                terms_won: 0,
+                leader: None,
+                history: VecDeque::new(),
+            }),
+            events,
+            resign,
+            stop,
+        });
+        (shared, resign_rx)
+    }
+
     fn now(&self) -> std::sync::MutexGuard<'_, Now> {
         self.now.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -168,24 +200,8 @@ pub(crate) async fn serve(elector: Elector, exporter: Exporter, options: Options
     let stop = shutdown.token.clone();
     let Exporter { listener, handle } = exporter;
     let local = listener.local_addr().ok();
-    let (events, _) = broadcast::channel(64);
-    let (resign_tx, resign_rx) = mpsc::channel(8);
     let observe_only = options.observe_only;
-    let shared = Arc::new(Shared {
-        elector: elector.clone(),
-        options,
-        metrics: handle,
-        now: Mutex::new(Now {
-            state: Role::Starting,
-            token: None,
-            terms_won: 0,
-            leader: None,
-            history: VecDeque::new(),
-        }),
-        events,
-        resign: resign_tx,
-        stop: stop.clone(),
-    });
+    let (shared, resign_rx) = Shared::new(elector.clone(), options, handle, stop.clone());
 
     let app = router(shared.clone());
     if let Some(addr) = local {
@@ -318,7 +334,7 @@ fn seen(shared: &Shared, leader: Option<LeaderInfo>) {
 /// Campaign, lead, campaign again, until `stop`; resign on request.
 async fn campaign(
     shared: Arc<Shared>,
-    mut resign: mpsc::Receiver<(u64, oneshot::Sender<Result<u64, String>>)>,
+    mut resign: ResignRx,
     stop: CancellationToken,
 ) -> leasehold::Result<()> {
     let elector = shared.elector.clone();
@@ -399,7 +415,7 @@ async fn campaign(
 /// (returned, to answer once released).
 async fn lead(
     leadership: &Leadership,
-    resign: &mut mpsc::Receiver<(u64, oneshot::Sender<Result<u64, String>>)>,
+    resign: &mut ResignRx,
     stop: &CancellationToken,
 ) -> Option<oneshot::Sender<Result<u64, String>>> {
     let token = leadership.fencing_token().get();
@@ -602,8 +618,91 @@ async fn resign(
 
 #[cfg(test)]
 mod tests {
-    use super::may_resign;
-    use std::net::IpAddr;
+    use super::{Options, Role, Shared, may_resign, router};
+    use std::net::{IpAddr, SocketAddr};
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::extract::ConnectInfo;
+    use axum::http::{Request, StatusCode, header};
+    use leasehold::memory::MemoryStore;
+    use leasehold::{CancellationToken, ElectionOptions, Elector};
+    use tower::ServiceExt;
+
+    /// A sidecar's router over a memory store, leading (as far as the
+    /// handlers can tell), with `token` configured.
+    fn leading_sidecar(token: Option<&str>) -> axum::Router {
+        let store = MemoryStore::new();
+        let elector = Elector::new(
+            Arc::new(store.client()),
+            ElectionOptions::new("resign", "a"),
+        )
+        .expect("elector");
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .build_recorder()
+            .handle();
+        let options = Options {
+            observe_only: false,
+            resign_token: token.map(str::to_owned),
+        };
+        let (shared, _rx) = Shared::new(elector, options, handle, CancellationToken::new());
+        {
+            let mut now = shared.now();
+            now.state = Role::Leading;
+            now.token = Some(7);
+        }
+        router(shared)
+    }
+
+    async fn post_resign(
+        app: axum::Router,
+        from: &str,
+        bearer: Option<&str>,
+    ) -> (StatusCode, String) {
+        let mut req = Request::post("/resign");
+        if let Some(b) = bearer {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {b}"));
+        }
+        let mut req = req.body(Body::empty()).expect("request");
+        let peer: SocketAddr = from.parse().expect("peer");
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let res = app.oneshot(req).await.expect("answer");
+        let status = res.status();
+        let body = axum::body::to_bytes(res.into_body(), 64 * 1024)
+            .await
+            .expect("body");
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// Through the real router: a caller from another address is refused
+    /// before anything reaches the campaign, with or without a token
+    /// configured, unless it sends the right one.
+    #[tokio::test]
+    async fn resign_from_another_address_is_refused_through_the_router() {
+        let (code, body) = post_resign(leading_sidecar(None), "10.1.2.3:40000", None).await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
+        assert!(body.contains("LEASEHOLD_RESIGN_TOKEN"), "{body}");
+        let (code, body) = post_resign(
+            leading_sidecar(Some("s3cret")),
+            "10.1.2.3:40000",
+            Some("wrong"),
+        )
+        .await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
+        assert!(body.contains("does not match"), "{body}");
+        // The right token passes the check; the request then goes to the
+        // campaign loop (gone here: the receiver was dropped), which answers
+        // 503, not 403.
+        let (code, body) = post_resign(
+            leading_sidecar(Some("s3cret")),
+            "10.1.2.3:40000",
+            Some("s3cret"),
+        )
+        .await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        let (code, body) = post_resign(leading_sidecar(None), "127.0.0.1:40000", None).await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
