@@ -103,7 +103,11 @@ async fn code(addr: &str, path: &str) -> u16 {
 }
 
 fn serve(store: &str, name: &str, id: &str, listen: &str) -> Child {
-    let log = std::env::temp_dir().join(format!(
+    // Under the target directory, not /tmp: kept for a failure's message,
+    // named by the test process's pid.
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-logs");
+    std::fs::create_dir_all(&dir).expect("create target/tmp/serve-logs");
+    let log = dir.join(format!(
         "leasehold-serve-{}-{id}-{}.log",
         std::process::id(),
         listen.replace([':', '.'], "-")
