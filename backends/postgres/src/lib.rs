@@ -7,14 +7,17 @@
 //! through PgBouncer in transaction mode (no session state; `listen=false`
 //! there). See docs/postgres.md for the design.
 
+mod backend;
 mod config;
 mod conn;
+mod driver;
 mod error;
 mod listen;
 mod table;
 mod tls;
 
 pub use config::{DEFAULT_TABLE, PostgresBuilder};
+pub use driver::{DRIVER, PostgresDriver};
 pub use listen::Watch;
 pub use table::{Acquired, Holder, LeaseTable, Lookup, Statements, Term};
 pub use tls::SslMode;
