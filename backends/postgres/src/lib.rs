@@ -16,7 +16,7 @@ mod listen;
 mod table;
 mod tls;
 
-pub use config::{DEFAULT_TABLE, PostgresBuilder};
+pub use config::{DEFAULT_BATCH_WINDOW, DEFAULT_TABLE, PostgresBuilder};
 pub use driver::{DRIVER, PostgresDriver};
 pub use listen::Watch;
 pub use table::{Acquired, Holder, LeaseTable, Lookup, Statements, Term};
