@@ -197,7 +197,7 @@ async fn unlock_hands_over_to_a_waiter_at_once() {
         let (at, lb) = b_task.await.unwrap();
         let waited = at - released;
         // Watch backends hand over at once; polling ones within one poll.
-        let bound = if store.client().capabilities().watch {
+        let bound = if leasehold_core::Backend::leader_watch(&store.client()).is_some() {
             Duration::ZERO
         } else {
             a.options().retry_interval * 2

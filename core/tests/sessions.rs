@@ -66,7 +66,7 @@ async fn two_hundred_leaders_on_one_backend_share_one_session() {
         held.push(t.await.unwrap());
     }
     assert_eq!(store.lease_count(), 1, "one session for {N} leaders");
-    assert_eq!(backend.sessions().map(|r| r.open_sessions()), Some(1));
+    assert_eq!(leasehold_core::shared_sessions(backend.as_ref()), 1);
     let renew = options("x", "y").renew_interval;
     let before = faults.calls().renew;
     sleep(renew * 6).await;

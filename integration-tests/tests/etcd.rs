@@ -1152,7 +1152,10 @@ async fn revoking_a_shared_lease_ends_every_term_and_restarts_its_waiters() {
 
     // The admin revokes it (etcdctl lease revoke, here through a second client).
     let revoked_at = Instant::now();
-    other.close_session(lease).await.expect("revoke");
+    let leasehold_core::Family::Queue(queue) = other.family() else {
+        panic!("etcd is a queue store");
+    };
+    queue.close_session(lease).await.expect("revoke");
     for (l, what) in [(&l1, "first"), (&l2, "second")] {
         let reason = timeout(Duration::from_secs(2), l.lost())
             .await

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use leasehold_core::conformance::{Subject, async_trait, run_all};
 use leasehold_core::{
-    AcquireOutcome, AcquireRequest, Attempt, Backend, ElectionOptions, Elector, Error, Leadership,
-    LossReason,
+    AcquireRequest, Attempt, Backend, ElectionOptions, Elector, Error, Leadership, LossReason,
+    QueueOutcome, QueueStore, WatchLeader,
 };
 use leasehold_integration_tests::{Proxy, ZkEnsemble, ZkServer, create_zk_path, unique_name};
 use leasehold_zookeeper::ZkBackend;
@@ -74,7 +74,6 @@ fn request(election: &str, candidate: &str, value: &[u8], ttl: Duration) -> Acqu
         candidate: candidate.to_owned(),
         value: value.to_vec(),
         ttl,
-        claim: None,
         expired_revision: None,
     }
 }
@@ -297,10 +296,10 @@ async fn handover_on_unlock_on_guard_drop_and_on_client_drop() {
     // before the session could expire.
     let ghost = connect(&cs, ttl).await;
     let ghost_claim = match ghost
-        .try_acquire(&request(&election, "ghost", b"", ttl))
+        .join(&request(&election, "ghost", b"", ttl), ghost.session_id())
         .await
     {
-        Ok(AcquireOutcome::Acquired(c)) => c,
+        Ok(QueueOutcome::Acquired(c)) => c,
         other => panic!("ghost should lead a free election: {other:?}"),
     };
     assert!(ghost_claim.token > ta2);
@@ -754,12 +753,16 @@ async fn a_cancelled_acquire_leaves_no_orphan_in_the_line() {
     let req = request(&election, "once", b"v", TTL);
     // Make the directory first, so that the cancelled call's only write is
     // the node itself.
-    match backend.try_acquire(&req).await {
-        Ok(AcquireOutcome::Acquired(c)) => backend.release(&c).await.expect("release"),
+    match backend.join(&req, backend.session_id()).await {
+        Ok(QueueOutcome::Acquired(c)) => backend.release(&c).await.expect("release"),
         other => panic!("first acquire: {other:?}"),
     }
     proxy.delay(Duration::from_millis(400));
-    let cancelled = timeout(Duration::from_millis(150), backend.try_acquire(&req)).await;
+    let cancelled = timeout(
+        Duration::from_millis(150),
+        backend.join(&req, backend.session_id()),
+    )
+    .await;
     assert!(
         cancelled.is_err(),
         "the slowed call should have been cancelled"
@@ -785,8 +788,8 @@ async fn a_cancelled_acquire_leaves_no_orphan_in_the_line() {
         );
         sleep(Duration::from_millis(50)).await;
     }
-    let claim = match backend.try_acquire(&req).await {
-        Ok(AcquireOutcome::Acquired(c)) => c,
+    let claim = match backend.join(&req, backend.session_id()).await {
+        Ok(QueueOutcome::Acquired(c)) => c,
         other => panic!("the retry must lead (no one else is in line): {other:?}"),
     };
     let children = observer.client().list_children(&dir).await.expect("list");
@@ -1498,11 +1501,11 @@ async fn own_node_watch_under_churn(clients: &ChurnClients<'_>) {
     let election = unique_name("churn-watch");
     let dir = format!("/{election}");
     let claim = match backend
-        .try_acquire(&request(&election, "a", b"", ttl))
+        .join(&request(&election, "a", b"", ttl), backend.session_id())
         .await
         .expect("try_acquire")
     {
-        AcquireOutcome::Acquired(claim) => claim,
+        QueueOutcome::Acquired(claim) => claim,
         other => panic!("did not lead an empty election: {other:?}"),
     };
     let stop = CancellationToken::new();
