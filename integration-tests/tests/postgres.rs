@@ -531,6 +531,24 @@ async fn notify_wakes_a_watch() {
         Some(ta.token)
     );
     assert_eq!(next_change(&mut w, Some(ta.token), "expiry").await, None);
+
+    // Watches opened and dropped one after another (the engine opens one
+    // per wait) share one listening connection.
+    drop(w);
+    for _ in 0..5 {
+        let mut w = b.watch(&e).expect("watch");
+        w.next().await.expect("first");
+    }
+    let sql = admin(pg.port()).await;
+    let listening: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN %'",
+            &[],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0);
+    assert_eq!(listening, 1, "one LISTEN connection for the handle");
 }
 
 /// 1,000 terms renewed at once by one process: the renewals share

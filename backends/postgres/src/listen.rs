@@ -40,6 +40,8 @@ pub(crate) struct Listener {
 struct Running {
     tx: broadcast::Sender<Event>,
     up: Arc<Mutex<bool>>,
+    /// Cleared by the task when it ends.
+    running: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Listener {
@@ -55,36 +57,51 @@ impl Listener {
     fn subscribe(&self, table: &LeaseTable) -> (broadcast::Receiver<Event>, bool) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(r) = state.as_ref()
-            && r.tx.receiver_count() > 0
+            && r.running.load(std::sync::atomic::Ordering::Acquire)
         {
             let up = *r.up.lock().unwrap_or_else(|e| e.into_inner());
             return (r.tx.subscribe(), up);
         }
         let (tx, rx) = broadcast::channel(1024);
         let up = Arc::new(Mutex::new(false));
+        let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let task_tx = tx.downgrade();
-        tokio::spawn(run(
-            table.downgrade(),
-            self.channel.clone(),
-            task_tx,
-            up.clone(),
-        ));
-        *state = Some(Running { tx, up });
+        let task_running = running.clone();
+        let (weak, channel, task_up) = (table.downgrade(), self.channel.clone(), up.clone());
+        tokio::spawn(async move {
+            run(weak, channel, task_tx, task_up).await;
+            task_running.store(false, std::sync::atomic::Ordering::Release);
+        });
+        *state = Some(Running { tx, up, running });
         (rx, false)
     }
 }
 
+/// How long the listening connection stays open with no watch: the engine
+/// opens a watch for each wait of a waiter, so the connection outlives the
+/// gaps between them.
+const IDLE: Duration = Duration::from_secs(30);
+
 /// Keep a LISTEN connection while anyone watches: connect, `LISTEN`, pass
 /// notifications on; after a failure, tell the watches and try again after
-/// a pause (1 s). Ends when the table handle or the last watch is gone
-/// (checked at least every 2 s).
+/// a pause (1 s). Ends when the table handle is gone, or when no watch has
+/// been open for [`IDLE`] (checked every 2 s).
 async fn run(
     table: WeakTable,
     channel: String,
     tx: broadcast::WeakSender<Event>,
     up: Arc<Mutex<bool>>,
 ) {
-    let alive = || tx.upgrade().filter(|s| s.receiver_count() > 0);
+    let watched = Mutex::new(tokio::time::Instant::now());
+    // Whether to go on: the table is there and a watch was open recently.
+    let alive = || {
+        let sender = tx.upgrade()?;
+        let mut last = watched.lock().unwrap_or_else(|e| e.into_inner());
+        if sender.receiver_count() > 0 {
+            *last = tokio::time::Instant::now();
+        }
+        (last.elapsed() < IDLE).then_some(())
+    };
     let send = |event: Event| {
         if let Some(s) = tx.upgrade() {
             let _ = s.send(event);
