@@ -10,6 +10,9 @@ use crate::conn::Db;
 use crate::table::LeaseTable;
 use crate::tls::SslMode;
 
+/// How long a renewal waits for others to share its statement, by default.
+pub const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(25);
+
 /// The default table name.
 pub const DEFAULT_TABLE: &str = "leasehold_leases";
 
@@ -115,6 +118,7 @@ pub struct PostgresBuilder {
     pub(crate) connect_timeout: Duration,
     pub(crate) request_timeout: Duration,
     pub(crate) create_table: bool,
+    pub(crate) batch_window: Duration,
 }
 
 impl fmt::Debug for PostgresBuilder {
@@ -132,6 +136,7 @@ impl fmt::Debug for PostgresBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
             .field("create_table", &self.create_table)
+            .field("batch_window", &self.batch_window)
             .finish_non_exhaustive()
     }
 }
@@ -153,6 +158,7 @@ impl Default for PostgresBuilder {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
             create_table: true,
+            batch_window: DEFAULT_BATCH_WINDOW,
         }
     }
 }
@@ -255,6 +261,18 @@ impl PostgresBuilder {
         self
     }
 
+    /// How long a renewal waits for the renewals of other electors on this
+    /// handle to join its statement (default 25 ms; zero: only renewals that
+    /// arrive while another renewal statement runs share it). The wait
+    /// delays the statement, not the leader's deadline, which the engine
+    /// counts from when it asked for the renewal; keep it far below the
+    /// ttl's safety margin. 1,000 locks renewed every second cost about
+    /// 1,000 ms / window statements per second instead of 1,000.
+    pub fn renew_batch_window(mut self, window: Duration) -> Self {
+        self.batch_window = window;
+        self
+    }
+
     /// Check the settings and make the table handle. Connects lazily: the
     /// first statement connects (and creates the table when it is missing).
     ///
@@ -274,7 +292,19 @@ impl PostgresBuilder {
         }
         let names = Names::new(self.schema.as_deref(), &self.table)?;
         let db = Db::new(&self)?;
-        Ok(LeaseTable::new(db, names, self.listen, self.create_table))
+        if self.batch_window > Duration::from_secs(1) {
+            return Err(Error::Config(format!(
+                "postgres `renew_batch_window` {:?} is too long: it delays every renewal; use at most 1 s (default 25 ms)",
+                self.batch_window
+            )));
+        }
+        Ok(LeaseTable::new(
+            db,
+            names,
+            self.listen,
+            self.create_table,
+            self.batch_window,
+        ))
     }
 }
 

@@ -41,6 +41,8 @@ const KEYS: &[Key] = &[
     // LISTEN/NOTIFY wake-ups; `false` behind PgBouncer in transaction mode.
     Key::flag("listen").url(),
     Key::text("connect_timeout").url(),
+    // How long a renewal waits for others to share its statement.
+    Key::text("renew_batch_window").url(),
 ];
 
 fn err(msg: impl Into<String>) -> Error {
@@ -94,6 +96,9 @@ pub(crate) fn builder(params: &StoreParams, options: &ElectionOptions) -> Result
     }
     if let Some(Value::Flag(on)) = params.get("listen") {
         b = b.listen(*on);
+    }
+    if let Some(t) = params.text("renew_batch_window") {
+        b = b.renew_batch_window(parse_duration("renew_batch_window", t)?);
     }
     if let Some(t) = params.text("connect_timeout") {
         b = b.connect_timeout(parse_duration("connect_timeout", t)?);

@@ -199,6 +199,8 @@ struct Inner {
     /// at once: no one was ever told it leads.
     ghosts: Mutex<HashMap<(String, String), Vec<String>>>,
     batch: Mutex<Batch>,
+    /// How long the first renewal of a batch waits for others to join it.
+    batch_window: Duration,
     listener: Option<Listener>,
     /// Statements sent, by kind, for the benchmark's figures.
     counts: Counts,
@@ -280,7 +282,13 @@ impl Drop for GhostGuard<'_> {
 }
 
 impl LeaseTable {
-    pub(crate) fn new(db: Db, names: Names, listen: bool, create_table: bool) -> LeaseTable {
+    pub(crate) fn new(
+        db: Db,
+        names: Names,
+        listen: bool,
+        create_table: bool,
+        batch_window: Duration,
+    ) -> LeaseTable {
         let sql = Sql::new(&names);
         let listener = listen.then(|| Listener::new(names.channel.clone()));
         LeaseTable {
@@ -292,6 +300,7 @@ impl LeaseTable {
                 ensured: AtomicBool::new(false),
                 ghosts: Mutex::new(HashMap::new()),
                 batch: Mutex::new(Batch::default()),
+                batch_window,
                 listener,
                 counts: Counts::default(),
             }),
@@ -535,7 +544,12 @@ impl LeaseTable {
 
     /// Extend `term` by the ttl it was acquired with, from the database's
     /// clock now: one conditional statement on owner and token, shared with
-    /// the renewals other electors of this table ask for at the same time.
+    /// the renewals other electors of this table ask for within the batch
+    /// window (default 25 ms) or while the previous renewal statement runs.
+    ///
+    /// The window delays the statement, never the term's deadline: the
+    /// engine counts the deadline from when it called `renew`, and the
+    /// database extends the lease from when the statement runs, later.
     ///
     /// # Errors
     /// [`Error::Lost`] when the row no longer has this term (released,
@@ -682,7 +696,12 @@ impl WeakTable {
 }
 
 /// Send the pending renewals, a statement at a time, until none is left.
+/// The first statement waits the batch window for more renewals to join;
+/// the ones after it take what arrived while the one before was in flight.
 async fn flush(inner: &Arc<Inner>) {
+    if !inner.batch_window.is_zero() {
+        tokio::time::sleep(inner.batch_window).await;
+    }
     loop {
         let batch: Vec<Pending> = {
             let mut b = inner.batch.lock().unwrap_or_else(|e| e.into_inner());
