@@ -10,9 +10,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use leasehold_core::Error;
+use leasehold_core::conformance::{Subject, async_trait, run_all};
+use leasehold_core::{Backend, ElectionOptions, Error};
 use leasehold_integration_tests::{PgBouncer, PgOptions, PgServer, Proxy, ProxyMode, unique_name};
-use leasehold_postgres::{Acquired, LeaseTable, PostgresBuilder, SslMode, Term};
+use leasehold_postgres::{Acquired, LeaseTable, PostgresBackend, PostgresBuilder, SslMode, Term};
 use tokio::time::{Instant, sleep, timeout};
 
 async fn start(options: PgOptions) -> PgServer {
@@ -47,6 +48,62 @@ async fn admin(port: u16) -> tokio_postgres::Client {
         .expect("admin connection");
     tokio::spawn(connection);
     client
+}
+
+/// The conformance subject: one server (or PgBouncer in front of it), a
+/// backend of its own per client, 2 s leases.
+struct PgSubject {
+    port: u16,
+    listen: bool,
+}
+
+#[async_trait]
+impl Subject for PgSubject {
+    async fn client(&self) -> Arc<dyn Backend> {
+        let backend: PostgresBackend = builder(self.port)
+            .listen(self.listen)
+            .request_timeout(Duration::from_secs(2))
+            .backend()
+            .expect("builder");
+        Arc::new(backend)
+    }
+
+    fn options(&self, election: &str, candidate: &str) -> ElectionOptions {
+        ElectionOptions::new(election, candidate).with_ttl(Duration::from_secs(2))
+    }
+
+    fn slack(&self) -> Duration {
+        // The database expires on its own clock at once; the rest is room
+        // for a loaded machine.
+        Duration::from_millis(1500)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_suite_direct_with_notify() {
+    let pg = start(PgOptions::default()).await;
+    let subject = PgSubject {
+        port: pg.port(),
+        listen: true,
+    };
+    timeout(Duration::from_secs(240), run_all(&subject))
+        .await
+        .expect("the conformance suite did not finish within 240 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_suite_through_pgbouncer_polling() {
+    let pg = start(PgOptions::default()).await;
+    let bouncer = PgBouncer::start(&pg, 4)
+        .await
+        .unwrap_or_else(|e| panic!("could not start PgBouncer: {e}"));
+    let subject = PgSubject {
+        port: bouncer.port(),
+        listen: false,
+    };
+    timeout(Duration::from_secs(240), run_all(&subject))
+        .await
+        .expect("the conformance suite did not finish within 240 s");
 }
 
 async fn won(t: &LeaseTable, election: &str, who: &str, ttl: Duration) -> Term {

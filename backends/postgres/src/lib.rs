@@ -16,6 +16,8 @@ mod listen;
 mod table;
 mod tls;
 
+pub use backend::PostgresBackend;
+pub use config::{DEFAULT_BATCH_WINDOW, DEFAULT_TABLE, PostgresBuilder};
 pub use config::{DEFAULT_BATCH_WINDOW, DEFAULT_TABLE, PostgresBuilder};
 pub use driver::{DRIVER, PostgresDriver};
 pub use listen::Watch;
