@@ -33,7 +33,7 @@ fn builder(port: u16) -> PostgresBuilder {
 }
 
 fn table(port: u16) -> LeaseTable {
-    builder(port).build().expect("builder")
+    builder(port).build_table().expect("builder")
 }
 
 /// A plain tokio-postgres client of the test's own (as an administrator).
@@ -54,6 +54,8 @@ async fn admin(port: u16) -> tokio_postgres::Client {
 /// backend of its own per client, 2 s leases.
 struct PgSubject {
     port: u16,
+    /// The server itself, for the test's own statements.
+    admin_port: u16,
     listen: bool,
 }
 
@@ -63,7 +65,7 @@ impl Subject for PgSubject {
         let backend: PostgresBackend = builder(self.port)
             .listen(self.listen)
             .request_timeout(Duration::from_secs(2))
-            .backend()
+            .build()
             .expect("builder");
         Arc::new(backend)
     }
@@ -77,6 +79,21 @@ impl Subject for PgSubject {
         // for a loaded machine.
         Duration::from_millis(1500)
     }
+
+    async fn delete_by_hand(&self, election: &str) {
+        let sql = admin(self.admin_port).await;
+        let n = sql
+            .execute(
+                &format!(
+                    "DELETE FROM {} WHERE election = $1",
+                    leasehold_postgres::DEFAULT_TABLE
+                ),
+                &[&election],
+            )
+            .await
+            .expect("delete the row");
+        assert_eq!(n, 1, "the row of {election} was not there to delete");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -84,6 +101,7 @@ async fn conformance_suite_direct_with_notify() {
     let pg = start(PgOptions::default()).await;
     let subject = PgSubject {
         port: pg.port(),
+        admin_port: pg.port(),
         listen: true,
     };
     timeout(Duration::from_secs(240), run_all(&subject))
@@ -99,6 +117,7 @@ async fn conformance_suite_through_pgbouncer_polling() {
         .unwrap_or_else(|e| panic!("could not start PgBouncer: {e}"));
     let subject = PgSubject {
         port: bouncer.port(),
+        admin_port: pg.port(),
         listen: false,
     };
     timeout(Duration::from_secs(240), run_all(&subject))
@@ -259,7 +278,7 @@ async fn through_pgbouncer_in_transaction_mode() {
         .unwrap_or_else(|e| panic!("could not start PgBouncer: {e}"));
     let t = builder(bouncer.port())
         .listen(false)
-        .build()
+        .build_table()
         .expect("builder");
     assert!(t.watch("x").is_err(), "no watch with listen=false");
     // Many statements, concurrently, over 2 server connections: named
@@ -311,7 +330,7 @@ async fn password_and_tls() {
         .password("s3cret pass")
         .ssl_mode(SslMode::VerifyFull)
         .ssl_root_cert(&ca)
-        .build()
+        .build_table()
         .expect("builder");
     assert!(!format!("{good:?}").contains("s3cret"));
     won(&good, &e, "alpha", Duration::from_secs(10)).await;
@@ -320,7 +339,7 @@ async fn password_and_tls() {
     let prefer = builder(pg.port())
         .password("s3cret pass")
         .ssl_mode(SslMode::Prefer)
-        .build()
+        .build_table()
         .expect("builder");
     assert_eq!(held(&prefer, &e, "beta").await.as_deref(), Some("alpha"));
 
@@ -328,7 +347,7 @@ async fn password_and_tls() {
         .password("wrong")
         .ssl_mode(SslMode::VerifyFull)
         .ssl_root_cert(&ca)
-        .build()
+        .build_table()
         .expect("builder");
     let err = wrong.leader(&e).await.expect_err("a wrong password");
     assert!(
@@ -339,7 +358,7 @@ async fn password_and_tls() {
 
     let plain = builder(pg.port())
         .password("s3cret pass")
-        .build()
+        .build_table()
         .expect("builder");
     let err = plain.leader(&e).await.expect_err("no TLS: no pg_hba entry");
     assert!(matches!(err, Error::PermissionDenied { .. }), "{err:?}");
@@ -348,7 +367,7 @@ async fn password_and_tls() {
     let untrusted = builder(pg.port())
         .password("s3cret pass")
         .ssl_mode(SslMode::VerifyFull)
-        .build();
+        .build_table();
     if let Ok(untrusted) = untrusted {
         let err = untrusted
             .leader(&e)
@@ -371,7 +390,7 @@ async fn without_the_privilege_the_error_gives_the_ddl() {
         .user("app")
         .schema("locks")
         .table("Leases")
-        .build()
+        .build_table()
         .expect("builder");
     let err = app.ensure_schema().await.expect_err("app may not create");
     let text = err.to_string();
@@ -398,7 +417,7 @@ async fn without_the_privilege_the_error_gives_the_ddl() {
     let missing = builder(pg.port())
         .table("nothing_here")
         .create_table(false)
-        .build()
+        .build_table()
         .expect("builder");
     let err = missing.leader("x").await.expect_err("missing table");
     assert!(matches!(err, Error::Config(_)), "{err:?}");
@@ -420,7 +439,7 @@ async fn an_acquisition_whose_answer_was_lost() {
         .dbname("postgres")
         .ssl_mode(SslMode::Disable)
         .request_timeout(Duration::from_secs(1))
-        .build()
+        .build_table()
         .expect("builder");
     let other = table(pg.port());
     let e = unique_name("lost-answer");

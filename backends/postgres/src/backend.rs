@@ -24,7 +24,7 @@ pub struct PostgresBackend {
 
 impl PostgresBackend {
     /// A builder (connection settings, table name); finish it with
-    /// [`PostgresBuilder::backend`].
+    /// [`PostgresBuilder::build`].
     pub fn builder() -> PostgresBuilder {
         PostgresBuilder::new()
     }
@@ -41,12 +41,13 @@ impl PostgresBackend {
 }
 
 impl PostgresBuilder {
-    /// Check the settings and make the backend (connects lazily).
+    /// Check the settings and make the backend (connects lazily: the first
+    /// statement connects, and creates the table when it is missing).
     ///
     /// # Errors
-    /// As [`build`](Self::build).
-    pub fn backend(self) -> Result<PostgresBackend> {
-        Ok(PostgresBackend::new(self.build()?))
+    /// As [`build_table`](Self::build_table).
+    pub fn build(self) -> Result<PostgresBackend> {
+        Ok(PostgresBackend::new(self.build_table()?))
     }
 }
 

@@ -86,8 +86,9 @@ impl Names {
     }
 }
 
-/// A builder of [`LeaseTable`]s: where the database is, how to log in, and
-/// which table to keep leases in.
+/// A builder of [`PostgresBackend`](crate::PostgresBackend)s (`build`) and
+/// of bare [`LeaseTable`]s (`build_table`): where the database is, how to
+/// log in, and which table to keep leases in.
 ///
 /// ```no_run
 /// # async fn f() -> leasehold_core::Result<()> {
@@ -97,7 +98,7 @@ impl Names {
 ///     .password("secret")
 ///     .dbname("app")
 ///     .schema("locks")
-///     .build()?;
+///     .build_table()?;
 /// table.ensure_schema().await?;
 /// # Ok(()) }
 /// ```
@@ -279,7 +280,7 @@ impl PostgresBuilder {
     /// # Errors
     /// [`Error::Config`] for a bad table or schema name, unreadable TLS
     /// files, a zero timeout.
-    pub fn build(self) -> Result<LeaseTable> {
+    pub fn build_table(self) -> Result<LeaseTable> {
         if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
             return Err(Error::Config(
                 "postgres `connect_timeout` and `request_timeout` must be above zero".into(),

@@ -128,7 +128,7 @@ impl Db {
         self.config
             .connect(self.tls.clone())
             .await
-            .map_err(|e| map("connect", &e))
+            .map_err(|e| map("connect", e))
     }
 
     fn current(&self) -> Option<(Arc<Client>, u64)> {
@@ -201,7 +201,7 @@ impl Db {
                 if breaks_connection(&e) {
                     self.discard(id);
                 }
-                map(op, &e)
+                map(op, e)
             })
         };
         match tokio::time::timeout(self.request_timeout, attempt).await {
@@ -222,8 +222,5 @@ impl Db {
 
 /// `Unavailable` with `message`.
 pub(crate) fn unavailable(message: impl Into<String>) -> Error {
-    Error::Unavailable {
-        backend: NAME,
-        message: message.into(),
-    }
+    Error::unavailable(NAME, message)
 }

@@ -178,7 +178,7 @@ impl leasehold_core::driver::Driver for PostgresDriver {
     }
 
     async fn build(&self, params: &StoreParams, options: &ElectionOptions) -> Result<DynBackend> {
-        let table = builder(params, options)?.build()?;
+        let table = builder(params, options)?.build_table()?;
         crate::backend::dyn_backend(table)
     }
 }

@@ -34,14 +34,13 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 ///   restarting, too many connections, a read-only server (a standby after a
 ///   failover), a serialization failure or deadlock: [`Error::Unavailable`]
 ///   (the engine retries);
+/// * a lease table that is missing (dropped by hand after this handle
+///   created it): [`Error::Unavailable`], and the next call creates it;
 /// * a database that does not exist: [`Error::Config`];
 /// * anything else: [`Error::Backend`] with the server's message.
-pub(crate) fn map(op: &str, e: &tokio_postgres::Error) -> Error {
+pub(crate) fn map(op: &str, e: tokio_postgres::Error) -> Error {
     let Some(db) = e.as_db_error() else {
-        return Error::Unavailable {
-            backend: NAME,
-            message: format!("{op}: {}", chain(e)),
-        };
+        return Error::unavailable(NAME, format!("{op}: {}", chain(&e))).caused_by(e);
     };
     let code = db.code();
     let mut message = format!("{op}: {} (SQLSTATE {})", db.message(), code.code());
@@ -54,30 +53,24 @@ pub(crate) fn map(op: &str, e: &tokio_postgres::Error) -> Error {
         message.push_str(hint);
     }
     let class = &code.code()[..2];
-    if *code == SqlState::INSUFFICIENT_PRIVILEGE
+    let mapped = if *code == SqlState::INSUFFICIENT_PRIVILEGE
         || *code == SqlState::INVALID_PASSWORD
         || class == "28"
     {
-        Error::PermissionDenied {
-            backend: NAME,
-            message,
-        }
+        Error::permission_denied(NAME, message)
     } else if *code == SqlState::INVALID_CATALOG_NAME {
-        Error::Config(format!("postgres: {message}"))
+        return Error::Config(format!("postgres: {message}"));
     } else if matches!(class, "08" | "53" | "57" | "40")
         || *code == SqlState::READ_ONLY_SQL_TRANSACTION
         || *code == SqlState::LOCK_NOT_AVAILABLE
+        // The lease table dropped by hand: the next call creates it again.
+        || *code == SqlState::UNDEFINED_TABLE
     {
-        Error::Unavailable {
-            backend: NAME,
-            message,
-        }
+        Error::unavailable(NAME, message)
     } else {
-        Error::Backend {
-            backend: NAME,
-            message,
-        }
-    }
+        Error::backend(NAME, message)
+    };
+    mapped.caused_by(e)
 }
 
 /// Whether the connection that gave `e` should be dropped (it is closed or

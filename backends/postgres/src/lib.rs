@@ -18,7 +18,6 @@ mod tls;
 
 pub use backend::PostgresBackend;
 pub use config::{DEFAULT_BATCH_WINDOW, DEFAULT_TABLE, PostgresBuilder};
-pub use config::{DEFAULT_BATCH_WINDOW, DEFAULT_TABLE, PostgresBuilder};
 pub use driver::{DRIVER, PostgresDriver};
 pub use listen::Watch;
 pub use table::{Acquired, Holder, LeaseTable, Lookup, Statements, Term};

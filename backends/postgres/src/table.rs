@@ -387,9 +387,12 @@ impl LeaseTable {
                 .await;
             match created {
                 Ok(()) => {}
-                Err(Error::PermissionDenied { message, .. }) => {
+                Err(Error::PermissionDenied {
+                    message, source, ..
+                }) => {
                     return Err(Error::PermissionDenied {
                         backend: NAME,
+                        source,
                         message: format!(
                             "{message}. Ask an administrator to run, as a user who may create them:\n{}\n\
                              and to let this user use them:\nGRANT SELECT, INSERT, UPDATE ON {} TO <user>;\n\
@@ -412,16 +415,19 @@ impl LeaseTable {
 
     /// A missing table (dropped by hand) makes the next call create it again.
     fn note(&self, e: Error) -> Error {
-        if let Error::Backend { message, .. } = &e
+        if let Error::Unavailable { message, .. } = &e
             && message.contains(SqlState::UNDEFINED_TABLE.code())
         {
             self.inner.ensured.store(false, Ordering::Release);
         }
-        if let Error::PermissionDenied { message, .. } = &e
+        if let Error::PermissionDenied {
+            message, source, ..
+        } = &e
             && !message.contains("GRANT")
         {
             return Error::PermissionDenied {
                 backend: NAME,
+                source: source.clone(),
                 message: format!(
                     "{message}. The user needs: GRANT SELECT, INSERT, UPDATE ON {} TO <user>; GRANT USAGE ON SEQUENCE {} TO <user>;",
                     self.inner.names.table, self.inner.names.sequence
@@ -539,7 +545,7 @@ impl LeaseTable {
                 }
             })
         };
-        parse(row).map_err(|e| crate::error::map("acquire: read the answer", &e))
+        parse(row).map_err(|e| crate::error::map("acquire: read the answer", e))
     }
 
     /// Extend `term` by the ttl it was acquired with, from the database's
@@ -657,7 +663,7 @@ impl LeaseTable {
                 remaining: Duration::from_millis(u64::try_from(ms).unwrap_or(0)),
             })
         };
-        parse(&row).map_err(|e| crate::error::map("read the leader: the answer", &e))
+        parse(&row).map_err(|e| crate::error::map("read the leader: the answer", e))
     }
 
     /// The holder of `election`, `None` when the row is missing, released

@@ -59,7 +59,7 @@ fn backend(port: u16, listen: bool) -> Arc<dyn Backend> {
         .dbname("postgres")
         .ssl_mode(SslMode::Disable)
         .listen(listen)
-        .backend()
+        .build()
         .unwrap_or_else(|e| panic!("builder: {e}"));
     Arc::new(b)
 }
@@ -262,7 +262,7 @@ async fn main() {
         .user("postgres")
         .dbname("postgres")
         .ssl_mode(SslMode::Disable)
-        .backend()
+        .build()
         .unwrap_or_else(|e| panic!("builder: {e}"));
     let shared: Arc<dyn Backend> = Arc::new(many.clone());
     let prefix = unique_name("many");
