@@ -624,3 +624,54 @@ async fn futures_join(
     }
     out
 }
+
+/// A `postgres://` URL through the facade (`leasehold::connect`): the driver
+/// reads it, builds the backend, and two candidates hand over through it,
+/// one with NOTIFY and one polling (`listen=false`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_url_through_the_facade() {
+    let pg = start(PgOptions::default()).await;
+    let e = unique_name("facade");
+    let a = leasehold::connect(&pg.url(
+        &e,
+        "sslmode=disable&ttl=3s&id=alpha&schema=public&table=facade_leases",
+    ))
+    .await
+    .expect("connect alpha");
+    let b = leasehold::connect(&pg.url(
+        &e,
+        "sslmode=disable&ttl=3s&id=beta&listen=false&table=facade_leases",
+    ))
+    .await
+    .expect("connect beta");
+    let la = timeout(Duration::from_secs(10), a.lock())
+        .await
+        .expect("alpha leads in time")
+        .expect("lock");
+    assert!(
+        matches!(b.try_lock().await, Ok(leasehold_core::Attempt::Held { .. })),
+        "beta must be refused"
+    );
+    assert_eq!(
+        b.leader().await.expect("leader").map(|l| l.id).as_deref(),
+        Some("alpha")
+    );
+    let token = la.fencing_token();
+    la.unlock().await.expect("unlock");
+    let lb = timeout(Duration::from_secs(10), b.lock())
+        .await
+        .expect("beta leads after the release")
+        .expect("lock");
+    assert!(lb.fencing_token() > token);
+    let sql = admin(pg.port()).await;
+    let rows: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM public.facade_leases WHERE election = $1",
+            &[&e],
+        )
+        .await
+        .expect("the URL's table holds the row")
+        .get(0);
+    assert_eq!(rows, 1);
+    lb.unlock().await.expect("unlock");
+}
