@@ -675,3 +675,47 @@ async fn a_postgres_url_through_the_facade() {
     assert_eq!(rows, 1);
     lb.unlock().await.expect("unlock");
 }
+
+/// The same restart under the engine: a leader (ttl 8 s) whose database
+/// crashes and comes back within about a second keeps its term (its
+/// renewals fail meanwhile, transiently), and the other candidate, waiting
+/// with NOTIFY across the restart, never leads until the leader unlocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_keeps_its_term_across_a_database_restart() {
+    let pg = start(PgOptions::default()).await;
+    let subject = PgSubject {
+        port: pg.port(),
+        admin_port: pg.port(),
+        listen: true,
+    };
+    let e = unique_name("engine-restart");
+    let options = |id: &str| ElectionOptions::new(&e, id).with_ttl(Duration::from_secs(8));
+    let a = leasehold_core::Elector::new(subject.client().await, options("alpha")).expect("a");
+    let b = leasehold_core::Elector::new(subject.client().await, options("beta")).expect("b");
+    let la = timeout(Duration::from_secs(10), a.lock())
+        .await
+        .expect("alpha leads in time")
+        .expect("lock");
+    let b2 = b.clone();
+    let waiting = tokio::spawn(async move { b2.lock().await });
+    sleep(Duration::from_millis(300)).await;
+    pg.restart().await.expect("restart");
+    // Two renew intervals after the restart: the leader renewed on the new
+    // server and never lost its term.
+    sleep(Duration::from_secs(6)).await;
+    assert!(
+        !la.is_lost(),
+        "the leader lost its term: {:?}",
+        la.loss_reason()
+    );
+    assert!(!waiting.is_finished(), "beta led while alpha holds");
+    let token = la.fencing_token();
+    la.unlock().await.expect("unlock");
+    let lb = timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("beta leads after the release")
+        .expect("task")
+        .expect("lock");
+    assert!(lb.fencing_token() > token);
+    lb.unlock().await.expect("unlock");
+}
