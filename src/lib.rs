@@ -90,7 +90,8 @@ pub use stores::{STORES, StoreEntry, drivers};
 /// `request_timeout` (durations such as `500ms`, `10s`, `2m`). etcd also
 /// takes `prefix`, `connect_timeout` and `layout=go`: the keys of etcd's Go
 /// `concurrency.Election` and `etcdctl elect`, to share their elections
-/// (docs/interop.md).
+/// (docs/interop.md). ZooKeeper takes `session_timeout`, `lock_name` and
+/// `connect_timeout` (default 5 s: how long opening the session may take).
 ///
 /// # Errors
 /// [`Error::Config`] naming the offending part of the URL (unknown scheme, a

@@ -188,6 +188,13 @@ impl EtcdBackend {
         }
     }
 
+    /// The etcd client this backend uses (a clone: it shares the
+    /// connection), for the application's own requests, such as a
+    /// transaction guarded by [`leader_guard`](crate::leader_guard).
+    pub fn client(&self) -> Client {
+        self.inner.client.clone()
+    }
+
     /// The key prefix (namespace) all keys of this backend live under.
     pub fn prefix(&self) -> &str {
         &self.inner.prefix

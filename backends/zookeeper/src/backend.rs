@@ -1055,6 +1055,31 @@ impl Drop for Unclaimed {
     }
 }
 
+/// Whether `e` or one of its sources is an I/O error (a transport
+/// failure).
+fn io_in_chain(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    let mut depth = 0;
+    while let Some(err) = next {
+        if err.is::<std::io::Error>() {
+            return true;
+        }
+        // The client keeps its sources as `Arc<dyn Error>`, whose own
+        // `source` skips the error it holds: look inside.
+        if let Some(shared) = err.downcast_ref::<Arc<dyn std::error::Error + Send + Sync>>()
+            && shared.is::<std::io::Error>()
+        {
+            return true;
+        }
+        depth += 1;
+        if depth > 16 {
+            return false;
+        }
+        next = err.source();
+    }
+    false
+}
+
 /// Name `path` in a permission error (the store's message does not).
 fn with_path(e: Error, path: &str) -> Error {
     match e {
@@ -1131,6 +1156,10 @@ pub(crate) fn map_err(operation: &'static str, e: zk::Error) -> Error {
         | Z::SessionMoved
         | Z::SessionExpired
         | Z::NotReadOnly => Error::unavailable(NAME, format!("{operation}: {e}")),
+        // The client's transport failures (a connection aborted or reset
+        // while a request was on it) come as its `Custom` errors over an
+        // io::Error: the store could not be reached, as ConnectionLoss.
+        Z::Custom(c) if io_in_chain(c) => Error::unavailable(NAME, format!("{operation}: {e}")),
         Z::NoAuth => Error::permission_denied(
             NAME,
             format!(
@@ -1186,6 +1215,41 @@ mod tests {
         let session = ZkBackend::min_session_timeout(&options);
         assert_eq!(session, Duration::from_millis(10_589));
         assert!(min_session_timeout_within(&options, session) <= session);
+    }
+
+    #[test]
+    fn an_io_error_anywhere_in_the_chain_is_a_transport_failure() {
+        #[derive(Debug)]
+        struct Wrapper(std::io::Error);
+        impl std::fmt::Display for Wrapper {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "wrapped: {}", self.0)
+            }
+        }
+        impl std::error::Error for Wrapper {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let aborted = std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
+        assert!(io_in_chain(&Wrapper(aborted)));
+        // As zookeeper-client keeps it: an Arc, whose source() skips it.
+        #[derive(Debug)]
+        struct Shared(Arc<dyn std::error::Error + Send + Sync>);
+        impl std::fmt::Display for Shared {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+        impl std::error::Error for Shared {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let reset: Arc<dyn std::error::Error + Send + Sync> =
+            Arc::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(io_in_chain(&Shared(reset)));
+        assert!(!io_in_chain(&zk::Error::BadVersion));
     }
 
     #[test]
