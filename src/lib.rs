@@ -58,6 +58,9 @@ pub use leasehold_etcd as etcd;
 #[cfg(feature = "gcs")]
 #[cfg_attr(docsrs, doc(cfg(feature = "gcs")))]
 pub use leasehold_gcs as gcs;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use leasehold_postgres as postgres;
 #[cfg(feature = "zookeeper")]
 #[cfg_attr(docsrs, doc(cfg(feature = "zookeeper")))]
 pub use leasehold_zookeeper as zookeeper;
