@@ -75,30 +75,8 @@ impl Subject for EtcdSubject {
     /// `etcdctl del --prefix` on the election's keys, as an operator would.
     async fn delete_by_hand(&self, election: &str) {
         let prefix = connect(&self.endpoints).await.election_prefix(election);
-        etcdctl_del_prefix(&self.endpoints[0], &prefix).await;
+        etcdctl_del(&self.endpoints[0], &["--prefix", &prefix]).await;
     }
-}
-
-/// Runs `etcdctl del --prefix <prefix>` against `endpoint`; panics with its
-/// output unless it deleted exactly one key.
-async fn etcdctl_del_prefix(endpoint: &str, prefix: &str) {
-    let out = tokio::process::Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoint}"))
-        .args(["del", "--prefix", prefix])
-        .output()
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "could not run etcdctl ({e}); install it with `apt-get install -y etcd-client` (scripts/setup does)"
-            )
-        });
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "1",
-        "etcdctl del --prefix {prefix}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1253,13 +1231,14 @@ async fn a_key_deleted_by_hand_ends_its_term_at_once() {
     l2.unlock().await.expect("unlock");
 }
 
-/// Runs `etcdctl del <key>` against `endpoint` (no auth), as an operator
-/// would; panics with its output on failure.
-async fn etcdctl_del(endpoint: &str, key: &str) {
+/// Runs `etcdctl del ARGS` against `endpoint` (no auth), as an operator
+/// would; panics with its output unless it deleted exactly one key.
+async fn etcdctl_del(endpoint: &str, args: &[&str]) {
     let out = tokio::process::Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoint}"))
-        .args(["del", key])
+        .arg("del")
+        .args(args)
         .output()
         .await
         .unwrap_or_else(|e| {
@@ -1269,14 +1248,14 @@ async fn etcdctl_del(endpoint: &str, key: &str) {
         });
     assert!(
         out.status.success(),
-        "etcdctl del {key}: {}{}",
+        "etcdctl del {args:?}: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "1",
-        "etcdctl del {key} deleted nothing"
+        "etcdctl del {args:?} deleted nothing"
     );
 }
 
@@ -1374,7 +1353,7 @@ async fn key_deleted_while_the_watch_stream_reconnects(
         // The second reset, then the delete while the stream reconnects.
         proxy.reset_all();
         let deleting = Instant::now();
-        etcdctl_del(del_endpoint, &key).await;
+        etcdctl_del(del_endpoint, &[&key]).await;
         let deleted = Instant::now();
         let (done, reason) = timeout(Duration::from_secs(12), lost)
             .await
@@ -1557,7 +1536,11 @@ async fn a_guarded_write_lands_only_while_the_term_lasts() {
     // After the key is deleted by hand.
     let l3 = lock_within(&e, Duration::from_secs(5), "l3").await;
     assert!(guarded_put(&l3, "term 3").await);
-    etcdctl_del_prefix(&node.endpoint(), &backend.election_prefix(&election)).await;
+    etcdctl_del(
+        &node.endpoint(),
+        &["--prefix", &backend.election_prefix(&election)],
+    )
+    .await;
     assert!(
         !guarded_put(&l3, "after delete").await,
         "a write guarded by a deleted key's term landed"
