@@ -42,6 +42,7 @@ mod error;
 mod etcd;
 mod gcs;
 pub mod http;
+mod mariadb;
 mod process;
 mod proxy;
 mod zookeeper;
@@ -53,6 +54,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub use error::HarnessError;
 pub use etcd::{EtcdCluster, EtcdNode};
 pub use gcs::{AnswerDropper, FAKE_GCS_BUCKET, FakeGcs};
+pub use mariadb::{MariaDb, TlsFiles};
 pub use proxy::{Proxy, ProxyMode};
 pub use zookeeper::{
     ZK_TICK_TIME, ZkEnsemble, ZkServer, create_zk_path, four_letter_word, zookeeper_java,
