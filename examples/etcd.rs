@@ -15,7 +15,7 @@ async fn main() -> leasehold::Result<()> {
         .unwrap_or_else(|| "http://127.0.0.1:2379".to_owned());
     let backend = leasehold::etcd::EtcdBackend::builder()
         .endpoints([endpoint.as_str()])
-        .connect()
+        .build()
         .await?;
     let options = ElectionOptions::new("example-etcd", format!("example-{}", std::process::id()))
         .with_ttl(Duration::from_secs(5));

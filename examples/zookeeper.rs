@@ -24,7 +24,7 @@ async fn main() -> leasehold::Result<()> {
         .session_timeout(leasehold::zookeeper::ZkBackend::min_session_timeout(
             &options,
         ))
-        .connect()
+        .build()
         .await?;
     let elector = Elector::new(Arc::new(backend), options)?;
     let leadership = elector.lock().await?;

@@ -43,9 +43,10 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use leasehold_core::{
-    AcquireOutcome, AcquireRequest, Attempt, Backend, CancellationToken, Capabilities, Claim,
-    ElectionOptions, Elector, Error, FencingToken, Health, LeaderHealth, LeaderInfo, LeaderWatch,
-    Leadership, LossReason, Result, StoreContact, faulty, memory,
+    AcquireRequest, Attempt, Backend, CancellationToken, Claim, ElectionOptions, Elector, Error,
+    Expiry, Family, FencingToken, Health, LeaderHealth, LeaderInfo, LeaderWatch, Leadership,
+    LossReason, Proclaim, QueueOutcome, QueueStore, RecordOutcome, RecordStore, Result,
+    SessionScope, StoreContact, WatchLeader, faulty, memory,
 };
 
 /// The engine crate, for backend authors.

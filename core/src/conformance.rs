@@ -8,6 +8,12 @@
 //! Timing checks are bounds, not measurements: a takeover must come no
 //! earlier than the old leader's local deadline (safety) and no later than
 //! ttl + poll + [`Subject::slack`] (liveness).
+//!
+//! The suite reads what the store is from the store itself: its family
+//! ([`Backend::family`]: the few behaviours that call the store directly
+//! speak the family's protocol) and its extras ([`Backend::proclaimer`],
+//! [`Backend::leader_watch`]: a store without one must answer a typed
+//! [`Error::NotSupported`] through the engine, one with it must work).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -20,8 +26,8 @@ use tokio::sync::watch;
 use tokio::time::{Instant, sleep, timeout};
 
 use crate::{
-    AcquireOutcome, AcquireRequest, Attempt, Backend, ElectionOptions, Elector, Error,
-    FencingToken, LeaderInfo,
+    AcquireRequest, Attempt, Backend, Claim, ElectionOptions, Elector, Error, Family, FencingToken,
+    LeaderInfo, QueueOutcome, RecordOutcome,
 };
 
 /// A store under test.
@@ -65,6 +71,12 @@ pub trait Subject: Send + Sync {
     async fn revive(&self, client: &Arc<dyn Backend>) {
         let _ = client;
     }
+
+    /// Delete the leader's claim of `election` as an operator would by hand
+    /// (`etcdctl del`, a znode delete, a deleted object or row), through a
+    /// client of its own. The election has exactly one candidate when this
+    /// is called.
+    async fn delete_by_hand(&self, election: &str);
 }
 
 /// Run every behaviour of the suite, a few at a time.
@@ -76,6 +88,7 @@ pub async fn run_all(s: &dyn Subject) {
         vanished_holder_is_replaced(s),
         electors_on_one_client_release_independently(s),
         a_release_that_never_landed_does_not_block(s),
+        a_claim_deleted_by_hand_ends_the_term(s),
     );
     tokio::join!(
         tokens_strictly_increase(s),
@@ -225,17 +238,10 @@ pub async fn vanished_holder_is_replaced(s: &dyn Subject) {
     let election = s.election("vanish");
     let ghost = s.client().await;
     let options = s.options(&election, "ghost");
-    let req = AcquireRequest {
-        election: election.clone(),
-        candidate: "ghost".into(),
-        value: Vec::new(),
-        ttl: options.ttl,
-        claim: None,
-        expired_revision: None,
-    };
+    let req = request(&election, "ghost", &options);
     let sent = Instant::now();
-    let claim = match ghost.try_acquire(&req).await {
-        Ok(AcquireOutcome::Acquired(c)) => c,
+    let claim = match raw_acquire(ghost.as_ref(), &req).await {
+        Ok(Raw::Won(c)) => c,
         other => panic!("{W}: the first candidate of a free election did not win: {other:?}"),
     };
     let replied = Instant::now();
@@ -261,12 +267,22 @@ pub async fn vanished_holder_is_replaced(s: &dyn Subject) {
         "{W}: the new term's token is not above the ghost's"
     );
     s.revive(&ghost).await;
-    match timeout(options.ttl * 2 + s.slack(), ghost.renew(&claim)).await {
+    match timeout(
+        options.ttl * 2 + s.slack(),
+        raw_renew(ghost.as_ref(), &claim),
+    )
+    .await
+    {
         Ok(Err(Error::Lost(_))) => {}
         Ok(other) => panic!("{W}: renewing a replaced claim must fail as Lost, got {other:?}"),
         Err(_) => panic!("{W}: renewing a replaced claim did not answer"),
     }
-    match timeout(options.ttl * 2 + s.slack(), ghost.release(&claim)).await {
+    match timeout(
+        options.ttl * 2 + s.slack(),
+        raw_release(ghost.as_ref(), &claim),
+    )
+    .await
+    {
         Ok(Ok(())) => {}
         Ok(Err(e)) => panic!("{W}: releasing a stale claim must be harmless, got {e}"),
         Err(_) => panic!("{W}: releasing a stale claim did not answer"),
@@ -495,35 +511,27 @@ pub async fn release_is_idempotent_and_owned(s: &dyn Subject) {
     let holder = s.client().await;
     let other = s.client().await;
     let options = s.options(&election, "holder");
-    let mut req = AcquireRequest {
-        election: election.clone(),
-        candidate: "holder".into(),
-        value: Vec::new(),
-        ttl: options.ttl,
-        claim: None,
-        expired_revision: None,
-    };
-    let claim = match holder.try_acquire(&req).await {
-        Ok(AcquireOutcome::Acquired(c)) => c,
+    let mut req = request(&election, "holder", &options);
+    let claim = match raw_acquire(holder.as_ref(), &req).await {
+        Ok(Raw::Won(c)) => c,
         other => panic!("{W}: acquire of a free election: {other:?}"),
     };
     req.candidate = "other".into();
-    match other.try_acquire(&req).await {
-        Ok(AcquireOutcome::Held { queued, leader, .. }) => {
+    match raw_acquire(other.as_ref(), &req).await {
+        Ok(Raw::Held { queued, leader }) => {
             assert_eq!(
                 leader.map(|l| l.id),
                 Some("holder".into()),
                 "{W}: told the wrong leader"
             );
             if let Some(q) = queued {
-                other
-                    .release(&q)
+                raw_release(other.as_ref(), &q)
                     .await
                     .unwrap_or_else(|e| panic!("{W}: withdrawing failed: {e}"));
-                other
-                    .release(&q)
+                raw_release(other.as_ref(), &q)
                     .await
                     .unwrap_or_else(|e| panic!("{W}: withdrawing twice failed: {e}"));
+                raw_end(other.as_ref(), &q).await;
             }
         }
         other => panic!("{W}: a second candidate must be held: {other:?}"),
@@ -537,14 +545,13 @@ pub async fn release_is_idempotent_and_owned(s: &dyn Subject) {
         Some(claim.token),
         "{W}: a non-holder's release removed the leader"
     );
-    holder
-        .release(&claim)
+    raw_release(holder.as_ref(), &claim)
         .await
         .unwrap_or_else(|e| panic!("{W}: release failed: {e}"));
-    holder
-        .release(&claim)
+    raw_release(holder.as_ref(), &claim)
         .await
         .unwrap_or_else(|e| panic!("{W}: a second release must be harmless: {e}"));
+    raw_end(holder.as_ref(), &claim).await;
     assert_eq!(
         holder
             .leader(&election)
@@ -609,15 +616,61 @@ pub async fn observer_sees_every_change(s: &dyn Subject) {
     wait_for(&mut rx, within, "the vacancy after beta", Option::is_none).await;
 }
 
-/// What a backend cannot do is a typed `NotSupported`, never a panic; what
-/// it says it can do works.
+/// A leader's claim deleted by hand ends its term (the done signal fires,
+/// as lease lost) before the ttl is out, so before a successor could lead;
+/// another term on the same client goes on; the successor's token is above
+/// the deleted term's, as every later term's is, deletion or not.
+pub async fn a_claim_deleted_by_hand_ends_the_term(s: &dyn Subject) {
+    const W: &str = "a_claim_deleted_by_hand_ends_the_term";
+    let (e1, e2) = (s.election("deleted-1"), s.election("deleted-2"));
+    let client = s.client().await;
+    let a1 = elector(client.clone(), s.options(&e1, "alpha"));
+    let a2 = elector(client, s.options(&e2, "alpha"));
+    let l1 = must_lock(&a1, quick(s, a1.options()), W).await;
+    let l2 = must_lock(&a2, quick(s, a2.options()), W).await;
+    let ttl = a1.options().ttl;
+    s.delete_by_hand(&e1).await;
+    let deleted_at = Instant::now();
+    let reason = timeout(ttl, l1.lost()).await.unwrap_or_else(|_| {
+        panic!("{W}: UNSAFE: the term still leads a ttl ({ttl:?}) after its claim was deleted")
+    });
+    assert!(
+        matches!(reason, crate::LossReason::LeaseLost(_)),
+        "{W}: the term must end as lease lost, got {reason:?}"
+    );
+    let ended = deleted_at.elapsed();
+    let b = new_elector(s, &e1, "beta").await;
+    // Record stores whose followers observe expiry wait out a ttl of
+    // absence before they make the record again.
+    let lb = must_lock(&b, quick(s, b.options()) + ttl, W).await;
+    assert!(
+        lb.fencing_token() > l1.fencing_token(),
+        "{W}: the successor's token {} is not above the deleted term's {}",
+        lb.fencing_token(),
+        l1.fencing_token()
+    );
+    assert!(
+        !l2.is_lost(),
+        "{W}: the other term on the client ended too: {:?} (the deleted one ended {ended:?} after the delete)",
+        l2.loss_reason()
+    );
+    lb.unlock()
+        .await
+        .unwrap_or_else(|e| panic!("{W}: unlock failed: {e}"));
+    l2.unlock()
+        .await
+        .unwrap_or_else(|e| panic!("{W}: unlock failed: {e}"));
+}
+
+/// What a store does not have is a typed `NotSupported` through the engine,
+/// never a panic; what it says it has works: a leader watch first reports
+/// the current leader, a proclaim keeps the token and shows the new value.
 pub async fn unsupported_operations_are_typed(s: &dyn Subject) {
     const W: &str = "unsupported_operations_are_typed";
     let election = s.election("caps");
     let c = s.client().await;
-    let caps = c.capabilities();
-    if caps.watch {
-        let mut w = c
+    if let Some(w) = c.leader_watch() {
+        let mut w = w
             .watch(&election)
             .await
             .unwrap_or_else(|e| panic!("{W}: watch failed: {e}"));
@@ -626,16 +679,101 @@ pub async fn unsupported_operations_are_typed(s: &dyn Subject) {
             matches!(first, Ok(Ok(None))),
             "{W}: a new watch must first report the current leader (none): {first:?}"
         );
-    } else {
-        match c.watch(&election).await {
-            Err(Error::NotSupported { operation, .. }) => assert_eq!(operation, "watch"),
-            Err(e) => panic!("{W}: watch without the capability must be NotSupported, got {e}"),
-            Ok(_) => panic!("{W}: watch works but capabilities say it does not"),
+    }
+    let e = elector(c.clone(), s.options(&election, "alpha"));
+    let l = must_lock(&e, quick(s, e.options()), W).await;
+    let token = l.fencing_token();
+    match (c.proclaimer().is_some(), l.proclaim("new value").await) {
+        (true, Ok(())) => {
+            let info = leader_of(&e, W).await;
+            assert_eq!(
+                info.as_ref().map(|i| (i.token, i.value.as_slice())),
+                Some((token, b"new value".as_slice())),
+                "{W}: a proclaim must keep the token and show the new value"
+            );
         }
-        match c.wait(&election, None, 0).await {
-            Err(Error::NotSupported { .. }) => {}
-            other => panic!("{W}: wait without the capability must be NotSupported, got {other:?}"),
+        (false, Err(Error::NotSupported { operation, .. })) => assert_eq!(operation, "proclaim"),
+        (has, other) => panic!(
+            "{W}: proclaim on a store that {} it: {other:?}",
+            if has { "has" } else { "lacks" }
+        ),
+    }
+    l.unlock()
+        .await
+        .unwrap_or_else(|e| panic!("{W}: unlock failed: {e}"));
+}
+
+/// A request of `candidate` in `election` with `options`' ttl.
+fn request(election: &str, candidate: &str, options: &ElectionOptions) -> AcquireRequest {
+    AcquireRequest {
+        election: election.to_owned(),
+        candidate: candidate.to_owned(),
+        value: Vec::new(),
+        ttl: options.ttl,
+        expired_revision: None,
+    }
+}
+
+/// One acquire made by hand, outside the engine.
+#[derive(Debug)]
+enum Raw {
+    Won(Claim),
+    Held {
+        leader: Option<LeaderInfo>,
+        /// The queued claim (queue stores).
+        queued: Option<Claim>,
+    },
+}
+
+/// Acquire by hand in the store's family: a record store's conditional
+/// write, or a queue store's claim in a session of its own that nobody
+/// keeps alive (as a process that then vanishes would leave it).
+async fn raw_acquire(b: &dyn Backend, req: &AcquireRequest) -> crate::Result<Raw> {
+    match b.family() {
+        Family::Record(r) => Ok(match r.try_acquire(req).await? {
+            RecordOutcome::Acquired(c) => Raw::Won(c),
+            RecordOutcome::Held { leader, .. } => Raw::Held {
+                leader,
+                queued: None,
+            },
+        }),
+        Family::Queue(q) => {
+            let session = q.open_session(req.ttl).await?;
+            Ok(match q.join(req, session).await? {
+                QueueOutcome::Acquired(c) => Raw::Won(c),
+                QueueOutcome::Queued { leader, claim } => Raw::Held {
+                    leader,
+                    queued: Some(claim),
+                },
+            })
         }
+    }
+}
+
+/// Renew a claim made by [`raw_acquire`]: the record, or the session and a
+/// look at the claim.
+async fn raw_renew(b: &dyn Backend, claim: &Claim) -> crate::Result<()> {
+    match b.family() {
+        Family::Record(r) => r.renew(claim).await.map(|_| ()),
+        Family::Queue(q) => {
+            q.keep_alive(claim.session).await?;
+            q.check(claim).await.map(|_| ())
+        }
+    }
+}
+
+/// Release a claim made by [`raw_acquire`].
+async fn raw_release(b: &dyn Backend, claim: &Claim) -> crate::Result<()> {
+    match b.family() {
+        Family::Record(r) => r.release(claim).await,
+        Family::Queue(q) => q.release(claim).await,
+    }
+}
+
+/// Close the session of a released claim made by [`raw_acquire`], if any.
+async fn raw_end(b: &dyn Backend, claim: &Claim) {
+    if let Family::Queue(q) = b.family() {
+        let _ = q.close_session(claim.session).await;
     }
 }
 

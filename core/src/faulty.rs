@@ -21,11 +21,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use crate::backend::{Backend, LeaderWatch};
+use crate::backend::{
+    Backend, Expiry, Family, LeaderWatch, Proclaim, QueueStore, RecordStore, SessionScope,
+    WatchLeader,
+};
 use crate::error::{Error, Result};
+use crate::lease::{queue_of, record_of};
 use crate::options::ElectionOptions;
-use crate::session::SessionRegistry;
-use crate::types::{AcquireOutcome, AcquireRequest, Capabilities, Claim, LeaderInfo};
+use crate::types::{AcquireRequest, Claim, LeaderInfo, QueueOutcome, RecordOutcome};
 
 /// What happens to calls through a [`FaultyBackend`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,9 +139,9 @@ impl FaultHandle {
 /// A backend whose calls suffer the fault set through its [`FaultHandle`].
 pub struct FaultyBackend {
     inner: Arc<dyn Backend>,
-    /// Sessions of this wrapper (not the inner backend's): electors on one
-    /// wrapper share them.
-    sessions: SessionRegistry,
+    /// This wrapper's identity: electors on one wrapper share sessions
+    /// (not the inner backend's).
+    scope: Arc<()>,
     rx: watch::Receiver<Fault>,
     calls: Arc<Counters>,
 }
@@ -159,7 +162,7 @@ impl FaultyBackend {
         let calls = Arc::new(Counters::default());
         let backend = Arc::new(FaultyBackend {
             inner,
-            sessions: SessionRegistry::new(),
+            scope: Arc::new(()),
             rx,
             calls: calls.clone(),
         });
@@ -185,10 +188,7 @@ impl FaultyBackend {
                     return Ok(());
                 }
                 Fault::Fail => {
-                    return Err(Error::Unavailable {
-                        backend: self.inner.name(),
-                        message: "injected failure".into(),
-                    });
+                    return Err(Error::unavailable(self.inner.name(), "injected failure"));
                 }
                 Fault::Error(e) => return Err(e),
                 Fault::BlackHole => return std::future::pending().await,
@@ -205,10 +205,10 @@ impl FaultyBackend {
 impl FaultyBackend {
     fn refuse_release(&self) -> Result<()> {
         if *self.rx.borrow() == Fault::RefuseReleases {
-            return Err(Error::Unavailable {
-                backend: self.inner.name(),
-                message: "injected refusal of a release".into(),
-            });
+            return Err(Error::unavailable(
+                self.inner.name(),
+                "injected refusal of a release",
+            ));
         }
         Ok(())
     }
@@ -216,10 +216,10 @@ impl FaultyBackend {
     /// Apply the current fault to a call's answer.
     fn answer<T>(&self, result: Result<T>) -> Result<T> {
         if *self.rx.borrow() == Fault::LoseReplies {
-            return Err(Error::Unavailable {
-                backend: self.inner.name(),
-                message: "injected loss of the answer (the call took effect)".into(),
-            });
+            return Err(Error::unavailable(
+                self.inner.name(),
+                "injected loss of the answer (the call took effect)",
+            ));
         }
         result
     }
@@ -231,80 +231,15 @@ impl Backend for FaultyBackend {
         self.inner.name()
     }
 
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+    fn family(&self) -> Family<'_> {
+        match self.inner.family() {
+            Family::Record(_) => Family::Record(self),
+            Family::Queue(_) => Family::Queue(self),
+        }
     }
 
     fn validate(&self, options: &ElectionOptions) -> Result<()> {
         self.inner.validate(options)
-    }
-
-    async fn try_acquire(&self, req: &AcquireRequest) -> Result<AcquireOutcome> {
-        self.gate(&self.calls.acquire).await?;
-        let result = self.inner.try_acquire(req).await;
-        self.answer(result)
-    }
-
-    async fn renew(&self, claim: &Claim) -> Result<Claim> {
-        self.gate(&self.calls.renew).await?;
-        let result = self.inner.renew(claim).await;
-        self.answer(result)
-    }
-
-    fn sessions(&self) -> Option<&SessionRegistry> {
-        self.inner.sessions().map(|_| &self.sessions)
-    }
-
-    /// Faulted, not counted in [`CallCounts`].
-    async fn open_session(&self, ttl: Duration) -> Result<i64> {
-        self.gate(&self.calls.sessions).await?;
-        let result = self.inner.open_session(ttl).await;
-        self.answer(result)
-    }
-
-    /// Counted (and faulted) as a renewal: it is the session's.
-    async fn keep_alive(&self, session: i64) -> Result<()> {
-        self.gate(&self.calls.renew).await?;
-        let result = self.inner.keep_alive(session).await;
-        self.answer(result)
-    }
-
-    async fn close_session(&self, session: i64) -> Result<()> {
-        self.gate(&self.calls.sessions).await?;
-        let result = self.inner.close_session(session).await;
-        self.answer(result)
-    }
-
-    async fn try_acquire_in(&self, req: &AcquireRequest, session: i64) -> Result<AcquireOutcome> {
-        self.gate(&self.calls.acquire).await?;
-        let result = self.inner.try_acquire_in(req, session).await;
-        self.answer(result)
-    }
-
-    async fn watch_claim(&self, claim: &Claim) -> Result<()> {
-        self.gate(&self.calls.wait).await?;
-        let result = self.inner.watch_claim(claim).await;
-        self.answer(result)
-    }
-
-    async fn withdraw_in(&self, election: &str, session: i64) -> Result<()> {
-        self.gate(&self.calls.release).await?;
-        self.refuse_release()?;
-        let result = self.inner.withdraw_in(election, session).await;
-        self.answer(result)
-    }
-
-    async fn release(&self, claim: &Claim) -> Result<()> {
-        self.gate(&self.calls.release).await?;
-        self.refuse_release()?;
-        let result = self.inner.release(claim).await;
-        self.answer(result)
-    }
-
-    async fn proclaim(&self, claim: &Claim, value: &[u8]) -> Result<Claim> {
-        self.gate(&self.calls.proclaim).await?;
-        let result = self.inner.proclaim(claim, value).await;
-        self.answer(result)
     }
 
     async fn leader(&self, election: &str) -> Result<Option<LeaderInfo>> {
@@ -313,15 +248,140 @@ impl Backend for FaultyBackend {
         self.answer(result)
     }
 
-    async fn wait(&self, election: &str, claim: Option<&Claim>, revision: i64) -> Result<()> {
-        self.gate(&self.calls.wait).await?;
-        let result = self.inner.wait(election, claim, revision).await;
+    fn proclaimer(&self) -> Option<&dyn Proclaim> {
+        self.inner.proclaimer().map(|_| self as &dyn Proclaim)
+    }
+
+    fn leader_watch(&self) -> Option<&dyn WatchLeader> {
+        self.inner.leader_watch().map(|_| self as &dyn WatchLeader)
+    }
+}
+
+#[async_trait]
+impl RecordStore for FaultyBackend {
+    fn expiry(&self) -> Expiry {
+        record_of(self.inner.as_ref()).map_or(Expiry::Observed, |r| r.expiry())
+    }
+
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<RecordOutcome> {
+        self.gate(&self.calls.acquire).await?;
+        let result = record_of(self.inner.as_ref())?.try_acquire(req).await;
         self.answer(result)
     }
 
+    async fn renew(&self, claim: &Claim) -> Result<Claim> {
+        self.gate(&self.calls.renew).await?;
+        let result = record_of(self.inner.as_ref())?.renew(claim).await;
+        self.answer(result)
+    }
+
+    async fn release(&self, claim: &Claim) -> Result<()> {
+        self.gate(&self.calls.release).await?;
+        self.refuse_release()?;
+        let result = record_of(self.inner.as_ref())?.release(claim).await;
+        self.answer(result)
+    }
+}
+
+#[async_trait]
+impl QueueStore for FaultyBackend {
+    /// The wrapper's own: electors on it share sessions with each other,
+    /// not with electors on the backend it wraps.
+    fn scope(&self) -> SessionScope {
+        SessionScope::of(&self.scope)
+    }
+
+    fn self_kept_sessions(&self) -> bool {
+        queue_of(self.inner.as_ref()).is_ok_and(|q| q.self_kept_sessions())
+    }
+
+    /// Faulted, not counted in [`CallCounts`].
+    async fn open_session(&self, ttl: Duration) -> Result<i64> {
+        self.gate(&self.calls.sessions).await?;
+        let result = queue_of(self.inner.as_ref())?.open_session(ttl).await;
+        self.answer(result)
+    }
+
+    /// Counted (and faulted) as a renewal: it is the session's.
+    async fn keep_alive(&self, session: i64) -> Result<()> {
+        self.gate(&self.calls.renew).await?;
+        let result = queue_of(self.inner.as_ref())?.keep_alive(session).await;
+        self.answer(result)
+    }
+
+    async fn close_session(&self, session: i64) -> Result<()> {
+        self.gate(&self.calls.sessions).await?;
+        let result = queue_of(self.inner.as_ref())?.close_session(session).await;
+        self.answer(result)
+    }
+
+    async fn join(&self, req: &AcquireRequest, session: i64) -> Result<QueueOutcome> {
+        self.gate(&self.calls.acquire).await?;
+        let result = queue_of(self.inner.as_ref())?.join(req, session).await;
+        self.answer(result)
+    }
+
+    async fn check(&self, claim: &Claim) -> Result<QueueOutcome> {
+        self.gate(&self.calls.acquire).await?;
+        let result = queue_of(self.inner.as_ref())?.check(claim).await;
+        self.answer(result)
+    }
+
+    async fn release(&self, claim: &Claim) -> Result<()> {
+        self.gate(&self.calls.release).await?;
+        self.refuse_release()?;
+        let result = queue_of(self.inner.as_ref())?.release(claim).await;
+        self.answer(result)
+    }
+
+    async fn withdraw_in(&self, election: &str, session: i64) -> Result<()> {
+        self.gate(&self.calls.release).await?;
+        self.refuse_release()?;
+        let result = queue_of(self.inner.as_ref())?
+            .withdraw_in(election, session)
+            .await;
+        self.answer(result)
+    }
+
+    async fn wait(&self, claim: &Claim) -> Result<()> {
+        self.gate(&self.calls.wait).await?;
+        let result = queue_of(self.inner.as_ref())?.wait(claim).await;
+        self.answer(result)
+    }
+
+    async fn watch_claim(&self, claim: &Claim) -> Result<()> {
+        self.gate(&self.calls.wait).await?;
+        let result = queue_of(self.inner.as_ref())?.watch_claim(claim).await;
+        self.answer(result)
+    }
+}
+
+#[async_trait]
+impl Proclaim for FaultyBackend {
+    async fn proclaim(&self, claim: &Claim, value: &[u8]) -> Result<Claim> {
+        self.gate(&self.calls.proclaim).await?;
+        let result = match self.inner.proclaimer() {
+            Some(p) => p.proclaim(claim, value).await,
+            None => Err(Error::NotSupported {
+                operation: "proclaim",
+                backend: self.inner.name(),
+            }),
+        };
+        self.answer(result)
+    }
+}
+
+#[async_trait]
+impl WatchLeader for FaultyBackend {
     async fn watch(&self, election: &str) -> Result<Box<dyn LeaderWatch>> {
         self.gate(&self.calls.watch).await?;
-        let result = self.inner.watch(election).await;
+        let result = match self.inner.leader_watch() {
+            Some(w) => w.watch(election).await,
+            None => Err(Error::NotSupported {
+                operation: "watch",
+                backend: self.inner.name(),
+            }),
+        };
         self.answer(result)
     }
 }

@@ -1,4 +1,4 @@
-//! The [`Leadership`] guard and the heartbeat that keeps a term alive.
+//! The [`Leadership`] guard and the term task that keeps its state.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -7,12 +7,12 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Family};
 use crate::error::{Error, Result};
 use crate::health::{LeaderHealth, Monitor};
+use crate::lease::{LeaderMark, LeaseUse, Unsettled};
 use crate::options::ElectionOptions;
-use crate::retry::{Backoff, RenewSchedule};
-use crate::session::{LeaderMark, SessionUse, Unsettled};
+use crate::retry::Backoff;
 use crate::types::{Claim, FencingToken, LeaderInfo};
 
 /// Why a term ended.
@@ -66,17 +66,19 @@ impl std::fmt::Display for LossReason {
     }
 }
 
-/// State shared by the guard and its heartbeat task.
+/// State shared by the guard and its term task.
 #[derive(Debug)]
 struct TermState {
     info: LeaderInfo,
     /// The term's span (info level: election, candidate, token); the
-    /// heartbeat and the end of the term log inside it.
+    /// term task, the lease's keeper and the end of the term log inside it.
     span: tracing::Span,
     monitor: Arc<Monitor>,
     /// The last renewal error, cleared by a successful renewal.
     last_error: Mutex<Option<Error>>,
-    claim: Mutex<Claim>,
+    /// The term's claim; on a record store shared with the lease that
+    /// renews it.
+    claim: Arc<Mutex<Claim>>,
     /// The value published now: `info.value` until a
     /// [`Leadership::proclaim`] changes it.
     value: Mutex<Vec<u8>>,
@@ -95,29 +97,30 @@ impl TermState {
     /// monitor with its first `deadline`.
     fn begin(
         options: &ElectionOptions,
-        claim: Claim,
+        claim: Arc<Mutex<Claim>>,
         deadline: Instant,
         monitor: Arc<Monitor>,
         waited: std::time::Duration,
     ) -> Arc<Self> {
+        let token = lock(&claim).token;
         let info = LeaderInfo {
             id: options.candidate_id.clone(),
             value: options.value.clone(),
-            token: claim.token,
+            token,
         };
         let span = tracing::info_span!(
             "term",
             election = %options.election,
             candidate = %options.candidate_id,
-            token = %claim.token,
+            token = %token,
         );
-        monitor.term_started(claim.token, deadline, waited);
+        monitor.term_started(token, deadline, waited);
         Arc::new(TermState {
             info,
             span,
             monitor,
             last_error: Mutex::new(None),
-            claim: Mutex::new(claim),
+            claim,
             value: Mutex::new(options.value.clone()),
             deadline: Mutex::new(deadline),
             reason: Mutex::new(None),
@@ -159,13 +162,14 @@ struct TermGuard {
     state: Arc<TermState>,
     backend: Arc<dyn Backend>,
     options: ElectionOptions,
-    /// Stops the heartbeat.
+    /// Stops the term task.
     stop: CancellationToken,
     /// Set once a release was started, so it happens once.
     released: std::sync::atomic::AtomicBool,
-    /// The session keeping the claim alive (shared or own), held until the
-    /// claim is released: the last user's going closes the session.
-    session: Mutex<Option<(SessionUse, LeaderMark)>>,
+    /// The lease keeping the claim alive (a session, shared or own, or the
+    /// record), held until the claim is released: the last user's going
+    /// ends it.
+    lease: Mutex<Option<(LeaseUse, LeaderMark)>>,
 }
 
 impl TermGuard {
@@ -175,8 +179,15 @@ impl TermGuard {
             .swap(true, std::sync::atomic::Ordering::SeqCst)
     }
 
-    fn take_session(&self) -> Option<(SessionUse, LeaderMark)> {
-        lock(&self.session).take()
+    /// The lease, taken to be let go once the release is confirmed. A
+    /// record's renewals stop now: one racing the release could make the
+    /// release's conditional write miss.
+    fn take_lease(&self) -> Option<(LeaseUse, LeaderMark)> {
+        let taken = lock(&self.lease).take();
+        if let Some((lease, _)) = &taken {
+            lease.stop_renewing_record();
+        }
+        taken
     }
 }
 
@@ -185,7 +196,7 @@ impl Drop for TermGuard {
         // Fire the done signal before the lease can go to anyone else.
         self.state.fire_lost(LossReason::Released);
         self.stop.cancel();
-        let session = self.take_session();
+        let lease = self.take_lease();
         if !self.take_release() {
             return;
         }
@@ -196,13 +207,13 @@ impl Drop for TermGuard {
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 let in_flight = InFlight {
-                    session,
+                    lease,
                     claim: claim.clone(),
                     backend: backend.name(),
                     span: span.clone(),
                 };
                 handle.spawn(async move {
-                    let result = match timeout(bound, backend.release(&claim)).await {
+                    let result = match timeout(bound, release(backend.as_ref(), &claim)).await {
                         Ok(r) => r,
                         Err(_) => Err(Error::Timeout { operation: "release", after: bound }),
                     };
@@ -215,7 +226,7 @@ impl Drop for TermGuard {
                     "leadership dropped outside a tokio runtime: not released; the next candidate waits until the store ends the lease (its ttl; on a shared session, the session is given up)"
                 );
                 settle_failed_release(
-                    session,
+                    lease,
                     claim,
                     Error::Cancelled,
                     "release on drop outside a runtime",
@@ -258,30 +269,36 @@ pub struct Leadership {
 }
 
 impl Leadership {
-    /// Start a term: spawn its heartbeat. `anchor` is when the last
-    /// successful refresh of the claim's lease was sent.
+    /// Start a term on a claim kept alive by `lease` (a session, or the
+    /// record itself): one task mirrors the lease's refreshes into the
+    /// term's deadline and health and ends the term when the lease is lost;
+    /// on a queue store it also watches the claim, so that a claim deleted
+    /// on the store ends the term at once. Its deadline is the lease's.
     pub(crate) fn start(
         backend: Arc<dyn Backend>,
         options: ElectionOptions,
         claim: Claim,
-        anchor: Instant,
+        lease: LeaseUse,
         monitor: Arc<Monitor>,
         waited: std::time::Duration,
     ) -> Self {
-        let deadline = anchor + options.deadline_after_renewal();
-        let state = TermState::begin(&options, claim, deadline, monitor, waited);
+        let mark = lease.lead();
+        let cell = lease
+            .record_claim()
+            .unwrap_or_else(|| Arc::new(Mutex::new(claim)));
+        let state = TermState::begin(&options, cell, lease.deadline(), monitor, waited);
         let span = state.span.clone();
         let stop = CancellationToken::new();
-        let heartbeat_span = tracing::info_span!(parent: &span, "heartbeat");
+        let task_span = tracing::info_span!(parent: &span, "term_task");
         tokio::spawn(
-            heartbeat(
+            term_task(
                 state.clone(),
                 backend.clone(),
                 options.clone(),
                 stop.clone(),
-                anchor,
+                lease.clone(),
             )
-            .instrument(heartbeat_span),
+            .instrument(task_span),
         );
         Leadership {
             guard: Arc::new(TermGuard {
@@ -290,46 +307,7 @@ impl Leadership {
                 options,
                 stop,
                 released: false.into(),
-                session: Mutex::new(None),
-            }),
-        }
-    }
-
-    /// Start a term on a claim kept alive by `session`: no heartbeat of its
-    /// own; the term ends when the session is lost (each term on it fires
-    /// its own done signal, with the session's reason), or when a watch on
-    /// the claim says it was deleted. Its deadline is the session's.
-    pub(crate) fn start_in_session(
-        backend: Arc<dyn Backend>,
-        options: ElectionOptions,
-        claim: Claim,
-        session: SessionUse,
-        monitor: Arc<Monitor>,
-        waited: std::time::Duration,
-    ) -> Self {
-        let mark = session.lead();
-        let state = TermState::begin(&options, claim, session.deadline(), monitor, waited);
-        let span = state.span.clone();
-        let stop = CancellationToken::new();
-        let watch_span = tracing::info_span!(parent: &span, "session_term");
-        tokio::spawn(
-            session_term(
-                state.clone(),
-                backend.clone(),
-                options.clone(),
-                stop.clone(),
-                session.clone(),
-            )
-            .instrument(watch_span),
-        );
-        Leadership {
-            guard: Arc::new(TermGuard {
-                state,
-                backend,
-                options,
-                stop,
-                released: false.into(),
-                session: Mutex::new(Some((session, mark))),
+                lease: Mutex::new(Some((lease, mark))),
             }),
         }
     }
@@ -354,7 +332,9 @@ impl Leadership {
     /// [`ElectionOptions::own_session`](crate::ElectionOptions::own_session));
     /// `None` on backends without sessions. For operators and tests.
     pub fn session_id(&self) -> Option<i64> {
-        lock(&self.guard.session).as_ref().map(|(s, _)| s.id())
+        lock(&self.guard.lease)
+            .as_ref()
+            .and_then(|(lease, _)| lease.session_id())
     }
 
     /// The value this candidate publishes: the elector's value, or the last
@@ -394,10 +374,16 @@ impl Leadership {
                 state.reason()
             )));
         }
+        let Some(proclaimer) = self.guard.backend.proclaimer() else {
+            return Err(Error::NotSupported {
+                operation: "proclaim",
+                backend: self.guard.backend.name(),
+            });
+        };
         let value = value.into();
         let claim = state.claim();
         let bound = self.guard.options.request_timeout;
-        let result = match timeout(bound, self.guard.backend.proclaim(&claim, &value)).await {
+        let result = match timeout(bound, proclaimer.proclaim(&claim, &value)).await {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout {
                 operation: "proclaim",
@@ -424,9 +410,7 @@ impl Leadership {
                 Err(Error::Lost(message))
             }
             Err(e) => {
-                if !matches!(e, Error::NotSupported { .. }) {
-                    state.monitor.store_error("proclaim", &e);
-                }
+                state.monitor.store_error("proclaim", &e);
                 Err(e)
             }
         }
@@ -514,8 +498,8 @@ impl Leadership {
         let g = &self.guard;
         g.state.fire_lost(LossReason::Released);
         g.stop.cancel();
-        // Let go of the session (if any) only once the claim is released.
-        let session = g.take_session();
+        // Let go of a session only once the claim is released.
+        let lease = g.take_lease();
         if !g.take_release() {
             return Ok(());
         }
@@ -523,14 +507,14 @@ impl Leadership {
         // Dropped before the store answers, the release is settled in the
         // background.
         let in_flight = InFlight {
-            session,
+            lease,
             claim: claim.clone(),
             backend: g.backend.name(),
             span: g.state.span.clone(),
         };
         let bound = g.options.request_timeout;
         let span = tracing::info_span!(parent: &g.state.span, "release");
-        let result = match timeout(bound, g.backend.release(&claim))
+        let result = match timeout(bound, release(g.backend.as_ref(), &claim))
             .instrument(span)
             .await
         {
@@ -549,11 +533,19 @@ impl Leadership {
     }
 }
 
-/// A release on its way: the session keeping the claim (if any) is let go
-/// once the store confirmed it; otherwise, and when the release's future is
-/// dropped before the answer, the claim is settled in the background.
+/// Release `claim` in its store's family.
+pub(crate) async fn release(backend: &dyn Backend, claim: &Claim) -> Result<()> {
+    match backend.family() {
+        Family::Record(r) => r.release(claim).await,
+        Family::Queue(q) => q.release(claim).await,
+    }
+}
+
+/// A release on its way: the lease keeping the claim is let go once the
+/// store confirmed it; otherwise, and when the release's future is dropped
+/// before the answer, the claim is settled in the background.
 struct InFlight {
-    session: Option<(SessionUse, LeaderMark)>,
+    lease: Option<(LeaseUse, LeaderMark)>,
     claim: Claim,
     backend: &'static str,
     span: tracing::Span,
@@ -561,42 +553,42 @@ struct InFlight {
 
 impl InFlight {
     fn finish(mut self, result: &Result<()>, what: &str) {
-        let session = self.session.take();
+        let lease = self.lease.take();
         let _e = self.span.enter();
         match result {
             Ok(()) => tracing::info!(key = %self.claim.key, "leadership released"),
-            Err(e) => settle_failed_release(session, self.claim.clone(), e.clone(), what),
+            Err(e) => settle_failed_release(lease, self.claim.clone(), e.clone(), what),
         }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(session) = self.session.take() {
+        if let Some(lease) = self.lease.take() {
             let _e = self.span.enter();
-            let error = Error::Unavailable {
-                backend: self.backend,
-                message: "the release was dropped before the store answered".into(),
-            };
-            settle_failed_release(Some(session), self.claim.clone(), error, "release");
+            let error = Error::unavailable(
+                self.backend,
+                "the release was dropped before the store answered",
+            );
+            settle_failed_release(Some(lease), self.claim.clone(), error, "release");
         }
     }
 }
 
-/// A release that failed (its outcome unknown): on a session, resolved in
-/// the background while the session lives (see [`SessionUse::settle`]);
-/// without one, the claim's own lease ends at the store after its ttl,
-/// since nobody renews it any more.
+/// A release that failed (its outcome unknown): in a session, resolved in
+/// the background while the session lives (see [`LeaseUse::settle`]); a
+/// record's lease ends at the store after its ttl, since nobody renews it
+/// any more.
 fn settle_failed_release(
-    session: Option<(SessionUse, LeaderMark)>,
+    lease: Option<(LeaseUse, LeaderMark)>,
     claim: Claim,
     error: Error,
     what: &str,
 ) {
-    match session {
-        Some((session, mark)) => {
+    match lease {
+        Some((lease, mark)) => {
             drop(mark);
-            session.settle(Unsettled::Release(claim), error);
+            lease.settle(Unsettled::Release(claim), error);
         }
         None => {
             tracing::warn!(key = %claim.key, %error, "{what} failed; unless it landed, the next candidate waits until the store ends the lease (its ttl)")
@@ -604,94 +596,8 @@ fn settle_failed_release(
     }
 }
 
-/// Renew every renew interval; after an error try again at least every
-/// retry interval, with a last attempt shortly before the local deadline
-/// (see [`RenewSchedule`]); fire lost when the store says so or at the local
-/// deadline.
-async fn heartbeat(
-    state: Arc<TermState>,
-    backend: Arc<dyn Backend>,
-    options: ElectionOptions,
-    stop: CancellationToken,
-    anchor: Instant,
-) {
-    let lifetime = options.kept_lifetime();
-    let mut deadline = anchor + lifetime;
-    let mut next = anchor + options.renew_interval;
-    let mut schedule = RenewSchedule::new(&options);
-    let mut last_error: Option<Error> = None;
-    loop {
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => return,
-            _ = sleep_until(deadline) => break,
-            _ = sleep_until(next) => {}
-        }
-        let claim = state.claim();
-        let sent = Instant::now();
-        let bound = schedule.call_bound(sent, deadline);
-        let call = timeout(bound, backend.renew(&claim));
-        let result = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return,
-            _ = sleep_until(deadline) => break,
-            r = call => r,
-        };
-        match result {
-            Ok(Ok(renewed)) => {
-                {
-                    // A proclaim may have landed while this renewal was in
-                    // flight: keep the newer version of the claim.
-                    let mut current = lock(&state.claim);
-                    if renewed.version >= current.version {
-                        *current = renewed;
-                    }
-                }
-                deadline = sent + lifetime;
-                *lock(&state.deadline) = deadline;
-                next = sent + options.renew_interval;
-                schedule.reset();
-                last_error = None;
-                *lock(&state.last_error) = None;
-                state
-                    .monitor
-                    .renewed(state.info.token, deadline, sent.elapsed());
-                tracing::trace!("renewed");
-            }
-            Ok(Err(Error::Lost(message))) => {
-                state.fire_lost(LossReason::LeaseLost(message));
-                stop.cancel();
-                return;
-            }
-            Ok(Err(e)) => {
-                let now = Instant::now();
-                next = schedule.retry_at(sent, now, deadline);
-                tracing::warn!(error = %e, retry_in = ?next - now, left = ?deadline - now, "renewal failed; retrying");
-                state.monitor.renew_failed(state.info.token, deadline, &e);
-                *lock(&state.last_error) = Some(e.clone());
-                last_error = Some(e);
-            }
-            Err(_) => {
-                let now = Instant::now();
-                next = schedule.retry_at(sent, now, deadline);
-                tracing::warn!(after = ?bound, retry_in = ?next - now, left = ?deadline - now, "renewal timed out (or gave way to the last attempt before the deadline); retrying");
-                let e = Error::Timeout {
-                    operation: "renew",
-                    after: bound,
-                };
-                state.monitor.renew_failed(state.info.token, deadline, &e);
-                *lock(&state.last_error) = Some(e.clone());
-                last_error = Some(e);
-            }
-        }
-    }
-    // The local deadline passed without a successful renewal.
-    state.fire_lost(LossReason::Unreachable { last_error });
-    stop.cancel();
-}
-
-/// A term on a session: mirror the session's keep-alives into the term's
-/// deadline and health, end the term when the session is lost, and watch
+/// A term's task: mirror the lease's refreshes into the term's deadline and
+/// health, end the term when the lease is lost, and, on a queue store, watch
 /// the own claim so that a claim deleted on the store (by hand, or with a
 /// lease an admin revoked) ends the term at once rather than at a read.
 ///
@@ -700,26 +606,31 @@ async fn heartbeat(
 /// look at the claim, so a deletion in between is seen. Only repeated
 /// failures wait ([`Backoff`], at most a retry interval), and the back-off
 /// starts over after a success: a watch that held for a retry interval, or a
-/// keep-alive of the session that the store answered (which also ends a
-/// pending wait: the store answers again, so watch now).
-async fn session_term(
+/// refresh of the lease that the store answered (which also ends a pending
+/// wait: the store answers again, so watch now).
+async fn term_task(
     state: Arc<TermState>,
     backend: Arc<dyn Backend>,
     options: ElectionOptions,
     stop: CancellationToken,
-    session: SessionUse,
+    lease: LeaseUse,
 ) {
-    let lost = session.lost_token();
-    let mut beats = session.beats();
+    let lost = lease.lost_token();
+    let mut beats = lease.beats();
     let mut backoff = Backoff::new(options.retry_interval);
     // Watch failures in a row (none since the last success).
     let mut failures: u32 = 0;
-    // Whether the backend can watch a claim at all.
-    let mut watchable = true;
+    // A record store has no claim to watch: its renewals tell.
+    let watchable = matches!(backend.family(), Family::Queue(_));
     loop {
         let claim = state.claim();
         let armed = Instant::now();
-        let watch = backend.watch_claim(&claim);
+        let watch = async {
+            match backend.family() {
+                Family::Queue(q) => q.watch_claim(&claim).await,
+                Family::Record(_) => std::future::pending().await,
+            }
+        };
         tokio::pin!(watch);
         let mut retry_at: Option<Instant> = None;
         loop {
@@ -727,7 +638,7 @@ async fn session_term(
                 biased;
                 _ = stop.cancelled() => return,
                 _ = lost.cancelled() => {
-                    state.fire_lost(session.reason());
+                    state.fire_lost(lease.reason());
                     stop.cancel();
                     return;
                 }
@@ -752,7 +663,7 @@ async fn session_term(
                         }
                         Some(e) => {
                             let left = beat.deadline.saturating_duration_since(Instant::now());
-                            tracing::warn!(error = %e, ?left, "renewal failed (the session's keep-alive); retrying");
+                            tracing::warn!(error = %e, ?left, "renewal failed; retrying");
                             state.monitor.renew_failed(state.info.token, beat.deadline, &e);
                             *lock(&state.last_error) = Some(e);
                         }
@@ -767,7 +678,6 @@ async fn session_term(
                         stop.cancel();
                         return;
                     }
-                    Err(Error::NotSupported { .. }) => watchable = false,
                     Err(Error::Lost(message)) => {
                         // The store says this claim can no longer lead (e.g.
                         // a participant that orders the line differently

@@ -1,7 +1,8 @@
 //! # leasehold-core
 //!
 //! The backend-agnostic heart of leasehold: the [`Backend`] trait a store
-//! adapter implements, the election engine ([`Elector`]) that owns time
+//! adapter implements (with [`RecordStore`] or [`QueueStore`], its
+//! family's protocol; see [`Family`]), the election engine ([`Elector`]) that owns time
 //! (heartbeat, lease renewal, retries with backoff, the step-down deadline),
 //! the [`Leadership`] guard, the in-memory backend ([`memory`]), the
 //! registration of stores with the `leasehold` facade ([`driver`]), a
@@ -35,29 +36,34 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
+mod campaign;
 pub mod driver;
 mod elector;
 mod error;
 pub mod faulty;
 mod health;
 mod leadership;
+mod lease;
 pub mod memory;
+mod observer;
 mod options;
 mod retry;
-mod session;
 mod types;
 
 #[cfg(feature = "conformance")]
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 
-pub use backend::{Backend, LeaderWatch};
+pub use backend::{
+    Backend, Expiry, Family, LeaderWatch, Proclaim, QueueStore, RecordStore, SessionScope,
+    WatchLeader,
+};
 pub use elector::{Attempt, Elector};
-pub use error::{Error, Result};
+pub use error::{Error, Result, Source};
 pub use health::{Health, LeaderHealth, StoreContact};
 pub use leadership::{Leadership, LossReason};
+pub use lease::shared_sessions;
 pub use options::{ElectionOptions, MAX_NAME_LEN, MAX_VALUE_LEN};
-pub use session::SessionRegistry;
-pub use types::{AcquireOutcome, AcquireRequest, Capabilities, Claim, FencingToken, LeaderInfo};
+pub use types::{AcquireRequest, Claim, FencingToken, LeaderInfo, QueueOutcome, RecordOutcome};
 
 pub use tokio_util::sync::CancellationToken;

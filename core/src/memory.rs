@@ -2,14 +2,15 @@
 //!
 //! Two kinds of store, to exercise both paths of the engine:
 //!
-//! * [`MemoryStore::new`] behaves like etcd or ZooKeeper: every candidate
-//!   holds a claim in a first-come-first-served queue, attached to a lease
-//!   that the *store* expires when it is not renewed for a ttl; waiters are
-//!   woken when the claim ahead of them goes (a watch, no polling).
-//! * [`MemoryStore::polling`] behaves like Cloud Storage: one record per
-//!   election changed only by conditional writes on its generation, no
-//!   server-side expiry (followers expire a silent leader by observation),
-//!   no watch (the engine polls).
+//! * [`MemoryStore::new`] is a queue store ([`QueueStore`]) like etcd or
+//!   ZooKeeper: every candidate holds a claim in a first-come-first-served
+//!   queue, in a session that the *store* expires when it is not kept alive
+//!   for a ttl; waiters are woken when the claim ahead of them goes (a
+//!   watch, no polling).
+//! * [`MemoryStore::polling`] is a record store ([`RecordStore`]) like Cloud
+//!   Storage: one record per election changed only by conditional writes on
+//!   its generation, expiry observed by the followers
+//!   ([`Expiry::Observed`]), no watch (the engine polls).
 //!
 //! Each [`MemoryStore::client`] is an independent client (think: its own
 //! connection and session), so many candidates can run in one process. It is
@@ -24,10 +25,12 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 use tokio::time::{Duration, Instant, sleep_until};
 
-use crate::backend::{Backend, LeaderWatch};
+use crate::backend::{
+    Backend, Expiry, Family, LeaderWatch, Proclaim, QueueStore, RecordStore, SessionScope,
+    WatchLeader,
+};
 use crate::error::{Error, Result};
-use crate::session::SessionRegistry;
-use crate::types::{AcquireOutcome, AcquireRequest, Capabilities, Claim, FencingToken, LeaderInfo};
+use crate::types::{AcquireRequest, Claim, FencingToken, LeaderInfo, QueueOutcome, RecordOutcome};
 
 const NAME: &str = "memory";
 
@@ -65,9 +68,6 @@ struct State {
 struct LeaseEntry {
     ttl: Duration,
     expires_at: Instant,
-    /// A session opened by [`Backend::open_session`]: it may hold many
-    /// claims, and releasing one claim leaves the session alive.
-    session: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -92,6 +92,8 @@ impl Entry {
 #[derive(Debug, Clone)]
 struct Record {
     holder: String,
+    /// The owner identity of the term (checked by renew and release).
+    owner: String,
     value: Vec<u8>,
     term: u64,
     generation: i64,
@@ -132,12 +134,11 @@ impl MemoryStore {
     pub fn client(&self) -> MemoryBackend {
         MemoryBackend {
             shared: self.shared.clone(),
-            sessions: Arc::new(SessionRegistry::new()),
+            client: Arc::new(()),
         }
     }
 
-    /// How many leases (sessions, and the leases of claims made without a
-    /// session) the store holds now.
+    /// How many sessions the store holds now.
     pub fn lease_count(&self) -> usize {
         let mut st = self.shared.lock();
         st.expire(Instant::now());
@@ -166,6 +167,29 @@ impl MemoryStore {
         q.retain(|e| e.candidate != candidate);
         let removed = q.len() != before;
         st.queues.retain(|_, q| !q.is_empty());
+        if removed {
+            self.shared.bump(&mut st);
+        }
+        removed
+    }
+
+    /// Delete the leader's claim of `election` (its record, on a record
+    /// store) as an operator would by hand. Returns whether there was one.
+    pub fn delete_by_hand(&self, election: &str) -> bool {
+        let mut st = self.shared.lock();
+        let removed = match self.shared.kind {
+            Kind::Queue => {
+                let removed = st.queues.get_mut(election).is_some_and(|q| {
+                    !q.is_empty() && {
+                        q.remove(0);
+                        true
+                    }
+                });
+                st.queues.retain(|_, q| !q.is_empty());
+                removed
+            }
+            Kind::Record => st.records.remove(election).is_some(),
+        };
         if removed {
             self.shared.bump(&mut st);
         }
@@ -278,6 +302,7 @@ impl State {
             election: req.election.clone(),
             key,
             session: lease,
+            owner: String::new(),
             token: FencingToken(token),
             version: 0,
         }
@@ -306,7 +331,8 @@ impl State {
 #[derive(Debug, Clone)]
 pub struct MemoryBackend {
     shared: Arc<Shared>,
-    sessions: Arc<SessionRegistry>,
+    /// This client's identity: its clones share sessions.
+    client: Arc<()>,
 }
 
 /// The key of `session`'s claim in `election` (one per session).
@@ -322,124 +348,32 @@ fn lost(claim: &Claim) -> Error {
 }
 
 impl MemoryBackend {
-    fn acquire_queue(&self, req: &AcquireRequest) -> Result<AcquireOutcome> {
-        let mut st = self.shared.lock_expired();
-        let claim = match &req.claim {
-            Some(c) => {
-                if st.find(c).is_none() {
-                    return Err(lost(c));
-                }
-                c.clone()
-            }
-            None => {
-                st.next_lease += 1;
-                st.next_token += 1;
-                let lease = st.next_lease;
-                let token = st.next_token;
-                st.leases.insert(
-                    lease,
-                    LeaseEntry {
-                        ttl: req.ttl,
-                        expires_at: Instant::now() + req.ttl,
-                        session: false,
-                    },
-                );
-                let claim = st.enqueue(req, lease, token);
-                self.shared.bump(&mut st);
-                claim
-            }
-        };
+    /// Where `claim` stands in its line.
+    fn check_claim(&self, claim: &Claim) -> Result<QueueOutcome> {
+        let st = self.shared.lock_expired();
+        if st.find(claim).is_none() {
+            return Err(lost(claim));
+        }
         let head = st
             .queues
-            .get(&req.election)
+            .get(&claim.election)
             .and_then(|q| q.first())
             .cloned();
         match head {
-            Some(h) if h.key == claim.key => Ok(AcquireOutcome::Acquired(claim)),
-            other => Ok(AcquireOutcome::Held {
+            Some(h) if h.key == claim.key => Ok(QueueOutcome::Acquired(claim.clone())),
+            other => Ok(QueueOutcome::Queued {
                 leader: other.map(|e| e.info()),
-                queued: Some(claim),
-                revision: st.revision,
+                claim: claim.clone(),
             }),
         }
-    }
-
-    /// A new claim in an open session.
-    fn acquire_in_session(&self, req: &AcquireRequest, session: i64) -> Result<AcquireOutcome> {
-        let mut st = self.shared.lock_expired();
-        if !st.leases.contains_key(&session) {
-            return Err(Error::Lost(format!(
-                "session {session:x} no longer exists (it expired or was closed); open a new one"
-            )));
-        }
-        // A claim this session already has in the election is left by a
-        // create whose answer was lost: never adopted, replaced (a new
-        // token, at the end of the line).
-        let key = session_key(&req.election, session);
-        if let Some(q) = st.queues.get_mut(&req.election) {
-            q.retain(|e| e.key != key);
-        }
-        st.queues.retain(|_, q| !q.is_empty());
-        st.next_token += 1;
-        let token = st.next_token;
-        let claim = st.enqueue(req, session, token);
-        self.shared.bump(&mut st);
-        drop(st);
-        self.acquire_queue(&AcquireRequest {
-            claim: Some(claim),
-            ..req.clone()
-        })
-    }
-
-    fn acquire_record(&self, req: &AcquireRequest) -> Result<AcquireOutcome> {
-        let mut st = self.shared.lock();
-        st.revision += 1;
-        let generation = st.revision;
-        let current = st.records.get(&req.election).cloned();
-        let term = match &current {
-            None => 1,
-            Some(r) if r.released => r.term + 1,
-            Some(r) if req.expired_revision == Some(r.generation) => r.term + 1,
-            Some(r) => {
-                st.revision -= 1;
-                return Ok(AcquireOutcome::Held {
-                    leader: Some(LeaderInfo {
-                        id: r.holder.clone(),
-                        value: r.value.clone(),
-                        token: FencingToken(r.term),
-                    }),
-                    queued: None,
-                    revision: r.generation,
-                });
-            }
-        };
-        st.records.insert(
-            req.election.clone(),
-            Record {
-                holder: req.candidate.clone(),
-                value: req.value.clone(),
-                term,
-                generation,
-                released: false,
-            },
-        );
-        self.shared.changed.send_replace(generation);
-        Ok(AcquireOutcome::Acquired(Claim {
-            election: req.election.clone(),
-            key: req.election.clone(),
-            session: 0,
-            token: FencingToken(term),
-            version: generation,
-        }))
     }
 
     /// Apply `f` to the record if `claim` still owns it; the new generation.
     fn write_record(&self, claim: &Claim, f: impl FnOnce(&mut Record)) -> Option<i64> {
         let mut st = self.shared.lock();
-        let owned = st
-            .records
-            .get(&claim.election)
-            .is_some_and(|r| r.generation == claim.version && !r.released);
+        let owned = st.records.get(&claim.election).is_some_and(|r| {
+            r.generation == claim.version && r.owner == claim.owner && !r.released
+        });
         if !owned {
             return None;
         }
@@ -452,6 +386,12 @@ impl MemoryBackend {
         self.shared.changed.send_replace(generation);
         Some(generation)
     }
+
+    fn session_lost(session: i64) -> Error {
+        Error::Lost(format!(
+            "session {session:x} no longer exists (it expired or was closed)"
+        ))
+    }
 }
 
 #[async_trait]
@@ -460,44 +400,249 @@ impl Backend for MemoryBackend {
         NAME
     }
 
-    fn capabilities(&self) -> Capabilities {
+    fn family(&self) -> Family<'_> {
         match self.shared.kind {
-            Kind::Queue => Capabilities::new(true, true, true).with_sessions(false),
-            Kind::Record => Capabilities::new(false, false, false),
+            Kind::Queue => Family::Queue(self),
+            Kind::Record => Family::Record(self),
         }
     }
 
-    async fn try_acquire(&self, req: &AcquireRequest) -> Result<AcquireOutcome> {
+    async fn leader(&self, election: &str) -> Result<Option<LeaderInfo>> {
+        let st = self.shared.lock_expired();
+        Ok(st.leader(self.shared.kind, election))
+    }
+
+    fn proclaimer(&self) -> Option<&dyn Proclaim> {
+        Some(self)
+    }
+
+    fn leader_watch(&self) -> Option<&dyn WatchLeader> {
         match self.shared.kind {
-            Kind::Queue => self.acquire_queue(req),
-            Kind::Record => self.acquire_record(req),
+            Kind::Queue => Some(self),
+            Kind::Record => None,
         }
+    }
+}
+
+#[async_trait]
+impl RecordStore for MemoryBackend {
+    fn expiry(&self) -> Expiry {
+        Expiry::Observed
+    }
+
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<RecordOutcome> {
+        let mut st = self.shared.lock();
+        st.revision += 1;
+        let generation = st.revision;
+        let current = st.records.get(&req.election).cloned();
+        // The token is the write's store revision, which only grows: a
+        // record deleted by hand and made again never gets an old token.
+        let term = match &current {
+            None => u64::try_from(generation).unwrap_or(0),
+            Some(r) if r.released || req.expired_revision == Some(r.generation) => {
+                u64::try_from(generation).unwrap_or(0)
+            }
+            Some(r) => {
+                st.revision -= 1;
+                return Ok(RecordOutcome::Held {
+                    leader: Some(LeaderInfo {
+                        id: r.holder.clone(),
+                        value: r.value.clone(),
+                        token: FencingToken(r.term),
+                    }),
+                    revision: r.generation,
+                });
+            }
+        };
+        let owner = format!("{generation:016x}");
+        st.records.insert(
+            req.election.clone(),
+            Record {
+                holder: req.candidate.clone(),
+                owner: owner.clone(),
+                value: req.value.clone(),
+                term,
+                generation,
+                released: false,
+            },
+        );
+        self.shared.changed.send_replace(generation);
+        Ok(RecordOutcome::Acquired(Claim {
+            election: req.election.clone(),
+            key: req.election.clone(),
+            session: 0,
+            owner,
+            token: FencingToken(term),
+            version: generation,
+        }))
     }
 
     async fn renew(&self, claim: &Claim) -> Result<Claim> {
-        match self.shared.kind {
-            Kind::Queue => {
-                let mut st = self.shared.lock_expired();
-                if st.find(claim).is_none() {
-                    return Err(lost(claim));
-                }
-                let lease = st
-                    .leases
-                    .get_mut(&claim.session)
-                    .ok_or_else(|| lost(claim))?;
-                lease.expires_at = Instant::now() + lease.ttl;
-                Ok(claim.clone())
-            }
-            Kind::Record => match self.write_record(claim, |_| {}) {
-                Some(generation) => Ok(Claim {
-                    version: generation,
-                    ..claim.clone()
-                }),
-                None => Err(lost(claim)),
-            },
+        match self.write_record(claim, |_| {}) {
+            Some(generation) => Ok(Claim {
+                version: generation,
+                ..claim.clone()
+            }),
+            None => Err(lost(claim)),
         }
     }
 
+    async fn release(&self, claim: &Claim) -> Result<()> {
+        self.write_record(claim, |r| r.released = true);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl QueueStore for MemoryBackend {
+    fn scope(&self) -> SessionScope {
+        SessionScope::of(&self.client)
+    }
+
+    async fn open_session(&self, ttl: Duration) -> Result<i64> {
+        let mut st = self.shared.lock_expired();
+        st.next_lease += 1;
+        let lease = st.next_lease;
+        st.leases.insert(
+            lease,
+            LeaseEntry {
+                ttl,
+                expires_at: Instant::now() + ttl,
+            },
+        );
+        Ok(lease)
+    }
+
+    async fn keep_alive(&self, session: i64) -> Result<()> {
+        let mut st = self.shared.lock_expired();
+        match st.leases.get_mut(&session) {
+            Some(l) => {
+                l.expires_at = Instant::now() + l.ttl;
+                Ok(())
+            }
+            None => Err(Self::session_lost(session)),
+        }
+    }
+
+    async fn close_session(&self, session: i64) -> Result<()> {
+        let mut st = self.shared.lock_expired();
+        if st.leases.remove(&session).is_some() {
+            st.drop_lease_entries(&[session]);
+            self.shared.bump(&mut st);
+        }
+        Ok(())
+    }
+
+    async fn join(&self, req: &AcquireRequest, session: i64) -> Result<QueueOutcome> {
+        let claim = {
+            let mut st = self.shared.lock_expired();
+            if !st.leases.contains_key(&session) {
+                return Err(Error::Lost(format!(
+                    "session {session:x} no longer exists (it expired or was closed); open a new one"
+                )));
+            }
+            // A claim this session already has in the election is left by a
+            // create whose answer was lost: never adopted, replaced (a new
+            // token, at the end of the line).
+            let key = session_key(&req.election, session);
+            if let Some(q) = st.queues.get_mut(&req.election) {
+                q.retain(|e| e.key != key);
+            }
+            st.queues.retain(|_, q| !q.is_empty());
+            st.next_token += 1;
+            let token = st.next_token;
+            let claim = st.enqueue(req, session, token);
+            self.shared.bump(&mut st);
+            claim
+        };
+        self.check_claim(&claim)
+    }
+
+    async fn check(&self, claim: &Claim) -> Result<QueueOutcome> {
+        self.check_claim(claim)
+    }
+
+    async fn release(&self, claim: &Claim) -> Result<()> {
+        let mut st = self.shared.lock_expired();
+        if st.find(claim).is_some() {
+            // Only this claim: the session keeps the others.
+            if let Some(q) = st.queues.get_mut(&claim.election) {
+                q.retain(|e| e.key != claim.key);
+            }
+            st.queues.retain(|_, q| !q.is_empty());
+            self.shared.bump(&mut st);
+        }
+        Ok(())
+    }
+
+    async fn withdraw_in(&self, election: &str, session: i64) -> Result<()> {
+        let key = session_key(election, session);
+        let mut st = self.shared.lock_expired();
+        let before = st.queues.get(election).map_or(0, |q| q.len());
+        if let Some(q) = st.queues.get_mut(election) {
+            q.retain(|e| e.key != key);
+        }
+        st.queues.retain(|_, q| !q.is_empty());
+        if st.queues.get(election).map_or(0, |q| q.len()) != before {
+            self.shared.bump(&mut st);
+        }
+        Ok(())
+    }
+
+    async fn wait(&self, claim: &Claim) -> Result<()> {
+        let election = &claim.election;
+        let mut rx = self.shared.changed.subscribe();
+        // The claim just ahead of ours.
+        let ahead = {
+            let st = self.shared.lock_expired();
+            let Some(q) = st.queues.get(election) else {
+                return Ok(());
+            };
+            match q.iter().position(|e| e.key == claim.key) {
+                None | Some(0) => return Ok(()),
+                Some(i) => q[i - 1].key.clone(),
+            }
+        };
+        loop {
+            let expiry = {
+                let st = self.shared.lock_expired();
+                let entry = st
+                    .queues
+                    .get(election)
+                    .and_then(|q| q.iter().find(|e| e.key == ahead));
+                match entry.and_then(|e| st.lease_expiry(e.lease)) {
+                    None => return Ok(()),
+                    Some(t) => t,
+                }
+            };
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return Ok(()) },
+                _ = sleep_until(expiry) => {}
+            }
+        }
+    }
+
+    async fn watch_claim(&self, claim: &Claim) -> Result<()> {
+        let mut rx = self.shared.changed.subscribe();
+        loop {
+            let expiry = {
+                let st = self.shared.lock_expired();
+                if st.find(claim).is_none() {
+                    return Ok(());
+                }
+                st.lease_expiry(claim.session)
+            };
+            let far = Instant::now() + Duration::from_secs(3600);
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return Ok(()) },
+                _ = sleep_until(expiry.unwrap_or(far)) => {}
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Proclaim for MemoryBackend {
     async fn proclaim(&self, claim: &Claim, value: &[u8]) -> Result<Claim> {
         match self.shared.kind {
             Kind::Queue => {
@@ -529,190 +674,11 @@ impl Backend for MemoryBackend {
             },
         }
     }
+}
 
-    async fn release(&self, claim: &Claim) -> Result<()> {
-        match self.shared.kind {
-            Kind::Queue => {
-                let mut st = self.shared.lock_expired();
-                if st.find(claim).is_some() {
-                    let shared = st.leases.get(&claim.session).is_some_and(|l| l.session);
-                    if shared {
-                        // Only this claim: the session keeps the others.
-                        if let Some(q) = st.queues.get_mut(&claim.election) {
-                            q.retain(|e| e.key != claim.key);
-                        }
-                        st.queues.retain(|_, q| !q.is_empty());
-                    } else {
-                        st.leases.remove(&claim.session);
-                        st.drop_lease_entries(&[claim.session]);
-                    }
-                    self.shared.bump(&mut st);
-                }
-            }
-            Kind::Record => {
-                self.write_record(claim, |r| r.released = true);
-            }
-        }
-        Ok(())
-    }
-
-    fn sessions(&self) -> Option<&SessionRegistry> {
-        match self.shared.kind {
-            Kind::Queue => Some(&self.sessions),
-            Kind::Record => None,
-        }
-    }
-
-    async fn open_session(&self, ttl: Duration) -> Result<i64> {
-        if self.shared.kind == Kind::Record {
-            return Err(Error::NotSupported {
-                operation: "open_session",
-                backend: NAME,
-            });
-        }
-        let mut st = self.shared.lock_expired();
-        st.next_lease += 1;
-        let lease = st.next_lease;
-        st.leases.insert(
-            lease,
-            LeaseEntry {
-                ttl,
-                expires_at: Instant::now() + ttl,
-                session: true,
-            },
-        );
-        Ok(lease)
-    }
-
-    async fn keep_alive(&self, session: i64) -> Result<()> {
-        let mut st = self.shared.lock_expired();
-        match st.leases.get_mut(&session) {
-            Some(l) => {
-                l.expires_at = Instant::now() + l.ttl;
-                Ok(())
-            }
-            None => Err(Error::Lost(format!(
-                "session {session:x} no longer exists (it expired or was closed)"
-            ))),
-        }
-    }
-
-    async fn close_session(&self, session: i64) -> Result<()> {
-        let mut st = self.shared.lock_expired();
-        if st.leases.remove(&session).is_some() {
-            st.drop_lease_entries(&[session]);
-            self.shared.bump(&mut st);
-        }
-        Ok(())
-    }
-
-    async fn try_acquire_in(&self, req: &AcquireRequest, session: i64) -> Result<AcquireOutcome> {
-        match self.shared.kind {
-            Kind::Queue => self.acquire_in_session(req, session),
-            Kind::Record => Err(Error::NotSupported {
-                operation: "try_acquire_in",
-                backend: NAME,
-            }),
-        }
-    }
-
-    async fn withdraw_in(&self, election: &str, session: i64) -> Result<()> {
-        if self.shared.kind == Kind::Record {
-            return Err(Error::NotSupported {
-                operation: "withdraw_in",
-                backend: NAME,
-            });
-        }
-        let key = session_key(election, session);
-        let mut st = self.shared.lock_expired();
-        let before = st.queues.get(election).map_or(0, |q| q.len());
-        if let Some(q) = st.queues.get_mut(election) {
-            q.retain(|e| e.key != key);
-        }
-        st.queues.retain(|_, q| !q.is_empty());
-        if st.queues.get(election).map_or(0, |q| q.len()) != before {
-            self.shared.bump(&mut st);
-        }
-        Ok(())
-    }
-
-    async fn watch_claim(&self, claim: &Claim) -> Result<()> {
-        if self.shared.kind == Kind::Record {
-            return Err(Error::NotSupported {
-                operation: "watch_claim",
-                backend: NAME,
-            });
-        }
-        let mut rx = self.shared.changed.subscribe();
-        loop {
-            let expiry = {
-                let st = self.shared.lock_expired();
-                if st.find(claim).is_none() {
-                    return Ok(());
-                }
-                st.lease_expiry(claim.session)
-            };
-            let far = Instant::now() + Duration::from_secs(3600);
-            tokio::select! {
-                r = rx.changed() => if r.is_err() { return Ok(()) },
-                _ = sleep_until(expiry.unwrap_or(far)) => {}
-            }
-        }
-    }
-
-    async fn leader(&self, election: &str) -> Result<Option<LeaderInfo>> {
-        let st = self.shared.lock_expired();
-        Ok(st.leader(self.shared.kind, election))
-    }
-
-    async fn wait(&self, election: &str, claim: Option<&Claim>, _revision: i64) -> Result<()> {
-        if self.shared.kind == Kind::Record {
-            return Err(Error::NotSupported {
-                operation: "wait",
-                backend: NAME,
-            });
-        }
-        let mut rx = self.shared.changed.subscribe();
-        // The claim just ahead of ours (or the leader's, without a claim).
-        let ahead = {
-            let st = self.shared.lock_expired();
-            let Some(q) = st.queues.get(election) else {
-                return Ok(());
-            };
-            let pos = claim.map_or(Some(q.len().min(1)), |c| {
-                q.iter().position(|e| e.key == c.key)
-            });
-            match pos {
-                None | Some(0) => return Ok(()),
-                Some(i) => q[i - 1].key.clone(),
-            }
-        };
-        loop {
-            let expiry = {
-                let st = self.shared.lock_expired();
-                let entry = st
-                    .queues
-                    .get(election)
-                    .and_then(|q| q.iter().find(|e| e.key == ahead));
-                match entry.and_then(|e| st.lease_expiry(e.lease)) {
-                    None => return Ok(()),
-                    Some(t) => t,
-                }
-            };
-            tokio::select! {
-                r = rx.changed() => if r.is_err() { return Ok(()) },
-                _ = sleep_until(expiry) => {}
-            }
-        }
-    }
-
+#[async_trait]
+impl WatchLeader for MemoryBackend {
     async fn watch(&self, election: &str) -> Result<Box<dyn LeaderWatch>> {
-        if self.shared.kind == Kind::Record {
-            return Err(Error::NotSupported {
-                operation: "watch",
-                backend: NAME,
-            });
-        }
         Ok(Box::new(MemoryWatch {
             shared: self.shared.clone(),
             rx: self.shared.changed.subscribe(),
@@ -752,7 +718,7 @@ impl LeaderWatch for MemoryWatch {
             let far = Instant::now() + Duration::from_secs(3600);
             tokio::select! {
                 r = self.rx.changed() => if r.is_err() {
-                    return Err(Error::Unavailable { backend: NAME, message: "store dropped".into() });
+                    return Err(Error::unavailable(NAME, "store dropped"));
                 },
                 _ = sleep_until(expiry.unwrap_or(far)) => {}
             }

@@ -54,57 +54,6 @@ impl LeaderInfo {
     }
 }
 
-/// What a backend can do. The engine adapts to it: without a watch it polls;
-/// without server-side expiry it expires leases by observation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Capabilities {
-    /// The store expires a lease by itself when its holder stops renewing
-    /// (etcd leases, ZooKeeper sessions). Without it, a follower takes over
-    /// only after it has seen the same record unchanged for a full ttl on its
-    /// own monotonic clock.
-    pub server_expiry: bool,
-    /// [`Backend::wait`](crate::Backend::wait) and
-    /// [`Backend::watch`](crate::Backend::watch) are supported; otherwise
-    /// the engine polls every retry interval.
-    pub watch: bool,
-    /// Candidates queue: the earliest waiting candidate is next when the
-    /// leader goes (first come, first served), and a waiting candidate keeps
-    /// a claim that must stay alive while it waits (its session's
-    /// keep-alives, or renewals of the claim).
-    pub fair_queue: bool,
-    /// Claims can share a session ([`Backend::open_session`](crate::Backend::open_session),
-    /// [`Backend::keep_alive`](crate::Backend::keep_alive),
-    /// [`Backend::try_acquire_in`](crate::Backend::try_acquire_in)): the
-    /// engine keeps one session alive for every elector on the backend
-    /// instance instead of renewing each claim.
-    pub sessions: bool,
-    /// The client keeps its session alive on its own (ZooKeeper's pings):
-    /// the engine sends keep-alives only to prove a leader's deadline.
-    pub self_kept_sessions: bool,
-}
-
-impl Capabilities {
-    /// Build a capability set.
-    pub const fn new(server_expiry: bool, watch: bool, fair_queue: bool) -> Self {
-        Capabilities {
-            server_expiry,
-            watch,
-            fair_queue,
-            sessions: false,
-            self_kept_sessions: false,
-        }
-    }
-
-    /// The same, with sessions ([`sessions`](Self::sessions)); `self_kept`
-    /// as [`self_kept_sessions`](Self::self_kept_sessions).
-    pub const fn with_sessions(mut self, self_kept: bool) -> Self {
-        self.sessions = true;
-        self.self_kept_sessions = self_kept;
-        self
-    }
-}
-
 /// One candidate's request to lead an election, as the engine sends it to a
 /// backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,14 +66,11 @@ pub struct AcquireRequest {
     pub value: Vec<u8>,
     /// The lease time to live.
     pub ttl: Duration,
-    /// The claim this candidate already holds in the election's queue, from
-    /// an earlier [`AcquireOutcome::Held`] (fair-queue backends), to be
-    /// re-checked rather than created again.
-    pub claim: Option<Claim>,
-    /// Set by the engine on backends without server-side expiry: the holder
-    /// whose record had this revision has been seen unchanged for a full ttl,
-    /// so the backend may take the record over with one conditional write
-    /// on exactly this revision.
+    /// Record stores with [`Expiry::Observed`](crate::Expiry::Observed):
+    /// the holder whose record had this revision has been seen unchanged
+    /// for a full ttl, so the store may take the record over with one
+    /// conditional write on exactly this revision. Always `None` for other
+    /// stores.
     pub expired_revision: Option<i64>,
 }
 
@@ -138,10 +84,15 @@ pub struct Claim {
     pub election: String,
     /// The store key / znode path / object name of this claim.
     pub key: String,
-    /// The session or lease the claim is attached to (etcd lease id,
-    /// ZooKeeper session id, memory lease id; Cloud Storage, the term's
-    /// random owner identity; 0 where there is none).
+    /// The session the claim lives in (queue stores: etcd lease id,
+    /// ZooKeeper session id, memory session id); 0 for record stores.
     pub session: i64,
+    /// Record stores: an identity only this claim's maker knows (a random
+    /// id written into the record with the term), checked by renew and
+    /// release, since two writers can hold the same term number (a record
+    /// deleted by hand and made again). Empty for queue stores, whose
+    /// session says who owns a claim.
+    pub owner: String,
     /// The fencing token this claim leads with.
     pub token: FencingToken,
     /// The version the next conditional write must match (object
@@ -152,20 +103,34 @@ pub struct Claim {
     pub version: i64,
 }
 
-/// The outcome of one [`Backend::try_acquire`](crate::Backend::try_acquire).
+/// The outcome of one [`RecordStore::try_acquire`](crate::RecordStore::try_acquire).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AcquireOutcome {
+pub enum RecordOutcome {
     /// This candidate leads with this claim.
     Acquired(Claim),
     /// Someone else leads.
     Held {
         /// Who leads, when the store says.
         leader: Option<LeaderInfo>,
-        /// On fair-queue backends, this candidate's place in the queue, to be
-        /// renewed while waiting and passed back in the next request.
-        queued: Option<Claim>,
-        /// The revision of what was observed (the leader's record version),
-        /// for observed-time expiry on backends without server-side expiry.
+        /// The revision of the record observed (its version), for
+        /// [`Expiry::Observed`](crate::Expiry::Observed).
         revision: i64,
+    },
+}
+
+/// The outcome of one [`QueueStore::join`](crate::QueueStore::join) or
+/// [`QueueStore::check`](crate::QueueStore::check).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueOutcome {
+    /// This candidate's claim is first in line: it leads.
+    Acquired(Claim),
+    /// Someone else leads; this candidate's claim waits in line.
+    Queued {
+        /// Who leads, when the store says.
+        leader: Option<LeaderInfo>,
+        /// This candidate's claim, to be passed to the next
+        /// [`check`](crate::QueueStore::check) and
+        /// [`wait`](crate::QueueStore::wait).
+        claim: Claim,
     },
 }

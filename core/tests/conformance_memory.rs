@@ -21,6 +21,12 @@ impl Subject for Memory {
     fn slack(&self) -> Duration {
         Duration::from_millis(200)
     }
+    async fn delete_by_hand(&self, election: &str) {
+        assert!(
+            self.0.delete_by_hand(election),
+            "nothing to delete in {election}"
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]

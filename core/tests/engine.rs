@@ -197,7 +197,7 @@ async fn unlock_hands_over_to_a_waiter_at_once() {
         let (at, lb) = b_task.await.unwrap();
         let waited = at - released;
         // Watch backends hand over at once; polling ones within one poll.
-        let bound = if store.client().capabilities().watch {
+        let bound = if leasehold_core::Backend::leader_watch(&store.client()).is_some() {
             Duration::ZERO
         } else {
             a.options().retry_interval * 2
@@ -696,10 +696,7 @@ async fn an_observer_stops_on_a_permission_error_and_retries_an_outage() {
     let polls = faults.calls().leader;
     assert!(polls >= 10, "the outage is retried ({polls} polls)");
 
-    let denied = Error::PermissionDenied {
-        backend: "memory",
-        message: "no read permission on the election".into(),
-    };
+    let denied = Error::permission_denied("memory", "no read permission on the election");
     faults.set(Fault::Error(denied.clone()));
     let r = timeout(TTL, rx.changed())
         .await

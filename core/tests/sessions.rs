@@ -66,7 +66,7 @@ async fn two_hundred_leaders_on_one_backend_share_one_session() {
         held.push(t.await.unwrap());
     }
     assert_eq!(store.lease_count(), 1, "one session for {N} leaders");
-    assert_eq!(backend.sessions().map(|r| r.open_sessions()), Some(1));
+    assert_eq!(leasehold_core::shared_sessions(backend.as_ref()), 1);
     let renew = options("x", "y").renew_interval;
     let before = faults.calls().renew;
     sleep(renew * 6).await;
@@ -312,10 +312,10 @@ async fn a_refused_create_does_not_give_the_session_up() {
     let g = Elector::new(shared.clone(), options("f", "g")).unwrap();
     let lg = g.lock().await.unwrap();
     let a = Elector::new(shared.clone(), options("e", "a")).unwrap();
-    faults.set(Fault::Error(leasehold_core::Error::PermissionDenied {
-        backend: "memory",
-        message: "no write permission on e".into(),
-    }));
+    faults.set(Fault::Error(leasehold_core::Error::permission_denied(
+        "memory",
+        "no write permission on e",
+    )));
     let refused = a.try_lock().await;
     assert!(
         matches!(refused, Err(leasehold_core::Error::PermissionDenied { .. })),

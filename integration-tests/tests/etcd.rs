@@ -28,7 +28,7 @@ async fn connect(endpoints: &[String]) -> EtcdBackend {
         .endpoints(endpoints.iter().cloned())
         .request_timeout(Duration::from_secs(2))
         .connect_timeout(Duration::from_secs(2))
-        .connect()
+        .build()
         .await
         .unwrap_or_else(|e| panic!("connecting to {endpoints:?} failed: {e}"))
 }
@@ -71,6 +71,34 @@ impl Subject for EtcdSubject {
         // room for a loaded machine.
         Duration::from_millis(1500)
     }
+
+    /// `etcdctl del --prefix` on the election's keys, as an operator would.
+    async fn delete_by_hand(&self, election: &str) {
+        let prefix = connect(&self.endpoints).await.election_prefix(election);
+        etcdctl_del_prefix(&self.endpoints[0], &prefix).await;
+    }
+}
+
+/// Runs `etcdctl del --prefix <prefix>` against `endpoint`; panics with its
+/// output unless it deleted exactly one key.
+async fn etcdctl_del_prefix(endpoint: &str, prefix: &str) {
+    let out = tokio::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .args(["del", "--prefix", prefix])
+        .output()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "could not run etcdctl ({e}); install it with `apt-get install -y etcd-client` (scripts/setup does)"
+            )
+        });
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "1",
+        "etcdctl del --prefix {prefix}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -110,7 +138,7 @@ async fn an_unreachable_store_is_unavailable_not_a_panic() {
         .endpoints([format!("http://127.0.0.1:{port}")])
         .request_timeout(Duration::from_secs(2))
         .connect_timeout(Duration::from_secs(1))
-        .connect()
+        .build()
         .await
         .expect("connecting is lazy and must not fail without auth");
     let started = Instant::now();
@@ -605,7 +633,7 @@ async fn user_and_password_auth() {
     let err = EtcdBackend::builder()
         .endpoints(endpoints.iter().cloned())
         .auth("root", "wrong")
-        .connect()
+        .build()
         .await
         .expect_err("a wrong password must be refused");
     assert!(matches!(err, Error::PermissionDenied { .. }), "{err:?}");
@@ -614,7 +642,7 @@ async fn user_and_password_auth() {
     let backend = EtcdBackend::builder()
         .endpoints(endpoints.iter().cloned())
         .auth("root", "rootpw")
-        .connect()
+        .build()
         .await
         .unwrap_or_else(|e| panic!("login as root: {e}"));
     let election = unique_name("auth");
@@ -777,7 +805,7 @@ async fn tls_with_a_client_certificate() {
             .tls_ca_pem(etcd.read("ca.crt"))
             .tls_client_identity_pem(etcd.read("client.crt"), etcd.read("client.key"))
             .request_timeout(Duration::from_secs(2))
-            .connect()
+            .build()
     };
     let backend = connect_tls().await.expect("TLS settings are accepted");
     // Ready when a read succeeds: at most 150 tries, 100 ms apart.
@@ -814,7 +842,7 @@ async fn tls_with_a_client_certificate() {
         .endpoints([etcd.endpoint.clone()])
         .tls_ca_pem(etcd.read("ca.crt"))
         .request_timeout(Duration::from_secs(2))
-        .connect()
+        .build()
         .await
         .expect("settings");
     let err = no_cert
@@ -876,7 +904,7 @@ async fn connect_as(endpoints: &[String], user: &str, password: &str) -> Arc<dyn
         .endpoints(endpoints.iter().cloned())
         .request_timeout(Duration::from_secs(2))
         .auth(user, password)
-        .connect()
+        .build()
         .await
         .unwrap_or_else(|e| panic!("login as {user}: {e}"));
     Arc::new(backend)
@@ -1152,7 +1180,10 @@ async fn revoking_a_shared_lease_ends_every_term_and_restarts_its_waiters() {
 
     // The admin revokes it (etcdctl lease revoke, here through a second client).
     let revoked_at = Instant::now();
-    other.close_session(lease).await.expect("revoke");
+    let leasehold_core::Family::Queue(queue) = other.family() else {
+        panic!("etcd is a queue store");
+    };
+    queue.close_session(lease).await.expect("revoke");
     for (l, what) in [(&l1, "first"), (&l2, "second")] {
         let reason = timeout(Duration::from_secs(2), l.lost())
             .await

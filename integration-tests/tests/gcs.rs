@@ -10,9 +10,17 @@ use std::time::Duration;
 
 use leasehold_core::conformance::{self, Subject, async_trait};
 use leasehold_core::{
-    AcquireOutcome, AcquireRequest, Attempt, Backend, ElectionOptions, Elector, Error,
-    FencingToken, Leadership, LossReason,
+    AcquireRequest, Attempt, Backend, ElectionOptions, Elector, Error, Family, FencingToken,
+    Leadership, LossReason, RecordOutcome, RecordStore,
 };
+
+/// The record protocol of a Cloud Storage backend.
+fn rec(b: &dyn Backend) -> &dyn RecordStore {
+    match b.family() {
+        Family::Record(r) => r,
+        Family::Queue(_) => panic!("the Cloud Storage backend must be a record store"),
+    }
+}
 use leasehold_gcs::GcsBackend;
 use leasehold_gcs::google_cloud_storage::client::Storage;
 use leasehold_integration_tests::{AnswerDropper, FakeGcs, Proxy, unique_name};
@@ -63,7 +71,6 @@ fn request(election: &str, candidate: &str, expired_revision: Option<i64>) -> Ac
         candidate: candidate.to_owned(),
         value: candidate.as_bytes().to_vec(),
         ttl: TTL,
-        claim: None,
         expired_revision,
     }
 }
@@ -178,6 +185,19 @@ impl Subject for GcsSubject {
     fn slack(&self) -> Duration {
         SLACK
     }
+
+    /// Deletes the election's object, as an operator (or a lifecycle rule)
+    /// would.
+    async fn delete_by_hand(&self, election: &str) {
+        let object = backend_at(&self.gcs.endpoint()).await.object_name(election);
+        assert!(
+            self.gcs
+                .delete_object(self.gcs.bucket(), &object)
+                .await
+                .expect("delete the object"),
+            "{object} was not there to delete"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -226,8 +246,11 @@ async fn takeover_after_leader_vanishes() {
     let gcs = emulator().await;
     let election = unique_name("vanish");
     let ghost = client(&gcs).await;
-    let mut claim = match ghost.try_acquire(&request(&election, "ghost", None)).await {
-        Ok(AcquireOutcome::Acquired(c)) => c,
+    let mut claim = match rec(ghost.as_ref())
+        .try_acquire(&request(&election, "ghost", None))
+        .await
+    {
+        Ok(RecordOutcome::Acquired(c)) => c,
         other => panic!("a free election was not won: {other:?}"),
     };
     let b = Elector::new(client(&gcs).await, options(&election, "beta")).unwrap();
@@ -239,7 +262,7 @@ async fn takeover_after_leader_vanishes() {
     for _ in 0..2 {
         sleep(Duration::from_secs(1)).await;
         last_sent = Instant::now();
-        claim = ghost.renew(&claim).await.unwrap();
+        claim = rec(ghost.as_ref()).renew(&claim).await.unwrap();
         last_seen = Instant::now();
     }
     assert!(
@@ -260,8 +283,11 @@ async fn takeover_after_leader_vanishes() {
     );
     assert!(l.fencing_token() > claim.token);
     // The ghost's claim is gone for good.
-    assert!(matches!(ghost.renew(&claim).await, Err(Error::Lost(_))));
-    ghost.release(&claim).await.unwrap();
+    assert!(matches!(
+        rec(ghost.as_ref()).renew(&claim).await,
+        Err(Error::Lost(_))
+    ));
+    rec(ghost.as_ref()).release(&claim).await.unwrap();
     assert_eq!(
         l.leader().id,
         ghost_leader_id(&ghost, &election).await,
@@ -289,8 +315,11 @@ async fn tokens_strictly_increase_across_takeovers_and_releases() {
     let mut expired = None;
     for round in 0..6 {
         let me = if round % 2 == 0 { &a } else { &b };
-        let claim = match me.try_acquire(&request(&election, "x", expired)).await {
-            Ok(AcquireOutcome::Acquired(c)) => c,
+        let claim = match rec(me.as_ref())
+            .try_acquire(&request(&election, "x", expired))
+            .await
+        {
+            Ok(RecordOutcome::Acquired(c)) => c,
             other => panic!("round {round}: not acquired: {other:?}"),
         };
         assert!(
@@ -299,13 +328,13 @@ async fn tokens_strictly_increase_across_takeovers_and_releases() {
             claim.token
         );
         last = claim.token;
-        let claim = me.renew(&claim).await.unwrap();
+        let claim = rec(me.as_ref()).renew(&claim).await.unwrap();
         if round % 3 == 2 {
             // End the term by takeover (as after an observed expiry) ...
             expired = Some(claim.version);
         } else {
             // ... or by release.
-            me.release(&claim).await.unwrap();
+            rec(me.as_ref()).release(&claim).await.unwrap();
             expired = None;
         }
     }
@@ -384,13 +413,13 @@ async fn ten_candidates_one_winner_per_term() {
         for (i, c) in clients.iter().enumerate() {
             let c = c.clone();
             let req = request(&election, &format!("c{i}"), None);
-            set.spawn(async move { c.try_acquire(&req).await.map(|o| (i, o)) });
+            set.spawn(async move { rec(c.as_ref()).try_acquire(&req).await.map(|o| (i, o)) });
         }
         let mut winners = Vec::new();
         while let Some(joined) = set.join_next().await {
             match joined.unwrap() {
-                Ok((i, AcquireOutcome::Acquired(claim))) => winners.push((i, claim)),
-                Ok((_, AcquireOutcome::Held { queued, .. })) => assert_eq!(queued, None),
+                Ok((i, RecordOutcome::Acquired(claim))) => winners.push((i, claim)),
+                Ok((_, RecordOutcome::Held { .. })) => {}
                 Err(e) => panic!("term {term}: try_acquire failed: {e}"),
             }
         }
@@ -404,7 +433,7 @@ async fn ten_candidates_one_winner_per_term() {
         last = claim.token;
         let leader = clients[0].leader(&election).await.unwrap().unwrap();
         assert_eq!((leader.id, leader.token), (format!("c{i}"), claim.token));
-        clients[i].release(&claim).await.unwrap();
+        rec(clients[i].as_ref()).release(&claim).await.unwrap();
     }
 }
 
@@ -429,10 +458,10 @@ async fn foreign_object_is_a_clear_error_and_left_alone() {
         for result in [
             e.try_lock().await.map(|a| matches!(a, Attempt::Leader(_))),
             shared.leader(&election).await.map(|l| l.is_some()),
-            shared
+            rec(shared.as_ref())
                 .try_acquire(&request(&election, "x", Some(1)))
                 .await
-                .map(|o| matches!(o, AcquireOutcome::Acquired(_))),
+                .map(|o| matches!(o, RecordOutcome::Acquired(_))),
         ] {
             match result {
                 Err(Error::InvalidRecord { path, message, .. }) => {
@@ -458,25 +487,31 @@ async fn renew_recovers_from_a_lost_answer() {
     let gcs = emulator().await;
     let election = unique_name("lost-answer");
     let a = client(&gcs).await;
-    let first = match a.try_acquire(&request(&election, "alpha", None)).await {
-        Ok(AcquireOutcome::Acquired(c)) => c,
+    let first = match rec(a.as_ref())
+        .try_acquire(&request(&election, "alpha", None))
+        .await
+    {
+        Ok(RecordOutcome::Acquired(c)) => c,
         other => panic!("{other:?}"),
     };
-    let second = a.renew(&first).await.unwrap();
+    let second = rec(a.as_ref()).renew(&first).await.unwrap();
     assert_ne!(first.version, second.version);
     // Renew with the stale claim, as after a dropped renew call.
-    let third = a.renew(&first).await.unwrap();
+    let third = rec(a.as_ref()).renew(&first).await.unwrap();
     assert_eq!(third.token, first.token);
     // Another client (no cached holding) renews it too.
     let other = client(&gcs).await;
-    let fourth = other.renew(&third).await.unwrap();
+    let fourth = rec(other.as_ref()).renew(&third).await.unwrap();
     let info = other.leader(&election).await.unwrap().unwrap();
     assert_eq!(
         (info.id.as_str(), info.value.as_slice()),
         ("alpha", &b"alpha"[..])
     );
-    a.release(&fourth).await.unwrap();
-    assert!(matches!(a.renew(&fourth).await, Err(Error::Lost(_))));
+    rec(a.as_ref()).release(&fourth).await.unwrap();
+    assert!(matches!(
+        rec(a.as_ref()).renew(&fourth).await,
+        Err(Error::Lost(_))
+    ));
     assert_eq!(a.leader(&election).await.unwrap(), None);
 }
 
@@ -521,7 +556,10 @@ async fn missing_bucket_is_a_configuration_error() {
             panic!("leader(): expected a configuration error naming the bucket, got {other:?}")
         }
     }
-    match backend.try_acquire(&request("e", "c", None)).await {
+    match rec(backend.as_ref())
+        .try_acquire(&request("e", "c", None))
+        .await
+    {
         Err(Error::Config(m)) => assert!(m.contains("no-such-bucket"), "{m}"),
         other => panic!("expected a configuration error naming the bucket, got {other:?}"),
     }
@@ -548,7 +586,7 @@ async fn overwritten_record_ends_the_term() {
         .try_acquire(&request(&election, "alpha", None))
         .await
     {
-        Ok(AcquireOutcome::Acquired(c)) => c,
+        Ok(RecordOutcome::Acquired(c)) => c,
         other => panic!("{other:?}"),
     };
     raw_write(backend.client(), &object, "not a lease", claim.version)
@@ -577,14 +615,14 @@ async fn deleted_record_while_leading(name: &str, earlier_terms: usize) {
     let election = unique_name(name);
     let warm = client(&gcs).await;
     for i in 0..earlier_terms {
-        let claim = match warm
+        let claim = match rec(warm.as_ref())
             .try_acquire(&request(&election, &format!("warm{i}"), None))
             .await
         {
-            Ok(AcquireOutcome::Acquired(c)) => c,
+            Ok(RecordOutcome::Acquired(c)) => c,
             other => panic!("warm-up term {i} not won: {other:?}"),
         };
-        warm.release(&claim).await.unwrap();
+        rec(warm.as_ref()).release(&claim).await.unwrap();
     }
     let a = Elector::new(client(&gcs).await, options(&election, "alpha")).unwrap();
     let la = timeout(LONG, a.lock()).await.unwrap().unwrap();
@@ -705,15 +743,18 @@ async fn acquire_whose_answer_was_lost_is_recognised() {
         .expect("the write whose answer was lost did not land");
     assert_eq!(landed.id, "alpha");
     // Same candidate id, another process: not its write.
-    match direct.try_acquire(&request(&election, "alpha", None)).await {
-        Ok(AcquireOutcome::Held { leader, .. }) => {
+    match rec(direct.as_ref())
+        .try_acquire(&request(&election, "alpha", None))
+        .await
+    {
+        Ok(RecordOutcome::Held { leader, .. }) => {
             assert_eq!(leader.map(|l| l.id).as_deref(), Some("alpha"));
         }
         other => panic!("another process with the same id took alpha's term: {other:?}"),
     }
     // The writer recognises its own write at its next attempt.
     let claim = match a.try_acquire(&request(&election, "alpha", None)).await {
-        Ok(AcquireOutcome::Acquired(c)) => c,
+        Ok(RecordOutcome::Acquired(c)) => c,
         other => panic!(
             "the candidate whose write landed must lead at once, not wait a ttl behind itself: {other:?}"
         ),
@@ -780,7 +821,7 @@ async fn a_429_costs_a_retry_never_the_lease() {
         .unwrap_err();
     transient("try_acquire", &e);
     let claim = match a.try_acquire(&request(&election, "alpha", None)).await {
-        Ok(AcquireOutcome::Acquired(c)) => c,
+        Ok(RecordOutcome::Acquired(c)) => c,
         other => panic!("the retry after a 429 should win the free election: {other:?}"),
     };
     dropper.throttle_uploads(1);

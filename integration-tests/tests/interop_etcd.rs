@@ -36,7 +36,7 @@ async fn backend(node: &EtcdNode, layout: Layout) -> EtcdBackend {
         .endpoints([node.endpoint()])
         .layout(layout)
         .request_timeout(Duration::from_secs(3))
-        .connect()
+        .build()
         .await
         .unwrap_or_else(|e| panic!("connecting to {} failed: {e}", node.endpoint()))
 }
@@ -811,6 +811,24 @@ impl leasehold_core::conformance::Subject for GoLayout {
         // expired leases every 500 ms; the rest is room for a loaded machine.
         Duration::from_millis(1500)
     }
+
+    /// Deletes the election's keys (`<prefix><election>/`) with a client of
+    /// its own, as `etcdctl del --prefix` would.
+    async fn delete_by_hand(&self, election: &str) {
+        let b = backend(&self.node, Layout::Go).await;
+        let mut kv = etcd_client::Client::connect([self.node.endpoint()], None)
+            .await
+            .expect("connect")
+            .kv_client();
+        let deleted = kv
+            .delete(
+                b.election_prefix(election),
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            )
+            .await
+            .expect("delete");
+        assert_eq!(deleted.deleted(), 1, "the leader's key was not there");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -825,5 +843,6 @@ async fn conformance_behaviours_on_the_go_layout() {
         c::tokens_strictly_increase(&subject),
         c::racing_candidates_one_wins(&subject, 10),
         c::unsupported_operations_are_typed(&subject),
+        c::a_claim_deleted_by_hand_ends_the_term(&subject),
     );
 }

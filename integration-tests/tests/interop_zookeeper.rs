@@ -50,7 +50,7 @@ async fn backend_named(connect_string: &str, lock_name: LockName) -> ZkBackend {
         .lock_name(lock_name)
         .session_timeout(ZkBackend::min_session_timeout(&options("any", "any")))
         .connect_timeout(Duration::from_secs(15))
-        .connect()
+        .build()
         .await
         .unwrap_or_else(|e| panic!("connecting to {connect_string} failed: {e}"))
 }

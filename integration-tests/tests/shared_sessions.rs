@@ -30,7 +30,7 @@ async fn connect(endpoints: &[String]) -> Arc<dyn Backend> {
             .endpoints(endpoints.iter().cloned())
             .request_timeout(Duration::from_secs(1))
             .connect_timeout(Duration::from_secs(1))
-            .connect()
+            .build()
             .await
             .unwrap_or_else(|e| panic!("connecting to {endpoints:?} failed: {e}")),
     )

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use leasehold_core::conformance::{Subject, async_trait, run_all};
 use leasehold_core::{
-    AcquireOutcome, AcquireRequest, Attempt, Backend, ElectionOptions, Elector, Error, Leadership,
-    LossReason,
+    AcquireRequest, Attempt, Backend, ElectionOptions, Elector, Error, Leadership, LossReason,
+    QueueOutcome, QueueStore, WatchLeader,
 };
 use leasehold_integration_tests::{Proxy, ZkEnsemble, ZkServer, create_zk_path, unique_name};
 use leasehold_zookeeper::ZkBackend;
@@ -38,7 +38,7 @@ async fn connect(connect_string: &str, session: Duration) -> ZkBackend {
         .connect_string(connect_string)
         .session_timeout(session)
         .connect_timeout(Duration::from_secs(15))
-        .connect()
+        .build()
         .await
         .unwrap_or_else(|e| panic!("connecting to {connect_string} failed: {e}"))
 }
@@ -74,7 +74,6 @@ fn request(election: &str, candidate: &str, value: &[u8], ttl: Duration) -> Acqu
         candidate: candidate.to_owned(),
         value: value.to_vec(),
         ttl,
-        claim: None,
         expired_revision: None,
     }
 }
@@ -163,6 +162,18 @@ impl Subject for ZkSubject {
     async fn revive(&self, client: &Arc<dyn Backend>) {
         self.link(client).heal();
     }
+
+    /// Deletes the leader's node through a session of its own.
+    async fn delete_by_hand(&self, election: &str) {
+        let admin = connect(&self.server.to_string(), session_for(TTL)).await;
+        let dir = format!("/{election}");
+        let leader = first_in_line(&admin.client(), &dir).await;
+        admin
+            .client()
+            .delete(&format!("{dir}/{leader}"), None)
+            .await
+            .expect("delete the leader's node");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -248,7 +259,7 @@ async fn an_unreachable_server_is_an_error_not_a_hang() {
             .connect_string(addr.to_string())
             .session_timeout(Duration::from_secs(2))
             .connect_timeout(Duration::from_secs(3))
-            .connect(),
+            .build(),
     )
     .await
     .expect("connect must respect its connect timeout");
@@ -297,10 +308,10 @@ async fn handover_on_unlock_on_guard_drop_and_on_client_drop() {
     // before the session could expire.
     let ghost = connect(&cs, ttl).await;
     let ghost_claim = match ghost
-        .try_acquire(&request(&election, "ghost", b"", ttl))
+        .join(&request(&election, "ghost", b"", ttl), ghost.session_id())
         .await
     {
-        Ok(AcquireOutcome::Acquired(c)) => c,
+        Ok(QueueOutcome::Acquired(c)) => c,
         other => panic!("ghost should lead a free election: {other:?}"),
     };
     assert!(ghost_claim.token > ta2);
@@ -558,7 +569,7 @@ async fn acls_keep_unauthenticated_clients_out() {
         .connect_string(&cs)
         .session_timeout(session_for(TTL))
         .digest_auth("alice", "s3cret")
-        .connect()
+        .build()
         .await
         .expect("owner connects");
     let owner: Arc<dyn Backend> = Arc::new(owner);
@@ -570,7 +581,7 @@ async fn acls_keep_unauthenticated_clients_out() {
         .connect_string(&cs)
         .session_timeout(session_for(TTL))
         .digest_auth("alice", "wrong password")
-        .connect()
+        .build()
         .await
         .expect("imposter connects");
     let dir = format!("/{election}");
@@ -628,7 +639,7 @@ async fn acls_keep_unauthenticated_clients_out() {
         .session_timeout(session_for(TTL))
         .digest_auth("alice", "s3cret")
         .public_read(false)
-        .connect()
+        .build()
         .await
         .expect("owner connects");
     let secret_election = unique_name("acl-private");
@@ -754,12 +765,16 @@ async fn a_cancelled_acquire_leaves_no_orphan_in_the_line() {
     let req = request(&election, "once", b"v", TTL);
     // Make the directory first, so that the cancelled call's only write is
     // the node itself.
-    match backend.try_acquire(&req).await {
-        Ok(AcquireOutcome::Acquired(c)) => backend.release(&c).await.expect("release"),
+    match backend.join(&req, backend.session_id()).await {
+        Ok(QueueOutcome::Acquired(c)) => backend.release(&c).await.expect("release"),
         other => panic!("first acquire: {other:?}"),
     }
     proxy.delay(Duration::from_millis(400));
-    let cancelled = timeout(Duration::from_millis(150), backend.try_acquire(&req)).await;
+    let cancelled = timeout(
+        Duration::from_millis(150),
+        backend.join(&req, backend.session_id()),
+    )
+    .await;
     assert!(
         cancelled.is_err(),
         "the slowed call should have been cancelled"
@@ -785,8 +800,8 @@ async fn a_cancelled_acquire_leaves_no_orphan_in_the_line() {
         );
         sleep(Duration::from_millis(50)).await;
     }
-    let claim = match backend.try_acquire(&req).await {
-        Ok(AcquireOutcome::Acquired(c)) => c,
+    let claim = match backend.join(&req, backend.session_id()).await {
+        Ok(QueueOutcome::Acquired(c)) => c,
         other => panic!("the retry must lead (no one else is in line): {other:?}"),
     };
     let children = observer.client().list_children(&dir).await.expect("list");
@@ -1498,11 +1513,11 @@ async fn own_node_watch_under_churn(clients: &ChurnClients<'_>) {
     let election = unique_name("churn-watch");
     let dir = format!("/{election}");
     let claim = match backend
-        .try_acquire(&request(&election, "a", b"", ttl))
+        .join(&request(&election, "a", b"", ttl), backend.session_id())
         .await
         .expect("try_acquire")
     {
-        AcquireOutcome::Acquired(claim) => claim,
+        QueueOutcome::Acquired(claim) => claim,
         other => panic!("did not lead an empty election: {other:?}"),
     };
     let stop = CancellationToken::new();

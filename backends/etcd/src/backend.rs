@@ -1,6 +1,6 @@
 //! The etcd [`Backend`]: a fair queue of candidate keys, one per lease.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
@@ -13,8 +13,8 @@ use etcd_client::{
     WatchRequestSender, WatchResponse, WatchResponseStream, WatchStream,
 };
 use leasehold_core::{
-    AcquireOutcome, AcquireRequest, Backend, Capabilities, Claim, ElectionOptions, Error,
-    FencingToken, LeaderInfo, LeaderWatch, Result, SessionRegistry,
+    AcquireRequest, Backend, Claim, ElectionOptions, Error, Family, FencingToken, LeaderInfo,
+    LeaderWatch, Proclaim, QueueOutcome, QueueStore, Result, SessionScope, WatchLeader,
 };
 use tokio::sync::oneshot;
 
@@ -59,11 +59,11 @@ pub struct EtcdStats {
     /// Keep-alive messages sent on open keep-alive streams.
     pub keep_alives: u64,
     /// Watches created (by [`Backend::wait`], [`Backend::watch`] and
-    /// [`Backend::watch_claim`]).
+    /// [`QueueStore::watch_claim`]).
     pub watches_opened: u64,
     /// gRPC watch streams opened: one per [`Backend::wait`] and
     /// [`Backend::watch`]; the own-key watches of all the leaders on this
-    /// backend ([`Backend::watch_claim`]) share one stream.
+    /// backend ([`QueueStore::watch_claim`]) share one stream.
     pub watch_streams: u64,
     /// Watch events received (by [`Backend::wait`] and [`Backend::watch`]).
     pub watch_events: u64,
@@ -108,11 +108,6 @@ pub(crate) struct Inner {
     pub(crate) endpoints: Vec<String>,
     keepers: StdMutex<HashMap<i64, KeeperSlot>>,
     counters: Counters,
-    /// The engine's sessions on this backend (shared by its clones).
-    sessions: SessionRegistry,
-    /// Leases opened as sessions: many claims live in each, so releasing
-    /// one claim must not revoke its lease.
-    session_leases: StdMutex<HashSet<i64>>,
     /// The open stream of the leaders' own-key watches, all multiplexed on
     /// it by watch id.
     key_watches: tokio::sync::Mutex<Option<Arc<KeyWatchStream>>>,
@@ -127,7 +122,7 @@ pub(crate) struct Inner {
 ///   elector on this backend instance (and its clones) with the same
 ///   timings, as Go's `concurrency.Session`: N electors cost one lease and
 ///   one keep-alive per renew interval. Called directly without a session,
-///   [`Backend::try_acquire`] grants a lease of the election ttl for the
+///   [`QueueStore::join`] grants a lease of the election ttl for the
 ///   claim alone. The key holds the candidate id and its leader value
 ///   (JSON, value in base64). In the [`Layout::Go`] the key is
 ///   `<prefix><election>/<lease id in hex>` holding the raw value, as etcd's
@@ -137,12 +132,12 @@ pub(crate) struct Inner {
 ///   only grows).
 /// * A waiting candidate watches only its predecessor (the greatest create
 ///   revision below its own) until that key is deleted: no thundering herd.
-/// * A session's keep-alive ([`Backend::keep_alive`]) is one message on the
+/// * A session's keep-alive ([`QueueStore::keep_alive`]) is one message on the
 ///   lease's keep-alive stream (opened on the first, reopened after
 ///   errors); the engine drives it, this backend runs no timer. A leader
-///   watches its own key ([`Backend::watch_claim`]), so a key deleted by
+///   watches its own key ([`QueueStore::watch_claim`]), so a key deleted by
 ///   hand or a lease revoked by an admin ends its term at once. A claim of
-///   its own lease is renewed by [`Backend::renew`]: a keep-alive and a
+///   its own lease is renewed by [`QueueStore::keep_alive`]: a keep-alive and a
 ///   read of the own key.
 /// * Release deletes the own key (conditional on its create revision), so
 ///   the successor's watch fires at once, and revokes the lease unless it is
@@ -187,8 +182,6 @@ impl EtcdBackend {
                 endpoints,
                 keepers: StdMutex::new(HashMap::new()),
                 counters: Counters::default(),
-                sessions: SessionRegistry::new(),
-                session_leases: StdMutex::new(HashSet::new()),
                 key_watches: tokio::sync::Mutex::new(None),
             }),
         }
@@ -231,30 +224,31 @@ impl EtcdBackend {
     /// etcd's own message names neither. Other errors pass unchanged.
     fn denied(&self, e: Error, election: &str, need: &str) -> Error {
         match e {
-            Error::PermissionDenied { backend, message }
-                if message.contains("permission denied") =>
-            {
-                Error::PermissionDenied {
-                    backend,
-                    message: format!(
-                        "{message}: the etcd user may not {what} the keys of election {election:?} (range {range:?}); grant its role {need} permission on {scope}: etcdctl role grant-permission <role> --prefix=true {need} {grant}",
-                        what = if need == "read" {
-                            "read"
-                        } else {
-                            "read and write"
-                        },
-                        range = self.inner.keys.range(election),
-                        scope = match self.inner.keys.layout {
-                            Layout::Leasehold => "that range, or on the whole prefix",
-                            Layout::Go => "that range",
-                        },
-                        grant = match self.inner.keys.layout {
-                            Layout::Leasehold => format!("{}/", self.inner.prefix),
-                            Layout::Go => self.inner.keys.range(election),
-                        },
-                    ),
-                }
-            }
+            Error::PermissionDenied {
+                backend,
+                message,
+                source,
+            } if message.contains("permission denied") => Error::PermissionDenied {
+                backend,
+                source,
+                message: format!(
+                    "{message}: the etcd user may not {what} the keys of election {election:?} (range {range:?}); grant its role {need} permission on {scope}: etcdctl role grant-permission <role> --prefix=true {need} {grant}",
+                    what = if need == "read" {
+                        "read"
+                    } else {
+                        "read and write"
+                    },
+                    range = self.inner.keys.range(election),
+                    scope = match self.inner.keys.layout {
+                        Layout::Leasehold => "that range, or on the whole prefix",
+                        Layout::Go => "that range",
+                    },
+                    grant = match self.inner.keys.layout {
+                        Layout::Leasehold => format!("{}/", self.inner.prefix),
+                        Layout::Go => self.inner.keys.range(election),
+                    },
+                ),
+            },
             other => other,
         }
     }
@@ -277,10 +271,10 @@ impl EtcdBackend {
     }
 
     /// Builds the outcome from the first key of the election range.
-    fn outcome(&self, claim: Claim, first: Option<&KeyValue>, revision: i64) -> AcquireOutcome {
+    fn outcome(&self, claim: Claim, first: Option<&KeyValue>) -> QueueOutcome {
         match first {
             Some(kv) if kv.create_revision() == Self::token_of(&claim) => {
-                AcquireOutcome::Acquired(Claim {
+                QueueOutcome::Acquired(Claim {
                     version: kv.mod_revision(),
                     ..claim
                 })
@@ -293,29 +287,9 @@ impl EtcdBackend {
                         .map_err(|e| tracing::warn!(error = %e, "unreadable leader record"))
                         .ok()
                 });
-                AcquireOutcome::Held {
-                    leader,
-                    queued: Some(claim),
-                    revision,
-                }
+                QueueOutcome::Queued { leader, claim }
             }
         }
-    }
-
-    /// First campaign step: a new lease and a new key, then who leads.
-    async fn campaign(&self, req: &AcquireRequest) -> Result<AcquireOutcome> {
-        let ttl = lease_ttl_secs(req.ttl)?;
-        let t = self.timeout();
-        let mut lease_client = self.inner.client.lease_client();
-        self.inner.counters.request();
-        let grant = bounded("grant lease", t, lease_client.grant(ttl, None)).await?;
-        let lease = grant.id();
-        // From here on, a failure or a dropped future revokes the lease.
-        let mut guard = RevokeOnDrop::new(self.inner.client.clone(), lease, t);
-
-        let outcome = self.create_in(req, lease, false).await?;
-        guard.disarm();
-        Ok(outcome)
     }
 
     /// Create the candidate key of `req` in `lease`, then who leads. With
@@ -323,12 +297,7 @@ impl EtcdBackend {
     /// whose answer was lost: the engine keeps the election's place in a
     /// session until that is resolved) is deleted and the key created anew,
     /// never adopted, so that every claim gets a new create revision (token).
-    async fn create_in(
-        &self,
-        req: &AcquireRequest,
-        lease: i64,
-        replace: bool,
-    ) -> Result<AcquireOutcome> {
+    async fn create_in(&self, req: &AcquireRequest, lease: i64) -> Result<QueueOutcome> {
         let t = self.timeout();
         let range = self.inner.keys.range(&req.election);
         let key = self.inner.keys.candidate(&req.election, lease);
@@ -356,7 +325,7 @@ impl EtcdBackend {
             }
             let leftover = first_kv(&resp.op_responses());
             match leftover {
-                Some(old) if replace && old.lease() == lease && attempts < 3 => {
+                Some(old) if old.lease() == lease && attempts < 3 => {
                     tracing::debug!(%key, token = old.create_revision(), "a key of this session left by an unanswered create: replacing it");
                     let delete = Txn::new()
                         .when([Compare::create_revision(
@@ -371,13 +340,13 @@ impl EtcdBackend {
                 // Gone in between: create again.
                 None if attempts < 3 => {}
                 _ => {
-                    return Err(Error::Backend {
-                        backend: BACKEND,
-                        message: format!(
+                    return Err(Error::backend(
+                        BACKEND,
+                        format!(
                             "candidate key {key} already exists for lease {lease:x}, not written by this candidate; is another program writing under the prefix {:?}?",
                             self.inner.prefix
                         ),
-                    });
+                    ));
                 }
             }
         };
@@ -395,18 +364,11 @@ impl EtcdBackend {
             election: req.election.clone(),
             key,
             session: lease,
+            owner: String::new(),
             token: FencingToken(u64::try_from(token).unwrap_or(0)),
             version: revision,
         };
-        Ok(self.outcome(claim, first.as_ref(), revision))
-    }
-
-    fn is_session(&self, lease: i64) -> bool {
-        self.inner
-            .session_leases
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .contains(&lease)
+        Ok(self.outcome(claim, first.as_ref()))
     }
 
     /// Resolve when `claim`'s key is gone: a watch on the key from just
@@ -468,12 +430,12 @@ impl EtcdBackend {
     }
 
     /// Later campaign steps: the claim must still exist; then who leads.
-    async fn recheck(&self, req: &AcquireRequest, claim: &Claim) -> Result<AcquireOutcome> {
+    async fn recheck(&self, claim: &Claim) -> Result<QueueOutcome> {
         let key = self.own_key(claim);
-        if claim.key != key || claim.election != req.election {
+        if claim.key != key {
             return Err(Error::Lost(format!(
                 "claim {:?} is not an etcd claim of election {:?} under prefix {:?}; campaign again",
-                claim.key, req.election, self.inner.prefix
+                claim.key, claim.election, self.inner.prefix
             )));
         }
         let range = self.inner.keys.range(&claim.election);
@@ -491,9 +453,8 @@ impl EtcdBackend {
             self.forget_keeper(claim.session);
             return Err(gone(claim));
         }
-        let revision = header_revision(resp.header(), "check candidate key")?;
         let first = first_kv(&resp.op_responses());
-        Ok(self.outcome(claim.clone(), first.as_ref(), revision))
+        Ok(self.outcome(claim.clone(), first.as_ref()))
     }
 
     fn keeper_slot(&self, lease: i64) -> KeeperSlot {
@@ -563,20 +524,6 @@ impl EtcdBackend {
         }
     }
 
-    /// Checks that the claim's key still exists with its create revision.
-    async fn check_key(&self, claim: &Claim) -> Result<i64> {
-        let mut kv = self.inner.client.kv_client();
-        self.inner.counters.request();
-        let resp = kv
-            .get(claim.key.as_str(), Some(GetOptions::new().with_keys_only()))
-            .await
-            .map_err(|e| map("read candidate key", e))?;
-        match resp.kvs().first() {
-            Some(kv) if kv.create_revision() == Self::token_of(claim) => Ok(kv.mod_revision()),
-            _ => Err(gone(claim)),
-        }
-    }
-
     /// Waits for the deletion of the key just ahead of `claim`.
     async fn wait_predecessor(&self, claim: &Claim) -> Result<()> {
         let range = self.inner.keys.range(&claim.election);
@@ -612,22 +559,6 @@ impl EtcdBackend {
                     .iter()
                     .any(|e| e.event_type() == EventType::Delete)
             {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Waits for any change in the election range after `revision`.
-    async fn wait_range(&self, election: &str, revision: i64) -> Result<()> {
-        let range = self.inner.keys.range(election);
-        let mut options = WatchOptions::new().with_prefix();
-        if revision > 0 {
-            options = options.with_start_revision(revision + 1);
-        }
-        let mut stream = self.open_watch(range.into_bytes(), options).await?;
-        loop {
-            let resp = self.next_response(&mut stream, "watch election").await?;
-            if resp.canceled() || !resp.events().is_empty() {
                 return Ok(());
             }
         }
@@ -910,9 +841,11 @@ fn lease_gone(lease: i64) -> Error {
 }
 
 fn header_revision(header: Option<&etcd_client::ResponseHeader>, operation: &str) -> Result<i64> {
-    header.map(|h| h.revision()).ok_or_else(|| Error::Backend {
-        backend: BACKEND,
-        message: format!("{operation}: etcd sent a response without a header"),
+    header.map(|h| h.revision()).ok_or_else(|| {
+        Error::backend(
+            BACKEND,
+            format!("{operation}: etcd sent a response without a header"),
+        )
     })
 }
 
@@ -924,56 +857,55 @@ fn first_kv(responses: &[TxnOpResponse]) -> Option<KeyValue> {
     })
 }
 
-/// Revokes a freshly granted lease when the campaign step that granted it
-/// fails or is dropped, so that no orphan key waits in the queue for a ttl.
-/// The revoke is a single bounded request spawned on the current runtime.
-struct RevokeOnDrop {
-    armed: Option<(Client, i64)>,
-    timeout: Duration,
-}
-
-impl RevokeOnDrop {
-    fn new(client: Client, lease: i64, timeout: Duration) -> Self {
-        RevokeOnDrop {
-            armed: Some((client, lease)),
-            timeout,
-        }
-    }
-
-    fn disarm(&mut self) {
-        self.armed = None;
-    }
-}
-
-impl Drop for RevokeOnDrop {
-    fn drop(&mut self) {
-        let Some((client, lease)) = self.armed.take() else {
-            return;
-        };
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let timeout = self.timeout;
-        handle.spawn(async move {
-            let mut lease_client = client.lease_client();
-            // Best effort: if it fails, the lease expires on its own after its ttl.
-            let _ = tokio::time::timeout(timeout, lease_client.revoke(lease)).await;
-        });
-    }
-}
-
 #[async_trait]
 impl Backend for EtcdBackend {
     fn name(&self) -> &'static str {
         BACKEND
     }
 
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::new(true, true, true).with_sessions(false)
+    fn family(&self) -> Family<'_> {
+        Family::Queue(self)
     }
 
-    fn sessions(&self) -> Option<&SessionRegistry> {
-        Some(&self.inner.sessions)
+    fn validate(&self, options: &ElectionOptions) -> Result<()> {
+        lease_ttl_secs(options.ttl).map(|_| ())
+    }
+
+    async fn leader(&self, election: &str) -> Result<Option<LeaderInfo>> {
+        let range = self.inner.keys.range(election);
+        let mut kv = self.inner.client.kv_client();
+        self.inner.counters.request();
+        let resp = bounded(
+            "read leader",
+            self.timeout(),
+            kv.get(range, Some(Self::first_by_create())),
+        )
+        .await
+        .map_err(|e| self.denied(e, election, "read"))?;
+        resp.kvs()
+            .first()
+            .map(|kv| {
+                self.inner
+                    .keys
+                    .decode(kv.key(), kv.value(), kv.create_revision())
+            })
+            .transpose()
+    }
+
+    fn proclaimer(&self) -> Option<&dyn Proclaim> {
+        Some(self)
+    }
+
+    fn leader_watch(&self) -> Option<&dyn WatchLeader> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl QueueStore for EtcdBackend {
+    /// Clones share their connection, and so their sessions.
+    fn scope(&self) -> SessionScope {
+        SessionScope::of(&self.inner)
     }
 
     /// Grants a lease of `ttl` (rounded up to whole seconds). Cancel safe: a
@@ -988,11 +920,6 @@ impl Backend for EtcdBackend {
             lease_client.grant(secs, None),
         )
         .await?;
-        self.inner
-            .session_leases
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(grant.id());
         Ok(grant.id())
     }
 
@@ -1006,11 +933,6 @@ impl Backend for EtcdBackend {
     /// Revokes the lease: every key still in it goes. Cancel safe.
     async fn close_session(&self, session: i64) -> Result<()> {
         self.forget_keeper(session);
-        self.inner
-            .session_leases
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .remove(&session);
         let mut lease_client = self.inner.client.lease_client();
         self.inner.counters.request();
         match bounded(
@@ -1028,11 +950,41 @@ impl Backend for EtcdBackend {
 
     /// Cancel safe: a key whose create answer was lost is replaced (never
     /// adopted) by the next attempt in the same session, or removed by
-    /// [`withdraw_in`](Backend::withdraw_in), or goes when the session ends.
-    async fn try_acquire_in(&self, req: &AcquireRequest, session: i64) -> Result<AcquireOutcome> {
-        self.create_in(req, session, true)
+    /// [`withdraw_in`](QueueStore::withdraw_in), or goes when the session
+    /// ends.
+    async fn join(&self, req: &AcquireRequest, session: i64) -> Result<QueueOutcome> {
+        self.create_in(req, session)
             .await
             .map_err(|e| self.denied(e, &req.election, "readwrite"))
+    }
+
+    async fn check(&self, claim: &Claim) -> Result<QueueOutcome> {
+        self.recheck(claim)
+            .await
+            .map_err(|e| self.denied(e, &claim.election, "readwrite"))
+    }
+
+    /// Deletes the own key if its create revision is still the claim's
+    /// token; the lease (a session) lives on. Cancel safe.
+    async fn release(&self, claim: &Claim) -> Result<()> {
+        if claim.key != self.own_key(claim) {
+            // Not a key this backend would have written for this lease:
+            // touch nothing.
+            return Ok(());
+        }
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                claim.key.as_str(),
+                CompareOp::Equal,
+                Self::token_of(claim),
+            )])
+            .and_then([TxnOp::delete(claim.key.as_str(), None)]);
+        let mut kv = self.inner.client.kv_client();
+        self.inner.counters.request();
+        bounded("delete candidate key", self.timeout(), kv.txn(txn))
+            .await
+            .map_err(|e| self.denied(e, &claim.election, "readwrite"))?;
+        Ok(())
     }
 
     /// Deletes the session's key in the election (named after the lease,
@@ -1052,6 +1004,13 @@ impl Backend for EtcdBackend {
     }
 
     /// Cancel safe: the watch it opened is closed when the future is dropped.
+    async fn wait(&self, claim: &Claim) -> Result<()> {
+        self.wait_predecessor(claim)
+            .await
+            .map_err(|e| self.denied(e, &claim.election, "read"))
+    }
+
+    /// Cancel safe: the watch it opened is closed when the future is dropped.
     async fn watch_claim(&self, claim: &Claim) -> Result<()> {
         if claim.key != self.own_key(claim) {
             return Ok(());
@@ -1060,99 +1019,10 @@ impl Backend for EtcdBackend {
             .await
             .map_err(|e| self.denied(e, &claim.election, "read"))
     }
+}
 
-    fn validate(&self, options: &ElectionOptions) -> Result<()> {
-        lease_ttl_secs(options.ttl).map(|_| ())
-    }
-
-    /// Cancel safe: a call dropped after its lease was granted revokes that
-    /// lease in the background (its key, if written, goes with it).
-    async fn try_acquire(&self, req: &AcquireRequest) -> Result<AcquireOutcome> {
-        match &req.claim {
-            None => self.campaign(req).await,
-            Some(claim) => self.recheck(req, claim).await,
-        }
-        .map_err(|e| self.denied(e, &req.election, "readwrite"))
-    }
-
-    /// Cancel safe: a call dropped half way closes its keep-alive stream; the
-    /// next call opens a new one.
-    async fn renew(&self, claim: &Claim) -> Result<Claim> {
-        if claim.key != self.own_key(claim) {
-            return Err(Error::Lost(format!(
-                "claim {:?} is not an etcd claim under prefix {:?}",
-                claim.key, self.inner.prefix
-            )));
-        }
-        let t = self.timeout();
-        let (alive, key) = tokio::join!(
-            tokio::time::timeout(t, self.keep_lease_alive(claim.session)),
-            tokio::time::timeout(t, self.check_key(claim)),
-        );
-        let timed_out = |operation| Error::Timeout {
-            operation,
-            after: t,
-        };
-        let alive = alive.map_err(|_| timed_out("keep lease alive"));
-        let key = key.map_err(|_| timed_out("read candidate key"));
-        // "Lost" from either side wins over a transport error of the other.
-        match (alive.and_then(|r| r), key.and_then(|r| r)) {
-            (Ok(_), Ok(mod_revision)) => Ok(Claim {
-                version: mod_revision,
-                ..claim.clone()
-            }),
-            (Err(e), _) | (_, Err(e)) if e.is_lost() => {
-                self.forget_keeper(claim.session);
-                Err(e)
-            }
-            (Err(e), _) | (_, Err(e)) => Err(self.denied(e, &claim.election, "readwrite")),
-        }
-    }
-
-    /// Cancel safe: dropped between the delete and the revoke, the lease
-    /// (holding no key any more) expires on its own.
-    async fn release(&self, claim: &Claim) -> Result<()> {
-        if claim.key != self.own_key(claim) {
-            // Not a key this backend would have written for this lease:
-            // touch nothing.
-            return Ok(());
-        }
-        if !self.is_session(claim.session) {
-            self.forget_keeper(claim.session);
-        }
-        let t = self.timeout();
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                claim.key.as_str(),
-                CompareOp::Equal,
-                Self::token_of(claim),
-            )])
-            .and_then([TxnOp::delete(claim.key.as_str(), None)])
-            .or_else([TxnOp::get(
-                claim.key.as_str(),
-                Some(GetOptions::new().with_keys_only()),
-            )]);
-        let mut kv = self.inner.client.kv_client();
-        self.inner.counters.request();
-        let resp = bounded("delete candidate key", t, kv.txn(txn))
-            .await
-            .map_err(|e| self.denied(e, &claim.election, "readwrite"))?;
-        let ours = resp.succeeded() || first_kv(&resp.op_responses()).is_none();
-        if ours && !self.is_session(claim.session) {
-            let mut lease_client = self.inner.client.lease_client();
-            self.inner.counters.request();
-            match bounded("revoke lease", t, lease_client.revoke(claim.session)).await {
-                Ok(_) => {}
-                // Already expired or revoked: nothing left to give up.
-                Err(e) if e.is_lost() => {}
-                // The key is gone already, which is what hands over; the
-                // lease expires on its own.
-                Err(e) => tracing::debug!(error = %e, "revoking a released lease failed"),
-            }
-        }
-        Ok(())
-    }
-
+#[async_trait]
+impl Proclaim for EtcdBackend {
     /// One transaction, as Go's `Election.Proclaim`: put the new value on
     /// the own key if its create revision is still the claim's token,
     /// keeping the key's lease. In the leasehold layout the candidate id is
@@ -1211,37 +1081,10 @@ impl Backend for EtcdBackend {
             ..claim.clone()
         })
     }
+}
 
-    async fn leader(&self, election: &str) -> Result<Option<LeaderInfo>> {
-        let range = self.inner.keys.range(election);
-        let mut kv = self.inner.client.kv_client();
-        self.inner.counters.request();
-        let resp = bounded(
-            "read leader",
-            self.timeout(),
-            kv.get(range, Some(Self::first_by_create())),
-        )
-        .await
-        .map_err(|e| self.denied(e, election, "read"))?;
-        resp.kvs()
-            .first()
-            .map(|kv| {
-                self.inner
-                    .keys
-                    .decode(kv.key(), kv.value(), kv.create_revision())
-            })
-            .transpose()
-    }
-
-    /// Cancel safe: the watch it opened is closed when the future is dropped.
-    async fn wait(&self, election: &str, claim: Option<&Claim>, revision: i64) -> Result<()> {
-        match claim {
-            Some(claim) => self.wait_predecessor(claim).await,
-            None => self.wait_range(election, revision).await,
-        }
-        .map_err(|e| self.denied(e, election, "read"))
-    }
-
+#[async_trait]
+impl WatchLeader for EtcdBackend {
     async fn watch(&self, election: &str) -> Result<Box<dyn LeaderWatch>> {
         let range = self.inner.keys.range(election);
         let mut kv = self.inner.client.kv_client();
@@ -1346,14 +1189,14 @@ impl LeaderWatch for EtcdLeaderWatch {
                 .next_response(&mut self.stream, "watch election")
                 .await?;
             if resp.canceled() {
-                return Err(Error::Backend {
-                    backend: BACKEND,
-                    message: format!(
+                return Err(Error::backend(
+                    BACKEND,
+                    format!(
                         "watch election: etcd cancelled the watch ({}; compacted at {}); open a new watch",
                         resp.cancel_reason(),
                         resp.compact_revision()
                     ),
-                });
+                ));
             }
             for event in resp.events() {
                 let Some(kv) = event.kv() else { continue };

@@ -23,7 +23,7 @@ pub const DEFAULT_PREFIX: &str = "/leasehold";
 ///     .prefix("/myapp/leasehold")
 ///     .request_timeout(Duration::from_secs(3))
 ///     .auth("app", "secret")
-///     .connect()
+///     .build()
 ///     .await?;
 /// # Ok(()) }
 /// ```
@@ -222,7 +222,7 @@ impl EtcdBuilder {
     ///
     /// # Cancel safety
     /// Cancel safe: nothing is left behind.
-    pub async fn connect(self) -> Result<EtcdBackend> {
+    pub async fn build(self) -> Result<EtcdBackend> {
         self.check()?;
         let mut options = ConnectOptions::new()
             .with_connect_timeout(self.connect_timeout)
@@ -310,7 +310,7 @@ mod tests {
     async fn a_malformed_endpoint_is_a_config_error() {
         let err = EtcdBuilder::new()
             .endpoints(["http://[::1"])
-            .connect()
+            .build()
             .await
             .unwrap_err();
         assert!(matches!(err, Error::Config(_)), "{err:?}");

@@ -121,7 +121,7 @@ impl leasehold_core::driver::Driver for EtcdDriver {
                 read_pem("key", Path::new(key))?,
             );
         }
-        Ok(std::sync::Arc::new(b.connect().await?))
+        Ok(std::sync::Arc::new(b.build().await?))
     }
 }
 

@@ -8,11 +8,14 @@ use tonic::Code;
 
 pub(crate) const BACKEND: &str = "etcd";
 
-/// Maps an etcd-client error met while doing `operation`.
+/// Maps an etcd-client error met while doing `operation`, keeping it as
+/// the source. Only the failures of reaching etcd in time are transient
+/// ([`Error::Unavailable`]); an error this does not recognise is
+/// [`Error::Backend`], which the engine does not retry.
 pub(crate) fn map(operation: &str, e: etcd_client::Error) -> Error {
     use etcd_client::Error as E;
     let message = format!("{operation}: {e}");
-    match e {
+    let mapped = match &e {
         E::GRpcStatus(status) => match status.code() {
             Code::Unavailable
             | Code::DeadlineExceeded
@@ -20,46 +23,37 @@ pub(crate) fn map(operation: &str, e: etcd_client::Error) -> Error {
             | Code::Aborted
             | Code::ResourceExhausted
             | Code::Unknown => unavailable(message),
-            Code::PermissionDenied | Code::Unauthenticated => Error::PermissionDenied {
-                backend: BACKEND,
-                message,
-            },
+            Code::PermissionDenied | Code::Unauthenticated => {
+                Error::permission_denied(BACKEND, message)
+            }
             // etcd reports a missing or refused login as an invalid argument.
             Code::InvalidArgument
                 if status.message().contains("user name is empty")
                     || status.message().contains("authentication failed") =>
             {
-                Error::PermissionDenied {
-                    backend: BACKEND,
-                    message: format!(
+                Error::permission_denied(
+                    BACKEND,
+                    format!(
                         "{message} (give the user and password of an etcd user with .auth(user, password))"
                     ),
-                }
+                )
             }
             Code::NotFound if status.message().contains("lease not found") => Error::Lost(message),
-            _ => Error::Backend {
-                backend: BACKEND,
-                message,
-            },
+            _ => Error::backend(BACKEND, message),
         },
         E::LeaseKeepAliveError(m) if m.contains("lease not found") => Error::Lost(message),
         E::TransportError(_) | E::IoError(_) | E::WatchError(_) | E::LeaseKeepAliveError(_) => {
             unavailable(message)
         }
         E::InvalidArgs(_) | E::InvalidUri(_) | E::EndpointError(_) => Error::Config(message),
-        _ => Error::Backend {
-            backend: BACKEND,
-            message,
-        },
-    }
+        _ => Error::backend(BACKEND, message),
+    };
+    mapped.caused_by(e)
 }
 
 /// An [`Error::Unavailable`] of this backend.
 pub(crate) fn unavailable(message: String) -> Error {
-    Error::Unavailable {
-        backend: BACKEND,
-        message,
-    }
+    Error::unavailable(BACKEND, message)
 }
 
 /// Runs one store call bounded by `after`, mapping its error.
@@ -92,6 +86,13 @@ mod tests {
         let e = map(
             "get",
             etcd_client::Error::GRpcStatus(tonic::Status::unavailable("connection refused")),
+        );
+        let source = std::error::Error::source(&e).map(ToString::to_string);
+        assert!(
+            source
+                .as_deref()
+                .is_some_and(|s| s.contains("connection refused")),
+            "the etcd-client error is kept as the source: {source:?}"
         );
         assert!(matches!(e, Error::Unavailable { .. }), "{e}");
         let e = map(

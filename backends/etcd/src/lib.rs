@@ -13,7 +13,7 @@
 //!
 //! let backend = EtcdBackend::builder()
 //!     .endpoints(["http://127.0.0.1:2379"])
-//!     .connect()
+//!     .build()
 //!     .await?;
 //! let options = ElectionOptions::new("orders-worker", "node-1").with_ttl(Duration::from_secs(10));
 //! let elector = Elector::new(Arc::new(backend), options)?;

@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use google_cloud_storage::client::Storage;
 use leasehold_core::{
-    AcquireOutcome, AcquireRequest, Backend, Capabilities, Claim, ElectionOptions, Error,
-    FencingToken, LeaderInfo, LeaderWatch, Result,
+    AcquireRequest, Backend, Claim, ElectionOptions, Error, Expiry, Family, FencingToken,
+    LeaderInfo, RecordOutcome, RecordStore, Result,
 };
 
 use crate::builder::GcsBackendBuilder;
@@ -310,16 +310,14 @@ impl GcsBackend {
     }
 
     /// After a lost race: who holds the election now.
-    async fn held_now(&self, object: &str) -> Result<AcquireOutcome> {
+    async fn held_now(&self, object: &str) -> Result<RecordOutcome> {
         Ok(match self.read(object).await? {
-            Some((record, generation)) => AcquireOutcome::Held {
+            Some((record, generation)) => RecordOutcome::Held {
                 leader: record.leader(generation),
-                queued: None,
                 revision: generation,
             },
-            None => AcquireOutcome::Held {
+            None => RecordOutcome::Held {
                 leader: None,
-                queued: None,
                 revision: 0,
             },
         })
@@ -328,53 +326,46 @@ impl GcsBackend {
     fn map_err(&self, e: google_cloud_storage::Error, op: &'static str, object: &str) -> Error {
         let what = format!("{op} of {}", self.gs_url(object));
         let code = e.http_status_code();
-        match code {
-            Some(401 | 403) => Error::PermissionDenied {
-                backend: NAME,
-                message: format!(
+        let mapped = match code {
+            Some(401 | 403) => Error::permission_denied(
+                NAME,
+                format!(
                     "{what}: {e}; the credentials need storage.objects.get and storage.objects.create (e.g. roles/storage.objectUser) on bucket {}",
                     self.bucket
                 ),
-            },
+            ),
             Some(404) => Error::Config(format!(
                 "{what}: {e}; does bucket {} exist? create it first",
                 self.bucket
             )),
-            Some(429) => Error::Unavailable {
-                backend: NAME,
-                message: format!(
+            Some(429) => Error::unavailable(
+                NAME,
+                format!(
                     "{what}: {e}; Cloud Storage allows about one write per second to one object, so this is retried (a longer ttl makes it rarer)"
                 ),
-            },
-            Some(408 | 500..=599) => Error::Unavailable {
-                backend: NAME,
-                message: format!("{what}: {e}"),
-            },
+            ),
+            Some(408 | 500..=599) => Error::unavailable(NAME, format!("{what}: {e}")),
             None if e.is_timeout() || e.is_io() || e.is_connect() || e.is_transport() => {
-                Error::Unavailable {
-                    backend: NAME,
-                    message: format!("{what}: {e}"),
-                }
+                Error::unavailable(NAME, format!("{what}: {e}"))
             }
-            _ if e.is_authentication() => Error::PermissionDenied {
-                backend: NAME,
-                message: format!(
+            _ if e.is_authentication() => Error::permission_denied(
+                NAME,
+                format!(
                     "{what}: {e}; no usable credentials for bucket {}: check the application default credentials (gcloud auth application-default login, GOOGLE_APPLICATION_CREDENTIALS) or the key file, or use anonymous access for an emulator",
                     self.bucket
                 ),
-            },
-            _ => Error::Backend {
-                backend: NAME,
-                message: format!("{what}: {e}"),
-            },
-        }
+            ),
+            _ => Error::backend(NAME, format!("{what}: {e}")),
+        };
+        mapped.caused_by(e)
     }
 
     fn claim(election: &str, object: &str, owner: u64, token: u64, generation: i64) -> Claim {
         Claim {
             election: election.to_owned(),
             key: object.to_owned(),
-            session: owner_to_session(owner),
+            session: 0,
+            owner: format!("{owner:016x}"),
             token: FencingToken(token),
             version: generation,
         }
@@ -384,7 +375,7 @@ impl GcsBackend {
     /// conflict: read, check that the record is still this claim's (its
     /// owner) and not released, rewrite it under the generation just read.
     async fn renew_slow(&self, claim: &Claim) -> Result<Claim> {
-        let owner = session_to_owner(claim.session);
+        let owner = owner_of(claim).ok_or_else(|| not_ours(claim))?;
         let token = claim.token.get();
         let object = claim.key.as_str();
         let read = match self.read(object).await {
@@ -452,7 +443,7 @@ impl GcsBackend {
         pending: &Pending,
         record: &Record,
         generation: i64,
-    ) -> Result<AcquireOutcome> {
+    ) -> Result<RecordOutcome> {
         let token = record.token_at(generation);
         let fresh = record_of(
             &pending.holding,
@@ -466,7 +457,7 @@ impl GcsBackend {
                 self.clear_pending(object, pending.owner);
                 self.remember(object, pending.owner, pending.holding.clone());
                 tracing::info!(object = %self.gs_url(object), token, "found this candidate's own write whose answer was lost; leading");
-                Ok(AcquireOutcome::Acquired(Self::claim(
+                Ok(RecordOutcome::Acquired(Self::claim(
                     &req.election,
                     object,
                     pending.owner,
@@ -500,13 +491,17 @@ fn new_owner() -> u64 {
     }
 }
 
-/// The owner identity as `Claim::session` carries it (the same 64 bits).
-fn owner_to_session(owner: u64) -> i64 {
-    i64::from_ne_bytes(owner.to_ne_bytes())
+/// The owner identity of `claim` (its `owner`, in hex); `None` for a claim
+/// this backend did not make.
+fn owner_of(claim: &Claim) -> Option<u64> {
+    u64::from_str_radix(&claim.owner, 16).ok()
 }
 
-fn session_to_owner(session: i64) -> u64 {
-    u64::from_ne_bytes(session.to_ne_bytes())
+fn not_ours(claim: &Claim) -> Error {
+    Error::Lost(format!(
+        "claim {} has no Cloud Storage owner identity ({:?}); it is not this backend's",
+        claim.key, claim.owner
+    ))
 }
 
 fn is_not_found(e: &google_cloud_storage::Error) -> bool {
@@ -521,8 +516,8 @@ impl Backend for GcsBackend {
         NAME
     }
 
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::new(false, false, false)
+    fn family(&self) -> Family<'_> {
+        Family::Record(self)
     }
 
     fn validate(&self, options: &ElectionOptions) -> Result<()> {
@@ -548,6 +543,24 @@ impl Backend for GcsBackend {
         Ok(())
     }
 
+    /// One read. A record whose holder stopped renewing still names it
+    /// until a candidate takes over: Cloud Storage does not expire records.
+    async fn leader(&self, election: &str) -> Result<Option<LeaderInfo>> {
+        let object = self.object_name(election);
+        Ok(self
+            .read(&object)
+            .await?
+            .and_then(|(record, generation)| record.leader(generation)))
+    }
+}
+
+#[async_trait]
+impl RecordStore for GcsBackend {
+    /// Cloud Storage expires nothing: followers observe.
+    fn expiry(&self) -> Expiry {
+        Expiry::Observed
+    }
+
     /// One read, then at most one conditional write: create (generation 0),
     /// take over a released record, or take over the record at
     /// `req.expired_revision` (a new owner; the token is the new
@@ -556,7 +569,7 @@ impl Backend for GcsBackend {
     /// (revision 0) for a full ttl. A record this backend wrote in an
     /// earlier call whose answer was lost is recognised by its owner and
     /// rewritten: this candidate leads at once.
-    async fn try_acquire(&self, req: &AcquireRequest) -> Result<AcquireOutcome> {
+    async fn try_acquire(&self, req: &AcquireRequest) -> Result<RecordOutcome> {
         let object = self.object_name(&req.election);
         let now = unix_ms();
         let read = self.read(&object).await?;
@@ -576,9 +589,8 @@ impl Backend for GcsBackend {
                     // Deleted (by hand, or by a lifecycle rule) while its
                     // holder may still lead: wait a full ttl, as for a
                     // record seen unchanged.
-                    return Ok(AcquireOutcome::Held {
+                    return Ok(RecordOutcome::Held {
                         leader: None,
-                        queued: None,
                         revision: 0,
                     });
                 }
@@ -587,9 +599,8 @@ impl Backend for GcsBackend {
             Some((record, generation)) => {
                 let expired = req.expired_revision == Some(generation);
                 if !record.released && !expired {
-                    return Ok(AcquireOutcome::Held {
+                    return Ok(RecordOutcome::Held {
                         leader: record.leader(generation),
-                        queued: None,
                         revision: generation,
                     });
                 }
@@ -636,7 +647,7 @@ impl Backend for GcsBackend {
                 self.clear_pending(&object, owner);
                 self.remember(&object, owner, holding);
                 let token = u64::try_from(g).unwrap_or(0);
-                Ok(AcquireOutcome::Acquired(Self::claim(
+                Ok(RecordOutcome::Acquired(Self::claim(
                     &req.election,
                     &object,
                     owner,
@@ -653,7 +664,7 @@ impl Backend for GcsBackend {
     /// One conditional write under the claim's generation; after a conflict,
     /// one read and at most one more write (see [`GcsBackend`] docs).
     async fn renew(&self, claim: &Claim) -> Result<Claim> {
-        let owner = session_to_owner(claim.session);
+        let owner = owner_of(claim).ok_or_else(|| not_ours(claim))?;
         let object = claim.key.as_str();
         let result = match self.holding(object, owner) {
             Some(holding) => {
@@ -678,7 +689,10 @@ impl Backend for GcsBackend {
     /// record of another owner, a released one, no object or foreign data
     /// means there is nothing left to release.
     async fn release(&self, claim: &Claim) -> Result<()> {
-        let owner = session_to_owner(claim.session);
+        // A claim without an owner of ours is not ours to release.
+        let Some(owner) = owner_of(claim) else {
+            return Ok(());
+        };
         let token = claim.token.get();
         let object = claim.key.as_str();
         if let Some(holding) = self.holding(object, owner) {
@@ -713,30 +727,6 @@ impl Backend for GcsBackend {
         }
         self.forget(object, owner);
         Ok(())
-    }
-
-    /// One read. A record whose holder stopped renewing still names it
-    /// until a candidate takes over: Cloud Storage does not expire records.
-    async fn leader(&self, election: &str) -> Result<Option<LeaderInfo>> {
-        let object = self.object_name(election);
-        Ok(self
-            .read(&object)
-            .await?
-            .and_then(|(record, generation)| record.leader(generation)))
-    }
-
-    async fn wait(&self, _election: &str, _claim: Option<&Claim>, _revision: i64) -> Result<()> {
-        Err(Error::NotSupported {
-            operation: "wait",
-            backend: NAME,
-        })
-    }
-
-    async fn watch(&self, _election: &str) -> Result<Box<dyn LeaderWatch>> {
-        Err(Error::NotSupported {
-            operation: "watch",
-            backend: NAME,
-        })
     }
 }
 

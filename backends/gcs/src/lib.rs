@@ -12,7 +12,7 @@
 //! * **Every change is one conditional write** with `ifGenerationMatch`:
 //!   create with generation 0, renew / take over / release with the
 //!   generation last read or written. A failed precondition (HTTP 412) is an
-//!   outcome, never retried: someone else won ([`AcquireOutcome::Held`] from
+//!   outcome, never retried: someone else won ([`RecordOutcome::Held`] from
 //!   `try_acquire`, [`Error::Lost`] from `renew`, `Ok` from `release`). No
 //!   blind writes, no deletes, no metadata patches.
 //! * **Fencing token** = the object generation of the write that started
@@ -20,12 +20,12 @@
 //!   overwrites and across deletions, so tokens strictly increase across
 //!   terms even when the object is deleted by hand.
 //! * **Owner identity**: each term draws a random 64-bit owner, kept in the
-//!   record and in [`Claim::session`](leasehold_core::Claim). Renew and
+//!   record and in [`Claim::owner`](leasehold_core::Claim) (in hex). Renew and
 //!   release act only on a record with their owner, so a leader whose record
 //!   was replaced (even at an equal token, even by a candidate with the same
 //!   id) learns it at its next renewal.
 //! * **Expiry without trusting clocks**: Cloud Storage does not expire
-//!   anything, so [`Capabilities::server_expiry`] is false. A follower (the
+//!   anything, so its expiry is [`Expiry::Observed`]. A follower (the
 //!   engine in leasehold-core) polls; after it has seen the same generation,
 //!   not released, for a full ttl on its own monotonic clock it calls
 //!   `try_acquire` with `expired_revision`, and the backend takes over with
@@ -38,8 +38,8 @@
 //!   backend then reads the record and, when it still has this claim's owner
 //!   and is not released, rewrites it under the generation it read.
 //!
-//! No watch ([`Backend::wait`] and [`Backend::watch`] return
-//! [`Error::NotSupported`]): followers poll every retry interval, with one
+//! No watch ([`Backend::leader_watch`] is `None`): followers poll every
+//! retry interval, with one
 //! read per poll (an observer on an elector that is campaigning follows the
 //! campaign's reads rather than polling beside it).
 //!
@@ -71,4 +71,4 @@ pub use driver::{DRIVER, GcsCredentials, GcsDriver};
 pub use google_cloud_storage;
 
 #[cfg(doc)]
-use leasehold_core::{AcquireOutcome, Backend, Capabilities, Error};
+use leasehold_core::{Backend, Error, Expiry, RecordOutcome};

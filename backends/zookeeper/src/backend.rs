@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use leasehold_core::{
-    AcquireOutcome, AcquireRequest, Backend, Capabilities, Claim, ElectionOptions, Error,
-    FencingToken, LeaderInfo, LeaderWatch, Result, SessionRegistry,
+    AcquireRequest, Backend, Claim, ElectionOptions, Error, Family, FencingToken, LeaderInfo,
+    LeaderWatch, Proclaim, QueueOutcome, QueueStore, Result, SessionScope, WatchLeader,
 };
 use zookeeper_client as zk;
 use zookeeper_client::{Acls, Client, CreateMode, Stat};
@@ -26,7 +26,7 @@ pub(crate) const NAME: &str = "zookeeper";
 const MAX_REREADS: usize = 5;
 
 /// How many events of its own node (a proclaim's data change) one
-/// [`Backend::watch_claim`] call re-arms after; the line's events do not count.
+/// [`QueueStore::watch_claim`] call re-arms after; the line's events do not count.
 const MAX_OWN_NODE_EVENTS: usize = 100;
 
 /// The ZooKeeper backend: one client session, shared by every election run
@@ -38,7 +38,7 @@ const MAX_OWN_NODE_EVENTS: usize = 100;
 /// nothing else (its predecessor's exists-watch and the session's events
 /// wake it). While electors lead through this backend, the engine proves
 /// the session at the quorum once per renew interval for all of them (one
-/// `sync`, [`Backend::keep_alive`]), and each leader's exists-watch on its
+/// `sync`, [`QueueStore::keep_alive`]), and each leader's exists-watch on its
 /// own node ends its term at once when the node is deleted.
 ///
 /// Build it with [`ZkBackend::builder`]. Cloning is not offered: share it as
@@ -55,9 +55,6 @@ pub struct ZkBackend {
     /// validated on this backend (nanoseconds; 0: none yet): a replacement
     /// session opened after an expiry must be granted at least this.
     needed_session: AtomicU64,
-    /// The engine's sessions on this backend (all of them on its one
-    /// ZooKeeper session).
-    sessions: SessionRegistry,
 }
 
 impl fmt::Debug for ZkBackend {
@@ -84,15 +81,12 @@ impl ZkBackend {
     /// (`host:port[,host:port...][/chroot]`).
     ///
     /// # Errors
-    /// As [`ZkBackendBuilder::connect`].
+    /// As [`ZkBackendBuilder::build`].
     ///
     /// # Cancel safety
     /// Cancel safe.
     pub async fn connect(connect_string: &str) -> Result<ZkBackend> {
-        Self::builder()
-            .connect_string(connect_string)
-            .connect()
-            .await
+        Self::builder().connect_string(connect_string).build().await
     }
 
     pub(crate) async fn open(config: Arc<Config>) -> Result<ZkBackend> {
@@ -103,7 +97,6 @@ impl ZkBackend {
             reconnect: tokio::sync::Mutex::new(()),
             engine_bound: AtomicU64::new(u64::MAX),
             needed_session: AtomicU64::new(0),
-            sessions: SessionRegistry::new(),
         })
     }
 
@@ -287,7 +280,7 @@ impl ZkBackend {
         client: Client,
         dir: String,
         req: &AcquireRequest,
-    ) -> Result<AcquireOutcome> {
+    ) -> Result<QueueOutcome> {
         self.check_session(&client, req.ttl)?;
         // Until the engine has the claim, a node this call creates
         // is nobody's: if the call fails after the create may have
@@ -384,6 +377,7 @@ impl ZkBackend {
                         election: req.election.clone(),
                         key: format!("{prefix}{sequence}"),
                         session,
+                        owner: String::new(),
                         token: token_of(&stat, &prefix)?,
                         version: i64::from(stat.version),
                     });
@@ -416,17 +410,17 @@ impl ZkBackend {
                 Err(e) => return Err(self.at("create candidate node in", dir, e)),
             }
         }
-        Err(Error::Unavailable {
-            backend: NAME,
-            message: format!(
+        Err(Error::unavailable(
+            NAME,
+            format!(
                 "the election directory {} kept disappearing while creating a candidate node; retry",
                 self.full_path(dir)
             ),
-        })
+        ))
     }
 
     /// Where `claim` stands: first in line (leader) or behind someone.
-    async fn evaluate(&self, client: &Client, dir: &str, claim: Claim) -> Result<AcquireOutcome> {
+    async fn evaluate(&self, client: &Client, dir: &str, claim: Claim) -> Result<QueueOutcome> {
         let own = base_name(&claim.key).to_owned();
         for _ in 0..MAX_REREADS {
             let children = match self
@@ -449,7 +443,7 @@ impl ZkBackend {
                 return Err(node_gone(&claim));
             };
             if position == 0 {
-                return Ok(AcquireOutcome::Acquired(claim));
+                return Ok(QueueOutcome::Acquired(claim));
             }
             let leader_path = format!("{dir}/{}", line[0]);
             match self
@@ -458,10 +452,9 @@ impl ZkBackend {
             {
                 Ok((data, stat)) => {
                     let leader = leader_info(&data, &stat, &leader_path)?;
-                    return Ok(AcquireOutcome::Held {
+                    return Ok(QueueOutcome::Queued {
                         leader: Some(leader),
-                        queued: Some(claim),
-                        revision: stat.czxid,
+                        claim,
                     });
                 }
                 // The leader left between the two reads: look again.
@@ -478,10 +471,9 @@ impl ZkBackend {
         }
         // The line keeps moving; report the place without a leader, the
         // engine waits (on the predecessor) and asks again.
-        Ok(AcquireOutcome::Held {
+        Ok(QueueOutcome::Queued {
             leader: None,
-            queued: Some(claim),
-            revision: 0,
+            claim,
         })
     }
 
@@ -552,12 +544,10 @@ impl ZkBackend {
                 Err(e) => return Err(self.at("read leader node", &path, e)),
             }
         }
-        Err(Error::Unavailable {
-            backend: NAME,
-            message: format!(
-                "the leader of {dir} changed {MAX_REREADS} times while being read; retry"
-            ),
-        })
+        Err(Error::unavailable(
+            NAME,
+            format!("the leader of {dir} changed {MAX_REREADS} times while being read; retry"),
+        ))
     }
 }
 
@@ -567,12 +557,68 @@ impl Backend for ZkBackend {
         NAME
     }
 
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::new(true, true, true).with_sessions(true)
+    fn family(&self) -> Family<'_> {
+        Family::Queue(self)
     }
 
-    fn sessions(&self) -> Option<&SessionRegistry> {
-        Some(&self.sessions)
+    fn validate(&self, options: &ElectionOptions) -> Result<()> {
+        self.dir(&options.election)?;
+        if options.own_session {
+            return Err(Error::invalid_option(
+                "own_session",
+                "a ZkBackend is one ZooKeeper client session, shared by every elector built on it; to give an election a session of its own, build a ZkBackend of its own for it (ZkBackend::builder()...build(), or leasehold::connect(url) per election) instead of setting own_session",
+            ));
+        }
+        let bound = u64::try_from(options.request_timeout.as_nanos()).unwrap_or(u64::MAX);
+        self.engine_bound.fetch_min(bound, Ordering::Relaxed);
+        let client = self.current();
+        self.check_ttl(&client, options.ttl)?;
+        let negotiated = client.session_timeout();
+        let needed = min_session_timeout_within(options, negotiated);
+        if needed > negotiated {
+            return Err(Error::invalid_option(
+                "ttl",
+                format!(
+                    "ttl {:?} with safety_margin {:?} and renew_interval {:?} needs a ZooKeeper session of at least {needed:?} (ttl - safety_margin + renew_interval: a member cut off from its peers just after a renewal may never pass that renewal's session touch on to the ZooKeeper leader, which then counts the session from the request before; see docs/zookeeper.md), but the server granted {negotiated:?} ({:?} was requested); ask for a session_timeout of {needed:?} or more (ZkBackend::min_session_timeout), or lower the ttl / raise the safety_margin",
+                    options.ttl,
+                    options.safety_margin,
+                    options.renew_interval,
+                    self.config.session_timeout
+                ),
+            ));
+        }
+        // A replacement session (after an expiry) is held to this too.
+        let safe = u64::try_from(Self::min_session_timeout(options).as_nanos()).unwrap_or(u64::MAX);
+        self.needed_session.fetch_max(safe, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn leader(&self, election: &str) -> Result<Option<LeaderInfo>> {
+        let dir = self.dir(election)?;
+        let client = self.live_client().await?;
+        self.read_leader(&client, &dir).await
+    }
+
+    fn proclaimer(&self) -> Option<&dyn Proclaim> {
+        Some(self)
+    }
+
+    fn leader_watch(&self) -> Option<&dyn WatchLeader> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl QueueStore for ZkBackend {
+    /// One `ZkBackend` is one ZooKeeper session: every elector on it shares
+    /// it.
+    fn scope(&self) -> SessionScope {
+        SessionScope::of(&self.config)
+    }
+
+    /// The client's pings keep the session alive.
+    fn self_kept_sessions(&self) -> bool {
+        true
     }
 
     /// This backend's ZooKeeper session (a new one when the last has
@@ -603,9 +649,15 @@ impl Backend for ZkBackend {
         }
     }
 
+    /// Nothing to do: the session is this backend's connection, and ends
+    /// with it (its nodes go then).
+    async fn close_session(&self, _session: i64) -> Result<()> {
+        Ok(())
+    }
+
     /// Cancel safe: a node whose create answer was lost is found by its
     /// protected name and deleted in the background.
-    async fn try_acquire_in(&self, req: &AcquireRequest, session: i64) -> Result<AcquireOutcome> {
+    async fn join(&self, req: &AcquireRequest, session: i64) -> Result<QueueOutcome> {
         let dir = self.dir(&req.election)?;
         let client = self.session_client(session)?;
         self.create_and_evaluate(client, dir, req).await
@@ -613,7 +665,7 @@ impl Backend for ZkBackend {
 
     /// Nothing to do here: a create whose answer was lost is found by its
     /// protected name and deleted in the background by
-    /// [`try_acquire_in`](Backend::try_acquire_in) itself (Curator's
+    /// [`join`](QueueStore::join) itself (Curator's
     /// protection mode), and a new create makes a new sequential node, so a
     /// leftover is never adopted.
     async fn withdraw_in(&self, _election: &str, _session: i64) -> Result<()> {
@@ -665,99 +717,19 @@ impl Backend for ZkBackend {
                 ended = &mut line => return ended,
             }
         }
-        Err(Error::Unavailable {
-            backend: NAME,
-            message: format!(
+        Err(Error::unavailable(
+            NAME,
+            format!(
                 "the watch on {} fired {MAX_OWN_NODE_EVENTS} times without the node going; watch again",
                 claim.key
             ),
-        })
+        ))
     }
 
-    fn validate(&self, options: &ElectionOptions) -> Result<()> {
-        self.dir(&options.election)?;
-        if options.own_session {
-            return Err(Error::invalid_option(
-                "own_session",
-                "a ZkBackend is one ZooKeeper client session, shared by every elector built on it; to give an election a session of its own, build a ZkBackend of its own for it (ZkBackend::builder()...connect(), or leasehold::connect(url) per election) instead of setting own_session",
-            ));
-        }
-        let bound = u64::try_from(options.request_timeout.as_nanos()).unwrap_or(u64::MAX);
-        self.engine_bound.fetch_min(bound, Ordering::Relaxed);
-        let client = self.current();
-        self.check_ttl(&client, options.ttl)?;
-        let negotiated = client.session_timeout();
-        let needed = min_session_timeout_within(options, negotiated);
-        if needed > negotiated {
-            return Err(Error::invalid_option(
-                "ttl",
-                format!(
-                    "ttl {:?} with safety_margin {:?} and renew_interval {:?} needs a ZooKeeper session of at least {needed:?} (ttl - safety_margin + renew_interval: a member cut off from its peers just after a renewal may never pass that renewal's session touch on to the ZooKeeper leader, which then counts the session from the request before; see docs/zookeeper.md), but the server granted {negotiated:?} ({:?} was requested); ask for a session_timeout of {needed:?} or more (ZkBackend::min_session_timeout), or lower the ttl / raise the safety_margin",
-                    options.ttl,
-                    options.safety_margin,
-                    options.renew_interval,
-                    self.config.session_timeout
-                ),
-            ));
-        }
-        // A replacement session (after an expiry) is held to this too.
-        let safe = u64::try_from(Self::min_session_timeout(options).as_nanos()).unwrap_or(u64::MAX);
-        self.needed_session.fetch_max(safe, Ordering::Relaxed);
-        Ok(())
-    }
-
-    async fn try_acquire(&self, req: &AcquireRequest) -> Result<AcquireOutcome> {
-        let dir = self.dir(&req.election)?;
-        match &req.claim {
-            None => {
-                let client = self.live_client().await?;
-                self.create_and_evaluate(client, dir, req).await
-            }
-            Some(claim) => {
-                let client = self.claim_client(claim)?;
-                if claim.election != req.election {
-                    return Err(Error::invalid_option(
-                        "claim",
-                        format!(
-                            "the claim {} belongs to election {:?}, not {:?}",
-                            claim.key, claim.election, req.election
-                        ),
-                    ));
-                }
-                self.evaluate(&client, &dir, claim.clone()).await
-            }
-        }
-    }
-
-    async fn renew(&self, claim: &Claim) -> Result<Claim> {
+    async fn check(&self, claim: &Claim) -> Result<QueueOutcome> {
+        let dir = self.dir(&claim.election)?;
         let client = self.claim_client(claim)?;
-        // The member this client talks to answers reads from its own copy,
-        // which may be stale: a member cut off from its peers keeps
-        // answering (for syncLimit x tickTime) after the quorum has expired
-        // this session. `sync` goes through the ZooKeeper leader: it fails
-        // (times out) on a member that cannot reach the leader, and its
-        // answer comes after any close of this session the leader has
-        // committed. The read that follows then proves the node still there
-        // and ours. Both within one request timeout.
-        let proof = async {
-            client.sync(&claim.key).await?;
-            client.check_stat(&claim.key).await
-        };
-        match self
-            .call(&client, "check candidate node at the quorum", proof)
-            .await?
-        {
-            Ok(Some(stat)) if stat.ephemeral_owner == claim.session => Ok(Claim {
-                version: i64::from(stat.version),
-                ..claim.clone()
-            }),
-            Ok(Some(stat)) => Err(Error::Lost(format!(
-                "{} now belongs to session {:#x}, not {:#x}",
-                claim.key, stat.ephemeral_owner, claim.session
-            ))),
-            Ok(None) => Err(node_gone(claim)),
-            Err(e) => Err(claim_err("check candidate node", claim, e)),
-        }
+        self.evaluate(&client, &dir, claim.clone()).await
     }
 
     async fn release(&self, claim: &Claim) -> Result<()> {
@@ -790,10 +762,10 @@ impl Backend for ZkBackend {
         let wait = bound.min(engine / 2);
         match tokio::time::timeout(wait, done).await {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err(Error::Backend {
-                backend: NAME,
-                message: format!("the task deleting {} ended without an answer", claim.key),
-            }),
+            Ok(Err(_)) => Err(Error::backend(
+                NAME,
+                format!("the task deleting {} ended without an answer", claim.key),
+            )),
             Err(_) => {
                 // Handed over: the node goes when the delete lands or the
                 // session ends, whichever comes first.
@@ -807,6 +779,62 @@ impl Backend for ZkBackend {
         }
     }
 
+    /// Watches only the node just ahead: no herd when the leader goes.
+    /// Cancel safe.
+    async fn wait(&self, claim: &Claim) -> Result<()> {
+        let dir = self.dir(&claim.election)?;
+        // A dead claim wakes at once: try_acquire then says it is lost.
+        let Ok(client) = self.claim_client(claim) else {
+            return Ok(());
+        };
+        let own = base_name(&claim.key);
+        for _ in 0..MAX_REREADS {
+            let children = match self
+                .call(&client, "list candidates", client.list_children(&dir))
+                .await?
+            {
+                Ok(children) => children,
+                Err(zk::Error::NoNode | zk::Error::SessionExpired) => return Ok(()),
+                Err(e) => return Err(map_err("list candidates", e)),
+            };
+            // A child under another lock name: wake, and let try_acquire
+            // say so.
+            let Ok(line) = self.line(children, &dir) else {
+                return Ok(());
+            };
+            let Some(position) = line.iter().position(|name| name == own) else {
+                return Ok(());
+            };
+            if position == 0 {
+                return Ok(());
+            }
+            // Watch only the node just ahead: no herd when the leader goes.
+            let predecessor = format!("{dir}/{}", line[position - 1]);
+            match self
+                .call(
+                    &client,
+                    "watch predecessor",
+                    client.check_and_watch_stat(&predecessor),
+                )
+                .await?
+            {
+                Ok((Some(_), watcher)) => {
+                    watcher.changed().await;
+                    return Ok(());
+                }
+                // Gone already: look again (maybe we lead now, maybe there
+                // is a new predecessor).
+                Ok((None, _)) => continue,
+                Err(zk::Error::SessionExpired) => return Ok(()),
+                Err(e) => return Err(map_err("watch predecessor", e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Proclaim for ZkBackend {
     /// Write `<candidate id>\0<value>` (just the id when `value` is empty)
     /// into the claim's own node: a `setData` conditional on the version
     /// read just before, after checking that the node is this session's and
@@ -870,103 +898,18 @@ impl Backend for ZkBackend {
                 Err(e) => return Err(claim_err("write leader value", claim, e)),
             }
         }
-        Err(Error::Unavailable {
-            backend: NAME,
-            message: format!(
+        Err(Error::unavailable(
+            NAME,
+            format!(
                 "{} kept changing while its value was being written; retry",
                 claim.key
             ),
-        })
+        ))
     }
+}
 
-    async fn leader(&self, election: &str) -> Result<Option<LeaderInfo>> {
-        let dir = self.dir(election)?;
-        let client = self.live_client().await?;
-        self.read_leader(&client, &dir).await
-    }
-
-    async fn wait(&self, election: &str, claim: Option<&Claim>, _revision: i64) -> Result<()> {
-        let dir = self.dir(election)?;
-        let Some(claim) = claim else {
-            // No place in line: wake on any change of the line.
-            let client = self.live_client().await?;
-            let watcher = match self
-                .call(
-                    &client,
-                    "watch candidates",
-                    client.get_and_watch_children(&dir),
-                )
-                .await?
-            {
-                Ok((_, _, watcher)) => watcher,
-                Err(zk::Error::NoNode) => {
-                    match self
-                        .call(
-                            &client,
-                            "watch election directory",
-                            client.check_and_watch_stat(&dir),
-                        )
-                        .await?
-                    {
-                        Ok((Some(_), _)) => return Ok(()),
-                        Ok((None, watcher)) => watcher,
-                        Err(e) => return Err(map_err("watch election directory", e)),
-                    }
-                }
-                Err(e) => return Err(map_err("watch candidates", e)),
-            };
-            watcher.changed().await;
-            return Ok(());
-        };
-        // A dead claim wakes at once: try_acquire then says it is lost.
-        let Ok(client) = self.claim_client(claim) else {
-            return Ok(());
-        };
-        let own = base_name(&claim.key);
-        for _ in 0..MAX_REREADS {
-            let children = match self
-                .call(&client, "list candidates", client.list_children(&dir))
-                .await?
-            {
-                Ok(children) => children,
-                Err(zk::Error::NoNode | zk::Error::SessionExpired) => return Ok(()),
-                Err(e) => return Err(map_err("list candidates", e)),
-            };
-            // A child under another lock name: wake, and let try_acquire
-            // say so.
-            let Ok(line) = self.line(children, &dir) else {
-                return Ok(());
-            };
-            let Some(position) = line.iter().position(|name| name == own) else {
-                return Ok(());
-            };
-            if position == 0 {
-                return Ok(());
-            }
-            // Watch only the node just ahead: no herd when the leader goes.
-            let predecessor = format!("{dir}/{}", line[position - 1]);
-            match self
-                .call(
-                    &client,
-                    "watch predecessor",
-                    client.check_and_watch_stat(&predecessor),
-                )
-                .await?
-            {
-                Ok((Some(_), watcher)) => {
-                    watcher.changed().await;
-                    return Ok(());
-                }
-                // Gone already: look again (maybe we lead now, maybe there
-                // is a new predecessor).
-                Ok((None, _)) => continue,
-                Err(zk::Error::SessionExpired) => return Ok(()),
-                Err(e) => return Err(map_err("watch predecessor", e)),
-            }
-        }
-        Ok(())
-    }
-
+#[async_trait]
+impl WatchLeader for ZkBackend {
     async fn watch(&self, election: &str) -> Result<Box<dyn LeaderWatch>> {
         let dir = self.dir(election)?;
         let client = self.live_client().await?;
@@ -994,9 +937,11 @@ async fn open_session(config: &Config) -> Result<Client> {
             operation: "connect to ZooKeeper",
             after: bound,
         })?
-        .map_err(|e| Error::Unavailable {
-            backend: NAME,
-            message: format!("cannot open a session with {}: {e}", config.hosts),
+        .map_err(|e| {
+            Error::unavailable(
+                NAME,
+                format!("cannot open a session with {}: {e}", config.hosts),
+            )
         })?;
     let negotiated = client.session_timeout();
     if negotiated != config.session_timeout {
@@ -1074,13 +1019,23 @@ impl Drop for Unclaimed {
 /// Name `path` in a permission error (the store's message does not).
 fn with_path(e: Error, path: &str) -> Error {
     match e {
-        Error::PermissionDenied { backend, message } => Error::PermissionDenied {
+        Error::PermissionDenied {
+            backend,
+            message,
+            source,
+        } => Error::PermissionDenied {
             backend,
             message: format!("{path}: {message}"),
+            source,
         },
-        Error::Backend { backend, message } => Error::Backend {
+        Error::Backend {
+            backend,
+            message,
+            source,
+        } => Error::Backend {
             backend,
             message: format!("{path}: {message}"),
+            source,
         },
         e => e,
     }
@@ -1128,7 +1083,7 @@ fn claim_err(operation: &'static str, claim: &Claim, e: zk::Error) -> Error {
 /// Map a `zookeeper-client` error into leasehold's, keeping its message.
 pub(crate) fn map_err(operation: &'static str, e: zk::Error) -> Error {
     use zk::Error as Z;
-    match e {
+    let mapped = match &e {
         Z::ConnectionLoss
         | Z::Timeout
         | Z::NoHosts
@@ -1136,26 +1091,23 @@ pub(crate) fn map_err(operation: &'static str, e: zk::Error) -> Error {
         | Z::ClientClosed
         | Z::SessionMoved
         | Z::SessionExpired
-        | Z::NotReadOnly => Error::Unavailable {
-            backend: NAME,
-            message: format!("{operation}: {e}"),
-        },
-        Z::NoAuth => Error::PermissionDenied {
-            backend: NAME,
-            message: format!(
+        | Z::NotReadOnly => Error::unavailable(NAME, format!("{operation}: {e}")),
+        Z::NoAuth => Error::permission_denied(
+            NAME,
+            format!(
                 "{operation}: {e}: the node's ACL does not grant this client the right; connect with the digest credentials that created the election (ZkBackend::builder().digest_auth(..))"
             ),
-        },
-        Z::AuthFailed => Error::PermissionDenied {
-            backend: NAME,
-            message: format!("{operation}: {e}: check the digest credentials"),
-        },
-        Z::InvalidAcl => Error::PermissionDenied {
-            backend: NAME,
-            message: format!(
+        ),
+        Z::AuthFailed => Error::permission_denied(
+            NAME,
+            format!("{operation}: {e}: check the digest credentials"),
+        ),
+        Z::InvalidAcl => Error::permission_denied(
+            NAME,
+            format!(
                 "{operation}: {e}: the server refused the ACL leasehold asked for (`auth` ACLs need an authenticated session)"
             ),
-        },
+        ),
         Z::NoChildrenForEphemerals => Error::InvalidRecord {
             backend: NAME,
             path: String::new(),
@@ -1163,11 +1115,9 @@ pub(crate) fn map_err(operation: &'static str, e: zk::Error) -> Error {
                 "{operation}: {e}: a parent of the election directory is an ephemeral node; use another election name"
             ),
         },
-        e => Error::Backend {
-            backend: NAME,
-            message: format!("{operation}: {e}"),
-        },
-    }
+        e => Error::backend(NAME, format!("{operation}: {e}")),
+    };
+    mapped.caused_by(e)
 }
 
 #[cfg(test)]
@@ -1211,6 +1161,7 @@ mod tests {
             election: "e".into(),
             key: "/e/n".into(),
             session: 1,
+            owner: String::new(),
             token: FencingToken(1),
             version: 0,
         };

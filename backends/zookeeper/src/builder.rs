@@ -47,7 +47,7 @@ pub(crate) struct Config {
     pub(crate) lock_name: LockName,
 }
 
-/// Builder of a [`ZkBackend`]: `ZkBackend::builder().connect_string(..).connect().await`.
+/// Builder of a [`ZkBackend`]: `ZkBackend::builder().connect_string(..).build().await`.
 ///
 /// ```no_run
 /// # async fn demo() -> leasehold_core::Result<()> {
@@ -58,7 +58,7 @@ pub(crate) struct Config {
 ///     .connect_string("zk1:2181,zk2:2181,zk3:2181/services/leasehold")
 ///     .session_timeout(Duration::from_secs(10))
 ///     .digest_auth("orders", "s3cret")
-///     .connect()
+///     .build()
 ///     .await?;
 /// # Ok(()) }
 /// ```
@@ -238,7 +238,7 @@ impl ZkBackendBuilder {
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped call leaves no session behind.
-    pub async fn connect(self) -> Result<ZkBackend> {
+    pub async fn build(self) -> Result<ZkBackend> {
         let config = Arc::new(self.into_config()?);
         ZkBackend::open(config).await
     }

@@ -152,10 +152,7 @@ impl Delete {
             self.session
         );
         tracing::error!("{message}");
-        Err(Error::Unavailable {
-            backend: NAME,
-            message,
-        })
+        Err(Error::unavailable(NAME, message))
     }
 
     async fn step(&mut self) -> Step {

@@ -113,7 +113,7 @@ impl leasehold_core::driver::Driver for ZkDriver {
         if let (Some(u), Some(p)) = (params.text("user"), params.secret("password")) {
             b = b.digest_auth(u, p.expose());
         }
-        Ok(Arc::new(b.connect().await?))
+        Ok(Arc::new(b.build().await?))
     }
 }
 

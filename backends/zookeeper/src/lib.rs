@@ -50,7 +50,7 @@
 //! let backend = ZkBackend::builder()
 //!     .connect_string("127.0.0.1:2181/leasehold")
 //!     .session_timeout(ZkBackend::min_session_timeout(&options))
-//!     .connect()
+//!     .build()
 //!     .await?;
 //! let elector = Elector::new(Arc::new(backend), options)?;
 //! let leadership = elector.lock().await?;

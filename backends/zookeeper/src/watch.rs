@@ -127,13 +127,13 @@ impl ZkLeaderWatch {
                 Ok(Err(e)) => return Err(map_err("read leader node", e)),
             }
         }
-        Err(Error::Unavailable {
-            backend: NAME,
-            message: format!(
+        Err(Error::unavailable(
+            NAME,
+            format!(
                 "the leader of {} changed 5 times while being read; retry",
                 self.dir
             ),
-        })
+        ))
     }
 }
 

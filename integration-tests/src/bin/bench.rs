@@ -245,7 +245,7 @@ impl Client {
             Kind::Etcd => {
                 let b = EtcdBackend::builder()
                     .endpoints([endpoint])
-                    .connect()
+                    .build()
                     .await
                     .unwrap_or_else(|e| panic!("etcd at {endpoint}: {e}"));
                 Client {
@@ -258,7 +258,7 @@ impl Client {
                 let b = ZkBackend::builder()
                     .connect_string(endpoint)
                     .session_timeout(session)
-                    .connect()
+                    .build()
                     .await
                     .unwrap_or_else(|e| panic!("zookeeper at {endpoint}: {e}"));
                 Client {
