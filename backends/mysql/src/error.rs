@@ -53,6 +53,11 @@ pub(crate) fn is_denied(e: &mysql_async::Error) -> bool {
     ))
 }
 
+/// Whether `e` is InnoDB giving up on a lock (deadlock victim, lock wait timeout).
+pub(crate) fn is_contention(e: &mysql_async::Error) -> bool {
+    matches!(e, mysql_async::Error::Server(s) if matches!(s.code, ER_LOCK_DEADLOCK | ER_LOCK_WAIT_TIMEOUT))
+}
+
 /// Whether `e` is a duplicate-key error.
 pub(crate) fn is_duplicate(e: &mysql_async::Error) -> bool {
     matches!(e, mysql_async::Error::Server(s) if s.code == ER_DUP_ENTRY)

@@ -525,13 +525,25 @@ impl LeaseTable {
     }
 
     /// A new token: a value the token table's counter never handed out.
-    async fn new_token(&self, conn: &mut Conn, election: &str) -> Result<u64> {
-        conn.exec_drop(&self.sql.token, (election,))
-            .await
-            .map_err(|e| self.map_table_error("taking a fencing token", e))?;
-        conn.last_insert_id().filter(|t| *t > 0).ok_or_else(|| {
-            error::backend("taking a fencing token: the server returned no AUTO_INCREMENT value")
-        })
+    ///
+    /// `None` when InnoDB chose this statement as a deadlock victim: another
+    /// candidate is taking a token for the same election at this very
+    /// moment (the `REPLACE` of one election's token row), so this attempt
+    /// stands back and the engine tries again after its retry interval.
+    async fn new_token(&self, conn: &mut Conn, election: &str) -> Result<Option<u64>> {
+        match conn.exec_drop(&self.sql.token, (election,)).await {
+            Ok(()) => {}
+            Err(e) if error::is_contention(&e) => return Ok(None),
+            Err(e) => return Err(self.map_table_error("taking a fencing token", e)),
+        }
+        conn.last_insert_id()
+            .filter(|t| *t > 0)
+            .map(Some)
+            .ok_or_else(|| {
+                error::backend(
+                    "taking a fencing token: the server returned no AUTO_INCREMENT value",
+                )
+            })
     }
 
     /// Try once to lead: read the row; when it is free (no row, released,
@@ -608,7 +620,12 @@ impl LeaseTable {
         ttl_us: u64,
         seen: Row,
     ) -> Result<Acquired> {
-        let token = self.new_token(conn, req.election).await?;
+        let Some(token) = self.new_token(conn, req.election).await? else {
+            return Ok(Acquired::Held {
+                leader: None,
+                version: seen.version,
+            });
+        };
         let owner = new_owner();
         self.pending().insert(
             key.clone(),
@@ -630,9 +647,18 @@ impl LeaseTable {
             seen.version.into(),
             token.into(),
         ]);
-        conn.exec_drop(&self.sql.take, params)
-            .await
-            .map_err(|e| self.map_table_error("starting a term", e))?;
+        match conn.exec_drop(&self.sql.take, params).await {
+            Ok(()) => {}
+            Err(e) if error::is_contention(&e) => {
+                // Rolled back: it did not land.
+                self.pending().remove(key);
+                return Ok(Acquired::Held {
+                    leader: None,
+                    version: seen.version,
+                });
+            }
+            Err(e) => return Err(self.map_table_error("starting a term", e)),
+        }
         let landed = conn.affected_rows() == 1;
         self.pending().remove(key);
         if landed {
@@ -675,7 +701,9 @@ impl LeaseTable {
         // Taken after the row was seen missing: greater than the token of
         // every term that row ever had, and than any token an attempt still
         // in flight took before it was deleted.
-        let token = self.new_token(conn, req.election).await?;
+        let Some(token) = self.new_token(conn, req.election).await? else {
+            return Ok(held(None));
+        };
         let owner = new_owner();
         self.pending().insert(
             key.clone(),
@@ -704,6 +732,10 @@ impl LeaseTable {
                     token,
                     version: 1,
                 }))
+            }
+            Err(e) if error::is_contention(&e) => {
+                self.pending().remove(key);
+                Ok(held(None))
             }
             Err(e) if error::is_duplicate(&e) => {
                 self.pending().remove(key);
