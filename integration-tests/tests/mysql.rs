@@ -521,3 +521,31 @@ async fn version_of(db: &MariaDb, e: &str) -> u64 {
     let sql = format!("SELECT version FROM `{DB}`.leasehold_leases WHERE election = '{e}'");
     db.sql(&sql).await.unwrap().trim().parse::<u64>().unwrap()
 }
+
+/// The conformance subject: one MariaDB, 2 s leases, each client its own pool.
+struct MysqlSubject {
+    port: u16,
+}
+
+#[leasehold_core::conformance::async_trait]
+impl leasehold_core::conformance::Subject for MysqlSubject {
+    async fn client(&self) -> std::sync::Arc<dyn leasehold_core::Backend> {
+        std::sync::Arc::new(connect(self.port).await)
+    }
+
+    fn options(&self, election: &str, candidate: &str) -> leasehold_core::ElectionOptions {
+        leasehold_core::ElectionOptions::new(election, candidate).with_ttl(Duration::from_secs(2))
+    }
+
+    fn slack(&self) -> Duration {
+        // Expiry is exact (the database's clock in the statement); the rest
+        // is room for a loaded machine.
+        Duration::from_millis(1500)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_suite_on_mariadb() {
+    let db = server().await;
+    leasehold_core::conformance::run_all(&MysqlSubject { port: db.port() }).await;
+}

@@ -113,21 +113,28 @@ impl leasehold_core::driver::Driver for MysqlDriver {
             t.parse::<TlsMode>()?;
         }
         if params.text("cert").is_some() != params.text("key").is_some() {
-            return Err(err("mysql: `cert` and `key` go together: give both or neither"));
+            return Err(err(
+                "mysql: `cert` and `key` go together: give both or neither",
+            ));
         }
         if params.secret("password").is_some() && params.text("user").is_none() {
             return Err(err("mysql: a `password` needs a `user`"));
         }
         if let Some(n) = params.text("max_connections") {
-            n.parse::<usize>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| err(format!("mysql `max_connections`: {n:?} is not a positive number")))?;
+            n.parse::<usize>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                err(format!(
+                    "mysql `max_connections`: {n:?} is not a positive number"
+                ))
+            })?;
         }
         if let Some(t) = params.text("connect_timeout") {
             parse_duration("connect_timeout", t)?;
         }
-        for (key, what) in [("database", "database"), ("table", "table"), ("tokens_table", "tokens_table")] {
+        for (key, what) in [
+            ("database", "database"),
+            ("table", "table"),
+            ("tokens_table", "tokens_table"),
+        ] {
             if let Some(name) = params.text(key) {
                 crate::table::Ident::new(what, name)?;
             }

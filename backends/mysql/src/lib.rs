@@ -3,13 +3,16 @@
 //! clock; fencing tokens from an `AUTO_INCREMENT` counter that survives the
 //! row's deletion. See `docs/mysql.md` for the design.
 
+mod backend;
 mod builder;
+mod driver;
 mod error;
 pub mod table;
 
 use std::sync::Arc;
 
 pub use builder::{MysqlBackendBuilder, TlsMode};
+pub use driver::{DRIVER, MysqlDriver};
 pub use table::LeaseTable;
 
 /// Leader election over MySQL or MariaDB. Build one with
