@@ -58,6 +58,9 @@ pub use leasehold_etcd as etcd;
 #[cfg(feature = "gcs")]
 #[cfg_attr(docsrs, doc(cfg(feature = "gcs")))]
 pub use leasehold_gcs as gcs;
+#[cfg(feature = "mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
+pub use leasehold_mysql as mysql;
 #[cfg(feature = "zookeeper")]
 #[cfg_attr(docsrs, doc(cfg(feature = "zookeeper")))]
 pub use leasehold_zookeeper as zookeeper;

@@ -549,3 +549,63 @@ async fn conformance_suite_on_mariadb() {
     let db = server().await;
     leasehold_core::conformance::run_all(&MysqlSubject { port: db.port() }).await;
 }
+
+/// Through the facade: a `mysql://` URL and a `kind = "mysql"` config table
+/// reach the same election; a release hands over within a poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_facade_reads_urls_and_config_tables() {
+    let db = server().await;
+    let e = unique_name("facade");
+    let url = format!(
+        "mysql://{USER}:{PASSWORD}@127.0.0.1:{}/{DB}/{e}?id=a&ttl=3s&table=facade_leases&tokens_table=facade_tokens",
+        db.port()
+    );
+    let a = leasehold::connect(&url)
+        .await
+        .unwrap_or_else(|err| panic!("connect {url}: {err}"));
+    let toml = format!(
+        r#"
+        election = "{e}"
+        id = "b"
+        ttl = "3s"
+        [store]
+        kind = "mysql"
+        host = "127.0.0.1:{port}"
+        database = "{DB}"
+        user = "{USER}"
+        password = "{PASSWORD}"
+        table = "facade_leases"
+        tokens_table = "facade_tokens"
+        "#,
+        port = db.port()
+    );
+    let config = leasehold::config::ElectionConfig::from_toml(&toml).expect("config parses");
+    assert!(!format!("{config:?}").contains(PASSWORD));
+    let b = config.connect().await.expect("connect from the config");
+
+    let la = timeout(Duration::from_secs(10), a.lock())
+        .await
+        .expect("a leads within 10 s")
+        .expect("a's lock");
+    let token_a = la.fencing_token();
+    let waiter = tokio::spawn(async move { b.lock().await });
+    sleep(Duration::from_millis(500)).await;
+    assert!(!waiter.is_finished(), "b must wait while a leads");
+    let released = Instant::now();
+    la.unlock().await.expect("a releases");
+    let lb = timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("b leads within 10 s of the release")
+        .unwrap()
+        .expect("b's lock");
+    println!("handover after release: {:?}", released.elapsed());
+    assert!(lb.fencing_token() > token_a);
+    let rows = db
+        .sql(&format!(
+            "SELECT holder FROM `{DB}`.facade_leases WHERE election = '{e}'"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(rows.trim(), "b");
+    lb.unlock().await.expect("b releases");
+}
