@@ -81,15 +81,24 @@ impl MariaDb {
                 .tempdir()
                 .map_err(|e| HarnessError::io("create a temp dir for MariaDB", e))?;
             let data = dir.path().join("data");
+            // A temp dir of its own: concurrent bootstraps sharing /tmp
+            // collide on their temporary tables ("Unknown table
+            // 'mysql.tmp_user_sys'").
+            let tmp = dir.path().join("tmp");
+            std::fs::create_dir(&tmp)
+                .map_err(|e| HarnessError::io("create MariaDB's tmpdir", e))?;
+            let tmpdir = format!("--tmpdir={}", tmp.display());
             run(
                 &install,
                 &[
                     "--no-defaults".as_ref(),
                     format!("--datadir={}", data.display()).as_ref(),
+                    tmpdir.as_ref(),
                     "--user=root".as_ref(),
                     "--auth-root-authentication-method=normal".as_ref(),
                     "--skip-test-db".as_ref(),
                 ],
+                Some(&tmp),
                 "mariadb-install-db",
             )
             .await?;
@@ -104,6 +113,7 @@ impl MariaDb {
                 "--no-defaults".into(),
                 "--user=root".into(),
                 format!("--datadir={}", data.display()).into(),
+                tmpdir.clone().into(),
                 format!("--port={port}").into(),
                 "--bind-address=127.0.0.1".into(),
                 format!("--socket={}", socket.display()).into(),
@@ -276,8 +286,17 @@ async fn ping(socket: &Path) -> Result<(), String> {
     }
 }
 
-async fn run(program: &Path, args: &[&std::ffi::OsStr], what: &str) -> Result<(), HarnessError> {
-    let out = tokio::process::Command::new(program)
+async fn run(
+    program: &Path,
+    args: &[&std::ffi::OsStr],
+    tmpdir: Option<&Path>,
+    what: &str,
+) -> Result<(), HarnessError> {
+    let mut command = tokio::process::Command::new(program);
+    if let Some(tmp) = tmpdir {
+        command.env("TMPDIR", tmp);
+    }
+    let out = command
         .args(args)
         .kill_on_drop(true)
         .output()
@@ -356,7 +375,7 @@ async fn make_tls_files(dir: &Path) -> Result<TlsFiles, HarnessError> {
     ];
     for args in [ca, req, sign] {
         let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-        run(&openssl, &refs, "openssl").await?;
+        run(&openssl, &refs, None, "openssl").await?;
     }
     Ok(TlsFiles {
         ca: dir.join("ca.crt"),
