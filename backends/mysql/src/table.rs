@@ -33,12 +33,13 @@
 //!   ? AND token = ? AND NOT released` (never a `DELETE`).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use leasehold_core::{Error, Result};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Pool};
+use tokio::sync::oneshot;
 
 use crate::error::{self, BACKEND};
 
@@ -132,6 +133,7 @@ impl Names {
                  `acquired_at` DATETIME(6) NOT NULL, \
                  `renewed_at` DATETIME(6) NOT NULL, \
                  `expires_at` DATETIME(6) NOT NULL, \
+                 `renewal` BIGINT UNSIGNED NOT NULL DEFAULT 0, \
                  PRIMARY KEY (`election`)) ENGINE=InnoDB",
                 self.leases()
             ),
@@ -250,6 +252,7 @@ pub struct LeaseTable {
     request_timeout: Duration,
     sql: Statements,
     pending: Mutex<HashMap<(String, String), Pending>>,
+    renewals: Arc<Renewals>,
 }
 
 impl std::fmt::Debug for LeaseTable {
@@ -372,6 +375,13 @@ impl LeaseTable {
     pub fn new(pool: Pool, names: Names, request_timeout: Duration) -> LeaseTable {
         LeaseTable {
             sql: Statements::new(&names),
+            renewals: Arc::new(Renewals {
+                pool: pool.clone(),
+                leases: names.leases(),
+                single: Statements::new(&names).renew,
+                timeout: request_timeout,
+                state: Mutex::new(RenewalQueue::default()),
+            }),
             pool,
             names,
             request_timeout,
@@ -463,7 +473,7 @@ impl LeaseTable {
                 self.names.leases(),
                 format!(
                     "SELECT `election`, `token`, `owner`, `holder`, `value`, `version`, `ttl_us`, \
-                     `released`, `acquired_at`, `renewed_at`, `expires_at` FROM {} LIMIT 0",
+                     `released`, `acquired_at`, `renewed_at`, `expires_at`, `renewal` FROM {} LIMIT 0",
                     self.names.leases()
                 ),
             ),
@@ -759,17 +769,18 @@ impl LeaseTable {
     /// later, and the next renewal matches on owner and token, not version.
     pub async fn renew(&self, term: &Term) -> Result<Term> {
         self.bounded("renew", async {
-            let mut conn = self.conn().await?;
-            conn.exec_drop(&self.sql.renew, (&term.election, &term.owner, term.token))
-                .await
-                .map_err(|e| self.map_table_error("renewing the lease", e))?;
-            if conn.affected_rows() == 1 {
-                let version = conn.last_insert_id().unwrap_or(term.version + 1);
+            let (tx, rx) = oneshot::channel();
+            Renewals::enqueue(&self.renewals, term.clone(), tx);
+            let renewed = rx.await.map_err(|_| {
+                error::unavailable("renewing the lease: the renewal task ended without an answer")
+            })??;
+            if let Some(version) = renewed {
                 return Ok(Term {
                     version,
                     ..term.clone()
                 });
             }
+            let mut conn = self.conn().await?;
             let why = match self.read(&mut conn, &term.election).await? {
                 None => "the lease row is gone (deleted by hand?)".to_owned(),
                 Some(r) if r.owner != term.owner => format!(
@@ -785,6 +796,13 @@ impl LeaseTable {
             )))
         })
         .await
+    }
+
+    /// How many renewal statements this table has sent, and how many
+    /// renewals they carried (for benchmarks).
+    pub fn renewal_counts(&self) -> (u64, u64) {
+        let q = self.renewals.queue();
+        (q.statements, q.renewed)
     }
 
     async fn release_on(&self, conn: &mut Conn, term: &Term) -> Result<()> {
@@ -842,6 +860,158 @@ impl LeaseTable {
             .read(&mut conn, election)
             .await?
             .map(|r| (Duration::from_micros(r.ttl_us), r.is_free())))
+    }
+}
+
+/// The most renewals one statement carries.
+pub const MAX_RENEWAL_BATCH: usize = 256;
+
+type RenewalAnswer = oneshot::Sender<Result<Option<u64>>>;
+
+/// Renewals coalesced into shared statements: while one batch is on its
+/// way, the renewals that arrive wait and go together in the next one. A
+/// lone renewal is one statement; `n` renewals that meet are two (an
+/// `UPDATE` of every row still held by its term, tagged with a random
+/// batch id, and a `SELECT` of the new versions of the rows carrying the
+/// tag). Nothing waits for a timer: a batch goes as soon as the previous
+/// one is answered.
+struct Renewals {
+    pool: Pool,
+    leases: String,
+    single: String,
+    timeout: Duration,
+    state: Mutex<RenewalQueue>,
+}
+
+#[derive(Default)]
+struct RenewalQueue {
+    waiting: Vec<(Term, RenewalAnswer)>,
+    running: bool,
+    statements: u64,
+    renewed: u64,
+}
+
+impl Renewals {
+    fn queue(&self) -> std::sync::MutexGuard<'_, RenewalQueue> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn enqueue(this: &Arc<Renewals>, term: Term, answer: RenewalAnswer) {
+        let start = {
+            let mut q = this.queue();
+            q.waiting.push((term, answer));
+            !std::mem::replace(&mut q.running, true)
+        };
+        if start {
+            // A task of its own, so that a caller that gives up (a dropped
+            // future) never strands the renewals queued behind it.
+            tokio::spawn(Arc::clone(this).drain());
+        }
+    }
+
+    async fn drain(self: Arc<Self>) {
+        for _ in 0..usize::MAX {
+            let batch: Vec<(Term, RenewalAnswer)> = {
+                let mut q = self.queue();
+                if q.waiting.is_empty() {
+                    q.running = false;
+                    return;
+                }
+                let n = q.waiting.len().min(MAX_RENEWAL_BATCH);
+                q.waiting.drain(..n).collect()
+            };
+            let terms: Vec<&Term> = batch.iter().map(|(t, _)| t).collect();
+            let outcome = match tokio::time::timeout(self.timeout, self.send(&terms)).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::Timeout {
+                    operation: "renew",
+                    after: self.timeout,
+                }),
+            };
+            {
+                let mut q = self.queue();
+                q.statements += if batch.len() == 1 { 1 } else { 2 };
+                if let Ok(v) = &outcome {
+                    q.renewed += v.iter().filter(|v| v.is_some()).count() as u64;
+                }
+            }
+            for (i, (_, answer)) in batch.into_iter().enumerate() {
+                let _ = answer.send(match &outcome {
+                    Ok(versions) => Ok(versions[i]),
+                    Err(e) => Err(e.clone()),
+                });
+            }
+        }
+    }
+
+    /// One batch: for each term, its new version, or `None` when its row
+    /// is not its any more.
+    async fn send(&self, terms: &[&Term]) -> Result<Vec<Option<u64>>> {
+        let mut conn = self
+            .pool
+            .get_conn()
+            .await
+            .map_err(|e| error::map("connecting", e))?;
+        if let [term] = terms {
+            conn.exec_drop(&self.single, (&term.election, &term.owner, term.token))
+                .await
+                .map_err(|e| error::map("renewing the lease", e))?;
+            return Ok(vec![
+                (conn.affected_rows() == 1)
+                    .then(|| conn.last_insert_id().unwrap_or(term.version + 1)),
+            ]);
+        }
+        // Pad to a power of two (repeating the last term), so that a few
+        // statement shapes cover every batch and stay prepared.
+        let slots = terms.len().next_power_of_two();
+        let padded: Vec<&Term> = (0..slots).map(|i| terms[i.min(terms.len() - 1)]).collect();
+        let tag: u64 = rand::random::<u64>() | 1;
+        let marks = vec!["?"; slots].join(", ");
+        let tuples = vec!["(?, ?, ?)"; slots].join(", ");
+        let update = format!(
+            "UPDATE {l} SET `version` = `version` + 1, `renewal` = ?, \
+             `renewed_at` = UTC_TIMESTAMP(6), \
+             `expires_at` = UTC_TIMESTAMP(6) + INTERVAL `ttl_us` MICROSECOND \
+             WHERE `election` IN ({marks}) AND (`election`, `owner`, `token`) IN ({tuples}) \
+             AND NOT `released` AND `expires_at` >= UTC_TIMESTAMP(6)",
+            l = self.leases
+        );
+        let mut params: Vec<mysql_async::Value> = vec![tag.into()];
+        params.extend(padded.iter().map(|t| t.election.as_str().into()));
+        for t in &padded {
+            params.push(t.election.as_str().into());
+            params.push(t.owner.as_str().into());
+            params.push(t.token.into());
+        }
+        conn.exec_drop(&update, mysql_async::Params::Positional(params))
+            .await
+            .map_err(|e| error::map("renewing leases", e))?;
+        let select = format!(
+            "SELECT `election`, `owner`, `token`, `version` FROM {l} \
+             WHERE `election` IN ({marks}) AND `renewal` = ?",
+            l = self.leases
+        );
+        let mut params: Vec<mysql_async::Value> =
+            padded.iter().map(|t| t.election.as_str().into()).collect();
+        params.push(tag.into());
+        let rows: Vec<(String, String, u64, u64)> = conn
+            .exec(&select, mysql_async::Params::Positional(params))
+            .await
+            .map_err(|e| error::map("reading renewed leases", e))?;
+        let renewed: HashMap<(&str, &str, u64), u64> = rows
+            .iter()
+            .map(|(e, o, t, v)| ((e.as_str(), o.as_str(), *t), *v))
+            .collect();
+        Ok(terms
+            .iter()
+            .map(|t| {
+                renewed
+                    .get(&(t.election.as_str(), t.owner.as_str(), t.token))
+                    .copied()
+            })
+            .collect())
     }
 }
 
