@@ -668,3 +668,76 @@ async fn concurrent_renewals_share_statements() {
         assert_eq!(version_of(&db, &term.election).await, term.version + 3);
     }
 }
+
+/// 1,000 locks held by one process on one backend: every one stays held
+/// across several renew intervals, and the figures (statements the server
+/// executed per renew interval, against 1,000 for one statement per lock)
+/// are printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_locks_in_one_process() {
+    const N: usize = 1000;
+    let db = server().await;
+    let backend: std::sync::Arc<dyn leasehold_core::Backend> = std::sync::Arc::new(
+        builder(db.port())
+            .max_connections(20)
+            .connect()
+            .await
+            .unwrap(),
+    );
+    // Cost, not timing, is measured here: a ttl with room for a loaded machine.
+    let ttl = Duration::from_secs(6);
+    let mut locking = tokio::task::JoinSet::new();
+    for i in 0..N {
+        let b = backend.clone();
+        let e = unique_name(&format!("k{i}"));
+        locking.spawn(async move {
+            let el = leasehold_core::Elector::new(
+                b,
+                leasehold_core::ElectionOptions::new(&e, "holder").with_ttl(ttl),
+            )
+            .unwrap();
+            timeout(Duration::from_secs(60), el.lock())
+                .await
+                .expect("lock within 60 s")
+                .expect("lock")
+        });
+    }
+    let mut held = Vec::with_capacity(N);
+    while let Some(l) = locking.join_next().await {
+        held.push(l.unwrap());
+    }
+    let questions = || async {
+        let out = db.sql("SHOW GLOBAL STATUS LIKE 'Questions'").await.unwrap();
+        out.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let renew_interval = leasehold_core::ElectionOptions::new("x", "y")
+        .with_ttl(ttl)
+        .renew_interval;
+    let window = renew_interval * 5;
+    let before = questions().await;
+    sleep(window).await;
+    let after = questions().await;
+    // One of the two SHOW STATUS statements falls inside the window.
+    let per_interval = (after - before - 1) as f64 / 5.0;
+    println!(
+        "{N} locks, renew interval {renew_interval:?}: {per_interval:.0} statements per renew interval \
+         (one statement per lock would be {N})"
+    );
+    for l in &held {
+        assert!(
+            !l.is_lost(),
+            "{} lost its lease: {:?}",
+            l.election(),
+            l.loss_reason()
+        );
+    }
+    let tokens: std::collections::HashSet<_> = held.iter().map(|l| l.fencing_token()).collect();
+    assert_eq!(tokens.len(), N);
+    for l in held {
+        l.unlock().await.unwrap();
+    }
+}

@@ -274,6 +274,9 @@ impl MysqlBackendBuilder {
             // tells "matched" from "not matched" whatever it changed.
             .client_found_rows(true)
             .tcp_nodelay(true)
+            // Stay on the address given: no switch to the server's Unix
+            // socket (a different account, `user@localhost`, there).
+            .prefer_socket(false)
             .tcp_keepalive(Some(Duration::from_secs(10)))
             .ssl_opts(self.ssl_opts()?)
             .pool_opts(

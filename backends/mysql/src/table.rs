@@ -868,12 +868,12 @@ pub const MAX_RENEWAL_BATCH: usize = 256;
 
 type RenewalAnswer = oneshot::Sender<Result<Option<u64>>>;
 
-/// Renewals coalesced into shared statements: while one batch is on its
-/// way, the renewals that arrive wait and go together in the next one. A
-/// lone renewal is one statement; `n` renewals that meet are two (an
-/// `UPDATE` of every row still held by its term, tagged with a random
-/// batch id, and a `SELECT` of the new versions of the rows carrying the
-/// tag). Nothing waits for a timer: a batch goes as soon as the previous
+/// Renewals coalesced into shared statements: while batches are on their
+/// way (at most [`RENEWAL_BATCHES_IN_FLIGHT`]), the renewals that arrive
+/// wait and go together in the next one. A
+/// batch is one `UPDATE` of every row still held by its term, tagged with a
+/// random batch id; when fewer rows matched than terms were sent, one
+/// `SELECT` of the rows carrying the tag tells which renewed. Nothing waits for a timer: a batch goes as soon as the previous
 /// one is answered.
 struct Renewals {
     pool: Pool,
@@ -883,10 +883,15 @@ struct Renewals {
     state: Mutex<RenewalQueue>,
 }
 
+/// How many batches may be on their way at once (each on a connection of
+/// its own): one slow commit (an fsync on a busy disk) then holds up only
+/// the renewals in its own batch.
+const RENEWAL_BATCHES_IN_FLIGHT: usize = 4;
+
 #[derive(Default)]
 struct RenewalQueue {
     waiting: Vec<(Term, RenewalAnswer)>,
-    running: bool,
+    running: usize,
     statements: u64,
     renewed: u64,
 }
@@ -902,7 +907,11 @@ impl Renewals {
         let start = {
             let mut q = this.queue();
             q.waiting.push((term, answer));
-            !std::mem::replace(&mut q.running, true)
+            let start = q.running < RENEWAL_BATCHES_IN_FLIGHT;
+            if start {
+                q.running += 1;
+            }
+            start
         };
         if start {
             // A task of its own, so that a caller that gives up (a dropped
@@ -915,16 +924,24 @@ impl Renewals {
         for _ in 0..usize::MAX {
             let batch: Vec<(Term, RenewalAnswer)> = {
                 let mut q = self.queue();
+                // Answers nobody waits for any more (a caller that gave up)
+                // are not sent.
+                q.waiting.retain(|(_, answer)| !answer.is_closed());
                 if q.waiting.is_empty() {
-                    q.running = false;
+                    q.running -= 1;
                     return;
                 }
                 let n = q.waiting.len().min(MAX_RENEWAL_BATCH);
                 q.waiting.drain(..n).collect()
             };
             let terms: Vec<&Term> = batch.iter().map(|(t, _)| t).collect();
+            let mut statements = 1;
             let outcome = match tokio::time::timeout(self.timeout, self.send(&terms)).await {
-                Ok(r) => r,
+                Ok(Ok((versions, n))) => {
+                    statements = n;
+                    Ok(versions)
+                }
+                Ok(Err(e)) => Err(e),
                 Err(_) => Err(Error::Timeout {
                     operation: "renew",
                     after: self.timeout,
@@ -932,7 +949,7 @@ impl Renewals {
             };
             {
                 let mut q = self.queue();
-                q.statements += if batch.len() == 1 { 1 } else { 2 };
+                q.statements += statements;
                 if let Ok(v) = &outcome {
                     q.renewed += v.iter().filter(|v| v.is_some()).count() as u64;
                 }
@@ -948,7 +965,8 @@ impl Renewals {
 
     /// One batch: for each term, its new version, or `None` when its row
     /// is not its any more.
-    async fn send(&self, terms: &[&Term]) -> Result<Vec<Option<u64>>> {
+    /// Also returns how many statements it took.
+    async fn send(&self, terms: &[&Term]) -> Result<(Vec<Option<u64>>, u64)> {
         let mut conn = self
             .pool
             .get_conn()
@@ -958,10 +976,13 @@ impl Renewals {
             conn.exec_drop(&self.single, (&term.election, &term.owner, term.token))
                 .await
                 .map_err(|e| error::map("renewing the lease", e))?;
-            return Ok(vec![
-                (conn.affected_rows() == 1)
-                    .then(|| conn.last_insert_id().unwrap_or(term.version + 1)),
-            ]);
+            return Ok((
+                vec![
+                    (conn.affected_rows() == 1)
+                        .then(|| conn.last_insert_id().unwrap_or(term.version + 1)),
+                ],
+                1,
+            ));
         }
         // Pad to a power of two (repeating the last term), so that a few
         // statement shapes cover every batch and stay prepared.
@@ -988,6 +1009,19 @@ impl Renewals {
         conn.exec_drop(&update, mysql_async::Params::Positional(params))
             .await
             .map_err(|e| error::map("renewing leases", e))?;
+        let distinct: std::collections::HashSet<(&str, &str, u64)> = terms
+            .iter()
+            .map(|t| (t.election.as_str(), t.owner.as_str(), t.token))
+            .collect();
+        if conn.affected_rows() == distinct.len() as u64 {
+            // Every term matched its row (CLIENT_FOUND_ROWS counts matched
+            // rows): all renewed, each version up by one from the last one
+            // this process saw (renewals match on owner and token, never on
+            // the version, so a version that lags after a lost answer does
+            // no harm).
+            return Ok((terms.iter().map(|t| Some(t.version + 1)).collect(), 1));
+        }
+        // Some did not match: ask which did.
         let select = format!(
             "SELECT `election`, `owner`, `token`, `version` FROM {l} \
              WHERE `election` IN ({marks}) AND `renewal` = ?",
@@ -1004,14 +1038,15 @@ impl Renewals {
             .iter()
             .map(|(e, o, t, v)| ((e.as_str(), o.as_str(), *t), *v))
             .collect();
-        Ok(terms
+        let versions = terms
             .iter()
             .map(|t| {
                 renewed
                     .get(&(t.election.as_str(), t.owner.as_str(), t.token))
                     .copied()
             })
-            .collect())
+            .collect();
+        Ok((versions, 2))
     }
 }
 
