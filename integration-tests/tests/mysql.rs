@@ -48,7 +48,7 @@ fn builder(port: u16) -> leasehold_mysql::MysqlBackendBuilder {
 
 async fn connect(port: u16) -> MysqlBackend {
     builder(port)
-        .connect()
+        .build()
         .await
         .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"))
 }
@@ -412,7 +412,7 @@ async fn password_auth_and_tls_with_a_test_ca() {
     let backend = builder(db.port())
         .tls_ca(&ca)
         .tls(TlsMode::VerifyFull)
-        .connect()
+        .build()
         .await
         .unwrap_or_else(|e| panic!("TLS connect: {e}"));
     let e = unique_name("tls");
@@ -427,7 +427,7 @@ async fn password_auth_and_tls_with_a_test_ca() {
     assert!(cipher.trim().parse::<u64>().unwrap() >= 1, "{cipher}");
 
     // The user requires TLS: plain TCP is refused, in the user's words.
-    let err = builder(db.port()).connect().await.unwrap_err();
+    let err = builder(db.port()).build().await.unwrap_err();
     assert!(matches!(err, Error::PermissionDenied { .. }), "{err}");
     // A wrong password.
     let err = MysqlBackend::builder()
@@ -435,7 +435,7 @@ async fn password_auth_and_tls_with_a_test_ca() {
         .auth(USER, "wrong")
         .database(DB)
         .tls_ca(&ca)
-        .connect()
+        .build()
         .await
         .unwrap_err();
     assert!(
@@ -466,7 +466,7 @@ async fn password_auth_and_tls_with_a_test_ca() {
     assert!(status.status.success());
     let err = builder(db.port())
         .tls_ca(other.path().join("ca.crt"))
-        .connect()
+        .build()
         .await
         .unwrap_err();
     assert!(err.to_string().contains("TLS handshake failed"), "{err}");
@@ -489,7 +489,7 @@ async fn without_create_privilege_the_error_gives_the_ddl() {
             .table("elections")
             .tokens_table("election_tokens")
     };
-    let err = limited().connect().await.unwrap_err();
+    let err = limited().build().await.unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::PermissionDenied { .. }), "{msg}");
     assert!(
@@ -500,7 +500,7 @@ async fn without_create_privilege_the_error_gives_the_ddl() {
     // An administrator runs exactly what the message says.
     let ddl = msg.split_once("run:\n").expect("the statements").1;
     db.sql(ddl).await.expect("the DDL from the message runs");
-    let backend = limited().connect().await.expect("the tables exist now");
+    let backend = limited().build().await.expect("the tables exist now");
     let e = unique_name("limited");
     let a = won(backend.table(), &req(&e, "a", Duration::from_secs(5))).await;
     backend.table().release(&a).await.unwrap();
@@ -511,9 +511,9 @@ async fn an_unreachable_server_is_unavailable_not_a_panic() {
     let db = server().await;
     let port = db.port();
     drop(db);
-    let err = builder(port).connect().await.unwrap_err();
+    let err = builder(port).build().await.unwrap_err();
     assert!(matches!(err, Error::Unavailable { .. }), "{err}");
-    let err = builder(1).database("bad name").connect().await.unwrap_err();
+    let err = builder(1).database("bad name").build().await.unwrap_err();
     assert!(matches!(err, Error::Config(_)), "{err}");
 }
 
@@ -523,12 +523,13 @@ async fn version_of(db: &MariaDb, e: &str) -> u64 {
 }
 
 /// The conformance subject: one MariaDB, 2 s leases, each client its own pool.
-struct MysqlSubject {
+struct MysqlSubject<'a> {
     port: u16,
+    db: &'a MariaDb,
 }
 
 #[leasehold_core::conformance::async_trait]
-impl leasehold_core::conformance::Subject for MysqlSubject {
+impl leasehold_core::conformance::Subject for MysqlSubject<'_> {
     async fn client(&self) -> std::sync::Arc<dyn leasehold_core::Backend> {
         std::sync::Arc::new(connect(self.port).await)
     }
@@ -542,12 +543,25 @@ impl leasehold_core::conformance::Subject for MysqlSubject {
         // is room for a loaded machine.
         Duration::from_millis(1500)
     }
+
+    async fn delete_by_hand(&self, election: &str) {
+        self.db
+            .sql(&format!(
+                "DELETE FROM `{DB}`.leasehold_leases WHERE election = '{election}'"
+            ))
+            .await
+            .expect("delete the lease row by hand");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conformance_suite_on_mariadb() {
     let db = server().await;
-    leasehold_core::conformance::run_all(&MysqlSubject { port: db.port() }).await;
+    leasehold_core::conformance::run_all(&MysqlSubject {
+        port: db.port(),
+        db: &db,
+    })
+    .await;
 }
 
 /// Through the facade: a `mysql://` URL and a `kind = "mysql"` config table
@@ -680,7 +694,7 @@ async fn a_thousand_locks_in_one_process() {
     let backend: std::sync::Arc<dyn leasehold_core::Backend> = std::sync::Arc::new(
         builder(db.port())
             .max_connections(20)
-            .connect()
+            .build()
             .await
             .unwrap(),
     );

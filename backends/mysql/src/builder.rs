@@ -307,18 +307,18 @@ impl MysqlBackendBuilder {
     ///
     /// # Cancel safety
     /// Cancel safe: nothing is left behind but a dropped connection.
-    pub async fn connect(self) -> Result<MysqlBackend> {
+    pub async fn build(self) -> Result<MysqlBackend> {
         let table = self.build_table()?;
         match tokio::time::timeout(self.connect_timeout, table.ensure_schema()).await {
             Ok(r) => r?,
             Err(_) => {
-                return Err(Error::Unavailable {
-                    backend: crate::error::BACKEND,
-                    message: format!(
+                return Err(Error::unavailable(
+                    crate::error::BACKEND,
+                    format!(
                         "no answer from {}:{} within the connect timeout of {:?}",
                         self.host, self.port, self.connect_timeout
                     ),
-                });
+                ));
             }
         }
         Ok(MysqlBackend::from_table(Arc::new(table)))

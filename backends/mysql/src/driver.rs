@@ -178,7 +178,7 @@ impl leasehold_core::driver::Driver for MysqlDriver {
         if let Some(n) = params.text("max_connections").and_then(|n| n.parse().ok()) {
             b = b.max_connections(n);
         }
-        Ok(std::sync::Arc::new(b.connect().await?))
+        Ok(std::sync::Arc::new(b.build().await?))
     }
 }
 

@@ -7,17 +7,11 @@ use mysql_async::{DriverError, IoError};
 pub(crate) const BACKEND: &str = "mysql";
 
 pub(crate) fn unavailable(message: impl Into<String>) -> Error {
-    Error::Unavailable {
-        backend: BACKEND,
-        message: message.into(),
-    }
+    Error::unavailable(BACKEND, message)
 }
 
 pub(crate) fn backend(message: impl Into<String>) -> Error {
-    Error::Backend {
-        backend: BACKEND,
-        message: message.into(),
-    }
+    Error::backend(BACKEND, message)
 }
 
 // MySQL/MariaDB server error codes this module tells apart.
@@ -68,6 +62,10 @@ pub(crate) fn is_duplicate(e: &mysql_async::Error) -> bool {
 /// retries), refused credentials and privileges
 /// [`Error::PermissionDenied`], the rest [`Error::Backend`].
 pub(crate) fn map(what: &str, e: mysql_async::Error) -> Error {
+    classify(what, &e).caused_by(e)
+}
+
+fn classify(what: &str, e: &mysql_async::Error) -> Error {
     match e {
         mysql_async::Error::Io(IoError::Io(io)) => {
             let tls = io
@@ -88,21 +86,20 @@ pub(crate) fn map(what: &str, e: mysql_async::Error) -> Error {
             | DriverError::UnexpectedPacket { .. }
             | DriverError::BadCompressedPacketHeader),
         ) => unavailable(format!("{what}: the connection broke: {d}")),
-        mysql_async::Error::Driver(d) => backend(format!("{what}: {d}")),
+        // A pool or protocol state the driver could not classify: most
+        // likely a connection in trouble, so worth another try.
+        mysql_async::Error::Driver(d) => unavailable(format!("{what}: {d}")),
         mysql_async::Error::Server(s) => {
             let msg = format!("{what}: {} (error {})", s.message, s.code);
             match s.code {
-                ER_ACCESS_DENIED | ER_ACCESS_DENIED_NO_PASSWORD => Error::PermissionDenied {
-                    backend: BACKEND,
-                    message: format!("{msg}; check the user name and password"),
-                },
+                ER_ACCESS_DENIED | ER_ACCESS_DENIED_NO_PASSWORD => Error::permission_denied(
+                    BACKEND,
+                    format!("{msg}; check the user name and password"),
+                ),
                 ER_DBACCESS_DENIED
                 | ER_TABLEACCESS_DENIED
                 | ER_COLUMNACCESS_DENIED
-                | ER_SPECIFIC_ACCESS_DENIED => Error::PermissionDenied {
-                    backend: BACKEND,
-                    message: msg,
-                },
+                | ER_SPECIFIC_ACCESS_DENIED => Error::permission_denied(BACKEND, msg),
                 ER_BAD_DB => backend(format!(
                     "{msg}; create the database first (CREATE DATABASE ...) or name another one"
                 )),

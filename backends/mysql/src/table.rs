@@ -447,13 +447,14 @@ impl LeaseTable {
                         return Ok(());
                     }
                     if error::is_denied(&e) {
-                        return Err(Error::PermissionDenied {
-                            backend: BACKEND,
-                            message: format!(
+                        return Err(Error::permission_denied(
+                            BACKEND,
+                            format!(
                                 "the user may not create leasehold's tables ({e}); have an administrator run:\n{};\n{};",
                                 ddl[0], ddl[1]
                             ),
-                        });
+                        )
+                        .caused_by(e));
                     }
                     return Err(error::map("creating the tables", e));
                 }
