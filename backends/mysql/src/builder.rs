@@ -282,9 +282,13 @@ impl MysqlBackendBuilder {
             .pool_opts(
                 // No session state to reset (every statement stands alone):
                 // keeping connections as they are saves a round trip per call
-                // and keeps the prepared statements cached.
+                // and keeps the prepared statements cached. Idle connections
+                // are kept a minute (the default drops them at once), so that
+                // a lone renewal or poll is one statement, not a connect, a
+                // prepare and an execute.
                 PoolOpts::default()
                     .with_reset_connection(false)
+                    .with_inactive_connection_ttl(Duration::from_secs(60))
                     .with_constraints(
                         PoolConstraints::new(0, self.max_connections).unwrap_or_default(),
                     ),
