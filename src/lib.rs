@@ -61,6 +61,9 @@ pub use leasehold_gcs as gcs;
 #[cfg(feature = "mysql")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
 pub use leasehold_mysql as mysql;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use leasehold_postgres as postgres;
 #[cfg(feature = "zookeeper")]
 #[cfg_attr(docsrs, doc(cfg(feature = "zookeeper")))]
 pub use leasehold_zookeeper as zookeeper;
@@ -90,7 +93,8 @@ pub use stores::{STORES, StoreEntry, drivers};
 /// `request_timeout` (durations such as `500ms`, `10s`, `2m`). etcd also
 /// takes `prefix`, `connect_timeout` and `layout=go`: the keys of etcd's Go
 /// `concurrency.Election` and `etcdctl elect`, to share their elections
-/// (docs/interop.md).
+/// (docs/interop.md). ZooKeeper takes `session_timeout`, `lock_name` and
+/// `connect_timeout` (default 5 s: how long opening the session may take).
 ///
 /// # Errors
 /// [`Error::Config`] naming the offending part of the URL (unknown scheme, a

@@ -67,6 +67,7 @@ pub const STORES: &[StoreEntry] = &[
     store!("etcd", ["etcd", "etcd+http", "etcd+https"], feature "etcd", leasehold_etcd::DRIVER),
     store!("zookeeper", ["zk", "zookeeper"], feature "zookeeper", leasehold_zookeeper::DRIVER),
     store!("gcs", ["gs"], feature "gcs", leasehold_gcs::DRIVER),
+    store!("postgres", ["postgres", "postgresql"], feature "postgres", leasehold_postgres::DRIVER),
     store!("mysql", ["mysql"], feature "mysql", leasehold_mysql::DRIVER),
 ];
 

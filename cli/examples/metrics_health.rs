@@ -1,12 +1,16 @@
-//! A service that campaigns and serves its health and metrics over HTTP:
-//! `/healthz` (readiness: 200 when [`Elector::health`] is healthy, 503 when
-//! not, JSON body), `/leader` (200 only on the leader, for a Service that
-//! routes to the leader alone) and `/metrics` (Prometheus text from the
-//! engine's `metrics` feature, through metrics-exporter-prometheus). Plain
-//! tokio: one request per connection.
+//! A service that campaigns and serves its health and metrics over HTTP
+//! with axum, with client-go's meaning of health: `/healthz` (liveness: 503
+//! only for a leader still leading at its local deadline, a stuck process),
+//! `/readyz` (200 while the elector runs, whether or not the store answers,
+//! so that a store outage does not take every replica out of a Service),
+//! `/leader` (200 only on the leader, for a Service that routes to the
+//! leader alone) and `/metrics` (Prometheus text from the engine's
+//! `metrics` feature, through metrics-exporter-prometheus). Each body is the
+//! [`Health`] snapshot's JSON.
 //!
-//! It lives in the CLI's package, which already has the exporter, so that the
-//! library's own examples (the newcomer's demo among them) do not build it.
+//! It lives in the CLI's package, which already has axum and the exporter,
+//! so that the library's own examples (the newcomer's demo among them) do
+//! not build them.
 //!
 //! Run: `cargo run -p leasehold-cli --example metrics_health -- [STORE_URL] [HOST:PORT]`
 //! (default `memory://metrics-demo?ttl=3s` and `127.0.0.1:9464`), then
@@ -14,13 +18,17 @@
 //! Against etcd: `cargo run -p leasehold-cli --example metrics_health --
 //! etcd://127.0.0.1:2379/metrics-demo`; start two on different ports and stop
 //! the leader to watch `leasehold_leader_is_leader` move. Ctrl-C stops it.
+//! (`leasehold serve` does all this and more without writing a service.)
 
 use std::time::Duration;
 
-use leasehold::{CancellationToken, Elector, Health, Leadership};
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use leasehold::{CancellationToken, Elector, Health, Leadership, StoreContact};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 /// The leader's work: stop when the term ends.
 async fn work(leadership: Leadership) {
@@ -29,48 +37,75 @@ async fn work(leadership: Leadership) {
     println!("not leading any more");
 }
 
-/// Answer one request: `/healthz`, `/leader`, `/metrics`, else 404.
-async fn answer(mut stream: TcpStream, elector: &Elector, metrics: &PrometheusHandle) {
-    let mut buf = [0u8; 2048];
-    let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await
-    else {
-        return;
-    };
-    let request = String::from_utf8_lossy(&buf[..n]);
-    let path = request.split_whitespace().nth(1).unwrap_or("");
-    let health = elector.health();
-    let (status, body) = match path {
-        "/healthz" => (
-            if health.is_healthy() { 200 } else { 503 },
-            format!(
-                "{{\"healthy\":{},\"state\":{:?}}}\n",
-                health.is_healthy(),
-                describe(&health)
-            ),
-        ),
-        "/leader" => (
-            if health.is_leading() { 200 } else { 503 },
-            format!("{{\"leading\":{}}}\n", health.is_leading()),
-        ),
-        "/metrics" => (200, metrics.render()),
-        _ => (404, "try /healthz, /leader or /metrics\n".to_owned()),
-    };
-    let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        if status == 200 { "OK" } else { "Not OK" },
-        body.len()
-    );
-    let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(body.as_bytes()).await;
+/// Liveness as client-go's `HealthzAdaptor`: only a leader past its own
+/// deadline (the engine should have ended the term by then) is not live.
+fn is_live(health: &Health) -> bool {
+    !matches!(health, Health::Leading(l) if l.leading && l.until_deadline.is_zero())
 }
 
-/// One line for a health snapshot.
-fn describe(health: &Health) -> String {
-    match health {
-        Health::Leading(l) => format!("leading, {:?} to the deadline", l.until_deadline),
-        Health::Following { contact } => format!("following, store: {contact:?}"),
-        other => format!("{other:?}"),
-    }
+/// The snapshot as a small JSON object.
+fn describe(health: &Health) -> serde_json::Value {
+    let store = match health {
+        Health::Following {
+            contact: StoreContact::CutOff { last_error, .. },
+        } => {
+            format!("cut off: {last_error}")
+        }
+        Health::Following {
+            contact: StoreContact::Ok { .. },
+        } => "ok".to_owned(),
+        _ => "unknown".to_owned(),
+    };
+    serde_json::json!({
+        "live": is_live(health),
+        "leading": health.is_leading(),
+        "store": store,
+    })
+}
+
+fn answer(ok: bool, health: &Health) -> (StatusCode, axum::Json<serde_json::Value>) {
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, axum::Json(describe(health)))
+}
+
+#[derive(Clone)]
+struct App {
+    elector: Elector,
+    metrics: PrometheusHandle,
+}
+
+fn routes(app: App) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|State(a): State<App>| async move {
+                let h = a.elector.health();
+                answer(is_live(&h), &h)
+            }),
+        )
+        .route(
+            "/readyz",
+            get(|State(a): State<App>| async move {
+                let h = a.elector.health();
+                answer(is_live(&h), &h)
+            }),
+        )
+        .route(
+            "/leader",
+            get(|State(a): State<App>| async move {
+                let h = a.elector.health();
+                answer(h.is_leading(), &h)
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(a): State<App>| async move { a.metrics.render() }),
+        )
+        .with_state(app)
 }
 
 #[tokio::main]
@@ -86,20 +121,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let elector = leasehold::connect(&url).await?;
     let listener = TcpListener::bind(&addr).await?;
     println!(
-        "candidate {} in {:?}; http://{addr}/healthz, /leader, /metrics; Ctrl-C to stop",
+        "candidate {} in {:?}; http://{addr}/healthz, /readyz, /leader, /metrics; Ctrl-C to stop",
         elector.options().candidate_id,
         elector.options().election
     );
 
-    let server = {
-        let (elector, metrics) = (elector.clone(), metrics.clone());
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (elector, metrics) = (elector.clone(), metrics.clone());
-                tokio::spawn(async move { answer(stream, &elector, &metrics).await });
-            }
-        })
-    };
+    let app = routes(App {
+        elector: elector.clone(),
+        metrics: metrics.clone(),
+    });
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
     // Summaries need upkeep now and then.
     let upkeep = {
         let metrics = metrics.clone();

@@ -5,11 +5,14 @@
 //! leasehold --store zk://127.0.0.1:2181 run --name jobs -- ./worker --flag
 //! leasehold --store gs://bucket/locks/ leader --name jobs
 //! leasehold --config leasehold.toml observe --name jobs
+//! leasehold --store etcd://127.0.0.1:2379 serve --name jobs --listen 127.0.0.1:4040
 //! ```
 //!
-//! Events are printed as one JSON object per line on stdout.
+//! Events are printed as one JSON object per line on stdout (`run
+//! --events-to FILE`: in FILE). `serve` (src/serve.rs) is the HTTP sidecar.
 
 mod exporter;
+mod serve;
 mod supervise;
 
 use std::process::ExitCode;
@@ -29,6 +32,10 @@ use crate::supervise::Tree;
 /// The exit status when `--timeout` ran out before this candidate was
 /// elected (GNU timeout's).
 const TIMED_OUT: u8 = 124;
+
+/// The exit status when `--timeout` ran out while the store could not be
+/// reached (sysexits' EX_UNAVAILABLE): not a busy lock.
+const UNREACHABLE: u8 = 69;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -69,6 +76,26 @@ struct Election {
     ttl: Option<String>,
 }
 
+/// The election a read-only command follows (no candidate options: it
+/// never campaigns).
+#[derive(Args, Debug, Clone)]
+struct Target {
+    /// The election name.
+    #[arg(long)]
+    name: Option<String>,
+}
+
+impl Target {
+    fn election(&self) -> Election {
+        Election {
+            name: self.name.clone(),
+            id: None,
+            value: None,
+            ttl: None,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Become a candidate and stay one; print an event per line (elected,
@@ -77,7 +104,8 @@ enum Cmd {
     Campaign {
         #[command(flatten)]
         election: Election,
-        /// Give up if not elected within this time, e.g. 30s (exit 124).
+        /// Give up if not elected within this time, e.g. 30s (exit 124; 69
+        /// when the store could not be reached).
         #[arg(long)]
         timeout: Option<String>,
     },
@@ -86,8 +114,8 @@ enum Cmd {
     Run {
         #[command(flatten)]
         election: Election,
-        /// Give up if not elected within this time, e.g. 30s (exit 124;
-        /// the command never starts).
+        /// Give up if not elected within this time, e.g. 30s (exit 124; 69
+        /// when the store could not be reached; the command never starts).
         #[arg(long)]
         timeout: Option<String>,
         /// Time between SIGTERM and SIGKILL; it must end before the local
@@ -97,6 +125,11 @@ enum Cmd {
         /// Campaign again after each term instead of exiting.
         #[arg(long)]
         forever: bool,
+        /// Write the JSON events to this file (appended; /dev/fd/3 for a
+        /// descriptor the caller opened) instead of stdout, which is then the
+        /// command's alone.
+        #[arg(long, value_name = "FILE")]
+        events_to: Option<std::path::PathBuf>,
         /// Wait this long after being elected before starting the command,
         /// e.g. 2s, holding the lease: a term that ended without the old
         /// leader's knowing (an administrator revoked its lease) gives the
@@ -109,9 +142,28 @@ enum Cmd {
         command: Vec<String>,
     },
     /// Print the current leader and token; exit 1 if there is none.
-    Leader(Election),
+    Leader(Target),
     /// Print every leader change as a JSON line until interrupted.
-    Observe(Election),
+    Observe(Target),
+    /// Serve the election over HTTP for services in any language (a
+    /// sidecar): GET / (status page), /leader, /status, /events (Server-Sent
+    /// Events), POST /resign, /healthz, /readyz, /metrics.
+    Serve {
+        #[command(flatten)]
+        election: Election,
+        /// Where to listen. Loopback by default; in a Kubernetes pod, 0.0.0.0:4040
+        /// lets the kubelet's probes in (POST /resign stays loopback-only
+        /// unless a resign token is set).
+        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:4040")]
+        listen: String,
+        /// Follow the election without campaigning.
+        #[arg(long)]
+        observe_only: bool,
+        /// A file holding the bearer token that lets callers from other
+        /// addresses POST /resign (or LEASEHOLD_RESIGN_TOKEN).
+        #[arg(long, value_name = "FILE")]
+        resign_token_file: Option<std::path::PathBuf>,
+    },
     /// Internal: the guardian `run` starts next to its command.
     #[command(name = "__guard", hide = true)]
     Guard {
@@ -160,6 +212,13 @@ enum Event<'a> {
     /// `--timeout` ran out before this candidate was elected; its claim is
     /// withdrawn.
     TimedOut { id: &'a str, after_ms: u64 },
+    /// `--timeout` ran out while the store could not be reached (its last
+    /// call failed with `error`, or none was answered): not a busy lock.
+    Unreachable {
+        id: &'a str,
+        after_ms: u64,
+        error: String,
+    },
     /// leasehold got a signal (`signal`: its name) and is stopping.
     Signalled { signal: &'static str },
 }
@@ -203,9 +262,20 @@ impl LeaderView {
     }
 }
 
+/// Where events go when not to stdout (`run --events-to FILE`).
+static EVENTS_TO: std::sync::OnceLock<Mutex<std::fs::File>> = std::sync::OnceLock::new();
+
 fn print_json(value: &impl Serialize) {
     match serde_json::to_string(value) {
-        Ok(text) => println!("{text}"),
+        Ok(text) => match EVENTS_TO.get() {
+            Some(file) => {
+                use std::io::Write;
+                if let Err(e) = writeln!(locked(file), "{text}") {
+                    eprintln!("leasehold: cannot write an event to --events-to: {e}");
+                }
+            }
+            None => println!("{text}"),
+        },
         Err(e) => eprintln!("leasehold: cannot encode an event: {e}"),
     }
 }
@@ -308,6 +378,78 @@ impl Shutdown {
     }
 }
 
+/// A duration the operator typed as `flag`; the error names the flag and
+/// what was typed.
+fn flag_duration(flag: &str, text: &str) -> Result<Duration, String> {
+    parse_duration(flag, text).map_err(|e| reword(&e, flag, &format!("{flag} {text}")))
+}
+
+/// The options whose errors are reworded to name where the operator set
+/// them: (the library's field, the flag if any, the environment variable,
+/// the config file's key).
+const OPTION_SOURCES: [(&str, Option<&str>, &str); 5] = [
+    ("ttl", Some("--ttl"), "LEASEHOLD_TTL"),
+    ("renew_interval", None, "LEASEHOLD_RENEW_INTERVAL"),
+    ("retry_interval", None, "LEASEHOLD_RETRY_INTERVAL"),
+    ("safety_margin", None, "LEASEHOLD_SAFETY_MARGIN"),
+    ("request_timeout", None, "LEASEHOLD_REQUEST_TIMEOUT"),
+];
+
+/// Where the operator set `field`, in their words: `--ttl 1s`,
+/// `LEASEHOLD_TTL=5`, `ttl in leasehold.toml`, or the store URL's option.
+fn source_of(cli: &Cli, e: &Election, field: &str) -> Option<String> {
+    let (_, flag, var) = OPTION_SOURCES.iter().find(|(f, _, _)| *f == field)?;
+    if let (Some(flag), Some(v)) = (flag, &e.ttl)
+        && field == "ttl"
+    {
+        return Some(format!("{flag} {v}"));
+    }
+    if let Ok(v) = std::env::var(var) {
+        return Some(format!("{var}={v}"));
+    }
+    if let Some(path) = &cli.config
+        && std::fs::read_to_string(path).is_ok_and(|t| t.contains(field))
+    {
+        return Some(format!("{field} in {}", path.display()));
+    }
+    Some(format!("the store URL's {field}"))
+}
+
+/// An error of `field` worded with `source` (what the operator typed):
+/// the library's own prefix (`invalid option `ttl`:`) and its hint in Rust
+/// (`use with_ttl(...)`) give way to the flag or variable.
+fn reword(e: &leasehold::Error, field: &str, source: &str) -> String {
+    match e {
+        leasehold::Error::InvalidOption { reason, .. } => {
+            let reason = reason.split("; use with_").next().unwrap_or(reason);
+            format!("{source}: {reason}")
+        }
+        leasehold::Error::Config(m) => match m.split_once(&format!("`{field}`: ")) {
+            Some((_, rest)) => format!("{source}: {rest}"),
+            None => m.clone(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// [`build`], its error worded in the operator's terms.
+async fn build_named(cli: &Cli, e: &Election) -> Result<Elector, String> {
+    build(cli, e).await.map_err(|err| {
+        let field = match &err {
+            leasehold::Error::InvalidOption { field, .. } => Some(*field),
+            leasehold::Error::Config(m) => OPTION_SOURCES
+                .iter()
+                .map(|(f, _, _)| *f)
+                .find(|f| m.starts_with(&format!("`{f}`: "))),
+            _ => None,
+        };
+        match field.and_then(|f| Some((f, source_of(cli, e, f)?))) {
+            Some((f, source)) => reword(&err, f, &source),
+            None => err.to_string(),
+        }
+    })
+}
+
 async fn build(cli: &Cli, e: &Election) -> leasehold::Result<Elector> {
     let mut cfg = match &cli.config {
         Some(path) => ElectionConfig::from_file(path)?,
@@ -373,13 +515,15 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let election = match &cli.command {
-        Cmd::Leader(e) | Cmd::Observe(e) => e.clone(),
-        Cmd::Campaign { election, .. } | Cmd::Run { election, .. } => election.clone(),
+        Cmd::Leader(t) | Cmd::Observe(t) => t.election(),
+        Cmd::Campaign { election, .. }
+        | Cmd::Run { election, .. }
+        | Cmd::Serve { election, .. } => election.clone(),
         Cmd::Guard { .. } => return fail("__guard is internal to leasehold run"),
     };
     let timeout = match &cli.command {
         Cmd::Campaign { timeout, .. } | Cmd::Run { timeout, .. } => match timeout {
-            Some(t) => match parse_duration("timeout", t) {
+            Some(t) => match flag_duration("--timeout", t) {
                 Ok(d) => Some(d),
                 Err(e) => return fail(e),
             },
@@ -387,19 +531,68 @@ async fn main() -> ExitCode {
         },
         _ => None,
     };
+    if let Cmd::Run {
+        events_to: Some(path),
+        ..
+    } = &cli.command
+    {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            Ok(file) => {
+                let _ = EVENTS_TO.set(Mutex::new(file));
+            }
+            Err(e) => {
+                return fail(format!(
+                    "--events-to {}: cannot open it for writing: {e}",
+                    path.display()
+                ));
+            }
+        }
+    }
     // The recorder goes in before the elector exists: creating it records
     // the is-leader gauge at 0.
-    let exporter = match &cli.metrics_addr {
-        Some(addr) if !matches!(cli.command, Cmd::Leader(_)) => match exporter::bind(addr).await {
+    let exporter = match (&cli.command, &cli.metrics_addr) {
+        (Cmd::Serve { .. }, Some(addr)) => {
+            return fail(format!(
+                "--metrics-addr {addr}: serve answers /metrics, /healthz and /readyz on its --listen address already; drop --metrics-addr"
+            ));
+        }
+        (Cmd::Serve { listen, .. }, None) => match exporter::bind("--listen", listen).await {
             Ok(x) => Some(x),
+            Err(e) => return fail(e),
+        },
+        (Cmd::Leader(_), _) | (_, None) => None,
+        (_, Some(addr)) => match exporter::bind("--metrics-addr", addr).await {
+            Ok(x) => Some(x),
+            Err(e) => return fail(e),
+        },
+    };
+    let resign_token = match &cli.command {
+        Cmd::Serve {
+            resign_token_file, ..
+        } => match resign_token(resign_token_file.as_deref()) {
+            Ok(t) => t,
             Err(e) => return fail(e),
         },
         _ => None,
     };
-    let elector = match build(&cli, &election).await {
+    let elector = match build_named(&cli, &election).await {
         Ok(e) => e,
         Err(e) => return fail(e),
     };
+    if let Cmd::Serve { observe_only, .. } = &cli.command {
+        let Some(x) = exporter else {
+            return fail("serve: no listener");
+        };
+        let options = serve::Options {
+            observe_only: *observe_only,
+            resign_token,
+        };
+        return serve::serve(elector, x, options).await;
+    }
     if let Some(x) = exporter {
         exporter::serve(x, elector.clone());
     }
@@ -430,7 +623,7 @@ async fn main() -> ExitCode {
             };
             let start_delay = match start_delay
                 .as_deref()
-                .map(|d| parse_duration("start_delay", d))
+                .map(|d| flag_duration("--start-delay", d))
             {
                 None => Duration::ZERO,
                 Some(Ok(d)) => d,
@@ -447,8 +640,38 @@ async fn main() -> ExitCode {
             // spawned it (see supervise).
             run(&elector, command, how).await
         }
+        Cmd::Serve { .. } => fail("serve is handled above"),
         Cmd::Guard { .. } => fail("__guard is internal to leasehold run"),
     }
+}
+
+/// `serve`'s resign token: the file's first line, else
+/// `LEASEHOLD_RESIGN_TOKEN`; an empty one is refused.
+fn resign_token(file: Option<&std::path::Path>) -> Result<Option<String>, String> {
+    let (token, whence) = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                format!(
+                    "--resign-token-file {}: cannot read it: {e}",
+                    path.display()
+                )
+            })?;
+            (
+                text.lines().next().unwrap_or("").trim().to_owned(),
+                format!("--resign-token-file {}", path.display()),
+            )
+        }
+        None => match std::env::var("LEASEHOLD_RESIGN_TOKEN") {
+            Ok(t) => (t.trim().to_owned(), "LEASEHOLD_RESIGN_TOKEN".to_owned()),
+            Err(_) => return Ok(None),
+        },
+    };
+    if token.is_empty() {
+        return Err(format!(
+            "{whence}: the resign token is empty; put a secret in it, or leave it unset to allow POST /resign from loopback only"
+        ));
+    }
+    Ok(Some(token))
 }
 
 async fn observe(elector: &Elector, stop: CancellationToken) -> ExitCode {
@@ -538,13 +761,7 @@ async fn campaign(elector: &Elector, wait_for: Option<Duration>) -> ExitCode {
     let _ = watcher.await;
     let timed_out = locked(&state).1;
     match result {
-        Ok(()) if timed_out => {
-            emit(Event::TimedOut {
-                id: &elector.options().candidate_id,
-                after_ms: wait_for.map(millis).unwrap_or(0),
-            });
-            ExitCode::from(TIMED_OUT)
-        }
+        Ok(()) if timed_out => gave_up(elector, wait_for),
         Ok(()) => {
             emit(Event::Resigned {
                 id: &elector.options().candidate_id,
@@ -552,6 +769,37 @@ async fn campaign(elector: &Elector, wait_for: Option<Duration>) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),
+    }
+}
+
+/// `--timeout` ran out: `timed_out` (124) when the store answered and
+/// someone else holds the election, `unreachable` (69) when the store's last
+/// answer was an error, or it never answered.
+fn gave_up(elector: &Elector, wait_for: Option<Duration>) -> ExitCode {
+    let id = &elector.options().candidate_id;
+    let after_ms = wait_for.map(millis).unwrap_or(0);
+    let error = match elector.health() {
+        leasehold::Health::Following {
+            contact: leasehold::StoreContact::CutOff { last_error, .. },
+        } => Some(last_error.to_string()),
+        leasehold::Health::Following {
+            contact: leasehold::StoreContact::Unknown,
+        } => Some("the store answered no call".to_owned()),
+        _ => None,
+    };
+    match error {
+        Some(error) => {
+            emit(Event::Unreachable {
+                id,
+                after_ms,
+                error,
+            });
+            ExitCode::from(UNREACHABLE)
+        }
+        None => {
+            emit(Event::TimedOut { id, after_ms });
+            ExitCode::from(TIMED_OUT)
+        }
     }
 }
 
@@ -563,7 +811,7 @@ fn grace_for(elector: &Elector, given: Option<&str>) -> Result<Duration, String>
         .deadline_after_renewal()
         .saturating_sub(o.renew_interval + o.request_timeout.min(o.renew_interval));
     let grace = match given {
-        Some(g) => parse_duration("grace", g).map_err(|e| e.to_string())?,
+        Some(g) => flag_duration("--grace", g)?,
         None => (room / 2).min(Duration::from_secs(5)),
     };
     if grace.is_zero() || grace >= room {
@@ -651,11 +899,7 @@ async fn run(elector: &Elector, command: &[String], how: How) -> ExitCode {
                     shutdown.announce();
                     return code;
                 }
-                emit(Event::TimedOut {
-                    id: &id,
-                    after_ms: wait_for.map(millis).unwrap_or(0),
-                });
-                return ExitCode::from(TIMED_OUT);
+                return gave_up(elector, wait_for);
             }
             Err(e) => return fail(e),
         };
@@ -759,6 +1003,10 @@ async fn run(elector: &Elector, command: &[String], how: How) -> ExitCode {
                 }
             }
         }
+        // Every way a term ends prints `lost` (as campaign does); the ones
+        // above already did.
+        let lost_said = matches!(ending, Ending::Lost(_) | Ending::SteppingDown)
+            || leadership.loss_reason().is_some();
         if let Err(left) = stopped {
             // Not releasing: the lease expires on its own after the ttl, the
             // only protection left (with fencing tokens) for those processes.
@@ -771,12 +1019,22 @@ async fn run(elector: &Elector, command: &[String], how: How) -> ExitCode {
         let status = tree.finish().await;
         // The command is gone, all of it: only now may the lease go to
         // someone else.
-        if !leadership.is_lost()
-            && let Err(e) = leadership.unlock().await
-        {
-            eprintln!(
-                "leasehold: release failed ({e}); the release is retried in the background while this process's session lives; else the next candidate waits until the store ends the lease (its ttl)"
-            );
+        if !leadership.is_lost() {
+            let released = leadership.unlock().await;
+            if let Err(e) = &released {
+                eprintln!(
+                    "leasehold: release failed ({e}); the release is retried in the background while this process's session lives; else the next candidate waits until the store ends the lease (its ttl)"
+                );
+            }
+            if !lost_said {
+                emit(Event::Lost {
+                    reason: Reason::Released,
+                    detail: match released {
+                        Ok(()) => "released once the command had ended".to_owned(),
+                        Err(e) => format!("the release failed ({e}); the lease ends with its ttl"),
+                    },
+                });
+            }
         }
         let code = match &status {
             Ok(s) => {

@@ -1,7 +1,8 @@
 //! `--metrics-addr` against a real etcd: scrape two candidates' /metrics and
 //! /healthz through a leader change caused by a store outage (candidate A
 //! reaches etcd through a proxy that is black-holed), and see the is-leader
-//! gauge, the counters and the health change. Also: without RUST_LOG the
+//! gauge, the counters and the health change (client-go's meaning: the
+//! follower cut off from the store stays live and ready). Also: without RUST_LOG the
 //! store errors show on stderr, without colour codes (stderr is a pipe).
 // etcd: in the `full` feature (the default).
 #![cfg(feature = "full")]
@@ -12,7 +13,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{cli, signal, wait_exit};
+use common::{cli, free_addr, signal, wait_exit};
 use leasehold_integration_tests::{EtcdNode, Proxy, unique_name};
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,19 +21,15 @@ use tokio::net::TcpStream;
 use tokio::process::Child;
 use tokio::time::{Instant, sleep, timeout};
 
-/// A free loopback port (bound then released).
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").to_string()
-}
-
 /// One GET: the status code and the body, or None when nothing answered.
 async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
     let fetch = async {
         let mut s = TcpStream::connect(addr).await.ok()?;
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
-            .await
-            .ok()?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .ok()?;
         let mut text = String::new();
         s.read_to_string(&mut text).await.ok()?;
         let status = text.split_whitespace().nth(1)?.parse().ok()?;
@@ -132,8 +129,12 @@ async fn metrics_and_health_follow_a_leader_change_and_a_store_outage() {
         "A lost, cut off",
         Duration::from_secs(20),
         |m, code, h| {
+            // client-go's meaning: a follower cut off from the store is
+            // alive (its `healthy` field says the store is not reached).
             sample(m, gauge, &a_is) == Some(0.0)
-                && code == 503
+                && code == 200
+                && h["live"] == true
+                && h["healthy"] == false
                 && h["store"] == "cut_off"
                 && sample(
                     m,
@@ -158,6 +159,15 @@ async fn metrics_and_health_follow_a_leader_change_and_a_store_outage() {
     );
     assert!(health["last_error"].is_string(), "{health}");
     assert_eq!(
+        get(&addr_a, "/readyz").await.map(|r| r.0),
+        Some(200),
+        "a follower cut off from the store stays ready"
+    );
+    assert_eq!(
+        get(&addr_a, "/readyz?role=leader").await.map(|r| r.0),
+        Some(503)
+    );
+    assert_eq!(
         sample(&metrics, "leasehold_terms_started_total", &a_is),
         Some(1.0)
     );
@@ -180,6 +190,17 @@ async fn metrics_and_health_follow_a_leader_change_and_a_store_outage() {
         metrics.contains("leasehold_renewal_duration_seconds_bucket{"),
         "renewal latency is a histogram:\n{metrics}"
     );
+    for name in [
+        "leasehold_leader_is_leader",
+        "leasehold_terms_started_total",
+        "leasehold_renewal_duration_seconds",
+        "leasehold_campaign_wait_seconds",
+    ] {
+        assert!(
+            metrics.contains(&format!("# HELP {name} ")),
+            "{name} has its # HELP text:\n{metrics}"
+        );
+    }
 
     // The store is back for A: healthy again, following.
     proxy.heal();

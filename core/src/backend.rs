@@ -79,6 +79,15 @@ pub trait Backend: Send + Sync + Debug + 'static {
     fn leader_watch(&self) -> Option<&dyn WatchLeader> {
         None
     }
+
+    /// The store's list of an election's candidates, if it keeps one (the
+    /// queue stores: every waiting candidate has a claim). `None` (the
+    /// default): [`Elector::participants`](crate::Elector::participants)
+    /// answers [`Error::NotSupported`](crate::Error::NotSupported) (a record
+    /// store knows only its leader).
+    fn participants(&self) -> Option<&dyn ListParticipants> {
+        None
+    }
 }
 
 /// A store's family: which protocol the engine speaks with it.
@@ -304,6 +313,19 @@ pub trait Proclaim: Send + Sync {
     /// [`Error::Lost`](crate::Error::Lost) when the claim is gone. Store
     /// failures as for a renewal.
     async fn proclaim(&self, claim: &Claim, value: &[u8]) -> Result<Claim>;
+}
+
+/// Listing an election's candidates.
+#[async_trait]
+pub trait ListParticipants: Send + Sync {
+    /// The live candidates of `election` in line order, each with its id,
+    /// value and token: the first leads. Empty when nobody takes part. One
+    /// consistent read where the store has one (etcd: one range; ZooKeeper:
+    /// a listing, then each node's data, leaving out nodes gone in between).
+    ///
+    /// # Errors
+    /// Store failures.
+    async fn participants(&self, election: &str) -> Result<Vec<LeaderInfo>>;
 }
 
 /// Watching an election's leader.

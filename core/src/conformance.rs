@@ -96,6 +96,7 @@ pub async fn run_all(s: &dyn Subject) {
         release_is_idempotent_and_owned(s),
         observer_sees_every_change(s),
         unsupported_operations_are_typed(s),
+        participants_in_line_order(s),
     );
 }
 
@@ -699,6 +700,84 @@ pub async fn unsupported_operations_are_typed(s: &dyn Subject) {
         ),
     }
     l.unlock()
+        .await
+        .unwrap_or_else(|e| panic!("{W}: unlock failed: {e}"));
+}
+
+/// A store that lists its candidates lists them in line order with the
+/// leader first, and follows a handover; one that does not answers a typed
+/// `NotSupported`.
+pub async fn participants_in_line_order(s: &dyn Subject) {
+    const W: &str = "participants_in_line_order";
+    let election = s.election("participants");
+    let a = new_elector(s, &election, "alpha").await;
+    if s.client().await.participants().is_none() {
+        match a.participants().await {
+            Err(Error::NotSupported { operation, .. }) => assert_eq!(operation, "participants"),
+            other => panic!("{W}: a store without a list must answer NotSupported: {other:?}"),
+        }
+        return;
+    }
+    let within = quick(s, a.options());
+    let la = must_lock(&a, within, W).await;
+    let ids = |list: &[LeaderInfo]| list.iter().map(|p| p.id.clone()).collect::<Vec<_>>();
+    // Wait (bounded) until the list has `n` candidates; the list then.
+    let until_len = |n: usize| {
+        let a = a.clone();
+        async move {
+            let deadline = Instant::now() + within;
+            loop {
+                let list = a
+                    .participants()
+                    .await
+                    .unwrap_or_else(|e| panic!("{W}: participants() failed: {e}"));
+                if list.len() == n || Instant::now() >= deadline {
+                    return list;
+                }
+                sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let b = new_elector(s, &election, "beta").await;
+    let waiting_b = tokio::spawn(async move { b.lock().await });
+    until_len(2).await;
+    let c = new_elector(s, &election, "gamma").await;
+    let waiting_c = tokio::spawn(async move { c.lock().await });
+    let list = until_len(3).await;
+    assert_eq!(
+        ids(&list),
+        ["alpha", "beta", "gamma"],
+        "{W}: candidates in line order"
+    );
+    assert_eq!(
+        list[0].token,
+        la.fencing_token(),
+        "{W}: the first is the leader"
+    );
+    la.unlock()
+        .await
+        .unwrap_or_else(|e| panic!("{W}: unlock failed: {e}"));
+    let lb = timeout(within, waiting_b)
+        .await
+        .unwrap_or_else(|_| panic!("{W}: beta did not lead after alpha's release"))
+        .unwrap_or_else(|e| panic!("{W}: beta's task: {e}"))
+        .unwrap_or_else(|e| panic!("{W}: beta's lock: {e}"));
+    let list = until_len(2).await;
+    assert_eq!(ids(&list), ["beta", "gamma"], "{W}: after the handover");
+    assert_eq!(
+        list[0].token,
+        lb.fencing_token(),
+        "{W}: beta leads the list"
+    );
+    lb.unlock()
+        .await
+        .unwrap_or_else(|e| panic!("{W}: unlock failed: {e}"));
+    let lc = timeout(within, waiting_c)
+        .await
+        .unwrap_or_else(|_| panic!("{W}: gamma did not lead after beta's release"))
+        .unwrap_or_else(|e| panic!("{W}: gamma's task: {e}"))
+        .unwrap_or_else(|e| panic!("{W}: gamma's lock: {e}"));
+    lc.unlock()
         .await
         .unwrap_or_else(|e| panic!("{W}: unlock failed: {e}"));
 }

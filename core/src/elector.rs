@@ -247,6 +247,33 @@ impl Elector {
         .await
     }
 
+    /// The live candidates of this election in line order, with their ids,
+    /// values and tokens; the first leads (Curator's
+    /// `LeaderLatch.getParticipants`, tooz's group members): for a leader
+    /// that hands out shards or sizes work by the number of candidates.
+    /// Read from the store now, bounded by the request timeout.
+    ///
+    /// # Errors
+    /// [`Error::NotSupported`] on stores that keep no line (record stores:
+    /// Cloud Storage knows only its leader); store errors.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn participants(&self) -> Result<Vec<LeaderInfo>> {
+        let Some(list) = self.backend.participants() else {
+            return Err(Error::NotSupported {
+                operation: "participants",
+                backend: self.backend.name(),
+            });
+        };
+        bounded(
+            self.options.request_timeout,
+            "participants",
+            list.participants(&self.options.election),
+        )
+        .await
+    }
+
     /// Follow the leader of this election: a watch receiver that holds the
     /// current leader (or `None`) and changes with every change the store
     /// reports, for leaders and followers alike. Uses the backend's watch,

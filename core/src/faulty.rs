@@ -22,8 +22,8 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use crate::backend::{
-    Backend, Expiry, Family, LeaderWatch, Proclaim, QueueStore, RecordStore, SessionScope,
-    WatchLeader,
+    Backend, Expiry, Family, LeaderWatch, ListParticipants, Proclaim, QueueStore, RecordStore,
+    SessionScope, WatchLeader,
 };
 use crate::error::{Error, Result};
 use crate::lease::{queue_of, record_of};
@@ -254,6 +254,28 @@ impl Backend for FaultyBackend {
 
     fn leader_watch(&self) -> Option<&dyn WatchLeader> {
         self.inner.leader_watch().map(|_| self as &dyn WatchLeader)
+    }
+
+    fn participants(&self) -> Option<&dyn ListParticipants> {
+        self.inner
+            .participants()
+            .map(|_| self as &dyn ListParticipants)
+    }
+}
+
+#[async_trait]
+impl ListParticipants for FaultyBackend {
+    /// Faulted and counted as a leader read.
+    async fn participants(&self, election: &str) -> Result<Vec<LeaderInfo>> {
+        self.gate(&self.calls.leader).await?;
+        let result = match self.inner.participants() {
+            Some(p) => p.participants(election).await,
+            None => Err(Error::NotSupported {
+                operation: "participants",
+                backend: self.inner.name(),
+            }),
+        };
+        self.answer(result)
     }
 }
 

@@ -317,6 +317,14 @@ impl Leadership {
         self.guard.state.info.token
     }
 
+    /// The term's claim on the store as it is now (its key, node or object,
+    /// token and version): what a backend's guard for writes in the store's
+    /// own transactions is made from (`leasehold_etcd::leader_guard`,
+    /// `leasehold_zookeeper::leader_check`).
+    pub fn claim(&self) -> Claim {
+        self.guard.state.claim()
+    }
+
     /// This leader as the others see it: id, value (the last one
     /// [proclaimed](Self::proclaim)) and token.
     pub fn leader(&self) -> LeaderInfo {

@@ -26,8 +26,8 @@ use tokio::sync::watch;
 use tokio::time::{Duration, Instant, sleep_until};
 
 use crate::backend::{
-    Backend, Expiry, Family, LeaderWatch, Proclaim, QueueStore, RecordStore, SessionScope,
-    WatchLeader,
+    Backend, Expiry, Family, LeaderWatch, ListParticipants, Proclaim, QueueStore, RecordStore,
+    SessionScope, WatchLeader,
 };
 use crate::error::{Error, Result};
 use crate::types::{AcquireRequest, Claim, FencingToken, LeaderInfo, QueueOutcome, RecordOutcome};
@@ -421,6 +421,25 @@ impl Backend for MemoryBackend {
             Kind::Queue => Some(self),
             Kind::Record => None,
         }
+    }
+
+    fn participants(&self) -> Option<&dyn ListParticipants> {
+        match self.shared.kind {
+            Kind::Queue => Some(self),
+            Kind::Record => None,
+        }
+    }
+}
+
+#[async_trait]
+impl ListParticipants for MemoryBackend {
+    async fn participants(&self, election: &str) -> Result<Vec<LeaderInfo>> {
+        let st = self.shared.lock_expired();
+        Ok(st
+            .queues
+            .get(election)
+            .map(|q| q.iter().map(Entry::info).collect())
+            .unwrap_or_default())
     }
 }
 

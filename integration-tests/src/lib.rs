@@ -43,6 +43,7 @@ mod etcd;
 mod gcs;
 pub mod http;
 mod mariadb;
+mod postgres;
 mod process;
 mod proxy;
 mod zookeeper;
@@ -55,6 +56,7 @@ pub use error::HarnessError;
 pub use etcd::{EtcdCluster, EtcdNode};
 pub use gcs::{AnswerDropper, FAKE_GCS_BUCKET, FakeGcs};
 pub use mariadb::{MariaDb, TlsFiles};
+pub use postgres::{POSTGRES_BIN_DIR, POSTGRES_USER, PgBouncer, PgOptions, PgServer};
 pub use proxy::{Proxy, ProxyMode};
 pub use zookeeper::{
     ZK_TICK_TIME, ZkEnsemble, ZkServer, create_zk_path, four_letter_word, zookeeper_java,

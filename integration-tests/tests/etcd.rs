@@ -1493,3 +1493,91 @@ async fn a_leader_on_a_member_cut_off_from_its_peers_steps_down_at_its_deadline(
     assert!(lb.fencing_token() > la.fencing_token());
     lb.unlock().await.expect("unlock b");
 }
+
+/// Issue 24: a write guarded by `leader_guard` lands while the term lasts
+/// and never after it: not after an unlock, not after the lease is revoked,
+/// not after the key is deleted by hand. The backend is built on the
+/// application's own client (`EtcdBuilder::client`) and hands it out again
+/// (`EtcdBackend::client`): one connection for the elections and the data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_write_lands_only_while_the_term_lasts() {
+    use leasehold_etcd::etcd_client::{Txn, TxnOp};
+    let node = start_node().await;
+    let own = leasehold_etcd::etcd_client::Client::connect([node.endpoint()], None)
+        .await
+        .expect("the application's client");
+    let backend = EtcdBackend::builder()
+        .client(own)
+        .request_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .expect("a backend on the application's client");
+    let shared: Arc<dyn Backend> = Arc::new(backend.clone());
+    let election = unique_name("guarded");
+    let data = format!("app-data/{election}");
+    let e = Elector::new(shared.clone(), options(&election, "a", 3)).expect("options");
+    let guarded_put = |l: &leasehold_core::Leadership, value: &'static str| {
+        let txn = Txn::new()
+            .when([leasehold_etcd::leader_guard(l)])
+            .and_then([TxnOp::put(data.clone(), value, None)]);
+        let mut kv = backend.client().kv_client();
+        async move { kv.txn(txn).await.expect("txn").succeeded() }
+    };
+
+    // While leading: the write lands.
+    let l1 = lock_within(&e, Duration::from_secs(5), "l1").await;
+    assert!(
+        guarded_put(&l1, "term 1").await,
+        "the leader's write did not land"
+    );
+    // After unlock: it does not.
+    l1.clone().unlock().await.expect("unlock");
+    assert!(
+        !guarded_put(&l1, "after unlock").await,
+        "a write guarded by an ended term landed"
+    );
+
+    // After the lease is revoked (an admin's `etcdctl lease revoke`).
+    let l2 = lock_within(&e, Duration::from_secs(5), "l2").await;
+    assert!(guarded_put(&l2, "term 2").await);
+    let lease = l2.session_id().expect("a session");
+    let admin = connect(&[node.endpoint()]).await;
+    let leasehold_core::Family::Queue(queue) = admin.family() else {
+        panic!("etcd is a queue store");
+    };
+    queue.close_session(lease).await.expect("revoke");
+    assert!(
+        !guarded_put(&l2, "after revoke").await,
+        "a write guarded by a revoked lease's term landed"
+    );
+    timeout(Duration::from_secs(3), l2.lost())
+        .await
+        .expect("the term did not end after the revoke");
+
+    // After the key is deleted by hand.
+    let l3 = lock_within(&e, Duration::from_secs(5), "l3").await;
+    assert!(guarded_put(&l3, "term 3").await);
+    etcdctl_del_prefix(&node.endpoint(), &backend.election_prefix(&election)).await;
+    assert!(
+        !guarded_put(&l3, "after delete").await,
+        "a write guarded by a deleted key's term landed"
+    );
+
+    let mut kv = backend.client().kv_client();
+    let value = kv.get(data.as_str(), None).await.expect("read");
+    assert_eq!(
+        value.kvs().first().map(|kv| kv.value().to_vec()),
+        Some(b"term 3".to_vec()),
+        "only the writes of live terms landed"
+    );
+    let _ = l3.unlock().await;
+
+    // Settings beside an own client are refused in the user's words.
+    let err = EtcdBackend::builder()
+        .client(backend.client())
+        .endpoints([node.endpoint()])
+        .build()
+        .await
+        .expect_err("endpoints beside a client");
+    assert!(err.to_string().contains("own connection settings"), "{err}");
+}

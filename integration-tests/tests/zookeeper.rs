@@ -1656,3 +1656,74 @@ async fn a_replacement_session_shorter_than_the_safe_minimum_is_refused() {
         }
     }
 }
+
+/// Issue 24: a `multi` guarded by `leader_check` lands while the term lasts
+/// and never after it: not after a proclaim (a new version: take the check
+/// again), not after the node is deleted by hand, not after an unlock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_multi_lands_only_while_the_term_lasts() {
+    let ttl = Duration::from_secs(3);
+    let server = start_server().await;
+    let cs = server.connect_string();
+    let backend = Arc::new(connect(&cs, session_for(ttl)).await);
+    let shared: Arc<dyn Backend> = backend.clone();
+    let election = unique_name("guarded");
+    let data = format!("/app-data-{election}");
+    let client = backend.client();
+    client
+        .create(
+            &data,
+            b"",
+            &zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all()),
+        )
+        .await
+        .expect("the application's node");
+    let e = Elector::new(shared, options(&election, "a", ttl)).expect("options");
+    let guarded_set = |check: leasehold_zookeeper::LeaderCheck, value: &'static [u8]| {
+        let client = backend.client();
+        let data = data.clone();
+        async move {
+            let mut multi = client.new_multi_writer();
+            check.add_to(&mut multi).expect("check op");
+            multi.add_set_data(&data, value, None).expect("set op");
+            multi.commit().await.is_ok()
+        }
+    };
+
+    let l1 = lock_within(&e, Duration::from_secs(5), "l1").await;
+    let check = leasehold_zookeeper::leader_check(&l1);
+    assert!(
+        guarded_set(check.clone(), b"term 1").await,
+        "the leader's multi did not land"
+    );
+    // A proclaim changes the node's version: the old check no longer holds,
+    // a new one does.
+    l1.proclaim("v2").await.expect("proclaim");
+    assert!(
+        !guarded_set(check, b"stale check").await,
+        "a check of an old version held"
+    );
+    assert!(guarded_set(leasehold_zookeeper::leader_check(&l1), b"term 1 again").await);
+    l1.clone().unlock().await.expect("unlock");
+    assert!(
+        !guarded_set(leasehold_zookeeper::leader_check(&l1), b"after unlock").await,
+        "a multi guarded by an ended term landed"
+    );
+
+    let l2 = lock_within(&e, Duration::from_secs(5), "l2").await;
+    let check = leasehold_zookeeper::leader_check(&l2);
+    assert!(guarded_set(check.clone(), b"term 2").await);
+    let admin = connect(&cs, session_for(ttl)).await;
+    admin
+        .client()
+        .delete(&check.path, None)
+        .await
+        .expect("delete the leader's node by hand");
+    assert!(
+        !guarded_set(check, b"after delete").await,
+        "a multi guarded by a deleted node's term landed"
+    );
+    let (value, _) = backend.client().get_data(&data).await.expect("read");
+    assert_eq!(value, b"term 2", "only the writes of live terms landed");
+    let _ = timeout(Duration::from_secs(3), l2.lost()).await;
+}

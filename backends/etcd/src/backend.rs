@@ -14,7 +14,8 @@ use etcd_client::{
 };
 use leasehold_core::{
     AcquireRequest, Backend, Claim, ElectionOptions, Error, Family, FencingToken, LeaderInfo,
-    LeaderWatch, Proclaim, QueueOutcome, QueueStore, Result, SessionScope, WatchLeader,
+    LeaderWatch, ListParticipants, Proclaim, QueueOutcome, QueueStore, Result, SessionScope,
+    WatchLeader,
 };
 use tokio::sync::oneshot;
 
@@ -185,6 +186,13 @@ impl EtcdBackend {
                 key_watches: tokio::sync::Mutex::new(None),
             }),
         }
+    }
+
+    /// The etcd client this backend uses (a clone: it shares the
+    /// connection), for the application's own requests, such as a
+    /// transaction guarded by [`leader_guard`](crate::leader_guard).
+    pub fn client(&self) -> Client {
+        self.inner.client.clone()
     }
 
     /// The key prefix (namespace) all keys of this backend live under.
@@ -898,6 +906,43 @@ impl Backend for EtcdBackend {
 
     fn leader_watch(&self) -> Option<&dyn WatchLeader> {
         Some(self)
+    }
+
+    fn participants(&self) -> Option<&dyn ListParticipants> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl ListParticipants for EtcdBackend {
+    /// One linearizable range read of the election, sorted by create
+    /// revision. A key that is not a candidate's record is reported as a
+    /// warning and left out.
+    async fn participants(&self, election: &str) -> Result<Vec<LeaderInfo>> {
+        let range = self.inner.keys.range(election);
+        let mut kv = self.inner.client.kv_client();
+        self.inner.counters.request();
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Create, SortOrder::Ascend);
+        let resp = bounded(
+            "read candidates",
+            self.timeout(),
+            kv.get(range, Some(options)),
+        )
+        .await
+        .map_err(|e| self.denied(e, election, "read"))?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                self.inner
+                    .keys
+                    .decode(kv.key(), kv.value(), kv.create_revision())
+                    .map_err(|e| tracing::warn!(error = %e, "unreadable candidate record"))
+                    .ok()
+            })
+            .collect())
     }
 }
 

@@ -39,6 +39,8 @@ pub struct EtcdBuilder {
     tls_ca: Option<Vec<u8>>,
     tls_identity: Option<(Vec<u8>, Vec<u8>)>,
     tls_domain: Option<String>,
+    /// A client of the application's own, used instead of connecting.
+    client: Option<Client>,
 }
 
 impl fmt::Debug for EtcdBuilder {
@@ -58,6 +60,10 @@ impl fmt::Debug for EtcdBuilder {
                 &self.tls_identity.as_ref().map(|_| "<redacted>"),
             )
             .field("tls_domain", &self.tls_domain)
+            .field(
+                "client",
+                &self.client.as_ref().map(|_| "<the application's>"),
+            )
             .finish()
     }
 }
@@ -86,7 +92,21 @@ impl EtcdBuilder {
             tls_ca: None,
             tls_identity: None,
             tls_domain: None,
+            client: None,
         }
+    }
+
+    /// Use the application's own etcd client instead of connecting: a
+    /// service keeps one connection to etcd, and its transactions can carry
+    /// [`leader_guard`](crate::leader_guard). The client's own connection
+    /// settings apply, so endpoints, auth, TLS and the connect timeout must
+    /// not be set beside it. For the leaders' deadlines to hold, the client
+    /// should be connected with `ConnectOptions::with_require_leader(true)`
+    /// (as the backend's own is): then a member cut off from its quorum
+    /// fails requests instead of answering them.
+    pub fn client(mut self, client: Client) -> Self {
+        self.client = Some(client);
+        self
     }
 
     /// The cluster's client URLs (`http://host:2379`, `https://...` with TLS).
@@ -223,6 +243,22 @@ impl EtcdBuilder {
     /// # Cancel safety
     /// Cancel safe: nothing is left behind.
     pub async fn build(self) -> Result<EtcdBackend> {
+        if let Some(client) = self.client.clone() {
+            if !self.endpoints.is_empty() || self.user.is_some() || self.uses_tls() {
+                return Err(Error::Config(
+                    "an etcd client was given (.client(..)) beside endpoints, auth or TLS settings; the client's own connection settings apply: set one or the other".into(),
+                ));
+            }
+            if self.request_timeout.is_zero() {
+                return Err(Error::Config("request_timeout must be above zero".into()));
+            }
+            return Ok(EtcdBackend::from_parts(
+                client,
+                Keys::new(self.layout, self.prefix.as_deref()),
+                self.request_timeout,
+                Vec::new(),
+            ));
+        }
         self.check()?;
         let mut options = ConnectOptions::new()
             .with_connect_timeout(self.connect_timeout)

@@ -70,3 +70,35 @@ pub use backend::{EtcdBackend, EtcdStats, MIN_TTL_SECS, lease_ttl_secs};
 pub use builder::{DEFAULT_PREFIX, EtcdBuilder};
 pub use driver::{DRIVER, EtcdDriver};
 pub use layout::Layout;
+
+/// The condition that holds exactly while `leadership`'s term lasts, for
+/// the application's own etcd transactions (etcd's `Mutex.IsOwner()`): the
+/// leader's key still exists with the create revision that is the term's
+/// fencing token. A transaction `Txn::new().when([leader_guard(&l)])
+/// .and_then([..your writes..])` lands only while the term lasts; once the
+/// key is deleted (an unlock, a hand deletion) or its lease ends (expired,
+/// revoked), it fails (`succeeded() == false`) and writes nothing: fencing
+/// without a cooperating resource, for data kept in the same etcd.
+///
+/// Build it from a term won on an [`EtcdBackend`]; the condition of a term
+/// of another store names no etcd key and never holds.
+///
+/// ```no_run
+/// # async fn demo(backend: leasehold_etcd::EtcdBackend, leadership: leasehold_core::Leadership) -> Result<(), etcd_client::Error> {
+/// use etcd_client::{Txn, TxnOp};
+/// let txn = Txn::new()
+///     .when([leasehold_etcd::leader_guard(&leadership)])
+///     .and_then([TxnOp::put("app/config", "v2", None)]);
+/// let landed = backend.client().kv_client().txn(txn).await?.succeeded();
+/// # let _ = landed;
+/// # Ok(()) }
+/// ```
+pub fn leader_guard(leadership: &leasehold_core::Leadership) -> etcd_client::Compare {
+    let claim = leadership.claim();
+    let token = i64::try_from(claim.token.get()).unwrap_or(i64::MAX);
+    etcd_client::Compare::create_revision(claim.key, etcd_client::CompareOp::Equal, token)
+}
+
+/// The etcd client crate, for the application's own requests
+/// ([`EtcdBackend::client`], [`EtcdBuilder::client`]).
+pub use etcd_client;

@@ -9,7 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use leasehold_core::{
     AcquireRequest, Backend, Claim, ElectionOptions, Error, Family, FencingToken, LeaderInfo,
-    LeaderWatch, Proclaim, QueueOutcome, QueueStore, Result, SessionScope, WatchLeader,
+    LeaderWatch, ListParticipants, Proclaim, QueueOutcome, QueueStore, Result, SessionScope,
+    WatchLeader,
 };
 use zookeeper_client as zk;
 use zookeeper_client::{Acls, Client, CreateMode, Stat};
@@ -606,6 +607,44 @@ impl Backend for ZkBackend {
     fn leader_watch(&self) -> Option<&dyn WatchLeader> {
         Some(self)
     }
+
+    fn participants(&self) -> Option<&dyn ListParticipants> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl ListParticipants for ZkBackend {
+    /// A listing of the line, then each node's data in line order; a node
+    /// gone in between (it left) is left out.
+    async fn participants(&self, election: &str) -> Result<Vec<LeaderInfo>> {
+        let dir = self.dir(election)?;
+        let client = self.live_client().await?;
+        let children = match self
+            .call(&client, "list candidates", client.list_children(&dir))
+            .await?
+        {
+            Ok(children) => children,
+            Err(zk::Error::NoNode) => {
+                self.check_chroot(&client).await?;
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(self.at("list candidates of", &dir, e)),
+        };
+        let mut out = Vec::new();
+        for name in self.line(children, &dir)? {
+            let path = format!("{dir}/{name}");
+            match self
+                .call(&client, "read candidate node", client.get_data(&path))
+                .await?
+            {
+                Ok((data, stat)) => out.push(leader_info(&data, &stat, &path)?),
+                Err(zk::Error::NoNode) => {}
+                Err(e) => return Err(self.at("read candidate node", &path, e)),
+            }
+        }
+        Ok(out)
+    }
 }
 
 #[async_trait]
@@ -1092,6 +1131,12 @@ pub(crate) fn map_err(operation: &'static str, e: zk::Error) -> Error {
         | Z::SessionMoved
         | Z::SessionExpired
         | Z::NotReadOnly => Error::unavailable(NAME, format!("{operation}: {e}")),
+        // The client makes its `Custom` errors only in its connection layer:
+        // a connection aborted or reset while a request was on it (over an
+        // io::Error), "no response from connection in ..ms", a writable
+        // server found while read-only: the store could not be reached, as
+        // ConnectionLoss.
+        Z::Custom(_) => Error::unavailable(NAME, format!("{operation}: {e}")),
         Z::NoAuth => Error::permission_denied(
             NAME,
             format!(

@@ -16,6 +16,11 @@ use crate::ZkBackend;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ZkDriver;
 
+/// How long a store built from a URL or a config waits to open its session
+/// when no `connect_timeout` is given: an unreachable server fails in
+/// seconds (as etcd's default), not after a whole session timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The [`ZkDriver`], for the facade's list of stores.
 pub const DRIVER: ZkDriver = ZkDriver;
 
@@ -25,6 +30,8 @@ const KEYS: &[Key] = &[
     // The chroot elections live under (the URL's path before the election).
     Key::text("chroot"),
     Key::text("session_timeout").url(),
+    // Bound on opening the session (default CONNECT_TIMEOUT).
+    Key::text("connect_timeout").url(),
     // `latch-` or `lock-` (docs/interop.md).
     Key::text("lock_name").url(),
     Key::text("user"),
@@ -103,9 +110,14 @@ impl leasehold_core::driver::Driver for ZkDriver {
             Some(t) => parse_duration("session_timeout", t)?,
             None => ZkBackend::min_session_timeout(options),
         };
+        let connect_timeout = match params.text("connect_timeout") {
+            Some(t) => parse_duration("connect_timeout", t)?,
+            None => CONNECT_TIMEOUT,
+        };
         let mut b = ZkBackend::builder()
             .connect_string(connect)
             .session_timeout(session)
+            .connect_timeout(connect_timeout)
             .request_timeout(options.request_timeout);
         if let Some(name) = params.text("lock_name") {
             b = b.lock_name(name.parse()?);

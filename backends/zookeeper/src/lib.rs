@@ -72,3 +72,55 @@ pub use node::LockName;
 /// The `zookeeper-client` crate this backend is built on, for
 /// [`ZkBackend::client`].
 pub use zookeeper_client;
+
+/// The check that holds exactly while a term lasts, for the application's
+/// own ZooKeeper `multi` (from [`leader_check`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderCheck {
+    /// The leader's node.
+    pub path: String,
+    /// Its version now (a proclaim changes it).
+    pub version: i32,
+}
+
+impl LeaderCheck {
+    /// Add the check to `multi`: the whole `multi` then lands only while the
+    /// node is there at this version.
+    ///
+    /// # Errors
+    /// The client's error for a path it refuses.
+    pub fn add_to(
+        &self,
+        multi: &mut zookeeper_client::MultiWriter<'_>,
+    ) -> Result<(), zookeeper_client::Error> {
+        multi.add_check_version(&self.path, self.version)
+    }
+}
+
+/// The condition that holds exactly while `leadership`'s term lasts, for
+/// the application's own ZooKeeper transactions: a `check` of the leader's
+/// ephemeral node at its version. A `multi` with it lands only while the
+/// term lasts; once the node is deleted (an unlock, a hand deletion) or its
+/// session ends, the `multi` fails and writes nothing. Run it on the
+/// backend's own client ([`ZkBackend::client`]): the node is that session's.
+///
+/// Take it again after [`Leadership::proclaim`](leasehold_core::Leadership::proclaim),
+/// which changes the node's version.
+///
+/// ```no_run
+/// # async fn demo(backend: &leasehold_zookeeper::ZkBackend, leadership: leasehold_core::Leadership) -> Result<(), zookeeper_client::Error> {
+/// let client = backend.client();
+/// let mut multi = client.new_multi_writer();
+/// leasehold_zookeeper::leader_check(&leadership).add_to(&mut multi)?;
+/// multi.add_set_data("/app/config", b"v2", None)?;
+/// let landed = multi.commit().await.is_ok();
+/// # let _ = landed;
+/// # Ok(()) }
+/// ```
+pub fn leader_check(leadership: &leasehold_core::Leadership) -> LeaderCheck {
+    let claim = leadership.claim();
+    LeaderCheck {
+        path: claim.key,
+        version: i32::try_from(claim.version).unwrap_or(i32::MAX),
+    }
+}

@@ -131,3 +131,11 @@ impl CommandLog {
             .unwrap_or_else(|| panic!("{who}'s work logged nothing"))
     }
 }
+
+/// A free loopback address (bound then released), for a listener of the
+/// command's, or as one nothing listens on.
+#[allow(dead_code)] // not every test binary needs one
+pub(crate) fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").to_string()
+}

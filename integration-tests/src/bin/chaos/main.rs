@@ -333,6 +333,12 @@ fn main() -> ExitCode {
             register,
             grace_ms,
         } => {
+            // Its logs (RUST_LOG, from CHAOS_RUST_LOG) go to stderr, which
+            // the runner keeps as the candidate's log.
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_writer(std::io::stderr)
+                .init();
             let args = candidate::CandidateArgs {
                 store,
                 side,

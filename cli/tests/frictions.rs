@@ -1,0 +1,349 @@
+//! The CLI in the operator's words (issue 23, §2): a store that cannot be
+//! reached is not a busy lock, and each subcommand's help lists only the
+//! options it uses.
+#![cfg(feature = "full")]
+
+#[allow(dead_code)]
+mod common;
+
+use std::time::Duration;
+
+use common::{cli, free_addr};
+use serde_json::Value;
+use tokio::time::timeout;
+
+/// The JSON lines of `stdout`.
+fn events(stdout: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_against_an_unreachable_store_exits_69_not_124() {
+    let store = format!("etcd://{}?ttl=3s", free_addr());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let marker = dir.path().join("started");
+    let cases: [(&str, Vec<String>); 2] = [
+        ("campaign", vec![]),
+        (
+            "run",
+            vec![
+                "--".into(),
+                "touch".into(),
+                marker.to_string_lossy().into_owned(),
+            ],
+        ),
+    ];
+    for (command, rest) in cases {
+        let out = timeout(
+            Duration::from_secs(30),
+            cli()
+                .args([
+                    "--store",
+                    &store,
+                    command,
+                    "--name",
+                    "dead",
+                    "--timeout",
+                    "2s",
+                ])
+                .args(&rest)
+                .output(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{command} --timeout 2s did not exit within 30s"))
+        .expect("run leasehold");
+        let lines = events(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(69),
+            "{command}: an unreachable store exits 69; stdout {lines:?}; stderr {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let last = lines.last().expect("an event");
+        assert_eq!(last["event"], "unreachable", "{lines:?}");
+        assert_eq!(last["after_ms"], 2000, "{last}");
+        assert!(
+            last["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "the event says what failed: {last}"
+        );
+        assert!(
+            !lines.iter().any(|l| l["event"] == "timed_out"),
+            "not a busy lock: {lines:?}"
+        );
+    }
+    assert!(!marker.exists(), "run's command must not start");
+}
+
+#[tokio::test]
+async fn each_subcommand_help_lists_only_its_options() {
+    let help = |args: &'static [&'static str]| async move {
+        let out = cli()
+            .args(args)
+            .arg("--help")
+            .output()
+            .await
+            .expect("run leasehold");
+        assert!(out.status.success(), "{args:?} --help");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for read_only in [&["leader"][..], &["observe"][..]] {
+        let text = help(read_only).await;
+        assert!(text.contains("--name"), "{text}");
+        for flag in ["--ttl", "--id", "--value", "--timeout", "--listen"] {
+            assert!(
+                !text.contains(flag),
+                "{read_only:?} --help lists {flag}:\n{text}"
+            );
+        }
+    }
+    let campaign = help(&["campaign"]).await;
+    for flag in ["--name", "--id", "--value", "--ttl", "--timeout"] {
+        assert!(
+            campaign.contains(flag),
+            "campaign --help lacks {flag}:\n{campaign}"
+        );
+    }
+    assert!(!campaign.contains("--listen"), "{campaign}");
+    let serve = help(&["serve"]).await;
+    for flag in ["--listen", "--observe-only", "--resign-token-file"] {
+        assert!(serve.contains(flag), "serve --help lacks {flag}:\n{serve}");
+    }
+    assert!(!serve.contains("--timeout"), "{serve}");
+    // A candidate option on a read-only command is refused, naming it.
+    let out = cli()
+        .args([
+            "--store",
+            "memory://x",
+            "leader",
+            "--name",
+            "x",
+            "--ttl",
+            "5s",
+        ])
+        .output()
+        .await
+        .expect("run leasehold");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--ttl"), "{err}");
+}
+
+/// Arguments, an environment variable, and what stderr must say.
+type Case<'a> = (Vec<&'a str>, Option<(&'a str, &'a str)>, &'a str);
+
+/// Errors name what the operator typed: the flag or the environment
+/// variable, with its value, not the library's builder method.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_name_the_flag_or_variable_the_operator_typed() {
+    let etcd = format!("etcd://{}", free_addr());
+    // (arguments, an environment variable, what stderr must say)
+    let cases: [Case<'_>; 5] = [
+        (
+            vec!["--store", &etcd, "campaign", "--name", "x", "--ttl", "1s"],
+            None,
+            "--ttl 1s: ttl 1s is below etcd's minimum lease ttl of 2s",
+        ),
+        (
+            vec![
+                "--store",
+                "memory://x",
+                "campaign",
+                "--name",
+                "x",
+                "--ttl",
+                "5",
+            ],
+            None,
+            "--ttl 5: \"5\" is not a duration (a number needs a unit)",
+        ),
+        (
+            vec!["--store", "memory://x", "campaign", "--name", "x"],
+            Some(("LEASEHOLD_TTL", "5")),
+            "LEASEHOLD_TTL=5: \"5\" is not a duration (a number needs a unit)",
+        ),
+        (
+            vec![
+                "--store",
+                "memory://x",
+                "campaign",
+                "--name",
+                "x",
+                "--timeout",
+                "5",
+            ],
+            None,
+            "--timeout 5: \"5\" is not a duration",
+        ),
+        (
+            vec![
+                "--store",
+                "memory://x",
+                "run",
+                "--name",
+                "x",
+                "--grace",
+                "soon",
+                "--",
+                "true",
+            ],
+            None,
+            "--grace soon: \"soon\" is not a duration",
+        ),
+    ];
+    for (args, env, want) in cases {
+        let mut cmd = cli();
+        cmd.args(&args);
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        let out = timeout(Duration::from_secs(20), cmd.output())
+            .await
+            .expect("leasehold did not exit within 20s")
+            .expect("run leasehold");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(want),
+            "{args:?} {env:?}: want {want:?} in:\n{err}"
+        );
+        assert!(
+            !err.contains("with_ttl"),
+            "no Rust in the operator's error: {err}"
+        );
+    }
+}
+
+/// `run --events-to FILE`: the events go to the file, stdout is the
+/// command's alone; and a term that ends because the command exited prints
+/// `lost` (released), as campaign does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_keeps_events_apart_from_the_commands_stdout_and_says_lost() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let events_file = dir.path().join("events.jsonl");
+    let out = timeout(
+        Duration::from_secs(30),
+        cli()
+            .args([
+                "--store",
+                "memory://x?ttl=3s",
+                "run",
+                "--name",
+                "x",
+                "--id",
+                "a",
+            ])
+            .arg("--events-to")
+            .arg(&events_file)
+            .args([
+                "--",
+                "sh",
+                "-c",
+                "echo not-json from the command; echo $LEASEHOLD_TOKEN",
+            ])
+            .output(),
+    )
+    .await
+    .expect("run did not exit within 30s")
+    .expect("run leasehold");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "not-json from the command\n1\n",
+        "stdout is the command's alone"
+    );
+    let text = std::fs::read_to_string(&events_file).expect("the events file");
+    let lines = events(text.as_bytes());
+    let names: Vec<&str> = lines.iter().filter_map(|l| l["event"].as_str()).collect();
+    assert_eq!(names, ["elected", "lost", "exited"], "{text}");
+    assert_eq!(lines[1]["reason"], "released", "{text}");
+    assert_eq!(lines[2]["status"], 0, "{text}");
+
+    // Without --events-to, the same run prints `lost` too, on stdout.
+    let out = timeout(
+        Duration::from_secs(30),
+        cli()
+            .args([
+                "--store",
+                "memory://x?ttl=3s",
+                "run",
+                "--name",
+                "x",
+                "--id",
+                "a",
+            ])
+            .args(["--", "true"])
+            .output(),
+    )
+    .await
+    .expect("run did not exit within 30s")
+    .expect("run leasehold");
+    let lines = events(&out.stdout);
+    let names: Vec<&str> = lines.iter().filter_map(|l| l["event"].as_str()).collect();
+    assert_eq!(names, ["elected", "lost", "exited"], "{lines:?}");
+
+    let bad = cli()
+        .args([
+            "--store",
+            "memory://x",
+            "run",
+            "--name",
+            "x",
+            "--events-to",
+            "/nonexistent/dir/e",
+        ])
+        .args(["--", "true"])
+        .output()
+        .await
+        .expect("run leasehold");
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("--events-to /nonexistent/dir/e: cannot open it"),
+        "{err}"
+    );
+}
+
+/// A ZooKeeper that cannot be reached fails within its connect timeout (5 s
+/// by default for a URL; `connect_timeout=` sets it), not after a session
+/// timeout. Generous bounds: the figures are the point, not the exact time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_zookeeper_fails_within_its_connect_timeout() {
+    let dead = free_addr();
+    for (query, bound) in [
+        ("", Duration::from_secs(15)),
+        ("?connect_timeout=1s", Duration::from_secs(8)),
+    ] {
+        let started = tokio::time::Instant::now();
+        let out = timeout(
+            Duration::from_secs(60),
+            cli()
+                .args([
+                    "--store",
+                    &format!("zk://{dead}/x{query}"),
+                    "leader",
+                    "--name",
+                    "x",
+                ])
+                .output(),
+        )
+        .await
+        .expect("leader did not exit within 60s")
+        .expect("run leasehold");
+        let took = started.elapsed();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("ZooKeeper"), "{err}");
+        assert!(
+            took < bound,
+            "zk://{dead}/x{query}: failed after {took:?}, want under {bound:?}: {err}"
+        );
+        eprintln!("zk://DEAD/x{query}: failed after {took:?}");
+    }
+}
