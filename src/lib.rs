@@ -58,6 +58,9 @@ pub use leasehold_etcd as etcd;
 #[cfg(feature = "gcs")]
 #[cfg_attr(docsrs, doc(cfg(feature = "gcs")))]
 pub use leasehold_gcs as gcs;
+#[cfg(feature = "mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
+pub use leasehold_mysql as mysql;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use leasehold_postgres as postgres;

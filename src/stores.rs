@@ -68,6 +68,7 @@ pub const STORES: &[StoreEntry] = &[
     store!("zookeeper", ["zk", "zookeeper"], feature "zookeeper", leasehold_zookeeper::DRIVER),
     store!("gcs", ["gs"], feature "gcs", leasehold_gcs::DRIVER),
     store!("postgres", ["postgres", "postgresql"], feature "postgres", leasehold_postgres::DRIVER),
+    store!("mysql", ["mysql"], feature "mysql", leasehold_mysql::DRIVER),
 ];
 
 /// The drivers compiled into this build.

@@ -42,6 +42,7 @@ mod error;
 mod etcd;
 mod gcs;
 pub mod http;
+mod mariadb;
 mod postgres;
 mod process;
 mod proxy;
@@ -54,6 +55,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub use error::HarnessError;
 pub use etcd::{EtcdCluster, EtcdNode};
 pub use gcs::{AnswerDropper, FAKE_GCS_BUCKET, FakeGcs};
+pub use mariadb::{MariaDb, TlsFiles};
 pub use postgres::{POSTGRES_BIN_DIR, POSTGRES_USER, PgBouncer, PgOptions, PgServer};
 pub use proxy::{Proxy, ProxyMode};
 pub use zookeeper::{

@@ -1,5 +1,5 @@
 //! A smoke run of the benchmark program (src/bin/bench.rs) with tiny counts
-//! on all three backends: it runs to the end, prints its tables, writes every
+//! on every backend (MariaDB included): it runs to the end, prints its tables, writes every
 //! figure (each present and a finite number), and leaves no process behind.
 //! It asserts nothing about the figures' sizes: they are measurements.
 
@@ -56,6 +56,8 @@ fn bench_smoke_run_reports_every_figure_and_leaves_nothing_behind() {
     let stdout_path = dir.path().join("stdout");
     let mut child = Command::new(env!("CARGO_BIN_EXE_bench"))
         .args([
+            "--backends",
+            "etcd,zookeeper,gcs,mysql",
             "--waiters",
             "3",
             "--locks",
@@ -110,7 +112,7 @@ fn bench_smoke_run_reports_every_figure_and_leaves_nothing_behind() {
 
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    for backend in ["etcd", "zookeeper", "gcs"] {
+    for backend in ["etcd", "zookeeper", "gcs", "mysql"] {
         let figures = &doc["backends"][backend];
         let expected = FIGURES
             .iter()
@@ -130,8 +132,8 @@ fn bench_smoke_run_reports_every_figure_and_leaves_nothing_behind() {
         .iter()
         .map(|p| p.as_u64().unwrap())
         .collect();
-    // Three stores and two candidate processes per backend.
-    assert!(pids.len() >= 9, "pids recorded: {pids:?}");
+    // Four stores and two candidate processes per backend.
+    assert!(pids.len() >= 12, "pids recorded: {pids:?}");
     let left: Vec<u64> = pids.into_iter().filter(|p| alive(*p)).collect();
     assert!(left.is_empty(), "processes left behind: {left:?}");
 }

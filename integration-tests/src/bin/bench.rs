@@ -1,6 +1,6 @@
 //! The benchmark program (issue 15): starts its own stores (a single etcd
 //! node, a standalone ZooKeeper with tickTime 500 ms, fake-gcs-server in
-//! memory, all on loopback) and prints, per backend, markdown tables ready
+//! memory, and with `--backends mysql` MariaDB, all on loopback) and prints, per backend, markdown tables ready
 //! to paste into BENCHMARKS.md:
 //!
 //! * uncontended acquire, p50/p99 (`lock` then `unlock` on a free election);
@@ -36,8 +36,9 @@ use leasehold_etcd::EtcdBackend;
 use leasehold_gcs::GcsBackend;
 use leasehold_integration_tests::bench::{emulator_requests, percentile, sum_counter};
 use leasehold_integration_tests::{
-    EtcdNode, FAKE_GCS_BUCKET, FakeGcs, ZkServer, http, unique_name,
+    EtcdNode, FAKE_GCS_BUCKET, FakeGcs, MariaDb, ZkServer, http, unique_name,
 };
+use leasehold_mysql::MysqlBackend;
 use leasehold_zookeeper::ZkBackend;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
@@ -115,6 +116,7 @@ enum Kind {
     Etcd,
     Zookeeper,
     Gcs,
+    Mysql,
 }
 
 impl Kind {
@@ -123,6 +125,7 @@ impl Kind {
             Kind::Etcd => "etcd",
             Kind::Zookeeper => "zookeeper",
             Kind::Gcs => "gcs",
+            Kind::Mysql => "mysql",
         }
     }
 }
@@ -132,6 +135,7 @@ enum Store {
     Etcd(EtcdNode),
     Zk(ZkServer),
     Gcs(FakeGcs),
+    Mysql(MariaDb),
 }
 
 /// What a store counted so far.
@@ -151,6 +155,7 @@ impl Store {
             Kind::Etcd => EtcdNode::start().await.map(Store::Etcd),
             Kind::Zookeeper => ZkServer::start().await.map(Store::Zk),
             Kind::Gcs => FakeGcs::start().await.map(Store::Gcs),
+            Kind::Mysql => start_mariadb().await.map(Store::Mysql),
         };
         started.unwrap_or_else(|e| {
             panic!(
@@ -165,6 +170,7 @@ impl Store {
             Store::Etcd(n) => n.endpoint(),
             Store::Zk(z) => z.connect_string(),
             Store::Gcs(g) => g.endpoint(),
+            Store::Mysql(m) => m.addr().to_string(),
         }
     }
 
@@ -173,6 +179,7 @@ impl Store {
             Store::Etcd(n) => n.pid(),
             Store::Zk(z) => z.pid(),
             Store::Gcs(g) => g.pid(),
+            Store::Mysql(m) => m.pid(),
         }
     }
 
@@ -218,6 +225,22 @@ impl Store {
                 Counted {
                     requests: received,
                     watch_events: sent - received,
+                }
+            }
+            Store::Mysql(m) => {
+                // Statements the server executed (this SHOW included).
+                let out = m
+                    .sql("SHOW GLOBAL STATUS LIKE 'Questions'")
+                    .await
+                    .unwrap_or_else(|e| panic!("mariadb status: {e}"));
+                let questions = out
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or_else(|| panic!("no Questions in {out:?}"));
+                Counted {
+                    requests: questions,
+                    watch_events: 0.0,
                 }
             }
             Store::Gcs(g) => {
@@ -266,6 +289,24 @@ impl Client {
                     etcd: None,
                 }
             }
+            Kind::Mysql => {
+                let (host, port) = endpoint
+                    .rsplit_once(':')
+                    .unwrap_or_else(|| panic!("mysql endpoint {endpoint:?} is not host:port"));
+                let b = MysqlBackend::builder()
+                    .host(host)
+                    .port(port.parse().unwrap_or_else(|e| panic!("port {port}: {e}")))
+                    .auth(MYSQL_USER, MYSQL_PASSWORD)
+                    .database(MYSQL_DATABASE)
+                    .max_connections(20)
+                    .build()
+                    .await
+                    .unwrap_or_else(|e| panic!("mysql at {endpoint}: {e}"));
+                Client {
+                    backend: Arc::new(b),
+                    etcd: None,
+                }
+            }
             Kind::Gcs => {
                 let b = GcsBackend::builder()
                     .bucket(FAKE_GCS_BUCKET)
@@ -295,6 +336,22 @@ impl Client {
             .as_ref()
             .map(|b| (b.stats().requests + b.stats().keep_alives) as f64)
     }
+}
+
+const MYSQL_USER: &str = "bench";
+const MYSQL_PASSWORD: &str = "bench";
+const MYSQL_DATABASE: &str = "leasehold";
+
+/// MariaDB with the benchmark's database and user.
+async fn start_mariadb() -> Result<MariaDb, leasehold_integration_tests::HarnessError> {
+    let db = MariaDb::start().await?;
+    db.create_database(MYSQL_DATABASE).await?;
+    db.sql(&format!(
+        "CREATE USER '{MYSQL_USER}'@'127.0.0.1' IDENTIFIED BY '{MYSQL_PASSWORD}'; \
+         GRANT ALL ON `{MYSQL_DATABASE}`.* TO '{MYSQL_USER}'@'127.0.0.1'"
+    ))
+    .await?;
+    Ok(db)
 }
 
 fn options(election: &str, id: &str, ttl: Duration) -> ElectionOptions {
@@ -851,7 +908,8 @@ fn print_tables(args: &Args, all: &[(Kind, Figures)]) {
     println!(
         "\nStore-side counts: etcd `grpc_server_msg_received_total` (watch events: \
          `grpc_server_msg_sent_total` of Watch); ZooKeeper `mntr` `zk_packets_received` \
-         (watch events: packets sent − received); fake-gcs-server's access log (no watch). \
+         (watch events: packets sent − received); fake-gcs-server's access log (no watch); \
+         MariaDB's `Questions` (statements executed, each reading's own SHOW included; no watch). \
          Client-side columns: etcd's `EtcdBackend::stats()` (requests + keep-alives) only."
     );
 }
