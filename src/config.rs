@@ -343,6 +343,20 @@ impl ElectionConfig {
     /// # Errors
     /// [`Error::Config`] or [`Error::InvalidOption`] naming what is wrong.
     pub fn resolve(&self) -> Result<(StoreConfig, ElectionOptions)> {
+        let (store, options) = self.resolve_unchecked()?;
+        options.validate()?;
+        Ok((store, options))
+    }
+
+    /// [`resolve`](Self::resolve) checking only the names, not the timings
+    /// (for [`connect_observer`](Self::connect_observer)).
+    pub(crate) fn resolve_for_reading(&self) -> Result<(StoreConfig, ElectionOptions)> {
+        let (store, options) = self.resolve_unchecked()?;
+        options.validate_names()?;
+        Ok((store, options))
+    }
+
+    fn resolve_unchecked(&self) -> Result<(StoreConfig, ElectionOptions)> {
         let mut cfg = self.clone();
         if let Some(url) = cfg.url.take() {
             cfg = cfg.or(ElectionConfig::from_url(&url)?);
@@ -394,7 +408,6 @@ impl ElectionConfig {
         if let Some(v) = cfg.value {
             options.value = v.into_bytes();
         }
-        options.validate()?;
         Ok((store, options))
     }
 }

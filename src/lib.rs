@@ -121,6 +121,23 @@ impl ElectionConfig {
         let backend = build_backend(&store, &options).await?;
         Elector::new(backend, options)
     }
+
+    /// Connect to the store and build an elector for reading the election
+    /// ([`Elector::observer`]): who leads, its changes, the candidates. The
+    /// lease timings are not checked against the store (a reader holds no
+    /// lease), so a ttl the server would refuse does not hide the store's
+    /// answer; they are checked if the elector campaigns.
+    ///
+    /// # Errors
+    /// As [`connect`], but never for timings.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn connect_observer(&self) -> Result<Elector> {
+        let (store, options) = self.resolve_for_reading()?;
+        let backend = build_backend(&store, &options).await?;
+        Elector::observer(backend, options)
+    }
 }
 
 /// Build the backend a [`StoreConfig`] describes, for `options`, with the

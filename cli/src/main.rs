@@ -473,7 +473,19 @@ async fn build(cli: &Cli, e: &Election) -> leasehold::Result<Elector> {
     if let Some(t) = &e.ttl {
         cfg.ttl = Some(t.clone());
     }
-    cfg.connect().await
+    // Reading needs no lease: the timings are not checked against the store
+    // (a ZooKeeper server that grants shorter sessions than the ttl needs
+    // must not stop `leader` from answering, nor hide the store's own error).
+    let reads_only = match &cli.command {
+        Cmd::Leader(_) | Cmd::Observe(_) => true,
+        Cmd::Serve { observe_only, .. } => *observe_only,
+        _ => false,
+    };
+    if reads_only {
+        cfg.connect_observer().await
+    } else {
+        cfg.connect().await
+    }
 }
 
 /// The log filter without `RUST_LOG`: warnings from everything, and

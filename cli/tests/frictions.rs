@@ -347,3 +347,125 @@ async fn an_unreachable_zookeeper_fails_within_its_connect_timeout() {
         eprintln!("zk://DEAD/x{query}: failed after {took:?}");
     }
 }
+
+/// Runs `leasehold ARGS` (bounded) and gives its exit code, stdout and stderr.
+async fn leasehold(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = timeout(Duration::from_secs(60), cli().args(args).output())
+        .await
+        .unwrap_or_else(|_| panic!("leasehold {args:?} did not exit within 60s"))
+        .expect("run leasehold");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `leader` and `observe` read; they hold no lease, so lease timings that
+/// the store refuses must not stop them, nor hide the store's own error.
+/// Before: a ZooKeeper that grants 10 s sessions (the harness's, tickTime
+/// 500 ms) made `leader` fail with the ttl error, and a missing chroot was
+/// reported as that ttl error too. A campaign with the same timings is
+/// still refused, with the same words as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_commands_do_not_check_lease_timings_against_the_store() {
+    let (etcd, zk) = tokio::join!(
+        leasehold_integration_tests::EtcdNode::start(),
+        leasehold_integration_tests::ZkServer::start()
+    );
+    let etcd = etcd.expect("start etcd (install: bash scripts/setup)");
+    let zk = zk.expect("start ZooKeeper (install: bash scripts/setup)");
+    let chroot = format!("/{}", leasehold_integration_tests::unique_name("ro"));
+    leasehold_integration_tests::create_zk_path(&zk.connect_string(), &chroot)
+        .await
+        .expect("create the ZooKeeper chroot");
+
+    // A leader with timings the stores accept.
+    let good = format!("etcd://{}?prefix=/ro&ttl=4s", etcd.client_addr());
+    let mut leader = cli()
+        .args(["--store", &good, "campaign", "--name", "jobs", "--id", "a"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start a campaign");
+    let mut found = String::new();
+    for _ in 0..100 {
+        let (code, out, _) = leasehold(&["--store", &good, "leader", "--name", "jobs"]).await;
+        if code == Some(0) {
+            found = out;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(found.contains("\"a\""), "the leader is a: {found}");
+
+    // etcd refuses leases under 2 s; reading does not care.
+    let short = format!("etcd://{}?prefix=/ro&ttl=1s", etcd.client_addr());
+    let (code, out, err) = leasehold(&["--store", &short, "leader", "--name", "jobs"]).await;
+    assert_eq!(code, Some(0), "leader with ttl=1s: {err}");
+    assert!(out.contains("\"a\""), "{out}");
+    let (code, _, err) = leasehold(&[
+        "--store",
+        &short,
+        "campaign",
+        "--name",
+        "jobs",
+        "--timeout",
+        "2s",
+    ])
+    .await;
+    assert_eq!(code, Some(2), "a campaign still checks the ttl: {err}");
+    assert!(err.contains("below etcd's minimum"), "{err}");
+    // observe prints the current leader first.
+    let mut observer = cli()
+        .args(["--store", &short, "observe", "--name", "jobs"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start observe");
+    let stdout = observer.stdout.take().expect("observe's stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let first = timeout(Duration::from_secs(20), lines.next_line())
+        .await
+        .expect("observe printed nothing within 20s")
+        .expect("read observe's stdout")
+        .expect("observe exited");
+    assert!(first.contains("\"a\""), "observe with ttl=1s: {first}");
+    common::signal(&observer, nix::sys::signal::Signal::SIGTERM);
+    common::wait_exit(&mut observer, Duration::from_secs(10), "observe").await;
+    common::signal(&leader, nix::sys::signal::Signal::SIGTERM);
+    common::wait_exit(&mut leader, Duration::from_secs(10), "campaign").await;
+
+    // ZooKeeper: the server grants at most 10 s; a 15 s ttl needs more.
+    let zk15 = format!("zk://{}{chroot}/jobs?ttl=15s", zk.client_addr());
+    let (code, out, err) = leasehold(&["--store", &zk15, "leader", "--name", "jobs"]).await;
+    assert_eq!(
+        code,
+        Some(1),
+        "no leader yet, and no ttl error: {out} {err}"
+    );
+    let (code, _, err) = leasehold(&[
+        "--store",
+        &zk15,
+        "campaign",
+        "--name",
+        "jobs",
+        "--timeout",
+        "2s",
+    ])
+    .await;
+    assert_eq!(code, Some(2), "a campaign still checks the session: {err}");
+    assert!(err.contains("session"), "{err}");
+    // A chroot that does not exist is what `leader` reports, not the ttl.
+    let missing = format!(
+        "zk://{}/no-such-chroot-{}/jobs?ttl=15s",
+        zk.client_addr(),
+        std::process::id()
+    );
+    let (code, out, err) = leasehold(&["--store", &missing, "leader", "--name", "jobs"]).await;
+    assert_eq!(code, Some(2), "{out}");
+    let error = err.lines().last().unwrap_or_default();
+    assert!(
+        error.contains("does not exist") && !error.contains("ttl"),
+        "the missing chroot is the error, not the ttl: {err}"
+    );
+    eprintln!("leader on a missing chroot: exit {code:?}: {err}");
+}

@@ -86,6 +86,9 @@ pub struct Elector {
     /// What this elector's campaigns read of the leader, for its observers
     /// (shared by clones).
     reads: Arc<watch::Sender<CampaignReads>>,
+    /// False for an elector built by [`observer`](Self::observer): its
+    /// lease timings are checked when it first campaigns.
+    timings_checked: bool,
 }
 
 impl Elector {
@@ -97,14 +100,55 @@ impl Elector {
     pub fn new(backend: Arc<dyn Backend>, options: ElectionOptions) -> Result<Self> {
         options.validate()?;
         backend.validate(&options)?;
+        Ok(Self::build(backend, options, true))
+    }
+
+    /// An elector for reading an election: [`leader`](Self::leader),
+    /// [`observe`](Self::observe), [`participants`](Self::participants).
+    /// Only the names are checked ([`ElectionOptions::validate_names`]), not
+    /// the lease timings: a reader holds no lease, so a ttl the store would
+    /// refuse (below etcd's minimum, a ZooKeeper session longer than the
+    /// server grants) does not stop it from saying who leads. It can still
+    /// campaign: the timings are checked then, and a campaign that fails the
+    /// check answers the same [`Error::InvalidOption`] as [`new`](Self::new).
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] for a bad election name, candidate id or
+    /// value.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Duration};
+    /// use leasehold_core::{ElectionOptions, Elector, memory::MemoryStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> leasehold_core::Result<()> {
+    /// // Timings no lease could run with (renewing less often than the ttl),
+    /// // but reading needs no lease.
+    /// let options = ElectionOptions::new("orders", "dashboard")
+    ///     .with_renew_interval(Duration::from_secs(3600));
+    /// let reader = Elector::observer(Arc::new(MemoryStore::new().client()), options)?;
+    /// assert!(reader.leader().await?.is_none());
+    /// assert!(reader.lock().await.is_err()); // the timings are checked here
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn observer(backend: Arc<dyn Backend>, options: ElectionOptions) -> Result<Self> {
+        options.validate_names()?;
+        Ok(Self::build(backend, options, false))
+    }
+
+    fn build(backend: Arc<dyn Backend>, options: ElectionOptions, timings_checked: bool) -> Self {
         let monitor = Arc::new(Monitor::new(&options, backend.name()));
         monitor.register();
-        Ok(Elector {
+        Elector {
             backend,
             options,
             monitor,
             reads: Arc::new(watch::Sender::new(CampaignReads::default())),
-        })
+            timings_checked,
+        }
     }
 
     /// A snapshot for a readiness probe: leading (time left to the local
@@ -399,6 +443,10 @@ impl Elector {
     /// dropping the future. When `cancel` fires, the result arrives only
     /// after the campaign task has withdrawn its claim.
     async fn campaign_with(&self, mode: Mode, cancel: CancellationToken) -> Result<Attempt> {
+        if !self.timings_checked {
+            self.options.validate()?;
+            self.backend.validate(&self.options)?;
+        }
         let on_drop = cancel.clone().drop_guard();
         let (tx, rx) = oneshot::channel();
         let span = tracing::info_span!(

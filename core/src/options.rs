@@ -156,11 +156,13 @@ impl ElectionOptions {
         self
     }
 
-    /// Check every field; the error names the first offending one.
+    /// Check what naming and reading an election needs (the election name,
+    /// the candidate id, the value), not the lease timings: what
+    /// [`Elector::observer`](crate::Elector::observer) checks.
     ///
     /// # Errors
     /// [`Error::InvalidOption`] naming the field and what is allowed.
-    pub fn validate(&self) -> Result<()> {
+    pub fn validate_names(&self) -> Result<()> {
         check_name("election", &self.election)?;
         check_name("candidate_id", &self.candidate_id)?;
         if self.election.starts_with('/') || self.election.ends_with('/') {
@@ -181,6 +183,15 @@ impl ElectionOptions {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Check every field; the error names the first offending one.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] naming the field and what is allowed.
+    pub fn validate(&self) -> Result<()> {
+        self.validate_names()?;
         if self.ttl < Duration::from_millis(10) {
             return Err(Error::invalid_option(
                 "ttl",
