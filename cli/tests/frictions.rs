@@ -469,3 +469,57 @@ async fn read_only_commands_do_not_check_lease_timings_against_the_store() {
     );
     eprintln!("leader on a missing chroot: exit {code:?}: {err}");
 }
+
+/// Cloud Storage's credential errors say what is wrong once, in plain words,
+/// with the URL's and the builder's way out. Before: "cannot create the
+/// authentication headers cannot create auth headers and future attempts
+/// will not succeed", and "could not create default credentials" without
+/// the file it tried. Both fail before any request, so no store is needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_storage_credential_errors_say_what_is_wrong() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = dir.path().join("key.json");
+    std::fs::write(
+        &key,
+        r#"{"type":"service_account","client_email":"a@p.iam.gserviceaccount.com","private_key":"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n","private_key_id":"k","token_uri":"http://127.0.0.1:9/token","project_id":"p"}"#,
+    )
+    .expect("write the key file");
+    let missing = dir.path().join("missing.json");
+    let missing = missing.to_string_lossy();
+    let dead = free_addr();
+    let cases = [
+        (
+            format!(
+                "gs://bkt/e?endpoint=http://{dead}&credentials={}",
+                key.display()
+            ),
+            None,
+            "failed to parse private key",
+        ),
+        (
+            format!("gs://bkt/e?endpoint=http://{dead}&credentials=default"),
+            Some(missing.as_ref()),
+            "GOOGLE_APPLICATION_CREDENTIALS",
+        ),
+    ];
+    for (store, adc, want) in cases {
+        let mut cmd = cli();
+        cmd.args(["--store", &store, "leader", "--name", "e"]);
+        if let Some(path) = adc {
+            cmd.env("GOOGLE_APPLICATION_CREDENTIALS", path);
+        }
+        let out = timeout(Duration::from_secs(60), cmd.output())
+            .await
+            .expect("leader did not exit within 60s")
+            .expect("run leasehold");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{store}: {err}");
+        assert!(err.contains(want), "{store}: want {want:?} in {err}");
+        if let Some(path) = adc {
+            assert!(err.contains(path), "names the file it tried: {err}");
+        }
+        assert!(err.contains("credentials=none"), "the URL's way: {err}");
+        assert!(!err.contains("future attempts"), "{err}");
+        assert!(!err.contains(".;"), "{err}");
+    }
+}

@@ -348,11 +348,14 @@ impl GcsBackend {
             None if e.is_timeout() || e.is_io() || e.is_connect() || e.is_transport() => {
                 Error::unavailable(NAME, format!("{what}: {e}"))
             }
+            // The client's own words for this are a chain of half
+            // sentences ("cannot create auth headers and future attempts
+            // will not succeed"); the innermost cause says what is wrong.
             _ if e.is_authentication() => Error::permission_denied(
                 NAME,
                 format!(
-                    "{what}: {e}; no usable credentials for bucket {}: check the application default credentials (gcloud auth application-default login, GOOGLE_APPLICATION_CREDENTIALS) or the key file, or use anonymous access for an emulator",
-                    self.bucket
+                    "{what}: cannot authenticate: {}; {AUTH_HINT}",
+                    root_cause(&e)
                 ),
             ),
             _ => Error::backend(NAME, format!("{what}: {e}")),
@@ -473,6 +476,19 @@ impl GcsBackend {
 /// A new per-term owner identity: 64 random bits (never 0), from the
 /// standard library's randomly keyed SipHash over a process-wide counter
 /// and the time.
+/// What to check when Cloud Storage credentials do not work, in the words
+/// of both the URL and the builder.
+pub(crate) const AUTH_HINT: &str = "check the application default credentials (`gcloud auth application-default login`, or GOOGLE_APPLICATION_CREDENTIALS naming a readable key file), or give a key file (URL: credentials=/path/key.json; builder: service_account_key_file), or for an emulator no credentials (URL: credentials=none; builder: anonymous())";
+
+/// The innermost error of `e`'s source chain, in its own words.
+pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut inner = e;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    inner.to_string().trim_end_matches('.').to_owned()
+}
+
 fn new_owner() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     loop {

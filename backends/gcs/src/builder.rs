@@ -187,7 +187,9 @@ impl GcsBackendBuilder {
         }
         let client = builder.build().await.map_err(|e| {
             Error::Config(format!(
-                "cannot set up the Cloud Storage client: {e}; for application default credentials run `gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS, for an emulator set an endpoint and anonymous()"
+                "cannot set up the Cloud Storage client: {}; {}",
+                crate::backend::root_cause(&e),
+                crate::backend::AUTH_HINT
             ))
         })?;
         Ok(GcsBackend::new(client, bucket, prefix))
