@@ -152,10 +152,31 @@ pub async fn build_backend(store: &StoreConfig, options: &ElectionOptions) -> Re
     store.driver()?.build(store.params(), options).await
 }
 
-/// docs/backends.md: its code compiles and runs with the doc tests.
+/// The README and every page of docs/: their code compiles (and, where it
+/// needs no server, runs) with the doc tests (`cargo test --all-features
+/// --doc`). A block that only shows a fragment hides the lines that make it
+/// a program (`# ` lines, rustdoc's convention).
 #[cfg(doctest)]
-#[doc = include_str!("../docs/backends.md")]
-struct BackendsGuide;
+mod docs {
+    #[doc = include_str!("../README.md")]
+    struct Readme;
+    #[doc = include_str!("../docs/backends.md")]
+    struct Backends;
+    #[doc = include_str!("../docs/etcd.md")]
+    struct Etcd;
+    #[doc = include_str!("../docs/gcs.md")]
+    struct Gcs;
+    #[doc = include_str!("../docs/interop.md")]
+    struct Interop;
+    #[doc = include_str!("../docs/mysql.md")]
+    struct Mysql;
+    #[doc = include_str!("../docs/postgres.md")]
+    struct Postgres;
+    #[doc = include_str!("../docs/safety.md")]
+    struct Safety;
+    #[doc = include_str!("../docs/zookeeper.md")]
+    struct Zookeeper;
+}
 
 #[cfg(test)]
 mod tests {

@@ -16,19 +16,15 @@
 //!   200 only on a leader with time left before its deadline (a Service that
 //!   routes to the leader alone).
 
-use std::time::Duration;
-
 use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use leasehold::{Elector, Health, StoreContact};
+use leasehold::{Elector, Health};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
-use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::time::Instant;
 
 /// Histogram buckets, in seconds: renewal latencies (milliseconds to the
 /// request timeout) and campaign waits (up to minutes).
@@ -159,7 +155,7 @@ pub(crate) async fn metrics(State(probe): State<Probe>) -> Response {
 
 pub(crate) async fn healthz(State(probe): State<Probe>) -> Response {
     let health = probe.elector.health();
-    let live = is_live(&health);
+    let live = health.is_live();
     json_status(live, health_json(&health))
 }
 
@@ -187,16 +183,6 @@ pub(crate) fn json_status(ok: bool, body: serde_json::Value) -> Response {
     (code, axum::Json(body)).into_response()
 }
 
-/// Liveness with client-go's meaning: false only for a leader still leading
-/// at its local deadline (the engine ends a term by then, so it is stuck).
-/// Followers are live whatever the store does.
-pub(crate) fn is_live(health: &Health) -> bool {
-    match health {
-        Health::Leading(l) => !(l.leading && l.until_deadline.is_zero()),
-        _ => true,
-    }
-}
-
 /// Readiness for `role`: `None` (every live candidate is ready, the store
 /// reachable or not) or `Some("leader")` (only a healthy leader).
 ///
@@ -204,7 +190,7 @@ pub(crate) fn is_live(health: &Health) -> bool {
 /// An unknown role, in the words of the query.
 pub(crate) fn readiness(health: &Health, role: Option<&str>) -> Result<bool, String> {
     match role {
-        None | Some("" | "any") => Ok(is_live(health)),
+        None | Some("" | "any") => Ok(health.is_live()),
         Some("leader") => Ok(matches!(health, Health::Leading(l) if l.is_healthy())),
         Some(other) => Err(format!(
             "/readyz?role={other}: unknown role; use role=leader (ready only while leading) or no role (ready while running)\n"
@@ -212,52 +198,11 @@ pub(crate) fn readiness(health: &Health, role: Option<&str>) -> Result<bool, Str
     }
 }
 
-/// The health snapshot as JSON (`live`, `state`, and per state the token
-/// and time to the deadline, or the store contact).
+/// The health snapshot as JSON (core's `Serialize` of [`Health`]: `live`,
+/// `healthy`, `state`, and per state the token and time to the deadline, or
+/// the store contact).
 pub(crate) fn health_json(health: &Health) -> serde_json::Value {
-    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    let ago = |t: Instant| ms(Instant::now().saturating_duration_since(t));
-    let live = is_live(health);
-    match health {
-        Health::Leading(l) => json!({
-            "live": live,
-            "healthy": health.is_healthy(),
-            "state": "leading",
-            "token": l.token.get(),
-            "until_deadline_ms": ms(l.until_deadline),
-            "last_error": l.last_error.as_ref().map(|e| e.to_string()),
-        }),
-        Health::Following { contact } => match contact {
-            StoreContact::Unknown => json!({
-                "live": live,
-                "healthy": health.is_healthy(),
-                "state": "following",
-                "store": "unknown",
-            }),
-            StoreContact::Ok { at } => json!({
-                "live": live,
-                "healthy": health.is_healthy(),
-                "state": "following",
-                "store": "ok",
-                "last_contact_ms_ago": ago(*at),
-            }),
-            StoreContact::CutOff { since, last_error } => json!({
-                "live": live,
-                "healthy": health.is_healthy(),
-                "state": "following",
-                "store": "cut_off",
-                "cut_off_for_ms": ago(*since),
-                "last_error": last_error.to_string(),
-            }),
-            // StoreContact is non-exhaustive.
-            _ => json!({
-                "live": live,
-                "healthy": health.is_healthy(),
-                "state": "following",
-            }),
-        },
-        _ => json!({ "live": live, "healthy": health.is_healthy() }),
-    }
+    serde_json::to_value(health).unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
 }
 
 #[cfg(test)]
@@ -269,7 +214,7 @@ mod tests {
     use leasehold::memory::MemoryStore;
     use leasehold::{ElectionOptions, Elector, Health};
 
-    use super::{health_json, is_live, readiness};
+    use super::{health_json, readiness};
 
     /// A leader whose runtime is starved past its deadline (the thread is
     /// blocked, so the engine cannot end the term) fails liveness; once the
@@ -282,7 +227,7 @@ mod tests {
         let elector = Elector::new(Arc::new(store.client()), options).expect("elector");
         let leadership = elector.lock().await.expect("lead");
         let healthy = elector.health();
-        assert!(is_live(&healthy), "{healthy:?}");
+        assert!(healthy.is_live(), "{healthy:?}");
         assert_eq!(readiness(&healthy, Some("leader")), Ok(true));
         // Stuck: nothing else on this runtime runs while the thread sleeps.
         std::thread::sleep(ttl + Duration::from_millis(200));
@@ -291,7 +236,7 @@ mod tests {
             matches!(&stuck, Health::Leading(l) if l.until_deadline.is_zero()),
             "{stuck:?}"
         );
-        assert!(!is_live(&stuck), "{stuck:?}");
+        assert!(!stuck.is_live(), "{stuck:?}");
         assert_eq!(readiness(&stuck, None), Ok(false));
         assert_eq!(readiness(&stuck, Some("leader")), Ok(false));
         assert_eq!(health_json(&stuck)["live"], false);
@@ -300,7 +245,7 @@ mod tests {
             .await
             .expect("the term ends once the engine runs");
         let after = elector.health();
-        assert!(is_live(&after), "{after:?} after {reason}");
+        assert!(after.is_live(), "{after:?} after {reason}");
         assert_eq!(readiness(&after, Some("leader")), Ok(false));
     }
 
@@ -338,7 +283,7 @@ mod tests {
             !cut_off.is_healthy(),
             "the follower is cut off: {cut_off:?}"
         );
-        assert!(is_live(&cut_off), "{cut_off:?}");
+        assert!(cut_off.is_live(), "{cut_off:?}");
         assert_eq!(readiness(&cut_off, None), Ok(true));
         assert_eq!(readiness(&cut_off, Some("leader")), Ok(false));
         assert!(

@@ -172,7 +172,7 @@ impl Shared {
             "token": now.token,
             "terms_won": now.terms_won,
             "leader": leader_json(&now.leader),
-            "live": exporter::is_live(&health),
+            "live": health.is_live(),
             "health": exporter::health_json(&health),
             "ttl_ms": crate::millis(o.ttl),
             "history": history,

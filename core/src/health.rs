@@ -90,6 +90,66 @@ impl Health {
     pub fn is_leading(&self) -> bool {
         matches!(self, Health::Leading(l) if l.leading)
     }
+
+    /// Healthy for a liveness probe, with client-go's meaning (its
+    /// `HealthzAdaptor`): false only for a leader still leading at its
+    /// local deadline. The engine ends every term by then, so such a leader
+    /// is stuck and restarting the process is the cure. A follower is live
+    /// whatever the store does: when the store is down every replica is cut
+    /// off, and restarting them all would not bring it back.
+    pub fn is_live(&self) -> bool {
+        match self {
+            Health::Leading(l) => !(l.leading && l.until_deadline.is_zero()),
+            Health::Following { .. } => true,
+        }
+    }
+}
+
+/// The snapshot as a health endpoint answers it (feature `serde`, on in the
+/// `leasehold` facade). Every form has `live` ([`Health::is_live`]),
+/// `healthy` ([`Health::is_healthy`]) and `state`:
+///
+/// - `{"state":"leading","token":7,"until_deadline_ms":2400,"last_error":null}`;
+/// - `{"state":"following","store":"ok","last_contact_ms_ago":120}`, or
+///   `"store":"unknown"` before the first store call, or
+///   `"store":"cut_off","cut_off_for_ms":5200,"last_error":"..."`.
+///
+/// Times are relative to the moment of serializing (an [`Instant`] means
+/// nothing to another process).
+#[cfg(feature = "serde")]
+impl serde::Serialize for Health {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let ago = |t: Instant| ms(Instant::now().saturating_duration_since(t));
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("live", &self.is_live())?;
+        map.serialize_entry("healthy", &self.is_healthy())?;
+        match self {
+            Health::Leading(l) => {
+                map.serialize_entry("state", "leading")?;
+                map.serialize_entry("token", &l.token.get())?;
+                map.serialize_entry("until_deadline_ms", &ms(l.until_deadline))?;
+                map.serialize_entry("last_error", &l.last_error.as_ref().map(Error::to_string))?;
+            }
+            Health::Following { contact } => {
+                map.serialize_entry("state", "following")?;
+                match contact {
+                    StoreContact::Unknown => map.serialize_entry("store", "unknown")?,
+                    StoreContact::Ok { at } => {
+                        map.serialize_entry("store", "ok")?;
+                        map.serialize_entry("last_contact_ms_ago", &ago(*at))?;
+                    }
+                    StoreContact::CutOff { since, last_error } => {
+                        map.serialize_entry("store", "cut_off")?;
+                        map.serialize_entry("cut_off_for_ms", &ago(*since))?;
+                        map.serialize_entry("last_error", &last_error.to_string())?;
+                    }
+                }
+            }
+        }
+        map.end()
+    }
 }
 
 /// The stable name of an error's kind, used as the `kind` metric label.
@@ -290,5 +350,78 @@ impl Monitor {
         if self.state().term.is_none() {
             metrics::gauge!("leasehold_leader_is_leader", &self.labels).set(0.0);
         }
+    }
+}
+
+#[cfg(all(test, feature = "serde"))]
+mod tests {
+    use super::*;
+
+    fn json(h: &Health) -> serde_json::Value {
+        serde_json::to_value(h).expect("serialize")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_form_serializes_with_live_healthy_and_state() {
+        let leading = Health::Leading(LeaderHealth {
+            leading: true,
+            token: FencingToken(7),
+            until_deadline: Duration::from_millis(2400),
+            last_error: None,
+        });
+        assert_eq!(
+            json(&leading),
+            serde_json::json!({"live": true, "healthy": true, "state": "leading", "token": 7, "until_deadline_ms": 2400, "last_error": null})
+        );
+        let stuck = Health::Leading(LeaderHealth {
+            leading: true,
+            token: FencingToken(8),
+            until_deadline: Duration::ZERO,
+            last_error: Some(Error::unavailable("etcd", "connection refused")),
+        });
+        let v = json(&stuck);
+        assert_eq!(
+            (v["live"].as_bool(), v["healthy"].as_bool()),
+            (Some(false), Some(false))
+        );
+        assert!(
+            v["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("connection refused")),
+            "{v}"
+        );
+
+        let unknown = Health::Following {
+            contact: StoreContact::Unknown,
+        };
+        assert_eq!(
+            json(&unknown),
+            serde_json::json!({"live": true, "healthy": true, "state": "following", "store": "unknown"})
+        );
+        let at = Instant::now();
+        tokio::time::advance(Duration::from_millis(120)).await;
+        let ok = Health::Following {
+            contact: StoreContact::Ok { at },
+        };
+        assert_eq!(
+            json(&ok),
+            serde_json::json!({"live": true, "healthy": true, "state": "following", "store": "ok", "last_contact_ms_ago": 120})
+        );
+        let cut = Health::Following {
+            contact: StoreContact::CutOff {
+                since: at,
+                last_error: Error::unavailable("etcd", "down"),
+            },
+        };
+        let v = json(&cut);
+        assert_eq!(
+            (v["live"].as_bool(), v["healthy"].as_bool()),
+            (Some(true), Some(false)),
+            "a follower cut off is live, not ready: {v}"
+        );
+        assert_eq!(
+            (v["store"].as_str(), v["cut_off_for_ms"].as_u64()),
+            (Some("cut_off"), Some(120))
+        );
     }
 }
