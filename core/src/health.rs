@@ -226,7 +226,23 @@ impl Monitor {
 
     /// The store answered a call.
     pub(crate) fn store_ok(&self) {
-        self.state().contact = StoreContact::Ok { at: Instant::now() };
+        let leading = {
+            let mut s = self.state();
+            s.contact = StoreContact::Ok { at: Instant::now() };
+            s.term.is_some()
+        };
+        self.follower_gauge(leading);
+    }
+
+    /// A follower's is-leader gauge, set again at each of its store calls:
+    /// a recorder installed after the elector was built (the `metrics`
+    /// crate has no hook for that) sees every candidate from its next call.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    fn follower_gauge(&self, leading: bool) {
+        #[cfg(feature = "metrics")]
+        if !leading {
+            metrics::gauge!("leasehold_leader_is_leader", &self.labels).set(0.0);
+        }
     }
 
     /// A store call failed (`operation`: acquire, renew, release, ...).
@@ -235,7 +251,7 @@ impl Monitor {
         if matches!(e, Error::Cancelled | Error::Lost(_)) {
             return;
         }
-        {
+        let leading = {
             let mut s = self.state();
             let since = match &s.contact {
                 StoreContact::CutOff { since, .. } => *since,
@@ -245,7 +261,9 @@ impl Monitor {
                 since,
                 last_error: e.clone(),
             };
-        }
+            s.term.is_some()
+        };
+        self.follower_gauge(leading);
         #[cfg(feature = "metrics")]
         metrics::counter!(
             "leasehold_store_errors_total",
@@ -267,15 +285,18 @@ impl Monitor {
         #[cfg(feature = "metrics")]
         {
             metrics::counter!("leasehold_terms_started_total", &self.labels).increment(1);
-            metrics::gauge!("leasehold_leader_is_leader", &self.labels).set(1.0);
             metrics::histogram!("leasehold_campaign_wait_seconds", &self.labels)
                 .record(waited.as_secs_f64());
             self.deadline_gauge(deadline);
         }
     }
 
+    /// The leader's gauges, set at the term's start and again at every
+    /// renewal attempt: a recorder installed mid-term (after the elector was
+    /// built) shows the leader within one renew interval.
     #[cfg(feature = "metrics")]
     fn deadline_gauge(&self, deadline: Instant) {
+        metrics::gauge!("leasehold_leader_is_leader", &self.labels).set(1.0);
         metrics::gauge!("leasehold_leader_deadline_seconds", &self.labels).set(
             deadline
                 .saturating_duration_since(Instant::now())
@@ -287,32 +308,43 @@ impl Monitor {
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
     pub(crate) fn renewed(&self, token: FencingToken, deadline: Instant, latency: Duration) {
         self.store_ok();
-        if let Some(t) = &mut self.state().term
-            && t.0 == token
-        {
-            t.1 = deadline;
-            t.2 = None;
-        }
+        let current = match &mut self.state().term {
+            Some(t) if t.0 == token => {
+                t.1 = deadline;
+                t.2 = None;
+                true
+            }
+            _ => false,
+        };
         #[cfg(feature = "metrics")]
         {
             metrics::histogram!("leasehold_renewal_duration_seconds", &self.labels)
                 .record(latency.as_secs_f64());
-            self.deadline_gauge(deadline);
+            // Not for a term that ended meanwhile.
+            if current {
+                self.deadline_gauge(deadline);
+            }
         }
+        #[cfg(not(feature = "metrics"))]
+        let _ = current;
     }
 
     /// A renewal of the term `token` failed (not with "lost").
     pub(crate) fn renew_failed(&self, token: FencingToken, deadline: Instant, e: &Error) {
         self.store_error("renew", e);
-        if let Some(t) = &mut self.state().term
-            && t.0 == token
-        {
-            t.2 = Some(e.clone());
-        }
+        let current = match &mut self.state().term {
+            Some(t) if t.0 == token => {
+                t.2 = Some(e.clone());
+                true
+            }
+            _ => false,
+        };
         #[cfg(feature = "metrics")]
-        self.deadline_gauge(deadline);
+        if current {
+            self.deadline_gauge(deadline);
+        }
         #[cfg(not(feature = "metrics"))]
-        let _ = deadline;
+        let _ = (deadline, current);
     }
 
     /// The term `token` ended; `reason` is `released`, `lease_lost` or
