@@ -1,6 +1,7 @@
 //! One configuration for every store: from a URL, a TOML file, or code, with
 //! `LEASEHOLD_*` environment overrides, all through the same builder.
 
+use std::fmt;
 use std::path::Path;
 
 use leasehold_core::driver::{Driver, KeyKind, StoreParams, Value};
@@ -214,7 +215,7 @@ impl Serialize for StoreConfig {
 /// `LEASEHOLD_ID`, `LEASEHOLD_VALUE`, `LEASEHOLD_TTL`,
 /// `LEASEHOLD_RENEW_INTERVAL`, `LEASEHOLD_RETRY_INTERVAL`,
 /// `LEASEHOLD_SAFETY_MARGIN` and `LEASEHOLD_REQUEST_TIMEOUT`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ElectionConfig {
     /// A store URL (see [`crate::connect`]); sets the store, the election
@@ -248,6 +249,42 @@ pub struct ElectionConfig {
     /// Bound on each store call, e.g. `"3s"`.
     #[serde(default)]
     pub request_timeout: Option<String>,
+}
+
+/// Every field, with the password of `url` (`user:password@`) hidden as
+/// the store's own `Secret` is.
+impl fmt::Debug for ElectionConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ElectionConfig")
+            .field("url", &self.url.as_deref().map(redact_password))
+            .field("store", &self.store)
+            .field("election", &self.election)
+            .field("id", &self.id)
+            .field("value", &self.value)
+            .field("ttl", &self.ttl)
+            .field("renew_interval", &self.renew_interval)
+            .field("retry_interval", &self.retry_interval)
+            .field("safety_margin", &self.safety_margin)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+/// `url` with the password of its `user:password@` part replaced by `***`.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{hosts}{tail}")
+        }
+        None => url.to_owned(),
+    }
 }
 
 /// The environment variables [`ElectionConfig::with_env`] reads.
@@ -611,6 +648,26 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{cfg:?}").contains("hunter2"));
+        // A URL given as is (the CLI's --store, LEASEHOLD_URL) too.
+        for url in [
+            "etcd://root:hunter2@h:2379/e",
+            "zk://u:hunter2@h1:2181,h2:2181/apps/e?session_timeout=6s",
+            "postgres://app:hunt%40er2@db/e",
+            "mysql://app:hunter2@db:3306/app/e",
+        ] {
+            let cfg = ElectionConfig {
+                url: Some(url.to_owned()),
+                ..ElectionConfig::default()
+            };
+            let shown = format!("{cfg:?}");
+            assert!(
+                !shown.contains("hunter2") && !shown.contains("hunt%40er2"),
+                "{shown}"
+            );
+            assert!(shown.contains(":***@"), "{shown}");
+        }
+        assert_eq!(redact_password("memory://e"), "memory://e");
+        assert_eq!(redact_password("etcd://u@h/e"), "etcd://u@h/e");
         let again = ElectionConfig::from_toml(&toml::to_string(&cfg).unwrap()).unwrap();
         assert_eq!(again, cfg);
     }
