@@ -361,6 +361,22 @@ async fn leasehold(args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
+/// A campaign on `store` still checks the timings: exit 2, `want` on stderr.
+async fn campaign_is_refused(store: &str, want: &str) {
+    let args = [
+        "--store",
+        store,
+        "campaign",
+        "--name",
+        "jobs",
+        "--timeout",
+        "2s",
+    ];
+    let (code, _, err) = leasehold(&args).await;
+    assert_eq!(code, Some(2), "a campaign still checks the timings: {err}");
+    assert!(err.contains(want), "want {want:?} in {err}");
+}
+
 /// `leader` and `observe` read; they hold no lease, so lease timings that
 /// the store refuses must not stop them, nor hide the store's own error.
 /// Before: a ZooKeeper that grants 10 s sessions (the harness's, tickTime
@@ -403,18 +419,7 @@ async fn read_only_commands_do_not_check_lease_timings_against_the_store() {
     let (code, out, err) = leasehold(&["--store", &short, "leader", "--name", "jobs"]).await;
     assert_eq!(code, Some(0), "leader with ttl=1s: {err}");
     assert!(out.contains("\"a\""), "{out}");
-    let (code, _, err) = leasehold(&[
-        "--store",
-        &short,
-        "campaign",
-        "--name",
-        "jobs",
-        "--timeout",
-        "2s",
-    ])
-    .await;
-    assert_eq!(code, Some(2), "a campaign still checks the ttl: {err}");
-    assert!(err.contains("below etcd's minimum"), "{err}");
+    campaign_is_refused(&short, "below etcd's minimum").await;
     // observe prints the current leader first.
     let mut observer = cli()
         .args(["--store", &short, "observe", "--name", "jobs"])
@@ -442,18 +447,7 @@ async fn read_only_commands_do_not_check_lease_timings_against_the_store() {
         Some(1),
         "no leader yet, and no ttl error: {out} {err}"
     );
-    let (code, _, err) = leasehold(&[
-        "--store",
-        &zk15,
-        "campaign",
-        "--name",
-        "jobs",
-        "--timeout",
-        "2s",
-    ])
-    .await;
-    assert_eq!(code, Some(2), "a campaign still checks the session: {err}");
-    assert!(err.contains("session"), "{err}");
+    campaign_is_refused(&zk15, "session").await;
     // A chroot that does not exist is what `leader` reports, not the ttl.
     let missing = format!(
         "zk://{}/no-such-chroot-{}/jobs?ttl=15s",
