@@ -140,6 +140,11 @@ pub async fn build_backend(store: &StoreConfig, options: &ElectionOptions) -> Re
 #[doc = include_str!("../docs/backends.md")]
 struct BackendsGuide;
 
+/// docs/guarded-writes.md: its recipes compile with the doc tests.
+#[cfg(all(doctest, feature = "postgres", feature = "mysql"))]
+#[doc = include_str!("../docs/guarded-writes.md")]
+struct GuardedWritesGuide;
+
 #[cfg(test)]
 mod tests {
     use super::*;
