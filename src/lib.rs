@@ -153,10 +153,10 @@ pub async fn build_backend(store: &StoreConfig, options: &ElectionOptions) -> Re
 }
 
 /// The README and every page of docs/: their code compiles (and, where it
-/// needs no server, runs) with the doc tests (`cargo test --all-features
-/// --doc`). A block that only shows a fragment hides the lines that make it
+/// needs no server, runs) with the doc tests (`cargo test --features full
+/// --doc`; they name every store). A block that only shows a fragment hides the lines that make it
 /// a program (`# ` lines, rustdoc's convention).
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "full"))]
 mod docs {
     #[doc = include_str!("../README.md")]
     struct Readme;
@@ -166,6 +166,8 @@ mod docs {
     struct Etcd;
     #[doc = include_str!("../docs/gcs.md")]
     struct Gcs;
+    #[doc = include_str!("../docs/guarded-writes.md")]
+    struct GuardedWrites;
     #[doc = include_str!("../docs/interop.md")]
     struct Interop;
     #[doc = include_str!("../docs/mysql.md")]
@@ -177,6 +179,7 @@ mod docs {
     #[doc = include_str!("../docs/zookeeper.md")]
     struct Zookeeper;
 }
+
 
 #[cfg(test)]
 mod tests {

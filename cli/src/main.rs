@@ -145,6 +145,15 @@ enum Cmd {
     Leader(Target),
     /// Print every leader change as a JSON line until interrupted.
     Observe(Target),
+    /// List the live candidates in line order, the leader first: id, token
+    /// and value (etcd, ZooKeeper; record stores keep no line).
+    Members {
+        #[command(flatten)]
+        target: Target,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve the election over HTTP for services in any language (a
     /// sidecar): GET / (status page), /leader, /status, /events (Server-Sent
     /// Events), POST /resign, /healthz, /readyz, /metrics.
@@ -477,7 +486,7 @@ async fn build(cli: &Cli, e: &Election) -> leasehold::Result<Elector> {
     // (a ZooKeeper server that grants shorter sessions than the ttl needs
     // must not stop `leader` from answering, nor hide the store's own error).
     let reads_only = match &cli.command {
-        Cmd::Leader(_) | Cmd::Observe(_) => true,
+        Cmd::Leader(_) | Cmd::Observe(_) | Cmd::Members { .. } => true,
         Cmd::Serve { observe_only, .. } => *observe_only,
         _ => false,
     };
@@ -527,7 +536,7 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let election = match &cli.command {
-        Cmd::Leader(t) | Cmd::Observe(t) => t.election(),
+        Cmd::Leader(t) | Cmd::Observe(t) | Cmd::Members { target: t, .. } => t.election(),
         Cmd::Campaign { election, .. }
         | Cmd::Run { election, .. }
         | Cmd::Serve { election, .. } => election.clone(),
@@ -576,7 +585,7 @@ async fn main() -> ExitCode {
             Ok(x) => Some(x),
             Err(e) => return fail(e),
         },
-        (Cmd::Leader(_), _) | (_, None) => None,
+        (Cmd::Leader(_) | Cmd::Members { .. }, _) | (_, None) => None,
         (_, Some(addr)) => match exporter::bind("--metrics-addr", addr).await {
             Ok(x) => Some(x),
             Err(e) => return fail(e),
@@ -621,6 +630,7 @@ async fn main() -> ExitCode {
             Err(e) => fail(e),
         },
         Cmd::Observe(_) => observe(&elector, Shutdown::listen().token).await,
+        Cmd::Members { json, .. } => members(&elector, *json).await,
         Cmd::Campaign { .. } => campaign(&elector, timeout).await,
         Cmd::Run {
             grace,
@@ -684,6 +694,107 @@ fn resign_token(file: Option<&std::path::Path>) -> Result<Option<String>, String
         ));
     }
     Ok(Some(token))
+}
+
+/// One candidate in `members --json`.
+#[derive(Serialize, Debug)]
+struct MemberView {
+    id: String,
+    value: String,
+    token: u64,
+    leader: bool,
+}
+
+/// `members --json`: the election and its candidates in line order.
+#[derive(Serialize, Debug)]
+struct MembersView<'a> {
+    election: &'a str,
+    members: Vec<MemberView>,
+}
+
+fn member_views(list: &[LeaderInfo]) -> Vec<MemberView> {
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| MemberView {
+            id: m.id.clone(),
+            value: String::from_utf8_lossy(&m.value).into_owned(),
+            token: m.token.get(),
+            leader: i == 0,
+        })
+        .collect()
+}
+
+/// The candidates as a table: position, role, id, token, value (control
+/// characters escaped, so a value cannot break the layout).
+fn members_table(election: &str, members: &[MemberView]) -> String {
+    if members.is_empty() {
+        return format!("election {election:?}: no live candidates\n");
+    }
+    let rows: Vec<[String; 5]> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            [
+                (i + 1).to_string(),
+                if m.leader { "leader" } else { "waiting" }.to_owned(),
+                m.id.escape_debug().to_string(),
+                m.token.to_string(),
+                m.value.escape_debug().to_string(),
+            ]
+        })
+        .collect();
+    let header = ["#", "ROLE", "ID", "TOKEN", "VALUE"];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; 5]| {
+        let mut text = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i == 4 {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        text.trim_end().to_owned() + "\n"
+    };
+    let mut out = format!(
+        "election {election:?}: {} live candidate{}, in line order\n",
+        rows.len(),
+        if rows.len() == 1 { "" } else { "s" }
+    );
+    out.push_str(&line(header));
+    for row in &rows {
+        out.push_str(&line([&row[0], &row[1], &row[2], &row[3], &row[4]]));
+    }
+    out
+}
+
+/// `members`: the live candidates, leader first.
+async fn members(elector: &Elector, json: bool) -> ExitCode {
+    let election = elector.options().election.clone();
+    match elector.participants().await {
+        Ok(list) => {
+            let members = member_views(&list);
+            if json {
+                print_json(&MembersView {
+                    election: &election,
+                    members,
+                });
+            } else {
+                print!("{}", members_table(&election, &members));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(leasehold::Error::NotSupported { backend, .. }) => fail(format!(
+            "members: the {backend} store cannot list the candidates of {election:?}: it keeps one lease record per election, which names only the holder, and waiting candidates leave nothing in it. \
+             `leasehold leader --name {election}` shows who leads; the list of candidates is kept by etcd and ZooKeeper."
+        )),
+        Err(e) => fail(e),
+    }
 }
 
 async fn observe(elector: &Elector, stop: CancellationToken) -> ExitCode {
@@ -1096,5 +1207,38 @@ mod tests {
                 "{filter}"
             );
         }
+    }
+
+    #[test]
+    fn the_members_table_lines_up_and_escapes_values() {
+        use leasehold::{FencingToken, LeaderInfo};
+        let list = [
+            LeaderInfo {
+                id: "replica-a".into(),
+                value: b"10.0.0.5:80".to_vec(),
+                token: FencingToken(7),
+            },
+            LeaderInfo {
+                id: "b".into(),
+                value: b"two\nlines".to_vec(),
+                token: FencingToken(12),
+            },
+        ];
+        let views = super::member_views(&list);
+        assert!(views[0].leader && !views[1].leader);
+        let table = super::members_table("billing", &views);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 4, "{table}");
+        assert_eq!(
+            lines[0],
+            "election \"billing\": 2 live candidates, in line order"
+        );
+        assert_eq!(lines[1], "#  ROLE     ID         TOKEN  VALUE");
+        assert_eq!(lines[2], "1  leader   replica-a  7      10.0.0.5:80");
+        assert_eq!(lines[3], "2  waiting  b          12     two\\nlines");
+        assert_eq!(
+            super::members_table("x", &[]),
+            "election \"x\": no live candidates\n"
+        );
     }
 }

@@ -755,3 +755,282 @@ async fn a_thousand_locks_in_one_process() {
         l.unlock().await.unwrap();
     }
 }
+
+/// The application's own pool, as a service would make it.
+fn app_pool(port: u16) -> mysql_async::Pool {
+    mysql_async::Pool::new(
+        mysql_async::OptsBuilder::default()
+            .ip_or_hostname("127.0.0.1")
+            .tcp_port(port)
+            .user(Some(USER))
+            .pass(Some(PASSWORD))
+            .db_name(Some(DB))
+            .prefer_socket(false),
+    )
+}
+
+async fn app_table(pool: &mysql_async::Pool, name: &str) {
+    let mut conn = pool.get_conn().await.expect("connect");
+    conn.query_drop(format!(
+        "CREATE TABLE `{name}` (`k` VARCHAR(64) PRIMARY KEY, `v` VARCHAR(255) NOT NULL) ENGINE=InnoDB"
+    ))
+    .await
+    .expect("the application's table");
+    conn.query_drop(format!("INSERT INTO `{name}` VALUES ('config', 'initial')"))
+        .await
+        .expect("insert");
+}
+
+/// One guarded statement: rows it matched (1 while the term lasts, else 0).
+async fn guarded_update(
+    pool: &mysql_async::Pool,
+    guard: &leasehold_mysql::LeaderGuard,
+    table: &str,
+    value: &str,
+) -> u64 {
+    let mut conn = pool.get_conn().await.expect("connect");
+    let sql = format!(
+        "UPDATE `{table}` SET `v` = ? WHERE `k` = ? AND {}",
+        guard.condition()
+    );
+    let mut params: Vec<mysql_async::Value> = vec![value.into(), "config".into()];
+    params.extend(guard.params());
+    conn.exec_drop(sql, mysql_async::Params::Positional(params))
+        .await
+        .expect("the guarded statement runs");
+    conn.affected_rows()
+}
+
+/// One guarded transaction: `hold`, write, commit; `Err` when the guard
+/// refused (the transaction is rolled back).
+async fn guarded_transaction(
+    pool: &mysql_async::Pool,
+    guard: &leasehold_mysql::LeaderGuard,
+    table: &str,
+    value: &str,
+) -> Result<(), Error> {
+    let mut tx = pool
+        .start_transaction(mysql_async::TxOpts::default())
+        .await
+        .expect("begin");
+    guard.hold(&mut tx).await?;
+    tx.exec_drop(
+        format!("UPDATE `{table}` SET `v` = ? WHERE `k` = 'config'"),
+        (value,),
+    )
+    .await
+    .expect("the write");
+    tx.commit().await.expect("commit");
+    Ok(())
+}
+
+async fn app_value(pool: &mysql_async::Pool, table: &str) -> String {
+    let mut conn = pool.get_conn().await.expect("connect");
+    conn.query_first(format!("SELECT `v` FROM `{table}` WHERE `k` = 'config'"))
+        .await
+        .expect("read")
+        .expect("the row")
+}
+
+/// Issue 24: a write guarded by `leader_guard` lands while the term lasts,
+/// as one statement and as a transaction (`hold`), and the first one after
+/// the term ends fails: after an unlock, after the lease row is deleted by
+/// hand, and after the lease expires while the leader is cut off from the
+/// database (its renewals go unanswered past its ttl) and another candidate
+/// takes over. The backend runs on the application's own pool (`pool`) and
+/// hands it out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_write_lands_only_while_the_term_lasts() {
+    use leasehold_core::{ElectionOptions, Elector};
+    use leasehold_integration_tests::Proxy;
+    use std::sync::Arc;
+    let db = server().await;
+    let backend = MysqlBackend::builder()
+        .pool(app_pool(db.port()))
+        .database(DB)
+        .request_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .expect("a backend on the application's pool");
+    let pool = backend.pool().clone();
+    let data = unique_name("app_data").replace('-', "_");
+    app_table(&pool, &data).await;
+    let e = unique_name("guarded");
+    let elector = Elector::new(
+        Arc::new(backend.clone()),
+        ElectionOptions::new(&e, "alpha").with_ttl(Duration::from_secs(3)),
+    )
+    .expect("elector");
+    let lock = || async {
+        timeout(Duration::from_secs(10), elector.lock())
+            .await
+            .expect("lock in time")
+            .expect("lock")
+    };
+
+    // While leading: both ways land.
+    let l1 = lock().await;
+    let g1 = backend.leader_guard(&l1);
+    assert_eq!(g1.token(), l1.fencing_token().get());
+    assert_eq!(
+        guarded_update(&pool, &g1, &data, "term 1 statement").await,
+        1
+    );
+    guarded_transaction(&pool, &g1, &data, "term 1 transaction")
+        .await
+        .expect("the leader's transaction lands");
+    // After unlock: neither does.
+    l1.clone().unlock().await.expect("unlock");
+    assert_eq!(guarded_update(&pool, &g1, &data, "after unlock").await, 0);
+    let refused = guarded_transaction(&pool, &g1, &data, "after unlock")
+        .await
+        .expect_err("a transaction guarded by an ended term landed");
+    assert!(refused.is_lost(), "{refused:?}");
+    assert_eq!(app_value(&pool, &data).await, "term 1 transaction");
+
+    // After the row is deleted by hand.
+    let l2 = lock().await;
+    let g2 = backend.leader_guard(&l2);
+    assert!(g2.token() > g1.token());
+    assert_eq!(guarded_update(&pool, &g2, &data, "term 2").await, 1);
+    let mut conn = pool.get_conn().await.expect("connect");
+    conn.exec_drop(
+        "DELETE FROM `leasehold_leases` WHERE `election` = ?",
+        (e.as_str(),),
+    )
+    .await
+    .expect("delete by hand");
+    assert_eq!(conn.affected_rows(), 1);
+    drop(conn);
+    assert_eq!(guarded_update(&pool, &g2, &data, "after delete").await, 0);
+    assert!(
+        guarded_transaction(&pool, &g2, &data, "after delete")
+            .await
+            .expect_err("landed after the delete")
+            .is_lost()
+    );
+    assert_eq!(app_value(&pool, &data).await, "term 2");
+    timeout(Duration::from_secs(10), l2.lost())
+        .await
+        .expect("the term ends after its row is deleted");
+
+    // After the lease expires: alpha's link to the database is cut while
+    // beta waits; beta takes over once the database's clock says the lease
+    // ran out, and alpha's guard refuses from then on.
+    let proxy = Proxy::start(db.addr()).await;
+    let cut_off = builder(proxy.addr().port())
+        .request_timeout(Duration::from_secs(1))
+        .build()
+        .await
+        .expect("alpha's backend");
+    let alpha = Elector::new(
+        Arc::new(cut_off.clone()),
+        ElectionOptions::new(&e, "alpha").with_ttl(Duration::from_secs(2)),
+    )
+    .expect("alpha");
+    let beta = Elector::new(
+        Arc::new(backend.clone()),
+        ElectionOptions::new(&e, "beta").with_ttl(Duration::from_secs(2)),
+    )
+    .expect("beta");
+    let la = timeout(Duration::from_secs(10), alpha.lock())
+        .await
+        .expect("alpha leads in time")
+        .expect("lock");
+    let ga = cut_off.leader_guard(&la);
+    assert_eq!(guarded_update(&pool, &ga, &data, "alpha").await, 1);
+    let waiting = tokio::spawn(async move { beta.lock().await });
+    proxy.blackhole();
+    let lb = timeout(Duration::from_secs(15), waiting)
+        .await
+        .expect("beta leads after alpha's lease expired")
+        .expect("task")
+        .expect("lock");
+    assert!(lb.fencing_token() > la.fencing_token());
+    assert_eq!(guarded_update(&pool, &ga, &data, "alpha, stale").await, 0);
+    assert!(
+        guarded_transaction(&pool, &ga, &data, "alpha, stale")
+            .await
+            .expect_err("a stale leader's transaction landed")
+            .is_lost()
+    );
+    let gb = backend.leader_guard(&lb);
+    assert_eq!(guarded_update(&pool, &gb, &data, "beta").await, 1);
+    assert_eq!(app_value(&pool, &data).await, "beta");
+    timeout(Duration::from_secs(5), la.lost())
+        .await
+        .expect("alpha stepped down on its own deadline");
+    lb.unlock().await.expect("unlock");
+    drop(proxy);
+
+    // Connection settings beside an own pool are refused in the user's words.
+    let err = MysqlBackend::builder()
+        .pool(pool.clone())
+        .database(DB)
+        .host("10.0.0.1")
+        .auth("x", "y")
+        .build_table()
+        .expect_err("settings beside a pool");
+    let text = err.to_string();
+    assert!(
+        text.contains("auth, host") && text.contains("own connection pool"),
+        "{text}"
+    );
+}
+
+/// Issue 24, the adversarial half: a transaction that took the guard keeps
+/// the term lasting until it commits. Alpha holds the guard and writes, then
+/// sits on the open transaction past its lease's expiry while beta tries to
+/// take over; beta's takeover waits on the row lock (or gives up and tries
+/// again), so it wins only after alpha's transaction committed. Without the
+/// guard's `LOCK IN SHARE MODE` beta would lead while alpha's write is still
+/// to commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_transaction_commits_before_the_next_term() {
+    let db = server().await;
+    let (a, b) = (connect(db.port()).await, connect(db.port()).await);
+    let pool = app_pool(db.port());
+    let data = unique_name("app_data").replace('-', "_");
+    app_table(&pool, &data).await;
+    let e = unique_name("guard-order");
+    let ta = won(a.table(), &req(&e, "alpha", Duration::from_secs(1))).await;
+    let guard = a.table().leader_guard(&ta);
+
+    let mut tx = pool
+        .start_transaction(mysql_async::TxOpts::default())
+        .await
+        .expect("begin");
+    guard.hold(&mut tx).await.expect("alpha's term lasts");
+    tx.exec_drop(
+        format!("UPDATE `{data}` SET `v` = 'alpha' WHERE `k` = 'config'"),
+        (),
+    )
+    .await
+    .expect("write");
+    let e2 = e.clone();
+    let takeover = tokio::spawn(async move {
+        won_within(
+            b.table(),
+            &req(&e2, "beta", Duration::from_secs(10)),
+            Duration::from_secs(30),
+        )
+        .await
+    });
+    // Three times the ttl: by the database's clock alpha's lease is long over.
+    sleep(Duration::from_secs(3)).await;
+    assert!(
+        !takeover.is_finished(),
+        "beta took over while alpha's guarded transaction was open"
+    );
+    let committed = Instant::now();
+    tx.commit().await.expect("alpha's transaction commits");
+    let tb = timeout(Duration::from_secs(35), takeover)
+        .await
+        .expect("beta leads after the commit")
+        .expect("task");
+    eprintln!("beta led {:?} after alpha's commit", committed.elapsed());
+    assert!(tb.token > ta.token);
+    assert_eq!(app_value(&pool, &data).await, "alpha");
+    assert_eq!(guarded_update(&pool, &guard, &data, "alpha, late").await, 0);
+    pool.disconnect().await.expect("disconnect");
+}

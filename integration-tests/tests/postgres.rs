@@ -719,3 +719,251 @@ async fn a_leader_keeps_its_term_across_a_database_restart() {
     assert!(lb.fencing_token() > token);
     lb.unlock().await.expect("unlock");
 }
+
+/// The application's table the guarded-write tests write to.
+async fn app_table(app: &tokio_postgres::Client, name: &str) {
+    app.batch_execute(&format!(
+        "CREATE TABLE \"{name}\" (k text PRIMARY KEY, v text NOT NULL); \
+         INSERT INTO \"{name}\" VALUES ('config', 'initial')"
+    ))
+    .await
+    .expect("the application's table");
+}
+
+/// One guarded statement: rows it changed (1 while the term lasts, else 0).
+async fn guarded_update(
+    client: &tokio_postgres::Client,
+    guard: &leasehold_postgres::LeaderGuard,
+    table: &str,
+    value: &str,
+) -> u64 {
+    use tokio_postgres::types::{ToSql, Type};
+    let sql = format!(
+        "UPDATE \"{table}\" SET v = $1 WHERE k = $2 AND {}",
+        guard.condition(2)
+    );
+    let key = "config";
+    let mut params: Vec<(&(dyn ToSql + Sync), Type)> =
+        vec![(&value, Type::TEXT), (&key, Type::TEXT)];
+    params.extend(guard.typed_params());
+    client
+        .execute_typed(&sql, &params)
+        .await
+        .expect("the guarded statement runs")
+}
+
+/// One guarded transaction: `hold`, write, commit. `Err` when the guard
+/// refused (the transaction is rolled back).
+async fn guarded_transaction(
+    client: &mut tokio_postgres::Client,
+    guard: &leasehold_postgres::LeaderGuard,
+    table: &str,
+    value: &str,
+) -> Result<(), Error> {
+    let tx = client.transaction().await.expect("begin");
+    guard.hold(&tx).await?;
+    tx.execute(
+        &format!("UPDATE \"{table}\" SET v = $1 WHERE k = 'config'"),
+        &[&value],
+    )
+    .await
+    .expect("the write");
+    tx.commit().await.expect("commit");
+    Ok(())
+}
+
+async fn app_value(app: &tokio_postgres::Client, table: &str) -> String {
+    app.query_one(
+        &format!("SELECT v FROM \"{table}\" WHERE k = 'config'"),
+        &[],
+    )
+    .await
+    .expect("read")
+    .get(0)
+}
+
+/// Issue 24: a write guarded by `leader_guard` lands while the term lasts,
+/// as one statement (on the backend's own connection, `client()`) and as a
+/// transaction (`hold`), and the first one after the term ends fails: after
+/// an unlock, after the lease row is deleted by hand, and after the lease
+/// expires while the leader is cut off from the database (its renewals go
+/// unanswered past its ttl) and another candidate takes over. The backend is
+/// built from the application's own connection settings (`config`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_write_lands_only_while_the_term_lasts() {
+    use leasehold_core::Elector;
+    let pg = start(PgOptions::default()).await;
+    let config: tokio_postgres::Config = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=disable",
+        pg.port()
+    )
+    .parse()
+    .expect("config");
+    let backend = PostgresBuilder::new()
+        .config(config.clone())
+        .request_timeout(Duration::from_secs(3))
+        .build()
+        .expect("a backend on the application's settings");
+    let mut app = admin(pg.port()).await;
+    let data = unique_name("app_data").replace('-', "_");
+    app_table(&app, &data).await;
+    let e = unique_name("guarded");
+    let elector = Elector::new(
+        Arc::new(backend.clone()),
+        ElectionOptions::new(&e, "alpha").with_ttl(Duration::from_secs(3)),
+    )
+    .expect("elector");
+    let lock = || async {
+        timeout(Duration::from_secs(10), elector.lock())
+            .await
+            .expect("lock in time")
+            .expect("lock")
+    };
+
+    // While leading: both ways land.
+    let l1 = lock().await;
+    let g1 = backend.leader_guard(&l1);
+    assert_eq!(g1.token(), l1.fencing_token().get());
+    let shared = backend.client().await.expect("the backend's connection");
+    assert_eq!(
+        guarded_update(&shared, &g1, &data, "term 1 statement").await,
+        1
+    );
+    guarded_transaction(&mut app, &g1, &data, "term 1 transaction")
+        .await
+        .expect("the leader's transaction lands");
+    // After unlock: neither does.
+    l1.clone().unlock().await.expect("unlock");
+    assert_eq!(guarded_update(&shared, &g1, &data, "after unlock").await, 0);
+    let refused = guarded_transaction(&mut app, &g1, &data, "after unlock")
+        .await
+        .expect_err("a transaction guarded by an ended term landed");
+    assert!(refused.is_lost(), "{refused:?}");
+    assert_eq!(app_value(&app, &data).await, "term 1 transaction");
+
+    // After the row is deleted by hand.
+    let l2 = lock().await;
+    let g2 = backend.leader_guard(&l2);
+    assert!(g2.token() > g1.token());
+    assert_eq!(guarded_update(&shared, &g2, &data, "term 2").await, 1);
+    let n = app
+        .execute(
+            &format!(
+                "DELETE FROM {} WHERE election = $1",
+                backend.table().table_name()
+            ),
+            &[&e],
+        )
+        .await
+        .expect("delete by hand");
+    assert_eq!(n, 1);
+    assert_eq!(guarded_update(&shared, &g2, &data, "after delete").await, 0);
+    assert!(
+        guarded_transaction(&mut app, &g2, &data, "after delete")
+            .await
+            .expect_err("landed after the delete")
+            .is_lost()
+    );
+    assert_eq!(app_value(&app, &data).await, "term 2");
+    timeout(Duration::from_secs(10), l2.lost())
+        .await
+        .expect("the term ends after its row is deleted");
+
+    // After the lease expires: alpha's link to the database is cut (its
+    // renewals go unanswered) while beta waits; beta takes over once the
+    // database's clock says the lease ran out.
+    let proxy = Proxy::start(pg.addr()).await;
+    let cut_off = builder(proxy.addr().port())
+        .request_timeout(Duration::from_secs(1))
+        .build()
+        .expect("builder");
+    let alpha = Elector::new(
+        Arc::new(cut_off.clone()),
+        ElectionOptions::new(&e, "alpha").with_ttl(Duration::from_secs(2)),
+    )
+    .expect("alpha");
+    let beta = Elector::new(
+        Arc::new(backend.clone()),
+        ElectionOptions::new(&e, "beta").with_ttl(Duration::from_secs(2)),
+    )
+    .expect("beta");
+    let la = timeout(Duration::from_secs(10), alpha.lock())
+        .await
+        .expect("alpha leads in time")
+        .expect("lock");
+    let ga = cut_off.leader_guard(&la);
+    assert_eq!(guarded_update(&shared, &ga, &data, "alpha").await, 1);
+    let waiting = tokio::spawn(async move { beta.lock().await });
+    proxy.blackhole();
+    let lb = timeout(Duration::from_secs(15), waiting)
+        .await
+        .expect("beta leads after alpha's lease expired")
+        .expect("task")
+        .expect("lock");
+    assert!(lb.fencing_token() > la.fencing_token());
+    // Alpha, frozen past its ttl, still holds its guard: its writes fail.
+    assert_eq!(guarded_update(&shared, &ga, &data, "alpha, stale").await, 0);
+    assert!(
+        guarded_transaction(&mut app, &ga, &data, "alpha, stale")
+            .await
+            .expect_err("a stale leader's transaction landed")
+            .is_lost()
+    );
+    let gb = backend.leader_guard(&lb);
+    assert_eq!(guarded_update(&shared, &gb, &data, "beta").await, 1);
+    assert_eq!(app_value(&app, &data).await, "beta");
+    timeout(Duration::from_secs(5), la.lost())
+        .await
+        .expect("alpha stepped down on its own deadline");
+    lb.unlock().await.expect("unlock");
+    drop(proxy);
+}
+
+/// Issue 24, the adversarial half: a transaction that took the guard keeps
+/// the term lasting until it commits. Alpha holds the guard and writes,
+/// then sits on the open transaction past its lease's expiry while beta
+/// tries to take over; beta's takeover waits for the row lock, so it can
+/// only win after alpha's transaction committed, and alpha's write is
+/// never seen to land inside beta's term. Without the guard's `FOR SHARE`
+/// beta would lead while alpha's write is still to commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_transaction_commits_before_the_next_term() {
+    let pg = start(PgOptions::default()).await;
+    let (a, b) = (table(pg.port()), table(pg.port()));
+    let mut app = admin(pg.port()).await;
+    let data = unique_name("app_data").replace('-', "_");
+    app_table(&app, &data).await;
+    let e = unique_name("guard-order");
+    let ta = won(&a, &e, "alpha", Duration::from_secs(1)).await;
+    let guard = a.leader_guard(&ta);
+
+    let tx = app.transaction().await.expect("begin");
+    guard.hold(&tx).await.expect("alpha's term lasts");
+    tx.execute(
+        &format!("UPDATE \"{data}\" SET v = 'alpha' WHERE k = 'config'"),
+        &[],
+    )
+    .await
+    .expect("write");
+    let b2 = b.clone();
+    let e2 = e.clone();
+    let takeover =
+        tokio::spawn(async move { win_within(&b2, &e2, "beta", Duration::from_secs(20)).await });
+    // Three times the ttl: by the database's clock alpha's lease is long over.
+    sleep(Duration::from_secs(3)).await;
+    assert!(
+        !takeover.is_finished(),
+        "beta took over while alpha's guarded transaction was open"
+    );
+    let committed = Instant::now();
+    tx.commit().await.expect("alpha's transaction commits");
+    let tb = timeout(Duration::from_secs(25), takeover)
+        .await
+        .expect("beta leads after the commit")
+        .expect("task");
+    eprintln!("beta led {:?} after alpha's commit", committed.elapsed());
+    assert!(tb.token > ta.token);
+    assert_eq!(app_value(&app, &data).await, "alpha");
+    // Now alpha's guard refuses.
+    assert_eq!(guarded_update(&app, &guard, &data, "alpha, late").await, 0);
+}

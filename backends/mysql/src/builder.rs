@@ -64,6 +64,10 @@ pub struct MysqlBackendBuilder {
     connect_timeout: Duration,
     request_timeout: Duration,
     max_connections: usize,
+    /// The application's own pool, instead of connecting.
+    pool: Option<Pool>,
+    /// Connection settings given (refused beside an own pool).
+    set: Vec<&'static str>,
 }
 
 impl Default for MysqlBackendBuilder {
@@ -82,6 +86,8 @@ impl Default for MysqlBackendBuilder {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
             max_connections: 10,
+            pool: None,
+            set: Vec::new(),
         }
     }
 }
@@ -94,18 +100,21 @@ impl MysqlBackendBuilder {
 
     /// The server's host name or IP address.
     pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.set.push("host");
         self.host = host.into();
         self
     }
 
     /// The server's port (3306 unless set).
     pub fn port(mut self, port: u16) -> Self {
+        self.set.push("port");
         self.port = port;
         self
     }
 
     /// The user name and password.
     pub fn auth(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.set.push("auth");
         self.user = Some(user.into());
         self.password = Some(Secret::new(password));
         self
@@ -113,6 +122,7 @@ impl MysqlBackendBuilder {
 
     /// The user name, without a password.
     pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.set.push("user");
         self.user = Some(user.into());
         self
     }
@@ -138,6 +148,7 @@ impl MysqlBackendBuilder {
     /// How to use TLS (off unless set; `VerifyFull` when a CA is given and
     /// no mode is).
     pub fn tls(mut self, mode: TlsMode) -> Self {
+        self.set.push("tls");
         self.tls = Some(mode);
         self
     }
@@ -145,6 +156,7 @@ impl MysqlBackendBuilder {
     /// A PEM file of CA certificates to trust (instead of the built-in web
     /// roots).
     pub fn tls_ca(mut self, path: impl Into<PathBuf>) -> Self {
+        self.set.push("tls_ca");
         self.ca = Some(path.into());
         self
     }
@@ -155,6 +167,7 @@ impl MysqlBackendBuilder {
         cert: impl Into<PathBuf>,
         key: impl Into<PathBuf>,
     ) -> Self {
+        self.set.push("tls_client_identity");
         self.identity = Some((cert.into(), key.into()));
         self
     }
@@ -174,7 +187,25 @@ impl MysqlBackendBuilder {
 
     /// The most connections the pool opens (10 unless set).
     pub fn max_connections(mut self, n: usize) -> Self {
+        self.set.push("max_connections");
         self.max_connections = n.max(1);
+        self
+    }
+
+    /// Use the application's own connection pool instead of connecting:
+    /// a service keeps one pool to its database, and its transactions can
+    /// carry a [`LeaderGuard`](crate::LeaderGuard). The pool's own options
+    /// apply (server, credentials, TLS, size), so `host`, `port`, `auth`,
+    /// `user`, the TLS settings and `max_connections` must not be set beside
+    /// it; `database` still names where leasehold's tables are (the
+    /// statements name it, whatever the pool's default database).
+    /// [`MysqlBackend::pool`](crate::MysqlBackend::pool) hands it out again.
+    ///
+    /// Each call takes a connection of the pool for its statement, so size
+    /// the pool for the application plus one per batch of renewals in
+    /// flight (at most 4) and one per waiting candidate's poll.
+    pub fn pool(mut self, pool: Pool) -> Self {
+        self.pool = Some(pool);
         self
     }
 
@@ -261,6 +292,18 @@ impl MysqlBackendBuilder {
     /// [`Error::Config`] for bad names or TLS files.
     pub fn build_table(&self) -> Result<LeaseTable> {
         let names = self.names()?;
+        if let Some(pool) = &self.pool {
+            if !self.set.is_empty() {
+                let mut set = self.set.clone();
+                set.sort_unstable();
+                set.dedup();
+                return Err(Error::Config(format!(
+                    "mysql: {} set beside an own connection pool; the pool's own options apply, so set them where the pool is made",
+                    set.join(", ")
+                )));
+            }
+            return Ok(LeaseTable::new(pool.clone(), names, self.request_timeout));
+        }
         if self.host.is_empty() {
             return Err(Error::Config("mysql: the host is empty".into()));
         }
@@ -318,10 +361,17 @@ impl MysqlBackendBuilder {
             Err(_) => {
                 return Err(Error::unavailable(
                     crate::error::BACKEND,
-                    format!(
-                        "no answer from {}:{} within the connect timeout of {:?}",
-                        self.host, self.port, self.connect_timeout
-                    ),
+                    if self.pool.is_some() {
+                        format!(
+                            "no answer from the given pool's server within the connect timeout of {:?}",
+                            self.connect_timeout
+                        )
+                    } else {
+                        format!(
+                            "no answer from {}:{} within the connect timeout of {:?}",
+                            self.host, self.port, self.connect_timeout
+                        )
+                    },
                 ));
             }
         }

@@ -108,7 +108,7 @@ impl Names {
         }
     }
 
-    fn leases(&self) -> String {
+    pub(crate) fn leases(&self) -> String {
         format!("`{}`.`{}`", self.database.0, self.leases.0)
     }
 
@@ -394,9 +394,16 @@ impl LeaseTable {
         &self.names
     }
 
-    /// The connection pool (for tests and repairs by hand).
+    /// The connection pool (shared with the application:
+    /// [`MysqlBackend::pool`](crate::MysqlBackend::pool)).
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// The condition that holds exactly while `term` lasts, for the
+    /// application's own statements (see [`LeaderGuard`](crate::LeaderGuard)).
+    pub fn leader_guard(&self, term: &Term) -> crate::LeaderGuard {
+        crate::LeaderGuard::new(self.names.leases(), &term.election, &term.owner, term.token)
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Pending>> {

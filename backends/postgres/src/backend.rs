@@ -10,6 +10,7 @@ use leasehold_core::{
 };
 
 use crate::config::PostgresBuilder;
+use crate::guard::LeaderGuard;
 use crate::listen::Watch;
 use crate::table::{Acquired, Holder, LeaseTable, Term};
 
@@ -37,6 +38,66 @@ impl PostgresBackend {
     /// The lease table underneath (statements, counts, the DDL).
     pub fn table(&self) -> &LeaseTable {
         &self.table
+    }
+
+    /// The condition that holds exactly while `leadership`'s term lasts,
+    /// for the application's own statements on this database: fencing
+    /// without a cooperating resource, since the guard and the write are
+    /// one statement or one transaction. See [`LeaderGuard`] for the two
+    /// ways to use it.
+    ///
+    /// Take it from the backend the term was won on: the guard names this
+    /// backend's table, and the term's owner identity (random per term)
+    /// appears in no other table, so the guard of a term won elsewhere
+    /// never holds.
+    ///
+    /// ```no_run
+    /// # async fn demo(backend: leasehold_postgres::PostgresBackend, leadership: leasehold_core::Leadership) -> Result<(), Box<dyn std::error::Error>> {
+    /// use leasehold_postgres::tokio_postgres::types::{ToSql, Type};
+    /// let guard = backend.leader_guard(&leadership);
+    /// let sql = format!(
+    ///     "UPDATE app_config SET value = $1 WHERE key = $2 AND {}",
+    ///     guard.condition(2)
+    /// );
+    /// let (value, key) = ("v2", "mode");
+    /// let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![(&value, Type::TEXT), (&key, Type::TEXT)];
+    /// params.extend(guard.typed_params());
+    /// let client = backend.client().await?;
+    /// if client.execute_typed(&sql, &params).await? == 0 {
+    ///     // The term is over (or there is no such key): nothing was written.
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn leader_guard(&self, leadership: &leasehold_core::Leadership) -> LeaderGuard {
+        self.table.leader_guard(&term(&leadership.claim()))
+    }
+
+    /// The backend's own connection, for the application's single
+    /// statements (one connection to the database for the elections and
+    /// the data). Connects when there is none yet; a broken connection is
+    /// replaced, so take it again for each use rather than keeping it.
+    ///
+    /// tokio-postgres pipelines the statements of every user of a
+    /// connection, the backend's renewals included. **Never open a
+    /// transaction on it** (`BEGIN` through `batch_execute` or `query`):
+    /// the backend's own statements would run inside it. For a guarded
+    /// transaction ([`LeaderGuard::hold`]) use a connection of your own,
+    /// made from the same settings ([`PostgresBuilder::config`]). Through
+    /// PgBouncer in transaction mode, send unnamed statements
+    /// (`query_typed`, `execute_typed`): a named prepared statement does
+    /// not survive the pooler moving the connection (PgBouncer before
+    /// 1.21). The LISTEN connection is a separate one and never handed out.
+    ///
+    /// # Errors
+    /// As the backend's statements: [`Error::Unavailable`](leasehold_core::Error::Unavailable)
+    /// or [`Error::Timeout`](leasehold_core::Error::Timeout) when the server
+    /// cannot be reached, [`Error::PermissionDenied`](leasehold_core::Error::PermissionDenied)
+    /// for refused credentials.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn client(&self) -> Result<std::sync::Arc<tokio_postgres::Client>> {
+        self.table.db().shared_client().await
     }
 }
 

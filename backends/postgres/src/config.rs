@@ -120,6 +120,11 @@ pub struct PostgresBuilder {
     pub(crate) request_timeout: Duration,
     pub(crate) create_table: bool,
     pub(crate) batch_window: Duration,
+    /// The application's own connection settings, instead of hosts, user,
+    /// password and database.
+    pub(crate) pg_config: Option<tokio_postgres::Config>,
+    /// Whether `ssl_mode` was set (else a `pg_config`'s own mode applies).
+    pub(crate) ssl_mode_set: bool,
 }
 
 impl fmt::Debug for PostgresBuilder {
@@ -138,6 +143,8 @@ impl fmt::Debug for PostgresBuilder {
             .field("request_timeout", &self.request_timeout)
             .field("create_table", &self.create_table)
             .field("batch_window", &self.batch_window)
+            // tokio-postgres's Config redacts the password in its Debug.
+            .field("config", &self.pg_config)
             .finish_non_exhaustive()
     }
 }
@@ -160,6 +167,8 @@ impl Default for PostgresBuilder {
             request_timeout: Duration::from_secs(5),
             create_table: true,
             batch_window: DEFAULT_BATCH_WINDOW,
+            pg_config: None,
+            ssl_mode_set: false,
         }
     }
 }
@@ -211,9 +220,33 @@ impl PostgresBuilder {
         self
     }
 
+    /// Connect with the application's own connection settings (the
+    /// `tokio_postgres::Config` its own pool or client is made from), so a
+    /// service states them once. Hosts, user, password and database then
+    /// come from `config` and must not be set on the builder as well. TLS
+    /// stays the builder's business (the certificates are its options):
+    /// without [`ssl_mode`](Self::ssl_mode), the config's `sslmode`
+    /// (`disable`, `prefer`, `require`) is used. The backend makes its own
+    /// connections from it (one for statements, one for LISTEN); hand the
+    /// statements' one to the application with
+    /// [`PostgresBackend::client`](crate::PostgresBackend::client).
+    ///
+    /// ```no_run
+    /// # fn demo() -> leasehold_core::Result<()> {
+    /// let config: leasehold_postgres::tokio_postgres::Config =
+    ///     "host=10.0.0.5 user=app dbname=app sslmode=require".parse().expect("a config");
+    /// let backend = leasehold_postgres::PostgresBuilder::new().config(config).build()?;
+    /// # let _ = backend; Ok(()) }
+    /// ```
+    pub fn config(mut self, config: tokio_postgres::Config) -> Self {
+        self.pg_config = Some(config);
+        self
+    }
+
     /// TLS, as libpq's `sslmode` (default `prefer`).
     pub fn ssl_mode(mut self, mode: SslMode) -> Self {
         self.ssl_mode = mode;
+        self.ssl_mode_set = true;
         self
     }
 
@@ -290,6 +323,23 @@ impl PostgresBuilder {
             return Err(Error::Config(
                 "postgres `sslcert` and `sslkey` go together: give both or neither".into(),
             ));
+        }
+        if self.pg_config.is_some() {
+            let beside: Vec<&str> = [
+                ("host", !self.hosts.is_empty()),
+                ("user", self.user.is_some()),
+                ("password", self.password.is_some()),
+                ("dbname", self.dbname.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(name, set)| set.then_some(name))
+            .collect();
+            if !beside.is_empty() {
+                return Err(Error::Config(format!(
+                    "postgres: {} set beside an own connection config; put them in the config given to `config(..)` instead",
+                    beside.join(", ")
+                )));
+            }
         }
         let names = Names::new(self.schema.as_deref(), &self.table)?;
         let db = Db::new(&self)?;

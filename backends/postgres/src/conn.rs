@@ -63,45 +63,66 @@ impl Drop for Db {
 
 impl Db {
     pub(crate) fn new(b: &PostgresBuilder) -> Result<Db> {
-        let mut config = Config::new();
-        if b.hosts.is_empty() {
-            config.host("localhost").port(5432);
-        }
-        for (host, port) in &b.hosts {
-            config.host(host).port(*port);
-        }
-        if b.hosts.len() > 1 {
-            // Several servers: the one that takes writes (the primary).
-            config.target_session_attrs(TargetSessionAttrs::ReadWrite);
-        }
-        if let Some(u) = &b.user {
-            config.user(u);
-        } else if let Ok(u) = std::env::var("USER") {
-            config.user(u);
-        }
-        if let Some(p) = &b.password {
-            config.password(p.as_bytes());
-        }
-        if let Some(d) = &b.dbname {
-            config.dbname(d);
-        }
-        config
-            .application_name("leasehold")
-            .connect_timeout(b.connect_timeout)
-            .keepalives(true)
-            .keepalives_idle(Duration::from_secs(10));
-        let tls_config = if b.ssl_mode == SslMode::Disable {
+        let mut ssl_mode = b.ssl_mode;
+        let config = if let Some(own) = &b.pg_config {
+            let mut config = own.clone();
+            if !b.ssl_mode_set {
+                ssl_mode = match own.get_ssl_mode() {
+                    PgSslMode::Disable => SslMode::Disable,
+                    PgSslMode::Prefer => SslMode::Prefer,
+                    _ => SslMode::Require,
+                };
+            }
+            if own.get_hosts().len() > 1 {
+                config.target_session_attrs(TargetSessionAttrs::ReadWrite);
+            }
+            if own.get_connect_timeout().is_none() {
+                config.connect_timeout(b.connect_timeout);
+            }
+            config
+        } else {
+            let mut config = Config::new();
+            if b.hosts.is_empty() {
+                config.host("localhost").port(5432);
+            }
+            for (host, port) in &b.hosts {
+                config.host(host).port(*port);
+            }
+            if b.hosts.len() > 1 {
+                // Several servers: the one that takes writes (the primary).
+                config.target_session_attrs(TargetSessionAttrs::ReadWrite);
+            }
+            if let Some(u) = &b.user {
+                config.user(u);
+            } else if let Ok(u) = std::env::var("USER") {
+                config.user(u);
+            }
+            if let Some(p) = &b.password {
+                config.password(p.as_bytes());
+            }
+            if let Some(d) = &b.dbname {
+                config.dbname(d);
+            }
+            config
+                .application_name("leasehold")
+                .connect_timeout(b.connect_timeout)
+                .keepalives(true)
+                .keepalives_idle(Duration::from_secs(10));
+            config
+        };
+        let mut config = config;
+        let tls_config = if ssl_mode == SslMode::Disable {
             // Never used (the server is not asked for TLS), but the
             // connection's type wants a connector.
             client_config(SslMode::Require, None, None)?
         } else {
             client_config(
-                b.ssl_mode,
+                ssl_mode,
                 b.ssl_root_cert.as_deref(),
                 b.ssl_cert.as_deref().zip(b.ssl_key.as_deref()),
             )?
         };
-        config.ssl_mode(match b.ssl_mode {
+        config.ssl_mode(match ssl_mode {
             SslMode::Disable => PgSslMode::Disable,
             SslMode::Prefer => PgSslMode::Prefer,
             _ => PgSslMode::Require,
@@ -168,6 +189,18 @@ impl Db {
             old.task.abort();
         }
         Ok((client, id))
+    }
+
+    /// The shared connection, connecting when there is none, within the
+    /// request timeout (for the application's own statements).
+    pub(crate) async fn shared_client(&self) -> Result<Arc<Client>> {
+        match tokio::time::timeout(self.request_timeout, self.client()).await {
+            Ok(c) => c.map(|(client, _)| client),
+            Err(_) => Err(Error::Timeout {
+                operation: "connect",
+                after: self.request_timeout,
+            }),
+        }
     }
 
     /// Drop connection `id` if it is still the current one.

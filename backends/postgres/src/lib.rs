@@ -12,6 +12,7 @@ mod config;
 mod conn;
 mod driver;
 mod error;
+mod guard;
 mod listen;
 mod table;
 mod tls;
@@ -19,6 +20,12 @@ mod tls;
 pub use backend::PostgresBackend;
 pub use config::{DEFAULT_BATCH_WINDOW, DEFAULT_TABLE, PostgresBuilder};
 pub use driver::{DRIVER, PostgresDriver};
+pub use guard::LeaderGuard;
 pub use listen::Watch;
 pub use table::{Acquired, Holder, LeaseTable, Lookup, Statements, Term};
 pub use tls::SslMode;
+/// The PostgreSQL client crate the backend is built on, for the
+/// application's own statements ([`PostgresBackend::client`],
+/// [`PostgresBuilder::config`], [`LeaderGuard`]).
+pub use tokio_postgres;
+

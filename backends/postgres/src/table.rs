@@ -678,6 +678,17 @@ impl LeaseTable {
         Ok(self.lookup(election).await?.holder)
     }
 
+    /// The condition that holds exactly while `term` lasts, for the
+    /// application's own statements (see [`LeaderGuard`]).
+    pub fn leader_guard(&self, term: &Term) -> crate::LeaderGuard {
+        crate::LeaderGuard::new(
+            &self.inner.names.table,
+            &term.election,
+            &term.owner,
+            term.token,
+        )
+    }
+
     pub(crate) fn downgrade(&self) -> WeakTable {
         WeakTable(Arc::downgrade(&self.inner))
     }
