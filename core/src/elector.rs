@@ -86,6 +86,9 @@ pub struct Elector {
     /// What this elector's campaigns read of the leader, for its observers
     /// (shared by clones).
     reads: Arc<watch::Sender<CampaignReads>>,
+    /// How many claims at the head of the line hold at once: 1 for an
+    /// election, N for the elector under a [`Semaphore`](crate::Semaphore).
+    permits: u32,
 }
 
 impl Elector {
@@ -104,7 +107,15 @@ impl Elector {
             options,
             monitor,
             reads: Arc::new(watch::Sender::new(CampaignReads::default())),
+            permits: 1,
         })
+    }
+
+    /// The elector under a [`Semaphore`](crate::Semaphore): its campaigns
+    /// hold while among the first `permits` claims in line.
+    pub(crate) fn with_permits(mut self, permits: u32) -> Self {
+        self.permits = permits;
+        self
     }
 
     /// A snapshot for a readiness probe: leading (time left to the local
@@ -412,6 +423,7 @@ impl Elector {
             monitor: self.monitor.clone(),
             cancel,
             reads: Running::start(&self.reads),
+            permits: self.permits,
         };
         tokio::spawn(
             async move {
