@@ -9,6 +9,7 @@
 // etcd and ZooKeeper: in the `full` feature (the default).
 #![cfg(feature = "full")]
 
+#[allow(dead_code)] // not every helper of the shared module is used here
 mod common;
 
 use std::collections::BTreeMap;
