@@ -45,8 +45,8 @@
 pub use leasehold_core::{
     AcquireRequest, Attempt, Backend, CancellationToken, Claim, ElectionOptions, Elector, Error,
     Expiry, Family, FencingToken, Health, LeaderHealth, LeaderInfo, LeaderWatch, Leadership,
-    LossReason, Proclaim, QueueOutcome, QueueStore, RecordOutcome, RecordStore, Result,
-    SessionScope, StoreContact, WatchLeader, faulty, memory,
+    LossReason, MAX_PERMITS, Permit, Proclaim, QueueOutcome, QueueStore, RecordOutcome,
+    RecordStore, Result, Semaphore, SessionScope, StoreContact, WatchLeader, faulty, memory,
 };
 
 /// The engine crate, for backend authors.
@@ -180,6 +180,11 @@ mod docs {
     struct Zookeeper;
 }
 
+
+/// docs/semaphore.md: its code compiles and runs with the doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/semaphore.md")]
+struct SemaphoreGuide;
 
 #[cfg(test)]
 mod tests {

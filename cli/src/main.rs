@@ -22,7 +22,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use leasehold::config::parse_duration;
-use leasehold::{CancellationToken, ElectionConfig, Elector, LeaderInfo, Leadership, LossReason};
+use leasehold::{
+    CancellationToken, ElectionConfig, Elector, LeaderInfo, Leadership, LossReason, Permit,
+    Semaphore,
+};
 use serde::Serialize;
 use tokio::process::Command;
 use tokio::time::{Instant, sleep, sleep_until};
@@ -137,6 +140,12 @@ enum Cmd {
         /// lock-delay; see the README).
         #[arg(long)]
         start_delay: Option<String>,
+        /// Hold one of N permits instead of leading: at most N commands run
+        /// at once across every `run -n N` of the name (consul lock -n). A
+        /// counting semaphore on etcd, ZooKeeper or memory; every holder must
+        /// give the same N.
+        #[arg(short = 'n', long = "permits", value_name = "N")]
+        permits: Option<u32>,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -636,9 +645,24 @@ async fn main() -> ExitCode {
             grace,
             forever,
             start_delay,
+            permits,
             command,
             ..
         } => {
+            let semaphore = match permits {
+                None => None,
+                Some(n) => {
+                    match Semaphore::new(elector.backend().clone(), elector.options().clone(), *n) {
+                        Ok(s) => Some(s),
+                        Err(leasehold::Error::NotSupported { backend, .. }) => {
+                            return fail(format!(
+                                "-n {n}: the {backend} store keeps one holder per name, so it has no counting semaphore; use etcd, ZooKeeper or memory for run -n, or drop -n to run while leading"
+                            ));
+                        }
+                        Err(e) => return fail(format!("-n {n}: {e}")),
+                    }
+                }
+            };
             let grace = match grace_for(&elector, grace.as_deref()) {
                 Ok(g) => g,
                 Err(e) => return fail(e),
@@ -656,6 +680,7 @@ async fn main() -> ExitCode {
                 forever: *forever,
                 wait_for: timeout,
                 start_delay,
+                semaphore,
             };
             // Awaited here, on the thread that lives as long as the process:
             // the command's parent-death signal is tied to the thread that
@@ -966,10 +991,12 @@ enum Ending {
     SteppingDown,
 }
 
-/// Campaign until elected, a signal, or `wait_for` runs out (`Ok(None)`;
-/// then the claim is withdrawn).
+/// Campaign until elected (or, with a semaphore, until a permit is held: a
+/// permit's term), a signal, or `wait_for` runs out (`Ok(None)`; then the
+/// claim is withdrawn).
 async fn acquire(
     elector: &Elector,
+    semaphore: Option<&Semaphore>,
     shutdown: &Shutdown,
     wait_for: Option<Duration>,
 ) -> leasehold::Result<Option<Leadership>> {
@@ -982,7 +1009,13 @@ async fn acquire(
         })
     });
     // Returns `None` only once the queued claim is withdrawn.
-    let got = elector.lock_cancellable(&cancel).await;
+    let got = match semaphore {
+        Some(s) => s
+            .acquire_cancellable(&cancel)
+            .await
+            .map(|p| p.map(Permit::into_leadership)),
+        None => elector.lock_cancellable(&cancel).await,
+    };
     if let Some(t) = timer {
         t.abort();
     }
@@ -996,6 +1029,8 @@ struct How {
     /// `--timeout`: the first campaign gives up after this.
     wait_for: Option<Duration>,
     start_delay: Duration,
+    /// `-n N`: hold one of N permits instead of leading.
+    semaphore: Option<Semaphore>,
 }
 
 async fn run(elector: &Elector, command: &[String], how: How) -> ExitCode {
@@ -1004,6 +1039,7 @@ async fn run(elector: &Elector, command: &[String], how: How) -> ExitCode {
         forever,
         wait_for,
         start_delay,
+        semaphore,
     } = how;
     let shutdown = Shutdown::listen();
     if let Err(e) = supervise::become_subreaper() {
@@ -1015,7 +1051,14 @@ async fn run(elector: &Elector, command: &[String], how: How) -> ExitCode {
     let mut first = true;
     // Bounded by the user: without --forever one term; with it, until a signal.
     loop {
-        let leadership = match acquire(elector, &shutdown, wait_for.filter(|_| first)).await {
+        let leadership = match acquire(
+            elector,
+            semaphore.as_ref(),
+            &shutdown,
+            wait_for.filter(|_| first),
+        )
+        .await
+        {
             Ok(Some(l)) => l,
             Ok(None) => {
                 if let Some(code) = shutdown.exit_code() {

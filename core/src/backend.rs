@@ -229,7 +229,8 @@ pub trait QueueStore: Send + Sync {
     async fn close_session(&self, session: i64) -> Result<()>;
 
     /// Make this candidate's claim of `req.election` in `session` and tell
-    /// whether it is first in line ([`QueueOutcome::Acquired`]) or waits
+    /// whether it is among the first `req.permits` in line
+    /// ([`QueueOutcome::Acquired`]; first in line for an election) or waits
     /// ([`QueueOutcome::Queued`]). The engine never asks for two claims of
     /// one election in one session.
     ///
@@ -246,12 +247,13 @@ pub trait QueueStore: Send + Sync {
     /// lost, see [`withdraw_in`](Self::withdraw_in)).
     async fn join(&self, req: &AcquireRequest, session: i64) -> Result<QueueOutcome>;
 
-    /// Look again at a queued `claim`: first in line now, or still waiting.
+    /// Look again at a queued `claim`: among the first `permits` in line now
+    /// (first in line for an election), or still waiting.
     ///
     /// # Errors
     /// [`Error::Lost`](crate::Error::Lost) when the claim no longer exists
     /// (deleted, or its session ended): the engine starts over.
-    async fn check(&self, claim: &Claim) -> Result<QueueOutcome>;
+    async fn check(&self, claim: &Claim, permits: u32) -> Result<QueueOutcome>;
 
     /// Take `claim` out of the line: a leader steps down so that the next
     /// candidate leads at once, a waiter leaves. Releasing a claim that is
@@ -276,13 +278,19 @@ pub trait QueueStore: Send + Sync {
     /// term on it) so that the store ends it, and the claim, within a ttl.
     async fn withdraw_in(&self, election: &str, session: i64) -> Result<()>;
 
-    /// Wait until the claim just ahead of `claim` may have gone. Spurious
-    /// wake-ups are allowed; the engine calls [`check`](Self::check) after
-    /// each and bounds the wait by its own timers.
+    /// Wait until one of the `permits` claims just ahead of `claim` may
+    /// have gone (for an election, the one just ahead). Those are the only
+    /// claims whose end can let `claim` hold: one further ahead going
+    /// leaves `permits` claims ahead of it. Watching only them, no herd:
+    /// a claim going wakes at most the `permits` waiters right behind it.
+    /// Resolves at once when fewer than `permits` claims are ahead.
+    /// Spurious wake-ups are allowed; the engine calls
+    /// [`check`](Self::check) after each and bounds the wait by its own
+    /// timers.
     ///
     /// # Errors
     /// Store failures: the engine looks again after a retry interval.
-    async fn wait(&self, claim: &Claim) -> Result<()>;
+    async fn wait(&self, claim: &Claim, permits: u32) -> Result<()>;
 
     /// Resolve when `claim` no longer exists on the store (deleted by hand,
     /// its session ended): how a leader learns at once that its claim went,

@@ -45,6 +45,9 @@ pub(crate) struct Campaign {
     pub(crate) cancel: CancellationToken,
     /// Publishes the leaders this campaign reads to the elector's observers.
     pub(crate) reads: Running,
+    /// How many claims at the head of a queue store's line hold at once: 1
+    /// for an election, N for a semaphore of N permits.
+    pub(crate) permits: u32,
 }
 
 /// This candidate's own claim in a queue store's line, held while waiting
@@ -213,6 +216,7 @@ impl Campaign {
             value: opts.value.clone(),
             ttl: opts.ttl,
             expired_revision,
+            permits: self.permits,
         }
     }
 
@@ -262,7 +266,9 @@ impl Campaign {
                     "the session of the queued claim was lost ({reason})"
                 )));
             }
-            let outcome = self.call("acquire", store.check(&q.claim)).await;
+            let outcome = self
+                .call("acquire", store.check(&q.claim, self.permits))
+                .await;
             return match outcome {
                 Ok(QueueOutcome::Acquired(claim)) => Ok(Turn::Won {
                     claim,
@@ -473,7 +479,7 @@ impl Campaign {
     /// again.
     async fn wake(&self, queued: Option<Claim>, seen: Option<LeaderInfo>) -> Result<()> {
         match (self.backend.family(), &queued) {
-            (Family::Queue(q), Some(claim)) => q.wait(claim).await,
+            (Family::Queue(q), Some(claim)) => q.wait(claim, self.permits).await,
             (Family::Queue(_), None) => Ok(()),
             (Family::Record(_), _) => {
                 let poll = sleep(jittered(self.options.retry_interval));

@@ -27,7 +27,7 @@ use tokio::time::{Instant, sleep, timeout};
 
 use crate::{
     AcquireRequest, Attempt, Backend, Claim, ElectionOptions, Elector, Error, Family, FencingToken,
-    LeaderInfo, QueueOutcome, RecordOutcome,
+    LeaderInfo, Permit, QueueOutcome, RecordOutcome, Semaphore,
 };
 
 /// A store under test.
@@ -98,6 +98,45 @@ pub async fn run_all(s: &dyn Subject) {
         unsupported_operations_are_typed(s),
         participants_in_line_order(s),
     );
+    tokio::join!(
+        semaphore_admits_n_and_hands_over_on_release(s),
+        semaphore_frees_a_vanished_holders_permit(s),
+        semaphore_permit_ends_when_its_claim_is_deleted_by_hand(s),
+    );
+}
+
+/// A semaphore of `permits` on `client`; `None` on a record store, which
+/// must refuse it with a typed `NotSupported` (checked here).
+fn semaphore(
+    client: Arc<dyn Backend>,
+    options: ElectionOptions,
+    permits: u32,
+    what: &str,
+) -> Option<Semaphore> {
+    let name = client.name();
+    let record = matches!(client.family(), Family::Record(_));
+    match (record, Semaphore::new(client, options, permits)) {
+        (false, Ok(s)) => Some(s),
+        (true, Err(Error::NotSupported { operation, .. })) => {
+            assert_eq!(operation, "semaphore", "{what}");
+            None
+        }
+        (record, other) => panic!(
+            "{what}: Semaphore::new on {name} ({} store): {other:?}",
+            if record { "a record" } else { "a queue" }
+        ),
+    }
+}
+
+async fn must_acquire(sem: &Semaphore, within: Duration, what: &str) -> Permit {
+    match sem.acquire_timeout(within).await {
+        Ok(Some(p)) => p,
+        Ok(None) => panic!(
+            "{what}: {} got no permit within {within:?}",
+            sem.options().candidate_id
+        ),
+        Err(err) => panic!("{what}: acquire failed: {err}"),
+    }
 }
 
 fn elector(client: Arc<dyn Backend>, options: ElectionOptions) -> Elector {
@@ -782,6 +821,182 @@ pub async fn participants_in_line_order(s: &dyn Subject) {
         .unwrap_or_else(|e| panic!("{W}: unlock failed: {e}"));
 }
 
+/// A semaphore of 2 permits: two holders at once, each with a token above
+/// the one before; a third waits (refused by `try_acquire`, not admitted
+/// while both hold) and gets a permit when one is released, with a greater
+/// token; `holders` names the two. A record store refuses the semaphore
+/// with a typed `NotSupported`.
+pub async fn semaphore_admits_n_and_hands_over_on_release(s: &dyn Subject) {
+    const W: &str = "semaphore_admits_n_and_hands_over_on_release";
+    let name = s.election("sem-n");
+    let make = |client: Arc<dyn Backend>, id: &str| semaphore(client, s.options(&name, id), 2, W);
+    let Some(a) = make(s.client().await, "alpha") else {
+        return;
+    };
+    let b = make(s.client().await, "beta").expect("a queue store");
+    let c = make(s.client().await, "gamma").expect("a queue store");
+    let within = quick(s, a.options());
+    let pa = must_acquire(&a, within, W).await;
+    let pb = must_acquire(&b, within, W).await;
+    assert!(
+        pb.fencing_token() > pa.fencing_token(),
+        "{W}: the second permit's token {} is not above the first's {}",
+        pb.fencing_token(),
+        pa.fencing_token()
+    );
+    match c.try_acquire().await {
+        Ok(None) => {}
+        other => panic!("{W}: a third holder of 2 permits: {other:?}"),
+    }
+    let holders: Vec<String> = a
+        .holders()
+        .await
+        .unwrap_or_else(|e| panic!("{W}: holders failed: {e}"))
+        .into_iter()
+        .map(|h| h.id)
+        .collect();
+    assert_eq!(holders, ["alpha", "beta"], "{W}: the holders");
+    // The third waits in line while both permits are held.
+    let waiter = {
+        let c = c.clone();
+        tokio::spawn(async move { c.acquire_timeout(within * 4).await })
+    };
+    sleep(a.options().retry_interval * 2).await;
+    assert!(
+        !waiter.is_finished(),
+        "{W}: UNSAFE: a third holder got in while two permits were held: {:?}",
+        waiter.await
+    );
+    let line = a
+        .line()
+        .await
+        .unwrap_or_else(|e| panic!("{W}: line failed: {e}"));
+    assert_eq!(line.len(), 3, "{W}: two holders and a waiter: {line:?}");
+    let beta_token = pb.fencing_token();
+    pb.release()
+        .await
+        .unwrap_or_else(|e| panic!("{W}: release failed: {e}"));
+    let pc = match waiter.await {
+        Ok(Ok(Some(p))) => p,
+        other => panic!("{W}: the waiter got no permit after a release: {other:?}"),
+    };
+    assert!(
+        pc.fencing_token() > beta_token,
+        "{W}: the third permit's token {} is not above the second's {beta_token}",
+        pc.fencing_token()
+    );
+    assert!(
+        !pa.is_lost(),
+        "{W}: the first permit ended when another was released: {:?}",
+        pa.loss_reason()
+    );
+    for p in [pa, pc] {
+        p.release()
+            .await
+            .unwrap_or_else(|e| panic!("{W}: release failed: {e}"));
+    }
+}
+
+/// A semaphore of 2 permits whose first holder vanishes (its session no
+/// longer kept alive, as a crashed process): the waiter gets its permit
+/// within ttl + poll + slack, never before the vanished holder's local
+/// deadline, with a greater token, and the other holder keeps its permit.
+pub async fn semaphore_frees_a_vanished_holders_permit(s: &dyn Subject) {
+    const W: &str = "semaphore_frees_a_vanished_holders_permit";
+    let name = s.election("sem-vanish");
+    let make = |client: Arc<dyn Backend>, id: &str| semaphore(client, s.options(&name, id), 2, W);
+    let Some(b) = make(s.client().await, "beta") else {
+        return;
+    };
+    let c = make(s.client().await, "gamma").expect("a queue store");
+    let ghost = s.client().await;
+    let options = s.options(&name, "ghost");
+    let req = AcquireRequest {
+        permits: 2,
+        ..request(&name, "ghost", &options)
+    };
+    let sent = Instant::now();
+    let claim = match raw_acquire(ghost.as_ref(), &req).await {
+        Ok(Raw::Won(c)) => c,
+        other => {
+            panic!("{W}: the first holder of a free semaphore did not get a permit: {other:?}")
+        }
+    };
+    let replied = Instant::now();
+    let within = quick(s, b.options());
+    let pb = must_acquire(&b, within, W).await;
+    s.vanish(&ghost).await;
+    let bound = options.ttl + c.options().retry_interval + s.slack();
+    let pc = must_acquire(&c, bound + options.ttl, W).await;
+    let won = Instant::now();
+    let earliest = sent + options.deadline_after_renewal();
+    assert!(
+        won >= earliest,
+        "{W}: UNSAFE: gamma got a permit {:?} after the ghost's acquire was sent, before the ghost's local deadline (ttl - margin = {:?})",
+        won - sent,
+        options.deadline_after_renewal()
+    );
+    assert!(
+        won - replied <= bound + within,
+        "{W}: the vanished holder's permit came free only after {:?}, more than ttl + poll + slack = {bound:?} (+ {within:?} to acquire)",
+        won - replied
+    );
+    assert!(
+        pc.fencing_token() > claim.token && pc.fencing_token() > pb.fencing_token(),
+        "{W}: gamma's token {} is not above the ghost's {} and beta's {}",
+        pc.fencing_token(),
+        claim.token,
+        pb.fencing_token()
+    );
+    assert!(
+        !pb.is_lost(),
+        "{W}: beta's permit ended when the ghost vanished: {:?}",
+        pb.loss_reason()
+    );
+    s.revive(&ghost).await;
+    let _ = timeout(
+        options.ttl * 2 + s.slack(),
+        raw_release(ghost.as_ref(), &claim),
+    )
+    .await;
+    for p in [pb, pc] {
+        p.release()
+            .await
+            .unwrap_or_else(|e| panic!("{W}: release failed: {e}"));
+    }
+}
+
+/// A permit whose claim an operator deletes by hand ends (lost, within a
+/// ttl), and the next permit has a greater token.
+pub async fn semaphore_permit_ends_when_its_claim_is_deleted_by_hand(s: &dyn Subject) {
+    const W: &str = "semaphore_permit_ends_when_its_claim_is_deleted_by_hand";
+    let name = s.election("sem-deleted");
+    let Some(a) = semaphore(s.client().await, s.options(&name, "alpha"), 2, W) else {
+        return;
+    };
+    let ttl = a.options().ttl;
+    let pa = must_acquire(&a, quick(s, a.options()), W).await;
+    s.delete_by_hand(&name).await;
+    let reason = timeout(ttl, pa.lost()).await.unwrap_or_else(|_| {
+        panic!("{W}: UNSAFE: the permit is still held a ttl ({ttl:?}) after its claim was deleted")
+    });
+    assert!(
+        matches!(reason, crate::LossReason::LeaseLost(_)),
+        "{W}: the permit must end as lease lost, got {reason:?}"
+    );
+    let b = semaphore(s.client().await, s.options(&name, "beta"), 2, W).expect("a queue store");
+    let pb = must_acquire(&b, quick(s, b.options()), W).await;
+    assert!(
+        pb.fencing_token() > pa.fencing_token(),
+        "{W}: the next permit's token {} is not above the deleted one's {}",
+        pb.fencing_token(),
+        pa.fencing_token()
+    );
+    pb.release()
+        .await
+        .unwrap_or_else(|e| panic!("{W}: release failed: {e}"));
+}
+
 /// A request of `candidate` in `election` with `options`' ttl.
 fn request(election: &str, candidate: &str, options: &ElectionOptions) -> AcquireRequest {
     AcquireRequest {
@@ -790,6 +1005,7 @@ fn request(election: &str, candidate: &str, options: &ElectionOptions) -> Acquir
         value: Vec::new(),
         ttl: options.ttl,
         expired_revision: None,
+        permits: 1,
     }
 }
 
@@ -836,7 +1052,7 @@ async fn raw_renew(b: &dyn Backend, claim: &Claim) -> crate::Result<()> {
         Family::Record(r) => r.renew(claim).await.map(|_| ()),
         Family::Queue(q) => {
             q.keep_alive(claim.session).await?;
-            q.check(claim).await.map(|_| ())
+            q.check(claim, 1).await.map(|_| ())
         }
     }
 }

@@ -89,6 +89,9 @@ pub struct Elector {
     /// False for an elector built by [`observer`](Self::observer): its
     /// lease timings are checked when it first campaigns.
     timings_checked: bool,
+    /// How many claims at the head of the line hold at once: 1 for an
+    /// election, N for the elector under a [`Semaphore`](crate::Semaphore).
+    permits: u32,
 }
 
 impl Elector {
@@ -148,7 +151,15 @@ impl Elector {
             monitor,
             reads: Arc::new(watch::Sender::new(CampaignReads::default())),
             timings_checked,
+            permits: 1,
         }
+    }
+
+    /// The elector under a [`Semaphore`](crate::Semaphore): its campaigns
+    /// hold while among the first `permits` claims in line.
+    pub(crate) fn with_permits(mut self, permits: u32) -> Self {
+        self.permits = permits;
+        self
     }
 
     /// A snapshot for a readiness probe: leading (time left to the local
@@ -460,6 +471,7 @@ impl Elector {
             monitor: self.monitor.clone(),
             cancel,
             reads: Running::start(&self.reads),
+            permits: self.permits,
         };
         tokio::spawn(
             async move {

@@ -343,9 +343,9 @@ impl QueueStore for FaultyBackend {
         self.answer(result)
     }
 
-    async fn check(&self, claim: &Claim) -> Result<QueueOutcome> {
+    async fn check(&self, claim: &Claim, permits: u32) -> Result<QueueOutcome> {
         self.gate(&self.calls.acquire).await?;
-        let result = queue_of(self.inner.as_ref())?.check(claim).await;
+        let result = queue_of(self.inner.as_ref())?.check(claim, permits).await;
         self.answer(result)
     }
 
@@ -365,9 +365,9 @@ impl QueueStore for FaultyBackend {
         self.answer(result)
     }
 
-    async fn wait(&self, claim: &Claim) -> Result<()> {
+    async fn wait(&self, claim: &Claim, permits: u32) -> Result<()> {
         self.gate(&self.calls.wait).await?;
-        let result = queue_of(self.inner.as_ref())?.wait(claim).await;
+        let result = queue_of(self.inner.as_ref())?.wait(claim, permits).await;
         self.answer(result)
     }
 

@@ -4,7 +4,8 @@
 //! adapter implements (with [`RecordStore`] or [`QueueStore`], its
 //! family's protocol; see [`Family`]), the election engine ([`Elector`]) that owns time
 //! (heartbeat, lease renewal, retries with backoff, the step-down deadline),
-//! the [`Leadership`] guard, the in-memory backend ([`memory`]), the
+//! the [`Leadership`] guard, counting semaphores ([`Semaphore`], built on the
+//! same engine over queue stores), the in-memory backend ([`memory`]), the
 //! registration of stores with the `leasehold` facade ([`driver`]), a
 //! fault-injecting wrapper ([`faulty`]) and, behind the `conformance`
 //! feature, the conformance suite every backend runs.
@@ -48,6 +49,7 @@ pub mod memory;
 mod observer;
 mod options;
 mod retry;
+mod semaphore;
 mod types;
 
 #[cfg(feature = "conformance")]
@@ -64,6 +66,7 @@ pub use health::{Health, LeaderHealth, StoreContact};
 pub use leadership::{Leadership, LossReason};
 pub use lease::shared_sessions;
 pub use options::{ElectionOptions, MAX_NAME_LEN, MAX_VALUE_LEN};
+pub use semaphore::{MAX_PERMITS, Permit, Semaphore};
 pub use types::{AcquireRequest, Claim, FencingToken, LeaderInfo, QueueOutcome, RecordOutcome};
 
 pub use tokio_util::sync::CancellationToken;

@@ -348,24 +348,21 @@ fn lost(claim: &Claim) -> Error {
 }
 
 impl MemoryBackend {
-    /// Where `claim` stands in its line.
-    fn check_claim(&self, claim: &Claim) -> Result<QueueOutcome> {
+    /// Where `claim` stands in its line: holding when among the first
+    /// `permits`.
+    fn check_claim(&self, claim: &Claim, permits: u32) -> Result<QueueOutcome> {
         let st = self.shared.lock_expired();
-        if st.find(claim).is_none() {
+        let Some((position, _)) = st.find(claim) else {
             return Err(lost(claim));
+        };
+        if position < permits as usize {
+            return Ok(QueueOutcome::Acquired(claim.clone()));
         }
-        let head = st
-            .queues
-            .get(&claim.election)
-            .and_then(|q| q.first())
-            .cloned();
-        match head {
-            Some(h) if h.key == claim.key => Ok(QueueOutcome::Acquired(claim.clone())),
-            other => Ok(QueueOutcome::Queued {
-                leader: other.map(|e| e.info()),
-                claim: claim.clone(),
-            }),
-        }
+        let head = st.queues.get(&claim.election).and_then(|q| q.first());
+        Ok(QueueOutcome::Queued {
+            leader: head.map(Entry::info),
+            claim: claim.clone(),
+        })
     }
 
     /// Apply `f` to the record if `claim` still owns it; the new generation.
@@ -574,11 +571,11 @@ impl QueueStore for MemoryBackend {
             self.shared.bump(&mut st);
             claim
         };
-        self.check_claim(&claim)
+        self.check_claim(&claim, req.permits)
     }
 
-    async fn check(&self, claim: &Claim) -> Result<QueueOutcome> {
-        self.check_claim(claim)
+    async fn check(&self, claim: &Claim, permits: u32) -> Result<QueueOutcome> {
+        self.check_claim(claim, permits)
     }
 
     async fn release(&self, claim: &Claim) -> Result<()> {
@@ -608,31 +605,41 @@ impl QueueStore for MemoryBackend {
         Ok(())
     }
 
-    async fn wait(&self, claim: &Claim) -> Result<()> {
+    async fn wait(&self, claim: &Claim, permits: u32) -> Result<()> {
         let election = &claim.election;
         let mut rx = self.shared.changed.subscribe();
-        // The claim just ahead of ours.
-        let ahead = {
+        // The `permits` claims just ahead of ours: only their end can let
+        // ours hold.
+        let permits = permits.max(1) as usize;
+        let ahead: Vec<String> = {
             let st = self.shared.lock_expired();
             let Some(q) = st.queues.get(election) else {
                 return Ok(());
             };
             match q.iter().position(|e| e.key == claim.key) {
-                None | Some(0) => return Ok(()),
-                Some(i) => q[i - 1].key.clone(),
+                Some(i) if i >= permits => {
+                    q[i - permits..i].iter().map(|e| e.key.clone()).collect()
+                }
+                _ => return Ok(()),
             }
         };
         loop {
             let expiry = {
                 let st = self.shared.lock_expired();
-                let entry = st
-                    .queues
-                    .get(election)
-                    .and_then(|q| q.iter().find(|e| e.key == ahead));
-                match entry.and_then(|e| st.lease_expiry(e.lease)) {
-                    None => return Ok(()),
-                    Some(t) => t,
+                let mut first_expiry = None;
+                for key in &ahead {
+                    let entry = st
+                        .queues
+                        .get(election)
+                        .and_then(|q| q.iter().find(|e| &e.key == key));
+                    match entry.and_then(|e| st.lease_expiry(e.lease)) {
+                        None => return Ok(()),
+                        Some(t) => {
+                            first_expiry = Some(first_expiry.map_or(t, |f: Instant| f.min(t)));
+                        }
+                    }
                 }
+                first_expiry.unwrap_or_else(Instant::now)
             };
             tokio::select! {
                 r = rx.changed() => if r.is_err() { return Ok(()) },

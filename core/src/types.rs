@@ -72,6 +72,11 @@ pub struct AcquireRequest {
     /// conditional write on exactly this revision. Always `None` for other
     /// stores.
     pub expired_revision: Option<i64>,
+    /// Queue stores: how many claims at the head of the line hold at once:
+    /// 1 for an election, N for a counting
+    /// [`Semaphore`](crate::Semaphore) of N permits. Record stores are only
+    /// ever asked for 1.
+    pub permits: u32,
 }
 
 /// A candidate's stake in an election on the store: the key, node or object

@@ -72,6 +72,7 @@ fn request(election: &str, candidate: &str, expired_revision: Option<i64>) -> Ac
         value: candidate.as_bytes().to_vec(),
         ttl: TTL,
         expired_revision,
+        permits: 1,
     }
 }
 

@@ -75,6 +75,7 @@ fn request(election: &str, candidate: &str, value: &[u8], ttl: Duration) -> Acqu
         value: value.to_vec(),
         ttl,
         expired_revision: None,
+        permits: 1,
     }
 }
 

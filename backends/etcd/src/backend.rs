@@ -272,32 +272,39 @@ impl EtcdBackend {
 
     /// Options reading the first key (lowest create revision) of a range.
     fn first_by_create() -> GetOptions {
+        Self::head_by_create(1)
+    }
+
+    /// Options reading the first `permits` keys (lowest create revisions)
+    /// of a range: the holders.
+    fn head_by_create(permits: u32) -> GetOptions {
         GetOptions::new()
             .with_prefix()
             .with_sort(SortTarget::Create, SortOrder::Ascend)
-            .with_limit(1)
+            .with_limit(i64::from(permits.max(1)))
     }
 
-    /// Builds the outcome from the first key of the election range.
-    fn outcome(&self, claim: Claim, first: Option<&KeyValue>) -> QueueOutcome {
-        match first {
-            Some(kv) if kv.create_revision() == Self::token_of(&claim) => {
-                QueueOutcome::Acquired(Claim {
-                    version: kv.mod_revision(),
-                    ..claim
-                })
-            }
-            first => {
-                let leader = first.and_then(|kv| {
-                    self.inner
-                        .keys
-                        .decode(kv.key(), kv.value(), kv.create_revision())
-                        .map_err(|e| tracing::warn!(error = %e, "unreadable leader record"))
-                        .ok()
-                });
-                QueueOutcome::Queued { leader, claim }
-            }
+    /// Builds the outcome from the head of the election range (its first
+    /// `permits` keys by create revision): holding when the claim's key is
+    /// among them.
+    fn outcome(&self, claim: Claim, head: &[KeyValue]) -> QueueOutcome {
+        if let Some(own) = head
+            .iter()
+            .find(|kv| kv.create_revision() == Self::token_of(&claim))
+        {
+            return QueueOutcome::Acquired(Claim {
+                version: own.mod_revision(),
+                ..claim
+            });
         }
+        let leader = head.first().and_then(|kv| {
+            self.inner
+                .keys
+                .decode(kv.key(), kv.value(), kv.create_revision())
+                .map_err(|e| tracing::warn!(error = %e, "unreadable leader record"))
+                .ok()
+        });
+        QueueOutcome::Queued { leader, claim }
     }
 
     /// Create the candidate key of `req` in `lease`, then who leads. With
@@ -322,7 +329,7 @@ impl EtcdBackend {
                         self.inner.keys.encode(&req.candidate, &req.value),
                         Some(PutOptions::new().with_lease(lease)),
                     ),
-                    TxnOp::get(range.clone(), Some(Self::first_by_create())),
+                    TxnOp::get(range.clone(), Some(Self::head_by_create(req.permits))),
                 ])
                 .or_else([TxnOp::get(key.clone(), None)]);
             self.inner.counters.request();
@@ -360,14 +367,15 @@ impl EtcdBackend {
         };
         let token = revision;
         let responses = resp.op_responses();
-        let first = responses
+        let head = responses
             .iter()
             .filter_map(|r| match r {
                 TxnOpResponse::Get(get) => Some(get),
                 _ => None,
             })
             .next_back()
-            .and_then(|get| get.kvs().first().cloned());
+            .map(|get| get.kvs().to_vec())
+            .unwrap_or_default();
         let claim = Claim {
             election: req.election.clone(),
             key,
@@ -376,7 +384,7 @@ impl EtcdBackend {
             token: FencingToken(u64::try_from(token).unwrap_or(0)),
             version: revision,
         };
-        Ok(self.outcome(claim, first.as_ref()))
+        Ok(self.outcome(claim, &head))
     }
 
     /// Resolve when `claim`'s key is gone: a watch on the key from just
@@ -437,8 +445,9 @@ impl EtcdBackend {
         }
     }
 
-    /// Later campaign steps: the claim must still exist; then who leads.
-    async fn recheck(&self, claim: &Claim) -> Result<QueueOutcome> {
+    /// Later campaign steps: the claim must still exist; then whether it is
+    /// among the first `permits` in line.
+    async fn recheck(&self, claim: &Claim, permits: u32) -> Result<QueueOutcome> {
         let key = self.own_key(claim);
         if claim.key != key {
             return Err(Error::Lost(format!(
@@ -453,7 +462,7 @@ impl EtcdBackend {
                 CompareOp::Equal,
                 Self::token_of(claim),
             )])
-            .and_then([TxnOp::get(range, Some(Self::first_by_create()))]);
+            .and_then([TxnOp::get(range, Some(Self::head_by_create(permits)))]);
         let mut kv = self.inner.client.kv_client();
         self.inner.counters.request();
         let resp = bounded("check candidate key", self.timeout(), kv.txn(txn)).await?;
@@ -461,8 +470,15 @@ impl EtcdBackend {
             self.forget_keeper(claim.session);
             return Err(gone(claim));
         }
-        let first = first_kv(&resp.op_responses());
-        Ok(self.outcome(claim.clone(), first.as_ref()))
+        let head = resp
+            .op_responses()
+            .into_iter()
+            .find_map(|r| match r {
+                TxnOpResponse::Get(get) => Some(get.kvs().to_vec()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        Ok(self.outcome(claim.clone(), &head))
     }
 
     fn keeper_slot(&self, lease: i64) -> KeeperSlot {
@@ -532,8 +548,11 @@ impl EtcdBackend {
         }
     }
 
-    /// Waits for the deletion of the key just ahead of `claim`.
-    async fn wait_predecessor(&self, claim: &Claim) -> Result<()> {
+    /// Waits for the deletion of one of the `permits` keys just ahead of
+    /// `claim` (the key just ahead, for an election): one read of them,
+    /// then a watch on each from just after that read. Resolves at once
+    /// when fewer than `permits` keys are ahead.
+    async fn wait_ahead(&self, claim: &Claim, permits: u32) -> Result<()> {
         let range = self.inner.keys.range(&claim.election);
         let token = Self::token_of(claim);
         let options = GetOptions::new()
@@ -541,26 +560,43 @@ impl EtcdBackend {
             .with_keys_only()
             .with_max_create_revision(token.saturating_sub(1))
             .with_sort(SortTarget::Create, SortOrder::Descend)
-            .with_limit(1);
+            .with_limit(i64::from(permits.max(1)));
         let mut kv = self.inner.client.kv_client();
         self.inner.counters.request();
         let resp = bounded(
-            "find predecessor",
+            "find the keys ahead",
             self.timeout(),
             kv.get(range, Some(options)),
         )
         .await?;
-        let Some(pred) = resp.kvs().first() else {
-            // Nobody ahead: the caller's next try_acquire finds out.
+        if resp.kvs().len() < permits.max(1) as usize {
+            // Fewer ahead than permits: the caller's next check finds out.
             return Ok(());
-        };
-        let start = header_revision(resp.header(), "find predecessor")? + 1;
+        }
+        let start = header_revision(resp.header(), "find the keys ahead")? + 1;
+        // One task per key, aborted when this future is dropped.
+        let mut watches = tokio::task::JoinSet::new();
+        for ahead in resp.kvs() {
+            let backend = self.clone();
+            let key = ahead.key().to_vec();
+            watches.spawn(async move { backend.wait_deleted(key, start).await });
+        }
+        match watches.join_next().await {
+            Some(Ok(result)) => result,
+            Some(Err(e)) => Err(unavailable(format!("the watch on a key ahead ended: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Resolves when `key` is deleted at or after revision `start` (or etcd
+    /// cancels the watch).
+    async fn wait_deleted(&self, key: Vec<u8>, start: i64) -> Result<()> {
         let options = WatchOptions::new()
             .with_start_revision(start)
             .with_filters([WatchFilterType::NoPut]);
-        let mut stream = self.open_watch(pred.key().to_vec(), options).await?;
+        let mut stream = self.open_watch(key, options).await?;
         loop {
-            let resp = self.next_response(&mut stream, "watch predecessor").await?;
+            let resp = self.next_response(&mut stream, "watch a key ahead").await?;
             if resp.canceled()
                 || resp
                     .events()
@@ -1003,8 +1039,8 @@ impl QueueStore for EtcdBackend {
             .map_err(|e| self.denied(e, &req.election, "readwrite"))
     }
 
-    async fn check(&self, claim: &Claim) -> Result<QueueOutcome> {
-        self.recheck(claim)
+    async fn check(&self, claim: &Claim, permits: u32) -> Result<QueueOutcome> {
+        self.recheck(claim, permits)
             .await
             .map_err(|e| self.denied(e, &claim.election, "readwrite"))
     }
@@ -1049,8 +1085,8 @@ impl QueueStore for EtcdBackend {
     }
 
     /// Cancel safe: the watch it opened is closed when the future is dropped.
-    async fn wait(&self, claim: &Claim) -> Result<()> {
-        self.wait_predecessor(claim)
+    async fn wait(&self, claim: &Claim, permits: u32) -> Result<()> {
+        self.wait_ahead(claim, permits)
             .await
             .map_err(|e| self.denied(e, &claim.election, "read"))
     }

@@ -297,7 +297,7 @@ impl ZkBackend {
             self.request_timeout(&client),
         )));
         let outcome = match self.create_claim(&client, &dir, &protect, req).await {
-            Ok(claim) => self.evaluate(&client, &dir, claim).await,
+            Ok(claim) => self.evaluate(&client, &dir, claim, req.permits).await,
             // Refused (no permission, no chroot, ...): nothing was
             // created. Only an unanswered create may have been applied.
             Err(e) if !e.is_transient() => {
@@ -420,8 +420,15 @@ impl ZkBackend {
         ))
     }
 
-    /// Where `claim` stands: first in line (leader) or behind someone.
-    async fn evaluate(&self, client: &Client, dir: &str, claim: Claim) -> Result<QueueOutcome> {
+    /// Where `claim` stands: among the first `permits` in line (holding;
+    /// first in line for an election) or behind them.
+    async fn evaluate(
+        &self,
+        client: &Client,
+        dir: &str,
+        claim: Claim,
+        permits: u32,
+    ) -> Result<QueueOutcome> {
         let own = base_name(&claim.key).to_owned();
         for _ in 0..MAX_REREADS {
             let children = match self
@@ -443,7 +450,7 @@ impl ZkBackend {
             let Some(position) = line.iter().position(|name| *name == own) else {
                 return Err(node_gone(&claim));
             };
-            if position == 0 {
+            if position < permits.max(1) as usize {
                 return Ok(QueueOutcome::Acquired(claim));
             }
             let leader_path = format!("{dir}/{}", line[0]);
@@ -765,10 +772,10 @@ impl QueueStore for ZkBackend {
         ))
     }
 
-    async fn check(&self, claim: &Claim) -> Result<QueueOutcome> {
+    async fn check(&self, claim: &Claim, permits: u32) -> Result<QueueOutcome> {
         let dir = self.dir(&claim.election)?;
         let client = self.claim_client(claim)?;
-        self.evaluate(&client, &dir, claim.clone()).await
+        self.evaluate(&client, &dir, claim.clone(), permits).await
     }
 
     async fn release(&self, claim: &Claim) -> Result<()> {
@@ -818,16 +825,17 @@ impl QueueStore for ZkBackend {
         }
     }
 
-    /// Watches only the node just ahead: no herd when the leader goes.
-    /// Cancel safe.
-    async fn wait(&self, claim: &Claim) -> Result<()> {
+    /// Watches only the `permits` nodes just ahead (the node just ahead,
+    /// for an election): no herd when a holder goes. Cancel safe.
+    async fn wait(&self, claim: &Claim, permits: u32) -> Result<()> {
         let dir = self.dir(&claim.election)?;
         // A dead claim wakes at once: try_acquire then says it is lost.
         let Ok(client) = self.claim_client(claim) else {
             return Ok(());
         };
         let own = base_name(&claim.key);
-        for _ in 0..MAX_REREADS {
+        let permits = permits.max(1) as usize;
+        'reread: for _ in 0..MAX_REREADS {
             let children = match self
                 .call(&client, "list candidates", client.list_children(&dir))
                 .await?
@@ -844,29 +852,38 @@ impl QueueStore for ZkBackend {
             let Some(position) = line.iter().position(|name| name == own) else {
                 return Ok(());
             };
-            if position == 0 {
+            if position < permits {
                 return Ok(());
             }
-            // Watch only the node just ahead: no herd when the leader goes.
-            let predecessor = format!("{dir}/{}", line[position - 1]);
-            match self
-                .call(
-                    &client,
-                    "watch predecessor",
-                    client.check_and_watch_stat(&predecessor),
-                )
-                .await?
-            {
-                Ok((Some(_), watcher)) => {
-                    watcher.changed().await;
-                    return Ok(());
+            // Watch only the `permits` nodes just ahead: the only ones
+            // whose end can let this claim hold.
+            let mut watchers = tokio::task::JoinSet::new();
+            for name in &line[position - permits..position] {
+                let ahead = format!("{dir}/{name}");
+                match self
+                    .call(
+                        &client,
+                        "watch a node ahead",
+                        client.check_and_watch_stat(&ahead),
+                    )
+                    .await?
+                {
+                    Ok((Some(_), watcher)) => {
+                        watchers.spawn(async move {
+                            watcher.changed().await;
+                        });
+                    }
+                    // Gone already: look again (maybe it holds now, maybe
+                    // there are new nodes ahead).
+                    Ok((None, _)) => continue 'reread,
+                    Err(zk::Error::SessionExpired) => return Ok(()),
+                    Err(e) => return Err(map_err("watch a node ahead", e)),
                 }
-                // Gone already: look again (maybe we lead now, maybe there
-                // is a new predecessor).
-                Ok((None, _)) => continue,
-                Err(zk::Error::SessionExpired) => return Ok(()),
-                Err(e) => return Err(map_err("watch predecessor", e)),
             }
+            // The first event on any of them (aborts the others' waits when
+            // dropped; their one-shot watches then fire unheard).
+            let _ = watchers.join_next().await;
+            return Ok(());
         }
         Ok(())
     }

@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use leasehold::{CancellationToken, Elector, Leadership};
+use leasehold::{CancellationToken, Elector, Leadership, Permit, Semaphore};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::json;
@@ -48,6 +48,9 @@ pub(crate) struct CandidateArgs {
     pub(crate) register: SocketAddr,
     /// Stop the worker this long before the local deadline when renewals fail.
     pub(crate) grace: Duration,
+    /// Above 1: hold one of this many permits (a semaphore, as `leasehold
+    /// run -n N`) instead of leading.
+    pub(crate) permits: u32,
 }
 
 fn emit(event: serde_json::Value) {
@@ -135,6 +138,16 @@ async fn run(a: CandidateArgs) -> Result<(), String> {
         .elector(&store.defaults().election)
         .map_err(|e| e.to_string())?;
     let side = store.elector(&a.side).map_err(|e| e.to_string())?;
+    // Semaphore mode: a permit of the same name, on the same backend
+    // instance (so in the same shared session as the side election).
+    let semaphore = if a.permits > 1 {
+        Some(
+            Semaphore::new(main.backend().clone(), main.options().clone(), a.permits)
+                .map_err(|e| e.to_string())?,
+        )
+    } else {
+        None
+    };
     let id = main.options().candidate_id.clone();
     let retry = main.options().retry_interval;
     let renew = main.options().renew_interval;
@@ -149,7 +162,15 @@ async fn run(a: CandidateArgs) -> Result<(), String> {
         let got = {
             // On SIGTERM / SIGINT the campaign is cancelled and awaited, so
             // the queued claim is withdrawn before this process exits.
-            let campaign = main.lock_cancellable(&shutdown);
+            let campaign = async {
+                match &semaphore {
+                    Some(s) => s
+                        .acquire_cancellable(&shutdown)
+                        .await
+                        .map(|p| p.map(Permit::into_leadership)),
+                    None => main.lock_cancellable(&shutdown).await,
+                }
+            };
             tokio::pin!(campaign);
             loop {
                 tokio::select! {

@@ -93,6 +93,10 @@ pub(crate) struct Limits {
     /// The run's start: times in messages are seconds since then (as in the
     /// runner's progress lines).
     pub(crate) origin: u64,
+    /// How many terms may act at once: 1 for an election, N for a
+    /// semaphore of N permits (`leasehold run -n N`; the register then
+    /// accepts the N highest tokens, see register.rs).
+    pub(crate) permits: usize,
 }
 
 /// The verdict over one run.
@@ -185,6 +189,10 @@ pub(crate) fn check(
                     ));
                 } else if let Some((high, ended)) = highest_ended
                     && token < high
+                    // A semaphore's holder may learn of its permit after a
+                    // later permit (granted after it on the store) began
+                    // and ended: its token is checked by the register.
+                    && limits.permits <= 1
                 {
                     r.violations.push(format!(
                         "token {token} was handed out at {:.3}s, below token {high} of a term that had ended at {:.3}s: tokens must strictly increase across terms",
@@ -238,11 +246,15 @@ pub(crate) fn check(
     };
 
     // 1. The register's own order: never a lower token accepted after a
-    // higher one, never two tokens interleaved.
+    // higher one, never two tokens interleaved. For a semaphore of N
+    // permits: never a token accepted below the N highest accepted before
+    // it (N holders interleave; check 2 counts them).
     let mut highest = 0u64;
+    let mut top: std::collections::BTreeSet<u64> = std::collections::BTreeSet::new();
     let mut seen_runs: Vec<u64> = Vec::new();
     let mut first_accept: BTreeMap<u64, u64> = BTreeMap::new();
     let mut last_accept: Option<u64> = None;
+    let permits = limits.permits.max(1);
     for w in writes {
         if !w.accepted {
             r.stale_rejected += 1;
@@ -254,6 +266,23 @@ pub(crate) fn check(
         }
         last_accept = Some(w.arrival);
         first_accept.entry(w.token).or_insert(w.arrival);
+        if permits > 1 {
+            if top.len() >= permits
+                && let Some(low) = top.first()
+                && w.token < *low
+            {
+                r.violations.push(format!(
+                    "the register accepted token {} below the {permits} highest tokens accepted before ({top:?}) (at {:.3}s)",
+                    w.token,
+                    secs(w.arrival.saturating_sub(limits.origin))
+                ));
+            }
+            top.insert(w.token);
+            while top.len() > permits {
+                top.pop_first();
+            }
+            continue;
+        }
         if w.token < highest {
             r.violations.push(format!(
                 "the register accepted token {} after token {highest} (at {:.3}s)",
@@ -326,21 +355,53 @@ pub(crate) fn check(
     }
     let mut overlap_pairs: BTreeMap<(u64, u64), (usize, u64, u64)> = BTreeMap::new();
     let mut orphan_tokens: BTreeMap<u64, (usize, u64)> = BTreeMap::new();
+    let excused_at = |i: usize, w: &Write| {
+        terms[i]
+            .continued
+            .iter()
+            .any(|c| *c <= w.sent && w.sent <= c + limits.resume_ns)
+    };
+    let deposed_when = |i: usize, w: &Write| {
+        deposed_at[i]
+            .iter()
+            .any(|(d, bound)| *d <= w.sent && w.sent <= d + bound)
+    };
+    // A semaphore: each term acts from its start to its last write (its
+    // writes a freeze or a hand deletion excuse left out); a write made
+    // while `permits` other terms act is one holder too many.
+    let mut acting_until: Vec<u64> = starts.clone();
+    if permits > 1 {
+        for w in writes {
+            if let Some(i) = term_of(w)
+                && !excused_at(i, w)
+                && !deposed_when(i, w)
+            {
+                acting_until[i] = acting_until[i].max(w.sent);
+            }
+        }
+    }
+    let too_many = |i: usize, w: &Write| -> Option<(usize, u64)> {
+        if permits <= 1 {
+            return next_start[i].filter(|(_, s)| w.sent > *s);
+        }
+        let others: Vec<usize> = (0..terms.len())
+            .filter(|&j| j != i && starts[j] <= w.sent && w.sent <= acting_until[j])
+            .collect();
+        if others.len() < permits {
+            return None;
+        }
+        // Name the newest of them, from when it began.
+        let newest = *others.iter().max_by_key(|&&j| starts[j])?;
+        Some((newest, starts[newest]))
+    };
     for w in writes {
         let Some(i) = term_of(w) else {
             continue;
         };
         let term = &terms[i];
-        let excused = term
-            .continued
-            .iter()
-            .any(|c| *c <= w.sent && w.sent <= c + limits.resume_ns);
-        let deposed = deposed_at[i]
-            .iter()
-            .any(|(d, bound)| *d <= w.sent && w.sent <= d + bound);
-        if let Some((next, s)) = next_start[i]
-            && w.sent > s
-        {
+        let excused = excused_at(i, w);
+        let deposed = deposed_when(i, w);
+        if let Some((next, s)) = too_many(i, w) {
             if excused {
                 r.late_after_freeze += 1;
             } else if deposed {
@@ -362,6 +423,14 @@ pub(crate) fn check(
         }
     }
     for ((old, newer), (n, after, at)) in &overlap_pairs {
+        if permits > 1 {
+            r.violations.push(format!(
+                "more than {permits} holders acting: the worker of token {old} wrote {n} time(s) while {permits} other terms acted (the newest, token {newer}, began {:.3}s before; first at {:.3}s)",
+                secs(*after),
+                secs(at.saturating_sub(limits.origin))
+            ));
+            continue;
+        }
         r.violations.push(format!(
             "two leaders acting: the worker of token {old} wrote {n} time(s) after a later term (token {newer}) began (first at {:.3}s, {:.3}s after)",
             secs(at.saturating_sub(limits.origin)),
@@ -531,7 +600,7 @@ pub(crate) fn table(reports: &[Report]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<14} {:>6} {:>5} {:>5} {:>8} {:>6} {:>5} {:>7} {:>7} {:>7} {:>9} {:>8} {:>8} {:>10} {:>8}  faults",
+        "{:<17} {:>6} {:>5} {:>5} {:>8} {:>6} {:>5} {:>7} {:>7} {:>7} {:>9} {:>8} {:>8} {:>10} {:>8}  faults",
         "backend",
         "seed",
         "secs",
@@ -556,7 +625,7 @@ pub(crate) fn table(reports: &[Report]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<14} {:>6} {:>5} {:>5} {:>8} {:>6} {:>5} {:>7} {:>7} {:>7} {:>8.2}s {:>7.1}s {:>7.2}s {:>9.2}s {:>8}  {}",
+            "{:<17} {:>6} {:>5} {:>5} {:>8} {:>6} {:>5} {:>7} {:>7} {:>7} {:>8.2}s {:>7.1}s {:>7.2}s {:>9.2}s {:>8}  {}",
             r.backend,
             r.seed,
             r.seconds,
@@ -599,6 +668,7 @@ mod tests {
         deposed_ns: 250 * MS,
         ttl_ns: 3_000 * MS,
         origin: 0,
+        permits: 1,
     };
 
     fn w(token: u64, sent: u64, arrival: u64, accepted: bool) -> Write {
@@ -656,6 +726,73 @@ mod tests {
         assert!(r.violations.is_empty(), "{:?}", r.violations);
         assert_eq!((r.terms, r.accepted, r.overlaps), (2, 4, 0));
         assert_eq!(r.worst_recovery_ns, Some(2_761 * MS));
+    }
+
+    /// Semaphore mode, 2 permits: tokens 5 and 7 hold together; 5 gives
+    /// its permit back and 9 takes it while 7 still writes.
+    fn two_permits() -> (Vec<Write>, Vec<Event>) {
+        let elected = |t: u64, sup: u32, token: u64| {
+            ev(
+                t,
+                sup,
+                Ev::Elected {
+                    token,
+                    worker: Some(token as u32),
+                },
+            )
+        };
+        let mut writes = Vec::new();
+        for t in (100..1_000).step_by(100) {
+            writes.push(w(5, t, t + 1, true));
+        }
+        for t in (150..3_000).step_by(100) {
+            writes.push(w(7, t, t + 1, true));
+        }
+        for t in (1_200..3_000).step_by(100) {
+            writes.push(w(9, t, t + 1, true));
+        }
+        writes.sort_by_key(|w| w.arrival);
+        let events = vec![
+            elected(90, 1, 5),
+            elected(140, 2, 7),
+            ev(1_000, 1, Ev::Exited),
+            elected(1_190, 3, 9),
+        ];
+        (writes, events)
+    }
+
+    const TWO: Limits = Limits {
+        permits: 2,
+        ..LIMITS
+    };
+
+    #[test]
+    fn two_permits_acting_together_are_no_violation() {
+        let (writes, events) = two_permits();
+        let r = check(&writes, &events, &[], &[], 3_000 * MS, &[], TWO);
+        assert!(r.violations.is_empty(), "{:?}", r.violations);
+        assert_eq!((r.terms, r.overlaps), (3, 0));
+        // The same history is two leaders acting for an election.
+        let r = check(&writes, &events, &[], &[], 3_000 * MS, &[], LIMITS);
+        assert!(r.overlaps > 0, "{:?}", r.violations);
+    }
+
+    #[test]
+    fn a_third_holder_acting_with_two_permits_is_a_violation() {
+        let (mut writes, events) = two_permits();
+        // Token 5's worker keeps writing after 9 began (its supervisor
+        // never stopped it): three act at once.
+        writes.push(w(5, 1_500, 1_501, true));
+        writes.sort_by_key(|w| w.arrival);
+        let r = check(&writes, &events, &[], &[], 3_000 * MS, &[], TWO);
+        let all = r.violations.join("\n");
+        assert!(all.contains("more than 2 holders acting"), "{all}");
+        assert!(all.contains("token 5"), "{all}");
+        // And the register let a token below the 2 highest (7, 9) in.
+        assert!(
+            all.contains("accepted token 5 below the 2 highest"),
+            "{all}"
+        );
     }
 
     #[test]

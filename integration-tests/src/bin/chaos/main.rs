@@ -1,8 +1,9 @@
 //! `chaos`: leasehold under faults, checked over the whole history.
 //!
 //! ```text
-//! chaos quick                                   # fixed seeds, every backend, ~3 minutes
+//! chaos quick                                   # fixed seeds, every backend, ~5 minutes
 //! chaos soak --backend etcd --members 3 --minutes 30 --seed 7
+//! chaos soak --backend zookeeper --members 3 --candidates 4 --permits 2   # semaphore mode
 //! chaos soak --backend gcs --seconds 40 --seed 3 --faults cut-leader
 //! chaos worker --register 10.202.0.1:PORT       # what `leasehold run` supervises
 //! chaos candidate --store URL --side NAME --register ADDR   # two electors, one session
@@ -92,6 +93,9 @@ enum Cmd {
         /// renewals fail.
         #[arg(long, default_value_t = 300)]
         grace_ms: u64,
+        /// Hold one of this many permits (a semaphore) instead of leading.
+        #[arg(long, default_value_t = 1)]
+        permits: u32,
     },
     /// Create and delete claims in an election's line every few ms; delete
     /// the leader's claim on a line `delete-leader` on stdin (see churn.rs).
@@ -160,6 +164,11 @@ struct SoakArgs {
     /// the leaders never step down on their own clock (the checker must fail).
     #[arg(long)]
     unsafe_no_deadline: bool,
+    /// Semaphore mode: the candidates hold one of N permits (`leasehold run
+    /// -n N`), and the register and the checker allow N writers at once
+    /// (at most N distinct live tokens writing). 1: an election.
+    #[arg(long, default_value_t = 1)]
+    permits: u32,
 }
 
 fn default_cli(given: Option<PathBuf>) -> Result<PathBuf, String> {
@@ -199,6 +208,15 @@ fn config(a: SoakArgs) -> Result<RunConfig, String> {
     if a.candidates == 0 || a.candidates > 200 {
         return Err(format!("--candidates {} must be 1..=200", a.candidates));
     }
+    if a.permits == 0 || a.permits > 16 {
+        return Err(format!("--permits {} must be 1..=16", a.permits));
+    }
+    if a.permits > 1 && a.backend == Backend::Gcs {
+        return Err(format!(
+            "--permits {}: Cloud Storage has no counting semaphore (one holder per object); use etcd or zookeeper",
+            a.permits
+        ));
+    }
     Ok(RunConfig {
         backend: a.backend,
         members: a.members,
@@ -213,6 +231,7 @@ fn config(a: SoakArgs) -> Result<RunConfig, String> {
         cli: default_cli(a.cli)?,
         log_dir: PathBuf::new(),
         unsafe_no_deadline: a.unsafe_no_deadline,
+        permits: a.permits,
     })
 }
 
@@ -220,19 +239,25 @@ fn config(a: SoakArgs) -> Result<RunConfig, String> {
 /// ZooKeeper ensemble and Cloud Storage, 45 to 60 s of faults each; the
 /// runner always finishes the first round, so every fault kind (ten on etcd
 /// and ZooKeeper, with release-lost and delete-leader) runs at least once.
+/// Then semaphore mode (`run -n 2`, four candidates) on etcd and ZooKeeper,
+/// one round of the faults that hit a holder (the store-wide ones are the
+/// election runs' and the soak's), to keep quick mode quick.
 fn quick(cli: Option<PathBuf>) -> Result<Vec<RunConfig>, String> {
+    // (store, members, seed, seconds, permits)
     let runs = [
-        (Backend::Etcd, 3, 11, 60),
-        (Backend::Zookeeper, 3, 12, 60),
-        (Backend::Gcs, 1, 13, 45),
+        (Backend::Etcd, 3, 11, 60, 1),
+        (Backend::Zookeeper, 3, 12, 60, 1),
+        (Backend::Gcs, 1, 13, 45, 1),
+        (Backend::Etcd, 3, 21, 20, 2),
+        (Backend::Zookeeper, 3, 22, 20, 2),
     ];
     let cli = default_cli(cli)?;
     runs.into_iter()
-        .map(|(backend, members, seed, seconds)| {
+        .map(|(backend, members, seed, seconds, permits)| {
             config(SoakArgs {
                 backend,
                 members,
-                candidates: 3,
+                candidates: if permits > 1 { 4 } else { 3 },
                 seed: Some(seed),
                 minutes: None,
                 seconds: Some(seconds),
@@ -243,6 +268,23 @@ fn quick(cli: Option<PathBuf>) -> Result<Vec<RunConfig>, String> {
                 faults: Vec::new(),
                 cli: Some(cli.clone()),
                 unsafe_no_deadline: false,
+                permits,
+            })
+            .map(|mut c| {
+                if permits > 1 {
+                    c.kinds.retain(|k| {
+                        matches!(
+                            k,
+                            FaultKind::KillLeader
+                                | FaultKind::PauseLeader
+                                | FaultKind::CutLeader
+                                | FaultKind::DropLeaderOut
+                                | FaultKind::DeleteLeader
+                                | FaultKind::ReleaseLost
+                        )
+                    });
+                }
+                c
             })
         })
         .collect()
@@ -265,15 +307,22 @@ async fn run_all(configs: Vec<RunConfig>) -> ExitCode {
         cfg.log_dir = dir.clone();
         let kinds: Vec<&str> = cfg.kinds.iter().map(|k| k.name()).collect();
         eprintln!(
-            "chaos: {:?} x{} seed {} for {}s, ttl {:?}, recovery bound ttl + {:?} (replay: chaos soak --backend {} --members {} --seed {} --seconds {} --faults {})",
+            "chaos: {:?} x{}{} seed {} for {}s, ttl {:?}, recovery bound ttl + {:?} (replay: chaos soak --backend {} --members {} --candidates {} --permits {} --seed {} --seconds {} --faults {})",
             cfg.backend,
             cfg.members,
+            if cfg.permits > 1 {
+                format!(" semaphore -n {}", cfg.permits)
+            } else {
+                String::new()
+            },
             cfg.seed,
             cfg.duration.as_secs(),
             cfg.ttl,
             cfg.slack,
             format!("{:?}", cfg.backend).to_lowercase(),
             cfg.members,
+            cfg.candidates,
+            cfg.permits,
             cfg.seed,
             cfg.duration.as_secs(),
             kinds.join(",")
@@ -332,6 +381,7 @@ fn main() -> ExitCode {
             side,
             register,
             grace_ms,
+            permits,
         } => {
             // Its logs (RUST_LOG, from CHAOS_RUST_LOG) go to stderr, which
             // the runner keeps as the candidate's log.
@@ -344,6 +394,7 @@ fn main() -> ExitCode {
                 side,
                 register,
                 grace: Duration::from_millis(grace_ms),
+                permits,
             };
             return match candidate::main(args) {
                 Ok(()) => ExitCode::SUCCESS,

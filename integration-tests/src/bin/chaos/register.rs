@@ -3,8 +3,11 @@
 //!
 //! Protocol, one line each way: the worker sends `TOKEN PID SENT_NS\n`, the
 //! register answers `ok\n` or `stale\n`. A write is accepted when its token
-//! is at least the highest accepted so far. Arrival, decision and log entry
-//! happen under one lock, so the log's order is the register's order.
+//! is at least the highest accepted so far; in semaphore mode (N permits),
+//! when it is at least the lowest of the N highest distinct tokens accepted
+//! so far (N writers may hold at once, each fenced against older ones).
+//! Arrival, decision and log entry happen under one lock, so the log's
+//! order is the register's order.
 
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::SocketAddr;
@@ -42,8 +45,28 @@ pub(crate) struct Write {
 
 #[derive(Debug, Default)]
 struct State {
-    highest: u64,
+    /// The highest distinct tokens accepted so far, at most `permits`.
+    top: std::collections::BTreeSet<u64>,
+    /// How many writers may hold at once: 1 (an election) or N (a
+    /// semaphore of N permits).
+    permits: usize,
     log: Vec<Write>,
+}
+
+impl State {
+    /// Accept `token` if it is at least the lowest of the `permits` highest
+    /// tokens accepted so far (or fewer than `permits` were accepted).
+    fn accept(&mut self, token: u64) -> bool {
+        let full = self.top.len() >= self.permits.max(1);
+        if full && self.top.first().is_some_and(|low| token < *low) {
+            return false;
+        }
+        self.top.insert(token);
+        while self.top.len() > self.permits.max(1) {
+            self.top.pop_first();
+        }
+        true
+    }
 }
 
 /// The register service; stops serving when dropped.
@@ -55,14 +78,18 @@ pub(crate) struct Register {
 }
 
 impl Register {
-    /// Serves on `listener` (already bound, non-blocking).
-    pub(crate) fn start(listener: std::net::TcpListener) -> Result<Register, String> {
+    /// Serves on `listener` (already bound, non-blocking), for `permits`
+    /// writers at once (1: an election).
+    pub(crate) fn start(listener: std::net::TcpListener, permits: u32) -> Result<Register, String> {
         let addr = listener
             .local_addr()
             .map_err(|e| format!("register address: {e}"))?;
         let listener = tokio::net::TcpListener::from_std(listener)
             .map_err(|e| format!("register listener: {e}"))?;
-        let state = Arc::new(Mutex::new(State::default()));
+        let state = Arc::new(Mutex::new(State {
+            permits: permits.max(1) as usize,
+            ..State::default()
+        }));
         let s = state.clone();
         let task = tokio::spawn(async move {
             loop {
@@ -112,10 +139,7 @@ async fn serve(stream: tokio::net::TcpStream, state: Arc<Mutex<State>>) {
         let accepted = {
             let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
             let arrival = mono_ns();
-            let accepted = token >= s.highest;
-            if accepted {
-                s.highest = token;
-            }
+            let accepted = s.accept(token);
             s.log.push(Write {
                 token,
                 pid: pid as u32,
@@ -236,4 +260,44 @@ pub(crate) fn worker(
         std::thread::sleep(period);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::State;
+
+    #[test]
+    fn one_permit_accepts_only_the_highest_token_or_above() {
+        let mut s = State {
+            permits: 1,
+            ..State::default()
+        };
+        assert!(s.accept(5));
+        assert!(s.accept(5));
+        assert!(s.accept(7));
+        assert!(!s.accept(6));
+        assert!(!s.accept(5));
+        assert!(s.accept(8));
+    }
+
+    #[test]
+    fn two_permits_accept_the_two_highest_tokens_and_fence_older_ones() {
+        let mut s = State {
+            permits: 2,
+            ..State::default()
+        };
+        assert!(s.accept(5));
+        assert!(s.accept(9));
+        // Both holders write, interleaved.
+        assert!(s.accept(5));
+        assert!(s.accept(9));
+        // A third, newer holder: the oldest is fenced off.
+        assert!(s.accept(12));
+        assert!(!s.accept(5));
+        assert!(s.accept(9));
+        assert!(s.accept(12));
+        // 10 is above 9, the lower of {9, 12}: accepted, and it fences 9 off.
+        assert!(s.accept(10));
+        assert!(!s.accept(9));
+    }
 }

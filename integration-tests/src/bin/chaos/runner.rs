@@ -127,6 +127,10 @@ pub(crate) struct RunConfig {
     /// Set LEASEHOLD_UNSAFE_NO_DEADLINE for the candidates (a CLI built with
     /// `--cfg leasehold_unsafe_no_deadline` then never steps down on its own).
     pub(crate) unsafe_no_deadline: bool,
+    /// Semaphore mode when above 1: the candidates hold one of this many
+    /// permits (`leasehold run -n N`) and the register and checker allow
+    /// this many writers at once.
+    pub(crate) permits: u32,
 }
 
 enum Store {
@@ -309,17 +313,23 @@ impl Run<'_> {
                 .args(["candidate", "--store", &url])
                 .args(["--side", &format!("{}-side-{id}", self.election)])
                 .args(["--register", &self.register.to_string()])
-                .args(["--grace-ms", &cfg.grace.as_millis().to_string()]);
+                .args(["--grace-ms", &cfg.grace.as_millis().to_string()])
+                .args(["--permits", &cfg.permits.to_string()]);
         } else {
             cmd.arg(&cfg.cli)
                 .args(["--store", &self.url, "run"])
                 .args(["--id", &id])
                 .args(["--ttl", &format!("{}ms", cfg.ttl.as_millis())])
                 .args(["--grace", &format!("{}ms", cfg.grace.as_millis())])
-                .arg("--forever")
-                .arg("--")
-                .arg(&self.chaos)
-                .args(["worker", "--register", &self.register.to_string()]);
+                .arg("--forever");
+            if cfg.permits > 1 {
+                cmd.args(["-n", &cfg.permits.to_string()]);
+            }
+            cmd.arg("--").arg(&self.chaos).args([
+                "worker",
+                "--register",
+                &self.register.to_string(),
+            ]);
         }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -891,7 +901,7 @@ pub(crate) async fn run(cfg: &RunConfig) -> Result<Report, String> {
             forwarders.push(f);
         }
     }
-    let register = Register::start(net.bind_in_hub(HUB_REGISTER_IP)?)?;
+    let register = Register::start(net.bind_in_hub(HUB_REGISTER_IP)?, cfg.permits)?;
     let election = unique_name("chaos");
     let gcs_object = format!("chaos/{election}");
     let url = match (&store, cfg.backend) {
@@ -934,6 +944,7 @@ pub(crate) async fn run(cfg: &RunConfig) -> Result<Report, String> {
         deposed_ns: cfg.deposed.as_nanos() as u64,
         ttl_ns: cfg.ttl.as_nanos() as u64,
         origin: mono_ns(),
+        permits: cfg.permits as usize,
     };
     let mut faults = Vec::new();
     let mut error = None;
@@ -1004,6 +1015,9 @@ pub(crate) async fn run(cfg: &RunConfig) -> Result<Report, String> {
         limits,
     );
     report.backend = format!("{:?} x{}", cfg.backend, cfg.members).to_lowercase();
+    if cfg.permits > 1 {
+        report.backend.push_str(&format!(" -n {}", cfg.permits));
+    }
     report.seed = cfg.seed;
     report.seconds = started.elapsed().as_secs();
     Ok(report)
