@@ -424,6 +424,16 @@ impl PgServer {
         self.process.kill();
     }
 
+    /// A crash without the start: SIGQUIT (PostgreSQL's immediate shutdown;
+    /// see [`restart`](Self::restart), which then waits for the server to
+    /// be gone and starts it again). Unlike [`kill`](Self::kill) it leaves
+    /// no backend holding the shared memory the next start needs.
+    pub fn crash(&self) {
+        if self.process.is_running() {
+            self.process.signal(Signal::SIGQUIT);
+        }
+    }
+
     /// A crash and a start: SIGQUIT (PostgreSQL's immediate shutdown: every
     /// backend ends at once, no checkpoint, recovery at the next start),
     /// then the same server again on the same port and data.

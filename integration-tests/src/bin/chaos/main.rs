@@ -33,6 +33,7 @@ mod members;
 mod net;
 mod register;
 mod runner;
+mod stores;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,7 +42,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use runner::{Backend, FaultKind, RunConfig};
+use runner::{FaultKind, RunConfig};
+use stores::Backend;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -191,8 +193,18 @@ fn config(a: SoakArgs) -> Result<RunConfig, String> {
             .map(|d| d.as_nanos() as u64 % 1_000_000)
             .unwrap_or(1)
     });
+    let applicable = a.backend.fault_kinds(a.members);
     let kinds = if a.faults.is_empty() {
-        FaultKind::all_for(a.backend, a.members)
+        applicable
+    } else if let Some(k) = a.faults.iter().find(|k| !applicable.contains(k)) {
+        let names: Vec<&str> = applicable.iter().map(|k| k.name()).collect();
+        return Err(format!(
+            "--faults {} does not apply to {} with --members {}; these do: {}",
+            k.name(),
+            a.backend.name(),
+            a.members,
+            names.join(",")
+        ));
     } else {
         a.faults
     };
@@ -272,7 +284,7 @@ async fn run_all(configs: Vec<RunConfig>) -> ExitCode {
             cfg.duration.as_secs(),
             cfg.ttl,
             cfg.slack,
-            format!("{:?}", cfg.backend).to_lowercase(),
+            cfg.backend.name(),
             cfg.members,
             cfg.seed,
             cfg.duration.as_secs(),
