@@ -1,7 +1,7 @@
 //! `chaos`: leasehold under faults, checked over the whole history.
 //!
 //! ```text
-//! chaos quick                                   # fixed seeds, every backend, ~3 minutes
+//! chaos quick                                   # fixed seeds, every backend, ~5 minutes
 //! chaos soak --backend etcd --members 3 --minutes 30 --seed 7
 //! chaos soak --backend gcs --seconds 40 --seed 3 --faults cut-leader
 //! chaos worker --register 10.202.0.1:PORT       # what `leasehold run` supervises
@@ -19,7 +19,8 @@
 //! restarts, member kill/restart, a release whose answer is lost while
 //! another elector keeps the shared session alive (`candidate.rs`), the
 //! leader's key / node deleted by hand while a churn client (`churn.rs`)
-//! fills the line, and, for Cloud Storage, the lease object deleted by hand. Then `checker.rs` reads the history and prints a table;
+//! fills the line, and, for Cloud Storage, PostgreSQL and MySQL, the lease
+//! object / row deleted by hand. Then `checker.rs` reads the history and prints a table;
 //! the exit status is 1 on any violation, 2 when the run itself failed.
 //!
 //! It needs root (network namespaces) and the stores `scripts/setup`
@@ -147,10 +148,13 @@ struct SoakArgs {
     /// without a live term (see checker.rs, `Limits::recover_ns`).
     #[arg(long, default_value_t = 6000)]
     slack_ms: u64,
-    /// A leader whose key / node is deleted by hand must end its term and
-    /// stop writing within this, in milliseconds.
-    #[arg(long, default_value_t = 250)]
-    deposed_ms: u64,
+    /// A leader whose claim is deleted by hand must end its term and stop
+    /// writing within this, in milliseconds (default: 250 on etcd and
+    /// ZooKeeper, whose leaders watch their own claim; on PostgreSQL and
+    /// MySQL, whose leaders learn it at their next renewal, a renew
+    /// interval plus its request timeout, 2/3 of the ttl).
+    #[arg(long)]
+    deposed_ms: Option<u64>,
     /// Only these fault kinds (comma-separated; default: all that apply).
     #[arg(long, value_enum, value_delimiter = ',')]
     faults: Vec<FaultKind>,
@@ -220,7 +224,11 @@ fn config(a: SoakArgs) -> Result<RunConfig, String> {
         ttl: Duration::from_millis(a.ttl_ms),
         grace: Duration::from_millis(a.grace_ms),
         slack: Duration::from_millis(a.slack_ms),
-        deposed: Duration::from_millis(a.deposed_ms),
+        deposed: a.deposed_ms.map(Duration::from_millis).unwrap_or_else(|| {
+            a.backend
+                .hand_deletion_notice(Duration::from_millis(a.ttl_ms))
+                .unwrap_or(Duration::from_millis(250))
+        }),
         kinds,
         cli: default_cli(a.cli)?,
         log_dir: PathBuf::new(),
@@ -229,14 +237,18 @@ fn config(a: SoakArgs) -> Result<RunConfig, String> {
 }
 
 /// The quick mode's runs: fixed seeds, a 3-member etcd cluster, a 3-member
-/// ZooKeeper ensemble and Cloud Storage, 45 to 60 s of faults each; the
-/// runner always finishes the first round, so every fault kind (ten on etcd
-/// and ZooKeeper, with release-lost and delete-leader) runs at least once.
+/// ZooKeeper ensemble, Cloud Storage, PostgreSQL and MariaDB, 20 to 60 s of
+/// faults each; the runner always finishes the first round, so every fault
+/// kind (ten on etcd and ZooKeeper, with release-lost and delete-leader;
+/// seven on the SQL stores) runs at least once.
 fn quick(cli: Option<PathBuf>) -> Result<Vec<RunConfig>, String> {
     let runs = [
         (Backend::Etcd, 3, 11, 60),
         (Backend::Zookeeper, 3, 12, 60),
         (Backend::Gcs, 1, 13, 45),
+        // One round of their seven kinds takes about 40 s.
+        (Backend::Postgres, 1, 14, 20),
+        (Backend::Mysql, 1, 15, 20),
     ];
     let cli = default_cli(cli)?;
     runs.into_iter()
@@ -251,7 +263,7 @@ fn quick(cli: Option<PathBuf>) -> Result<Vec<RunConfig>, String> {
                 ttl_ms: 3000,
                 grace_ms: 300,
                 slack_ms: 6000,
-                deposed_ms: 250,
+                deposed_ms: None,
                 faults: Vec::new(),
                 cli: Some(cli.clone()),
                 unsafe_no_deadline: false,

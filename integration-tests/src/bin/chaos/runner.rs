@@ -534,14 +534,22 @@ impl Run<'_> {
                 store.restart_stopped().await?;
             }
             (FaultKind::DeleteLease, _) => {
+                let notice = self.cfg.backend.hand_deletion_notice(ttl);
+                if notice.is_some() {
+                    // Past a ttl after the last fault's heal, the deposed
+                    // leader is held to the store's notice bound rather
+                    // than its own deadline (the checker's `notice`).
+                    tokio::time::sleep(ttl + Duration::from_millis(200 + rng.u64(0..500))).await;
+                    if self.leader(ttl * 3).await.is_none() {
+                        return Ok(None);
+                    }
+                }
                 let at = mono_ns();
                 let token = store.delete_lease(&self.election).await?;
                 // Where the store's waiters may take the missing record at
                 // once, the deposed leader is held to the store's notice
                 // bound (the checker's `deposed` count).
-                if let (Some(token), Some(_)) =
-                    (token, self.cfg.backend.hand_deletion_notice(ttl))
-                {
+                if let (Some(token), Some(_)) = (token, notice) {
                     self.deletions.push(Deletion { at, token });
                 }
                 eprintln!(

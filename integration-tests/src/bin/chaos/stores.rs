@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use leasehold_core::conformance::async_trait;
-use leasehold_integration_tests::{EtcdNode, FakeGcs, HarnessError, ZkServer};
+use leasehold_integration_tests::{EtcdNode, FakeGcs, HarnessError, MariaDb, PgServer, ZkServer};
 
 use crate::members::NsCluster;
 use crate::net::Net;
@@ -21,6 +21,8 @@ pub(crate) enum Backend {
     Etcd,
     Zookeeper,
     Gcs,
+    Postgres,
+    Mysql,
 }
 
 /// What the runner needs to know of a store before it starts.
@@ -36,6 +38,15 @@ pub(crate) struct Spec {
     /// when nobody else can lead until the deposed leader's lease is over
     /// anyway (the store's waiters stay out for a ttl).
     hand_deletion_notice: Option<fn(Duration) -> Duration>,
+}
+
+/// A record store's leader learns that its record is gone at its next
+/// renewal: a renew interval (ttl / 3) plus that statement's request
+/// timeout (ttl / 3), the CLI's defaults. Its waiters may take the missing
+/// record at once, so until then only the fencing token keeps the resource
+/// safe.
+fn next_renewal(ttl: Duration) -> Duration {
+    ttl * 2 / 3
 }
 
 impl Backend {
@@ -55,6 +66,11 @@ impl Backend {
                 cluster: false,
                 hand_deletion_notice: None,
             },
+            Backend::Postgres | Backend::Mysql => Spec {
+                extra: &[RestartStore, DeleteLease],
+                cluster: false,
+                hand_deletion_notice: Some(next_renewal),
+            },
         }
     }
 
@@ -64,6 +80,8 @@ impl Backend {
             Backend::Etcd => "etcd",
             Backend::Zookeeper => "zookeeper",
             Backend::Gcs => "gcs",
+            Backend::Postgres => "postgres",
+            Backend::Mysql => "mysql",
         }
     }
 
@@ -114,6 +132,8 @@ impl Backend {
             (Backend::Zookeeper, 1) => Box::new(ZkServer::start().await.map_err(e)?),
             (Backend::Zookeeper, n) => Box::new(Cluster(NsCluster::zookeeper(net, n)?, "zk")),
             (Backend::Gcs, _) => Box::new(FakeGcs::start().await.map_err(e)?),
+            (Backend::Postgres, _) => Box::new(PgServer::start().await.map_err(e)?),
+            (Backend::Mysql, _) => Box::new(Mysql::start().await?),
         })
     }
 }
@@ -236,5 +256,116 @@ impl ChaosStore for FakeGcs {
             .await
             .map_err(|e| format!("deleting the lease object: {e}"))?;
         Ok(None)
+    }
+}
+
+#[async_trait]
+impl ChaosStore for PgServer {
+    fn client_addrs(&self) -> Vec<SocketAddr> {
+        vec![self.addr()]
+    }
+    fn url(&self, hosts: &[String], election: &str) -> String {
+        // A direct connection: waiters wake through LISTEN/NOTIFY.
+        format!(
+            "postgres://{}@{}/postgres/{election}?sslmode=disable",
+            leasehold_integration_tests::POSTGRES_USER,
+            hosts[0]
+        )
+    }
+    /// A crash: SIGQUIT, PostgreSQL's immediate shutdown (every backend
+    /// ends at once, no checkpoint; recovery at the next start). A SIGKILL
+    /// of the postmaster would leave its backends holding the shared
+    /// memory the next start needs.
+    fn kill(&self, _: Option<usize>) {
+        self.crash();
+    }
+    async fn restart_stopped(&self) -> Result<(), String> {
+        // Waits for the crashed server to be gone, then starts it.
+        self.restart().await.map_err(restarting)
+    }
+    async fn delete_lease(&self, election: &str) -> Result<Option<u64>, String> {
+        let (client, connection) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(self.port())
+            .user(leasehold_integration_tests::POSTGRES_USER)
+            .dbname("postgres")
+            .connect_timeout(Duration::from_secs(5))
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| format!("connecting to delete the lease row: {e}"))?;
+        let task = tokio::spawn(connection);
+        let sql = format!(
+            "DELETE FROM {} WHERE election = $1 RETURNING token",
+            leasehold_postgres::DEFAULT_TABLE
+        );
+        let rows = tokio::time::timeout(Duration::from_secs(10), client.query(&sql, &[&election]))
+            .await
+            .map_err(|_| "deleting the lease row timed out".to_owned())?
+            .map_err(|e| format!("deleting the lease row: {e}"))?;
+        drop(client);
+        let _ = task.await;
+        Ok(rows
+            .first()
+            .map(|r| r.get::<_, i64>(0))
+            .and_then(|t| u64::try_from(t).ok()))
+    }
+}
+
+/// MariaDB with the database and the account the candidates use.
+struct Mysql(MariaDb);
+
+const MYSQL_DB: &str = "chaos";
+const MYSQL_USER: &str = "chaos";
+const MYSQL_PASSWORD: &str = "chaos-pw";
+
+impl Mysql {
+    async fn start() -> Result<Mysql, String> {
+        let db = MariaDb::start().await.map_err(|e| e.to_string())?;
+        db.create_database(MYSQL_DB)
+            .await
+            .map_err(|e| e.to_string())?;
+        // The candidates come through the hub's forwarder, from 127.0.0.1.
+        db.sql(&format!(
+            "CREATE USER '{MYSQL_USER}'@'127.0.0.1' IDENTIFIED BY '{MYSQL_PASSWORD}'; \
+             GRANT ALL ON `{MYSQL_DB}`.* TO '{MYSQL_USER}'@'127.0.0.1'"
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(Mysql(db))
+    }
+}
+
+#[async_trait]
+impl ChaosStore for Mysql {
+    fn client_addrs(&self) -> Vec<SocketAddr> {
+        vec![self.0.addr()]
+    }
+    fn url(&self, hosts: &[String], election: &str) -> String {
+        format!(
+            "mysql://{MYSQL_USER}:{MYSQL_PASSWORD}@{}/{MYSQL_DB}/{election}",
+            hosts[0]
+        )
+    }
+    fn kill(&self, _: Option<usize>) {
+        self.0.kill();
+    }
+    async fn restart_stopped(&self) -> Result<(), String> {
+        self.0.restart().await.map_err(restarting)
+    }
+    async fn delete_lease(&self, election: &str) -> Result<Option<u64>, String> {
+        // One transaction: the token read is the row's that is deleted.
+        let out = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.0.sql(&format!(
+                "START TRANSACTION; \
+                 SELECT token FROM `{MYSQL_DB}`.leasehold_leases WHERE election = '{election}' FOR UPDATE; \
+                 DELETE FROM `{MYSQL_DB}`.leasehold_leases WHERE election = '{election}'; \
+                 COMMIT"
+            )),
+        )
+        .await
+        .map_err(|_| "deleting the lease row timed out".to_owned())?
+        .map_err(|e| format!("deleting the lease row: {e}"))?;
+        Ok(out.trim().parse().ok())
     }
 }
