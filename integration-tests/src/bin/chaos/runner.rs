@@ -535,22 +535,34 @@ impl Run<'_> {
             }
             (FaultKind::DeleteLease, _) => {
                 let notice = self.cfg.backend.hand_deletion_notice(ttl);
+                let mut deposed = None;
                 if notice.is_some() {
                     // Past a ttl after the last fault's heal, the deposed
                     // leader is held to the store's notice bound rather
                     // than its own deadline (the checker's `notice`).
                     tokio::time::sleep(ttl + Duration::from_millis(200 + rng.u64(0..500))).await;
-                    if self.leader(ttl * 3).await.is_none() {
+                    let Some((_, sup, _)) = self.leader(ttl * 3).await else {
                         return Ok(None);
-                    }
+                    };
+                    deposed = Some(sup);
                 }
                 let at = mono_ns();
                 let token = store.delete_lease(&self.election).await?;
                 // Where the store's waiters may take the missing record at
                 // once, the deposed leader is held to the store's notice
                 // bound (the checker's `deposed` count).
-                if let (Some(token), Some(_)) = (token, notice) {
+                if let (Some(token), Some(bound)) = (token, notice) {
                     self.deletions.push(Deletion { at, token });
+                    // The fault lasts until the deposed leader has learned
+                    // it (its term ended) or its bound has passed: a next
+                    // fault (a store restart) must not keep it from hearing.
+                    let end = Instant::now() + bound + Duration::from_millis(500);
+                    while let Some(sup) = deposed
+                        && lock(&self.history).leading.contains(&sup)
+                        && Instant::now() < end
+                    {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
                 }
                 eprintln!(
                     "chaos:          delete-lease: {}",
