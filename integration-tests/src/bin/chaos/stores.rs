@@ -369,3 +369,49 @@ impl ChaosStore for Mysql {
         Ok(out.trim().parse().ok())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_store_takes_the_faults_its_entry_names() {
+        let common = [
+            FaultKind::KillLeader,
+            FaultKind::PauseLeader,
+            FaultKind::CutLeader,
+            FaultKind::DropLeaderOut,
+            FaultKind::DropLeaderIn,
+        ];
+        for backend in [
+            Backend::Etcd,
+            Backend::Zookeeper,
+            Backend::Gcs,
+            Backend::Postgres,
+            Backend::Mysql,
+        ] {
+            let kinds = backend.fault_kinds(1);
+            assert!(common.iter().all(|k| kinds.contains(k)), "{backend:?}");
+            assert!(!kinds.contains(&FaultKind::KillMember), "{backend:?} x1");
+        }
+        for sql in [Backend::Postgres, Backend::Mysql] {
+            let kinds = sql.fault_kinds(1);
+            assert!(kinds.contains(&FaultKind::RestartStore), "{sql:?}");
+            assert!(kinds.contains(&FaultKind::DeleteLease), "{sql:?}");
+            assert!(!kinds.contains(&FaultKind::ReleaseLost), "{sql:?}");
+            assert!(!sql.in_netns(3), "{sql:?} runs as one server");
+            // Their leaders learn a hand deletion at the next renewal.
+            assert_eq!(
+                sql.hand_deletion_notice(Duration::from_secs(3)),
+                Some(Duration::from_secs(2))
+            );
+        }
+        let etcd3 = Backend::Etcd.fault_kinds(3);
+        assert!(etcd3.contains(&FaultKind::IsolateMember));
+        assert!(Backend::Etcd.in_netns(3));
+        assert_eq!(
+            Backend::Gcs.hand_deletion_notice(Duration::from_secs(3)),
+            None
+        );
+    }
+}
