@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 use tempfile::TempDir;
 
 use crate::HarnessError;
-use crate::process::{START_ATTEMPTS, ServerProcess, find_on_path, free_ports, start_timeout};
+use crate::process::{ServerProcess, find_on_path, free_ports, start_retrying, start_timeout};
 
 /// How long the server may take to answer a ping (override with `LEASEHOLD_START_TIMEOUT_SECS`).
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -74,8 +74,8 @@ impl MariaDb {
     async fn start_inner(tls: bool) -> Result<MariaDb, HarnessError> {
         let server = binary("mariadbd", &["/usr/sbin/mariadbd"])?;
         let install = binary("mariadb-install-db", &["/usr/bin/mariadb-install-db"])?;
-        let mut last_error = None;
-        for _ in 0..START_ATTEMPTS {
+        let (server, install) = (&server, &install);
+        start_retrying("MariaDB", move || async move {
             let dir = tempfile::Builder::new()
                 .prefix("leasehold-mariadb-")
                 .tempdir()
@@ -89,7 +89,7 @@ impl MariaDb {
                 .map_err(|e| HarnessError::io("create MariaDB's tmpdir", e))?;
             let tmpdir = format!("--tmpdir={}", tmp.display());
             run(
-                &install,
+                install,
                 &[
                     "--no-defaults".as_ref(),
                     format!("--datadir={}", data.display()).as_ref(),
@@ -130,7 +130,7 @@ impl MariaDb {
                 args.push(format!("--ssl-key={}", t.server_key.display()).into());
             }
             let process =
-                ServerProcess::spawn("mariadb", &server, args, dir.path().join("mariadb.log"))?;
+                ServerProcess::spawn("mariadb", server, args, dir.path().join("mariadb.log"))?;
             let db = MariaDb {
                 process,
                 port,
@@ -138,13 +138,10 @@ impl MariaDb {
                 tls: tls_files,
                 _dir: dir,
             };
-            match db.wait_ready().await {
-                Ok(()) => return Ok(db),
-                Err(e @ HarnessError::Exited { .. }) => last_error = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| HarnessError::Protocol("MariaDB did not start".into())))
+            db.wait_ready().await?;
+            Ok(db)
+        })
+        .await
     }
 
     async fn wait_ready(&self) -> Result<(), HarnessError> {

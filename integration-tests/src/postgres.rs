@@ -3,7 +3,8 @@
 //! `initdb`, `postgres` and `pgbouncer` refuse to run as root, so when the
 //! tests run as root the harness runs them as the `postgres` user the
 //! packages create, through `setpriv` (which execs: the pid the harness keeps
-//! is the server's own, and it is stopped by that pid). The temporary
+//! is the server's own, it is stopped by that pid, and its pid file records
+//! the server's binary, not setpriv's, for `scripts/test`'s leftover check). The temporary
 //! directory is handed to that user.
 
 use std::ffi::OsString;
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tempfile::TempDir;
 
-use crate::process::{START_ATTEMPTS, ServerProcess, free_ports, start_timeout};
+use crate::process::{ServerProcess, free_ports, start_retrying, start_timeout};
 use crate::{HarnessError, unique_name};
 
 /// Debian's PostgreSQL 15 binaries.
@@ -42,6 +43,8 @@ pub struct PgOptions {
     pub tls: bool,
     /// Refuse connections without TLS (`hostssl` only).
     pub tls_only: bool,
+    /// `max_connections`; `None`: 200.
+    pub max_connections: Option<u32>,
 }
 
 /// The uid and gid of the `postgres` user, when the harness runs as root.
@@ -309,24 +312,30 @@ impl PgServer {
             )
             .map_err(|e| HarnessError::io("write pg_hba.conf", e))?;
         }
-        let mut last_error = None;
-        for _ in 0..START_ATTEMPTS {
+        let (postgres, data, base, certs, max_connections) = (
+            &postgres,
+            &data_dir,
+            dir.path(),
+            &certs,
+            options.max_connections.unwrap_or(200),
+        );
+        let (process, port) = start_retrying("postgres", move || async move {
             let port = free_ports(1)?[0];
             let mut pg_args = os(&[
                 "-D",
-                &data_dir.to_string_lossy(),
+                &data.to_string_lossy(),
                 "-p",
                 &port.to_string(),
                 "-k",
-                &dir.path().to_string_lossy(),
+                &base.to_string_lossy(),
                 "-c",
                 "listen_addresses=127.0.0.1",
                 "-c",
                 "fsync=off",
                 "-c",
-                "max_connections=200",
+                &format!("max_connections={max_connections}"),
             ]);
-            if let Some((_, crt, key)) = &certs {
+            if let Some((_, crt, key)) = certs {
                 pg_args.extend(os(&[
                     "-c",
                     "ssl=on",
@@ -336,33 +345,28 @@ impl PgServer {
                     &format!("ssl_key_file={}", key.display()),
                 ]));
             }
-            let (program, args) = as_service_user(user, &postgres, pg_args)?;
-            let process = ServerProcess::spawn(
+            let (program, args) = as_service_user(user, postgres, pg_args)?;
+            let process = ServerProcess::spawn_exec(
                 format!("postgres {}", unique_name("pg")),
                 &program,
                 args,
-                dir.path().join("postgres.log"),
+                postgres,
+                base.join("postgres.log"),
             )?;
-            match process
+            process
                 .wait_ready(start_timeout(READY_TIMEOUT), || pg_isready(port))
-                .await
-            {
-                Ok(()) => {
-                    return Ok(PgServer {
-                        process,
-                        port,
-                        password: options.password.clone(),
-                        ca: certs.as_ref().map(|c| c.0.clone()),
-                        data_dir,
-                        _dir: dir,
-                    });
-                }
-                // Exited: most likely a port race; try again with a fresh port.
-                Err(e @ HarnessError::Exited { .. }) => last_error = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| HarnessError::Protocol("postgres did not start".into())))
+                .await?;
+            Ok((process, port))
+        })
+        .await?;
+        Ok(PgServer {
+            process,
+            port,
+            password: options.password.clone(),
+            ca: certs.as_ref().map(|c| c.0.clone()),
+            data_dir,
+            _dir: dir,
+        })
     }
 
     async fn wait_ready(&self) -> Result<(), HarnessError> {
@@ -422,6 +426,16 @@ impl PgServer {
     /// Kill the postmaster (SIGKILL); its backends end when they notice.
     pub fn kill(&self) {
         self.process.kill();
+    }
+
+    /// A crash without the start: SIGQUIT (PostgreSQL's immediate shutdown;
+    /// see [`restart`](Self::restart), which then waits for the server to
+    /// be gone and starts it again). Unlike [`kill`](Self::kill) it leaves
+    /// no backend holding the shared memory the next start needs.
+    pub fn crash(&self) {
+        if self.process.is_running() {
+            self.process.signal(Signal::SIGQUIT);
+        }
     }
 
     /// A crash and a start: SIGQUIT (PostgreSQL's immediate shutdown: every
@@ -486,8 +500,8 @@ impl PgBouncer {
     pub async fn start(server: &PgServer, pool_size: u32) -> Result<PgBouncer, HarnessError> {
         let pgbouncer = binary("/usr/sbin/pgbouncer")?;
         let user = service_user()?;
-        let mut last_error = None;
-        for _ in 0..START_ATTEMPTS {
+        let pgbouncer = &pgbouncer;
+        start_retrying("pgbouncer", move || async move {
             let dir = tempfile::Builder::new()
                 .prefix("leasehold-pgbouncer-")
                 .tempdir()
@@ -521,13 +535,14 @@ impl PgBouncer {
             chown_tree(dir.path(), user)?;
             let (program, args) = as_service_user(
                 user,
-                &pgbouncer,
+                pgbouncer,
                 vec![dir.path().join("pgbouncer.ini").into_os_string()],
             )?;
-            let process = ServerProcess::spawn(
+            let process = ServerProcess::spawn_exec(
                 format!("pgbouncer {}", unique_name("pgb")),
                 &program,
                 args,
+                pgbouncer,
                 dir.path().join("pgbouncer.log"),
             )?;
             let bouncer = PgBouncer {
@@ -535,18 +550,13 @@ impl PgBouncer {
                 port,
                 _dir: dir,
             };
-            let p = port;
-            match bouncer
+            bouncer
                 .process
-                .wait_ready(start_timeout(READY_TIMEOUT), || pg_isready(p))
-                .await
-            {
-                Ok(()) => return Ok(bouncer),
-                Err(e @ HarnessError::Exited { .. }) => last_error = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| HarnessError::Protocol("pgbouncer did not start".into())))
+                .wait_ready(start_timeout(READY_TIMEOUT), || pg_isready(port))
+                .await?;
+            Ok(bouncer)
+        })
+        .await
     }
 
     /// The port on 127.0.0.1.

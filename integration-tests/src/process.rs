@@ -23,11 +23,35 @@ const LOG_TAIL_LINES: usize = 80;
 /// exits during startup (most likely a port another process grabbed first).
 pub(crate) const START_ATTEMPTS: usize = 3;
 
+/// Runs `attempt` (one start of a store: fresh ports, spawn, wait until it
+/// answers) up to [`START_ATTEMPTS`] times while the process exits during
+/// start-up (most likely a port another process took first); any other
+/// error ends it at once. `what` names the store in the error when every
+/// attempt failed without one.
+pub(crate) async fn start_retrying<T, F, Fut>(what: &str, mut attempt: F) -> Result<T, HarnessError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, HarnessError>>,
+{
+    let mut last_error = None;
+    for _ in 0..START_ATTEMPTS {
+        match attempt().await {
+            Ok(started) => return Ok(started),
+            Err(e @ HarnessError::Exited { .. }) => last_error = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| HarnessError::Protocol(format!("{what} did not start"))))
+}
+
 /// A store process the harness started, stopped by its pid on drop.
 #[derive(Debug)]
 pub(crate) struct ServerProcess {
     label: String,
     program: PathBuf,
+    /// What the pid runs once started: `program`, or the binary `program`
+    /// execs into (`setpriv ... -- postgres`); recorded in the pid file.
+    exe: PathBuf,
     args: Vec<OsString>,
     log_path: PathBuf,
     state: Mutex<State>,
@@ -48,10 +72,26 @@ impl ServerProcess {
         args: Vec<OsString>,
         log_path: PathBuf,
     ) -> Result<Self, HarnessError> {
+        Self::spawn_exec(label, program, args, program, log_path)
+    }
+
+    /// As [`spawn`](Self::spawn), for a `program` that execs into `exe`
+    /// (`setpriv`): the pid file records `exe`, which is what
+    /// `/proc/PID/exe` shows once the server runs, so that `scripts/test`
+    /// can tell the server left behind from a reused pid.
+    pub(crate) fn spawn_exec(
+        label: impl Into<String>,
+        program: &Path,
+        args: Vec<OsString>,
+        exe: &Path,
+        log_path: PathBuf,
+    ) -> Result<Self, HarnessError> {
         let program = fs::canonicalize(program).unwrap_or_else(|_| program.to_path_buf());
+        let exe = fs::canonicalize(exe).unwrap_or_else(|_| exe.to_path_buf());
         let process = ServerProcess {
             label: label.into(),
             program,
+            exe,
             args,
             log_path,
             state: Mutex::new(State {
@@ -103,7 +143,7 @@ impl ServerProcess {
             .map_err(|e| HarnessError::io(format!("spawn {}", self.program.display()), e))?;
         state.pid = child.id();
         state.child = Some(child);
-        state.pid_file = write_pid_file(&self.label, state.pid, &self.program);
+        state.pid_file = write_pid_file(&self.label, state.pid, &self.exe);
         Ok(())
     }
 
@@ -357,7 +397,7 @@ fn spawn_from_long_lived_thread(command: Command) -> std::io::Result<Child> {
 ///
 /// Failing to write it is not fatal (the process is still stopped on drop);
 /// it only means `scripts/test` cannot see this process.
-fn write_pid_file(label: &str, pid: u32, program: &Path) -> Option<PathBuf> {
+fn write_pid_file(label: &str, pid: u32, exe: &Path) -> Option<PathBuf> {
     let dir = crate::pid_dir();
     fs::create_dir_all(&dir).ok()?;
     let safe_label: String = label
@@ -367,7 +407,7 @@ fn write_pid_file(label: &str, pid: u32, program: &Path) -> Option<PathBuf> {
     let path = dir.join(format!("{safe_label}-{pid}.pid"));
     fs::write(
         &path,
-        format!("{pid}\n{}\n{}\n", program.display(), std::process::id()),
+        format!("{pid}\n{}\n{}\n", exe.display(), std::process::id()),
     )
     .ok()?;
     Some(path)
@@ -465,6 +505,37 @@ mod tests {
         }));
         assert!(outcome.is_err());
         assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    }
+
+    /// What `scripts/test`'s leftover check compares: the pid file's exe
+    /// with `/proc/PID/exe`. Through a program that execs (`env`, as
+    /// `setpriv` for PostgreSQL), the record must be the exec'd binary.
+    #[test]
+    fn the_pid_file_records_what_the_pid_runs_after_an_exec() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = find_on_path("env").expect("env(1) on PATH");
+        let sleep = find_on_path("sleep").expect("sleep(1) on PATH");
+        let process = ServerProcess::spawn_exec(
+            "execer",
+            &env,
+            vec![sleep.clone().into_os_string(), "30".into()],
+            &sleep,
+            dir.path().join("log"),
+        )
+        .unwrap();
+        let pid = process.pid();
+        let pid_file = process.lock().pid_file.clone().expect("pid file written");
+        let recorded = fs::read_to_string(&pid_file).unwrap();
+        let recorded = recorded.lines().nth(1).unwrap().to_owned();
+        // env execs into sleep at once; give it up to 5 s on a loaded machine.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut actual = fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        while actual != Path::new(&recorded) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            actual = fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        }
+        assert_eq!(actual, Path::new(&recorded), "pid file: {recorded}");
+        assert_eq!(actual, fs::canonicalize(&sleep).unwrap());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The chaos suite (src/bin/chaos): many `leasehold run` processes, real
 //! faults (SIGKILL, SIGSTOP, network partitions in namespaces, store
-//! restarts, a deleted lease object), a fenced register and a checker over
+//! restarts, a lease object or row deleted by hand), a fenced register and a checker over
 //! the whole history. See docs/safety.md.
 //!
 //! Needs root (network namespaces), the stores from `scripts/setup`, and the
@@ -33,8 +33,9 @@ fn leasehold_cli() -> PathBuf {
     cli
 }
 
-/// Fixed seeds, etcd (a 3-member cluster), ZooKeeper and Cloud Storage, a
-/// few minutes in all: the checker must find no violation.
+/// Fixed seeds, etcd (a 3-member cluster), ZooKeeper (a 3-member
+/// ensemble), Cloud Storage, PostgreSQL and MariaDB, a few minutes in all:
+/// the checker must find no violation.
 #[test]
 fn quick_mode_keeps_every_promise_on_every_backend() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);

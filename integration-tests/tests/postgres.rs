@@ -322,6 +322,7 @@ async fn password_and_tls() {
         password: Some("s3cret pass".into()),
         tls: true,
         tls_only: true,
+        ..PgOptions::default()
     })
     .await;
     let ca = pg.ca_path().expect("a CA").to_path_buf();

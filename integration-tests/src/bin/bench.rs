@@ -1,7 +1,10 @@
 //! The benchmark program (issue 15): starts its own stores (a single etcd
 //! node, a standalone ZooKeeper with tickTime 500 ms, fake-gcs-server in
-//! memory, and with `--backends mysql` MariaDB, all on loopback) and prints, per backend, markdown tables ready
-//! to paste into BENCHMARKS.md:
+//! memory; with `--backends mysql,postgres,postgres-pgbouncer` MariaDB,
+//! PostgreSQL 15 on a direct connection (waiters woken by LISTEN/NOTIFY)
+//! and PostgreSQL through PgBouncer in transaction mode (waiters poll), all
+//! on loopback) and prints, per backend, markdown tables ready to paste into
+//! BENCHMARKS.md:
 //!
 //! * uncontended acquire, p50/p99 (`lock` then `unlock` on a free election);
 //! * graceful handover, p50/p99 (`unlock` called to the queued candidate's
@@ -11,7 +14,8 @@
 //!   SIGKILL by its pid; the time runs to the next one reporting it leads;
 //! * store requests per second per idle leader and per idle waiter,
 //!   measured at the store (etcd's `grpc_server_msg_received_total`,
-//!   ZooKeeper's `mntr` `zk_packets_received`, the emulator's access log),
+//!   ZooKeeper's `mntr` `zk_packets_received`, the emulator's access log,
+//!   MariaDB's `Questions`, the statements PostgreSQL logs),
 //!   with etcd's client-side counters as a second column;
 //! * store requests and watch events per handover with `--waiters` queued
 //!   candidates;
@@ -36,9 +40,11 @@ use leasehold_etcd::EtcdBackend;
 use leasehold_gcs::GcsBackend;
 use leasehold_integration_tests::bench::{emulator_requests, percentile, sum_counter};
 use leasehold_integration_tests::{
-    EtcdNode, FAKE_GCS_BUCKET, FakeGcs, MariaDb, ZkServer, http, unique_name,
+    EtcdNode, FAKE_GCS_BUCKET, FakeGcs, MariaDb, PgBouncer, PgOptions, PgServer, ZkServer, http,
+    unique_name,
 };
 use leasehold_mysql::MysqlBackend;
+use leasehold_postgres::{PostgresBackend, SslMode};
 use leasehold_zookeeper::ZkBackend;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
@@ -117,6 +123,10 @@ enum Kind {
     Zookeeper,
     Gcs,
     Mysql,
+    /// A direct connection: waiters wake through LISTEN/NOTIFY.
+    Postgres,
+    /// Through PgBouncer in transaction mode: waiters poll.
+    PostgresPgbouncer,
 }
 
 impl Kind {
@@ -126,6 +136,8 @@ impl Kind {
             Kind::Zookeeper => "zookeeper",
             Kind::Gcs => "gcs",
             Kind::Mysql => "mysql",
+            Kind::Postgres => "postgres",
+            Kind::PostgresPgbouncer => "postgres-pgbouncer",
         }
     }
 }
@@ -136,6 +148,8 @@ enum Store {
     Zk(ZkServer),
     Gcs(FakeGcs),
     Mysql(MariaDb),
+    /// PostgreSQL, and PgBouncer in front of it when the clients use it.
+    Postgres(PgServer, Option<PgBouncer>),
 }
 
 /// What a store counted so far.
@@ -156,6 +170,8 @@ impl Store {
             Kind::Zookeeper => ZkServer::start().await.map(Store::Zk),
             Kind::Gcs => FakeGcs::start().await.map(Store::Gcs),
             Kind::Mysql => start_mariadb().await.map(Store::Mysql),
+            Kind::Postgres => start_postgres(false).await,
+            Kind::PostgresPgbouncer => start_postgres(true).await,
         };
         started.unwrap_or_else(|e| {
             panic!(
@@ -171,6 +187,8 @@ impl Store {
             Store::Zk(z) => z.connect_string(),
             Store::Gcs(g) => g.endpoint(),
             Store::Mysql(m) => m.addr().to_string(),
+            Store::Postgres(_, Some(b)) => format!("127.0.0.1:{}", b.port()),
+            Store::Postgres(p, None) => p.addr().to_string(),
         }
     }
 
@@ -180,6 +198,7 @@ impl Store {
             Store::Zk(z) => z.pid(),
             Store::Gcs(g) => g.pid(),
             Store::Mysql(m) => m.pid(),
+            Store::Postgres(p, _) => p.pid(),
         }
     }
 
@@ -241,6 +260,15 @@ impl Store {
                 Counted {
                     requests: questions,
                     watch_events: 0.0,
+                }
+            }
+            Store::Postgres(p, _) => {
+                // The server logs each statement as it starts it.
+                sleep(Duration::from_millis(100)).await;
+                Counted {
+                    requests: postgres_statements(p.log_path()),
+                    // NOTIFY deliveries are not counted.
+                    watch_events: f64::NAN,
                 }
             }
             Store::Gcs(g) => {
@@ -307,6 +335,26 @@ impl Client {
                     etcd: None,
                 }
             }
+            Kind::Postgres | Kind::PostgresPgbouncer => {
+                let (host, port) = endpoint
+                    .rsplit_once(':')
+                    .unwrap_or_else(|| panic!("postgres endpoint {endpoint:?} is not host:port"));
+                let b = PostgresBackend::builder()
+                    .host(
+                        host,
+                        port.parse().unwrap_or_else(|e| panic!("port {port}: {e}")),
+                    )
+                    .user(leasehold_integration_tests::POSTGRES_USER)
+                    .dbname("postgres")
+                    .ssl_mode(SslMode::Disable)
+                    .listen(kind == Kind::Postgres)
+                    .build()
+                    .unwrap_or_else(|e| panic!("postgres at {endpoint}: {e}"));
+                Client {
+                    backend: Arc::new(b),
+                    etcd: None,
+                }
+            }
             Kind::Gcs => {
                 let b = GcsBackend::builder()
                     .bucket(FAKE_GCS_BUCKET)
@@ -352,6 +400,56 @@ async fn start_mariadb() -> Result<MariaDb, leasehold_integration_tests::Harness
     ))
     .await?;
     Ok(db)
+}
+
+/// PostgreSQL logging every statement it runs (what the figures count),
+/// with room for the waiters' connections (each backend instance has one,
+/// and one more to LISTEN on), and PgBouncer in front of it if `bouncer`.
+async fn start_postgres(bouncer: bool) -> Result<Store, leasehold_integration_tests::HarnessError> {
+    let pg = PgServer::start_with(PgOptions {
+        max_connections: Some(500),
+        ..PgOptions::default()
+    })
+    .await?;
+    let (admin, connection) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(pg.port())
+        .user(leasehold_integration_tests::POSTGRES_USER)
+        .dbname("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("postgres admin connection: {e}"));
+    let driver = tokio::spawn(connection);
+    // ALTER SYSTEM runs outside a transaction: two simple queries.
+    for sql in [
+        "ALTER SYSTEM SET log_statement = 'all'",
+        "SELECT pg_reload_conf()",
+    ] {
+        admin
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("postgres: {sql}: {e}"));
+    }
+    drop(admin);
+    let _ = driver.await;
+    // The postmaster hands the reload to the backends on their next start.
+    sleep(Duration::from_millis(500)).await;
+    let bouncer = if bouncer {
+        Some(PgBouncer::start(&pg, 20).await?)
+    } else {
+        None
+    };
+    Ok(Store::Postgres(pg, bouncer))
+}
+
+/// The statements PostgreSQL logged so far (`log_statement = all`: one
+/// `statement:` line per simple query, one `execute` line per extended
+/// query, which is how the backend sends every statement).
+fn postgres_statements(log: &std::path::Path) -> f64 {
+    let text = std::fs::read_to_string(log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+    text.lines()
+        .filter(|l| l.contains("LOG:  statement: ") || l.contains("LOG:  execute "))
+        .count() as f64
 }
 
 fn options(election: &str, id: &str, ttl: Duration) -> ElectionOptions {
@@ -909,7 +1007,8 @@ fn print_tables(args: &Args, all: &[(Kind, Figures)]) {
         "\nStore-side counts: etcd `grpc_server_msg_received_total` (watch events: \
          `grpc_server_msg_sent_total` of Watch); ZooKeeper `mntr` `zk_packets_received` \
          (watch events: packets sent − received); fake-gcs-server's access log (no watch); \
-         MariaDB's `Questions` (statements executed, each reading's own SHOW included; no watch). \
+         MariaDB's `Questions` (statements executed, each reading's own SHOW included; no watch); \
+         PostgreSQL's statements logged with `log_statement = all` (NOTIFY deliveries not counted). \
          Client-side columns: etcd's `EtcdBackend::stats()` (requests + keep-alives) only."
     );
 }

@@ -333,7 +333,9 @@ pub(crate) fn check(
     // fault is in progress or within a ttl of its heal.
     let notice_bound = |d: &Deletion| -> u64 {
         let disturbed = faults.iter().any(|f| {
-            f.kind != "delete-leader" && f.start <= d.at && d.at <= f.heal + limits.ttl_ns
+            !matches!(f.kind, "delete-leader" | "delete-lease")
+                && f.start <= d.at
+                && d.at <= f.heal + limits.ttl_ns
         });
         if disturbed {
             limits.ttl_ns.max(limits.deposed_ns)

@@ -29,7 +29,7 @@ use tokio::io::AsyncBufReadExt;
 use tokio::time::{Instant, MissedTickBehavior, interval, timeout};
 
 use crate::register::mono_ns;
-use crate::runner::Backend;
+use crate::stores::Backend;
 
 /// What `chaos churn` was asked to do.
 #[derive(Debug, Clone)]
@@ -146,7 +146,10 @@ impl Churner {
                     marker,
                 })
             }
-            Backend::Gcs => Err("churn is for etcd and ZooKeeper".to_owned()),
+            other => Err(format!(
+                "churn is for etcd and ZooKeeper, not {}",
+                other.name()
+            )),
         }
     }
 

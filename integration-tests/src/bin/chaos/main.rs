@@ -20,7 +20,8 @@
 //! restarts, member kill/restart, a release whose answer is lost while
 //! another elector keeps the shared session alive (`candidate.rs`), the
 //! leader's key / node deleted by hand while a churn client (`churn.rs`)
-//! fills the line, and, for Cloud Storage, the lease object deleted by hand. Then `checker.rs` reads the history and prints a table;
+//! fills the line, and, for Cloud Storage, PostgreSQL and MySQL, the lease
+//! object / row deleted by hand. Then `checker.rs` reads the history and prints a table;
 //! the exit status is 1 on any violation, 2 when the run itself failed.
 //!
 //! It needs root (network namespaces) and the stores `scripts/setup`
@@ -34,6 +35,7 @@ mod members;
 mod net;
 mod register;
 mod runner;
+mod stores;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,7 +44,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use runner::{Backend, FaultKind, RunConfig};
+use runner::{FaultKind, RunConfig};
+use stores::Backend;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -149,10 +152,13 @@ struct SoakArgs {
     /// without a live term (see checker.rs, `Limits::recover_ns`).
     #[arg(long, default_value_t = 6000)]
     slack_ms: u64,
-    /// A leader whose key / node is deleted by hand must end its term and
-    /// stop writing within this, in milliseconds.
-    #[arg(long, default_value_t = 250)]
-    deposed_ms: u64,
+    /// A leader whose claim is deleted by hand must end its term and stop
+    /// writing within this, in milliseconds (default: 250 on etcd and
+    /// ZooKeeper, whose leaders watch their own claim; on PostgreSQL and
+    /// MySQL, whose leaders learn it at their next renewal, a renew
+    /// interval plus its request timeout, 2/3 of the ttl).
+    #[arg(long)]
+    deposed_ms: Option<u64>,
     /// Only these fault kinds (comma-separated; default: all that apply).
     #[arg(long, value_enum, value_delimiter = ',')]
     faults: Vec<FaultKind>,
@@ -200,8 +206,18 @@ fn config(a: SoakArgs) -> Result<RunConfig, String> {
             .map(|d| d.as_nanos() as u64 % 1_000_000)
             .unwrap_or(1)
     });
+    let applicable = a.backend.fault_kinds(a.members);
     let kinds = if a.faults.is_empty() {
-        FaultKind::all_for(a.backend, a.members)
+        applicable
+    } else if let Some(k) = a.faults.iter().find(|k| !applicable.contains(k)) {
+        let names: Vec<&str> = applicable.iter().map(|k| k.name()).collect();
+        return Err(format!(
+            "--faults {} does not apply to {} with --members {}; these do: {}",
+            k.name(),
+            a.backend.name(),
+            a.members,
+            names.join(",")
+        ));
     } else {
         a.faults
     };
@@ -226,7 +242,11 @@ fn config(a: SoakArgs) -> Result<RunConfig, String> {
         ttl: Duration::from_millis(a.ttl_ms),
         grace: Duration::from_millis(a.grace_ms),
         slack: Duration::from_millis(a.slack_ms),
-        deposed: Duration::from_millis(a.deposed_ms),
+        deposed: a.deposed_ms.map(Duration::from_millis).unwrap_or_else(|| {
+            a.backend
+                .hand_deletion_notice(Duration::from_millis(a.ttl_ms))
+                .unwrap_or(Duration::from_millis(250))
+        }),
         kinds,
         cli: default_cli(a.cli)?,
         log_dir: PathBuf::new(),
@@ -236,18 +256,22 @@ fn config(a: SoakArgs) -> Result<RunConfig, String> {
 }
 
 /// The quick mode's runs: fixed seeds, a 3-member etcd cluster, a 3-member
-/// ZooKeeper ensemble and Cloud Storage, 45 to 60 s of faults each; the
-/// runner always finishes the first round, so every fault kind (ten on etcd
-/// and ZooKeeper, with release-lost and delete-leader) runs at least once.
-/// Then semaphore mode (`run -n 2`, four candidates) on etcd and ZooKeeper,
-/// one round of the faults that hit a holder (the store-wide ones are the
-/// election runs' and the soak's), to keep quick mode quick.
+/// ZooKeeper ensemble, Cloud Storage, PostgreSQL and MariaDB, 20 to 60 s of
+/// faults each; the runner always finishes the first round, so every fault
+/// kind (ten on etcd and ZooKeeper, with release-lost and delete-leader;
+/// seven on the SQL stores) runs at least once. Then semaphore mode (`run -n
+/// 2`, four candidates) on etcd and ZooKeeper, one round of the faults that
+/// hit a holder (the store-wide ones are the election runs' and the soak's),
+/// to keep quick mode quick.
 fn quick(cli: Option<PathBuf>) -> Result<Vec<RunConfig>, String> {
     // (store, members, seed, seconds, permits)
     let runs = [
         (Backend::Etcd, 3, 11, 60, 1),
         (Backend::Zookeeper, 3, 12, 60, 1),
         (Backend::Gcs, 1, 13, 45, 1),
+        // One round of their seven kinds takes about 40 s.
+        (Backend::Postgres, 1, 14, 20, 1),
+        (Backend::Mysql, 1, 15, 20, 1),
         (Backend::Etcd, 3, 21, 20, 2),
         (Backend::Zookeeper, 3, 22, 20, 2),
     ];
@@ -264,7 +288,7 @@ fn quick(cli: Option<PathBuf>) -> Result<Vec<RunConfig>, String> {
                 ttl_ms: 3000,
                 grace_ms: 300,
                 slack_ms: 6000,
-                deposed_ms: 250,
+                deposed_ms: None,
                 faults: Vec::new(),
                 cli: Some(cli.clone()),
                 unsafe_no_deadline: false,
@@ -319,7 +343,7 @@ async fn run_all(configs: Vec<RunConfig>) -> ExitCode {
             cfg.duration.as_secs(),
             cfg.ttl,
             cfg.slack,
-            format!("{:?}", cfg.backend).to_lowercase(),
+            cfg.backend.name(),
             cfg.members,
             cfg.candidates,
             cfg.permits,

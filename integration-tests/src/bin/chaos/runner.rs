@@ -9,24 +9,16 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use leasehold_integration_tests::{EtcdNode, FakeGcs, ZkServer, http, unique_name};
+use leasehold_integration_tests::unique_name;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
 
 use crate::checker::{self, Deletion, Ev, Event, Fault, Limits, Report};
-use crate::members::NsCluster;
 use crate::net::{HUB_REGISTER_IP, HUB_STORE_IP, Net, sweep_leftovers};
 use crate::register::{Forwarder, Register, mono_ns};
-
-/// Which store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum Backend {
-    Etcd,
-    Zookeeper,
-    Gcs,
-}
+use crate::stores::{Backend, ChaosStore};
 
 /// The kinds of fault the runner injects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -48,7 +40,8 @@ pub(crate) enum FaultKind {
     /// Cut one cluster / ensemble member from its peers; its clients still
     /// reach it.
     IsolateMember,
-    /// Delete the Cloud Storage lease object by hand.
+    /// Delete the election's record by hand (Cloud Storage's lease object,
+    /// a SQL store's lease row).
     DeleteLease,
     /// A release whose answer is lost: the leader (a `chaos candidate`,
     /// whose session another elector of its process keeps alive) unlocks
@@ -79,33 +72,6 @@ impl FaultKind {
             FaultKind::DeleteLeader => "delete-leader",
         }
     }
-
-    /// The kinds that apply to `backend` with `members` store members.
-    pub(crate) fn all_for(backend: Backend, members: usize) -> Vec<FaultKind> {
-        let mut kinds = vec![
-            FaultKind::KillLeader,
-            FaultKind::PauseLeader,
-            FaultKind::CutLeader,
-            FaultKind::DropLeaderOut,
-            FaultKind::DropLeaderIn,
-        ];
-        match backend {
-            // fake-gcs-server keeps objects in memory: a restart is a deletion.
-            Backend::Gcs => kinds.push(FaultKind::DeleteLease),
-            _ => kinds.extend([
-                FaultKind::RestartStore,
-                FaultKind::ReleaseLost,
-                FaultKind::DeleteLeader,
-            ]),
-        }
-        if members > 1 {
-            kinds.push(FaultKind::KillMember);
-        }
-        if backend != Backend::Gcs && members > 1 {
-            kinds.push(FaultKind::IsolateMember);
-        }
-        kinds
-    }
 }
 
 /// One run's settings.
@@ -131,60 +97,6 @@ pub(crate) struct RunConfig {
     /// permits (`leasehold run -n N`) and the register and checker allow
     /// this many writers at once.
     pub(crate) permits: u32,
-}
-
-enum Store {
-    EtcdOne(EtcdNode),
-    /// Members in network namespaces of their own (`members.rs`).
-    Ns(NsCluster),
-    ZkOne(ZkServer),
-    Gcs(FakeGcs),
-}
-
-impl Store {
-    async fn start(backend: Backend, members: usize, net: &Net) -> Result<Store, String> {
-        let e = |e: leasehold_integration_tests::HarnessError| e.to_string();
-        Ok(match (backend, members) {
-            (Backend::Etcd, 1) => Store::EtcdOne(EtcdNode::start().await.map_err(e)?),
-            (Backend::Etcd, n) => Store::Ns(NsCluster::etcd(net, n)?),
-            (Backend::Zookeeper, 1) => Store::ZkOne(ZkServer::start().await.map_err(e)?),
-            (Backend::Zookeeper, n) => Store::Ns(NsCluster::zookeeper(net, n)?),
-            (Backend::Gcs, 1) => Store::Gcs(FakeGcs::start().await.map_err(e)?),
-            (Backend::Gcs, n) => {
-                return Err(format!(
-                    "Cloud Storage has no members to count: use --members 1, not {n}"
-                ));
-            }
-        })
-    }
-
-    fn client_addrs(&self) -> Vec<SocketAddr> {
-        match self {
-            Store::EtcdOne(n) => vec![n.client_addr()],
-            Store::Ns(c) => c.client_addrs(),
-            Store::ZkOne(z) => vec![z.client_addr()],
-            Store::Gcs(g) => vec![g.addr()],
-        }
-    }
-
-    fn kill(&self, member: Option<usize>) {
-        match self {
-            Store::EtcdOne(n) => n.kill(),
-            Store::Ns(c) => c.kill(member),
-            Store::ZkOne(z) => z.kill(),
-            Store::Gcs(g) => g.kill(),
-        }
-    }
-
-    async fn restart_stopped(&self) -> Result<(), String> {
-        let r = match self {
-            Store::EtcdOne(n) => n.restart().await,
-            Store::Ns(c) => return c.restart_stopped(),
-            Store::ZkOne(z) => z.restart().await,
-            Store::Gcs(g) => g.restart().await,
-        };
-        r.map_err(|e| format!("restarting the store: {e}"))
-    }
 }
 
 /// A running candidate (through `nsenter --net`): `leasehold run --forever`,
@@ -479,11 +391,7 @@ impl Run<'_> {
 
     /// Starts `chaos churn` in the hub namespace and waits for it to connect.
     async fn start_churn(&self) -> Result<Churn, String> {
-        let backend = match self.cfg.backend {
-            Backend::Etcd => "etcd",
-            Backend::Zookeeper => "zookeeper",
-            Backend::Gcs => return Err("no churn client for Cloud Storage".to_owned()),
-        };
+        let backend = self.cfg.backend.name();
         let log = self.cfg.log_dir.join(format!("churn-{}.log", mono_ns()));
         let stderr = std::fs::File::create(&log)
             .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
@@ -549,10 +457,9 @@ impl Run<'_> {
     async fn inject(
         &mut self,
         kind: FaultKind,
-        store: &Store,
+        store: &dyn ChaosStore,
         rng: &mut fastrand::Rng,
         members: usize,
-        gcs_object: &str,
     ) -> Result<Option<Fault>, String> {
         let ttl = self.cfg.ttl;
         let start = mono_ns();
@@ -622,10 +529,11 @@ impl Run<'_> {
                 store.restart_stopped().await?;
             }
             (FaultKind::IsolateMember, _) => {
-                let Store::Ns(c) = store else {
+                let n = store.isolatable_members();
+                if n == 0 {
                     return Ok(None);
-                };
-                let k = rng.usize(0..c.len());
+                }
+                let k = rng.usize(0..n);
                 self.net.isolate_member(k)?;
                 tokio::time::sleep(hold).await;
                 self.net.rejoin_member(k)?;
@@ -636,23 +544,45 @@ impl Run<'_> {
                 store.restart_stopped().await?;
             }
             (FaultKind::DeleteLease, _) => {
-                let Store::Gcs(gcs) = store else {
-                    return Ok(None);
-                };
-                let path = format!(
-                    "/storage/v1/b/{}/o/{}",
-                    gcs.bucket(),
-                    gcs_object.replace('/', "%2F")
-                );
-                let answer = http::delete(gcs.addr(), &path)
-                    .await
-                    .map_err(|e| format!("deleting the lease object: {e}"))?;
-                if answer.status >= 300 && answer.status != 404 {
-                    return Err(format!(
-                        "deleting the lease object answered {} {}",
-                        answer.status, answer.body
-                    ));
+                let notice = self.cfg.backend.hand_deletion_notice(ttl);
+                let mut deposed = None;
+                if notice.is_some() {
+                    // Past a ttl after the last fault's heal, the deposed
+                    // leader is held to the store's notice bound rather
+                    // than its own deadline (the checker's `notice`).
+                    tokio::time::sleep(ttl + Duration::from_millis(200 + rng.u64(0..500))).await;
+                    let Some((_, sup, _)) = self.leader(ttl * 3).await else {
+                        return Ok(None);
+                    };
+                    deposed = Some(sup);
                 }
+                let at = mono_ns();
+                let token = store.delete_lease(&self.election).await?;
+                // Where the store's waiters may take the missing record at
+                // once, the deposed leader is held to the store's notice
+                // bound (the checker's `deposed` count).
+                if let (Some(token), Some(bound)) = (token, notice) {
+                    self.deletions.push(Deletion { at, token });
+                    // The fault lasts until the deposed leader has learned
+                    // it (its term ended) or its bound has passed: a next
+                    // fault (a store restart) must not keep it from hearing.
+                    let end = Instant::now() + bound + Duration::from_millis(500);
+                    while let Some(sup) = deposed
+                        && lock(&self.history).leading.contains(&sup)
+                        && Instant::now() < end
+                    {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                eprintln!(
+                    "chaos:          delete-lease: {}",
+                    token.map_or_else(|| "deleted".to_owned(), |t| format!("deleted token {t}"))
+                );
+                return Ok(Some(Fault {
+                    kind: kind.name(),
+                    start: at,
+                    heal: mono_ns(),
+                }));
             }
             (FaultKind::ReleaseLost, _) => {
                 let Some((i, sup)) = self.lead_to_shared().await? else {
@@ -885,9 +815,9 @@ pub(crate) async fn run(cfg: &RunConfig) -> Result<Report, String> {
     if swept > 0 {
         eprintln!("chaos: deleted {swept} network namespace(s) left by earlier runs");
     }
-    let in_netns = cfg.backend != Backend::Gcs && cfg.members > 1;
+    let in_netns = cfg.backend.in_netns(cfg.members);
     let net = Net::create(cfg.candidates, if in_netns { cfg.members } else { 0 })?;
-    let store = Store::start(cfg.backend, cfg.members, &net).await?;
+    let store = cfg.backend.start(cfg.members, &net).await?;
     // Stores in the root namespace are reached through forwarders in the hub;
     // members in namespaces directly.
     let mut forwarders = Vec::new();
@@ -903,19 +833,12 @@ pub(crate) async fn run(cfg: &RunConfig) -> Result<Report, String> {
     }
     let register = Register::start(net.bind_in_hub(HUB_REGISTER_IP)?, cfg.permits)?;
     let election = unique_name("chaos");
-    let gcs_object = format!("chaos/{election}");
-    let url = match (&store, cfg.backend) {
-        (Store::Gcs(g), _) => format!(
-            "gs://{}/{gcs_object}?endpoint=http://{}&credentials=none",
-            g.bucket(),
-            hosts[0]
-        ),
-        (_, Backend::Etcd) => format!("etcd://{}/{election}", hosts.join(",")),
-        (_, _) => format!("zk://{}/{election}", hosts.join(",")),
-    };
+    let url = store.url(&hosts, &election);
     let chaos = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
     // With release-lost the last slot is a shared-session candidate.
-    let shared_slot = (cfg.kinds.contains(&FaultKind::ReleaseLost) && cfg.backend != Backend::Gcs)
+    let shared_slot = cfg
+        .kinds
+        .contains(&FaultKind::ReleaseLost)
         .then(|| cfg.candidates - 1);
     let mut run = Run {
         cfg,
@@ -975,7 +898,7 @@ pub(crate) async fn run(cfg: &RunConfig) -> Result<Report, String> {
             kind.name()
         );
         match run
-            .inject(kind, &store, &mut rng, cfg.members, &gcs_object)
+            .inject(kind, store.as_ref(), &mut rng, cfg.members)
             .await
         {
             Ok(Some(f)) => {
