@@ -180,7 +180,6 @@ mod docs {
     struct Zookeeper;
 }
 
-
 /// docs/semaphore.md: its code compiles and runs with the doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../docs/semaphore.md")]

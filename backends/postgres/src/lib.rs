@@ -28,4 +28,3 @@ pub use tls::SslMode;
 /// application's own statements ([`PostgresBackend::client`],
 /// [`PostgresBuilder::config`], [`LeaderGuard`]).
 pub use tokio_postgres;
-
