@@ -13,7 +13,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, Expiry, Family, QueueStore, RecordStore};
@@ -211,17 +211,28 @@ impl Campaign {
             election: opts.election.clone(),
             candidate: opts.candidate_id.clone(),
             value: opts.value.clone(),
-            ttl: opts.ttl,
+            ttl: self.lease(),
             expired_revision,
         }
     }
 
+    /// The store's lease for these options ([`LeasePlan::lease`](crate::LeasePlan::lease)):
+    /// what a session or record is asked to live, and how long a follower
+    /// waits on an unchanged record where the followers judge expiry.
+    fn lease(&self) -> Duration {
+        self.backend
+            .lease_plan(&self.options)
+            .lease
+            .min(self.options.ttl)
+    }
+
     /// A record store: one conditional write; with observed expiry, on the
-    /// revision seen unchanged for a full ttl.
+    /// revision seen unchanged for the store's lease (within the ttl, see
+    /// [`Backend::lease_plan`](crate::Backend::lease_plan)).
     async fn attempt_record(&self, store: &dyn RecordStore, carry: &mut Carry) -> Result<Turn> {
         let observed = store.expiry() == Expiry::Observed;
         let expired_revision = match carry.observed {
-            Some((rev, first_seen)) if observed && first_seen.elapsed() >= self.options.ttl => {
+            Some((rev, first_seen)) if observed && first_seen.elapsed() >= self.lease() => {
                 Some(rev)
             }
             _ => None,
@@ -423,9 +434,15 @@ impl Campaign {
         let lease = carry.queued.as_ref().map(|q| q.lease.clone());
         let lost = lease.as_ref().map(LeaseUse::lost_token);
         let mut beats = lease.as_ref().map(LeaseUse::beats);
+        // Observed expiry: try again the moment the record seen has been
+        // unchanged for the lease, not a poll later.
+        let expires = carry
+            .observed
+            .map(|(_, first_seen)| first_seen + self.lease());
         let wake = self.wake(
             carry.queued.as_ref().map(|q| q.claim.clone()),
             carry.leader.clone(),
+            expires,
         );
         tokio::pin!(wake);
         let mut retry_at: Option<Instant> = None;
@@ -471,12 +488,23 @@ impl Campaign {
 
     /// The store's part of a wait: resolves when it may be worth trying
     /// again.
-    async fn wake(&self, queued: Option<Claim>, seen: Option<LeaderInfo>) -> Result<()> {
+    async fn wake(
+        &self,
+        queued: Option<Claim>,
+        seen: Option<LeaderInfo>,
+        expires: Option<Instant>,
+    ) -> Result<()> {
         match (self.backend.family(), &queued) {
             (Family::Queue(q), Some(claim)) => q.wait(claim).await,
             (Family::Queue(_), None) => Ok(()),
             (Family::Record(_), _) => {
-                let poll = sleep(jittered(self.options.retry_interval));
+                let mut at = Instant::now() + jittered(self.options.retry_interval);
+                if let Some(expires) = expires
+                    && expires > Instant::now()
+                {
+                    at = at.min(expires);
+                }
+                let poll = sleep_until(at);
                 tokio::pin!(poll);
                 if self.backend.leader_watch().is_none() {
                     poll.await;

@@ -97,6 +97,7 @@ impl Elector {
     pub fn new(backend: Arc<dyn Backend>, options: ElectionOptions) -> Result<Self> {
         options.validate()?;
         backend.validate(&options)?;
+        options.validate_plan(&backend.lease_plan(&options))?;
         let monitor = Arc::new(Monitor::new(&options, backend.name()));
         monitor.register();
         Ok(Elector {
