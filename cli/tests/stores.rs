@@ -250,7 +250,7 @@ async fn leasehold_campaign_follower_on_cloud_storage_reads_once_per_poll() {
     std::fs::write(
         &config,
         format!(
-            "election = \"{election}\"\nttl = \"3s\"\n[store]\nkind = \"gcs\"\nbucket = \"{}\"\nendpoint = \"{}\"\ncredentials = \"none\"\nprefix = \"locks\"\n",
+            "election = \"{election}\"\nttl = \"4s\"\n[store]\nkind = \"gcs\"\nbucket = \"{}\"\nendpoint = \"{}\"\ncredentials = \"none\"\nprefix = \"locks\"\n",
             gcs.bucket(),
             gcs.endpoint()
         ),

@@ -57,8 +57,14 @@ struct QueuedClaim {
 
 /// What one attempt came to.
 enum Turn {
-    /// This candidate leads with `claim`, kept by `lease`.
-    Won { claim: Claim, lease: LeaseUse },
+    /// This candidate leads with `claim`, kept by `lease`; `proof` is the
+    /// outcome of a proof of a self-kept session made together with the
+    /// check that won (else `start_term` proves it).
+    Won {
+        claim: Claim,
+        lease: LeaseUse,
+        proof: Option<Result<Instant>>,
+    },
     /// Someone else leads.
     Held(Option<LeaderInfo>),
 }
@@ -144,20 +150,22 @@ impl Campaign {
                 return Err(Error::Cancelled);
             }
             match self.attempt(carry).await {
-                Ok(Turn::Won { claim, lease }) => {
-                    match self.start_term(claim, lease, started).await {
-                        Ok(leadership) => return Ok(Attempt::Leader(leadership)),
-                        Err(e) if !e.is_lost() && (mode == Mode::Try || !e.is_transient()) => {
-                            return Err(e);
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "won, but the lease could not be proven alive; campaigning again");
-                            if !e.is_lost() && !self.pause(mode, backoff.next_delay()).await {
-                                return self.stopped(mode);
-                            }
+                Ok(Turn::Won {
+                    claim,
+                    lease,
+                    proof,
+                }) => match self.start_term(claim, lease, proof, started).await {
+                    Ok(leadership) => return Ok(Attempt::Leader(leadership)),
+                    Err(e) if !e.is_lost() && (mode == Mode::Try || !e.is_transient()) => {
+                        return Err(e);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "won, but the lease could not be proven alive; campaigning again");
+                        if !e.is_lost() && !self.pause(mode, backoff.next_delay()).await {
+                            return self.stopped(mode);
                         }
                     }
-                }
+                },
                 Ok(Turn::Held(leader)) => {
                     backoff.reset();
                     self.reads.saw(&leader);
@@ -247,7 +255,11 @@ impl Campaign {
         match outcome {
             RecordOutcome::Acquired(claim) => {
                 let lease = lease::record_lease(&self.backend, &self.options, claim.clone(), sent);
-                Ok(Turn::Won { claim, lease })
+                Ok(Turn::Won {
+                    claim,
+                    lease,
+                    proof: None,
+                })
             }
             RecordOutcome::Held { leader, revision } => {
                 if observed && carry.observed.is_none_or(|(r, _)| r != revision) {
@@ -273,11 +285,25 @@ impl Campaign {
                     "the session of the queued claim was lost ({reason})"
                 )));
             }
-            let outcome = self.call("acquire", store.check(&q.claim)).await;
+            // On a self-kept session (ZooKeeper) the session is proven at
+            // the quorum together with the re-check, in one round trip: the
+            // proof (a `sync`) is sent first, and the store answers a
+            // session's requests in order, so the listing after it is as
+            // fresh as the proof. A won check then needs no proof of its
+            // own after it (the handover's last round trip); the term's
+            // deadline counts from the proof's send, before the check.
+            let (outcome, proof) = if store.self_kept_sessions() {
+                let (proof, outcome) =
+                    tokio::join!(q.lease.prove(), self.call("acquire", store.check(&q.claim)));
+                (outcome, Some(proof))
+            } else {
+                (self.call("acquire", store.check(&q.claim)).await, None)
+            };
             return match outcome {
                 Ok(QueueOutcome::Acquired(claim)) => Ok(Turn::Won {
                     claim,
                     lease: q.lease,
+                    proof,
                 }),
                 Ok(QueueOutcome::Queued { leader, claim }) => {
                     carry.queued = Some(QueuedClaim {
@@ -315,6 +341,7 @@ impl Campaign {
             Ok(QueueOutcome::Acquired(claim)) => Ok(Turn::Won {
                 claim,
                 lease: session,
+                proof: None,
             }),
             Ok(QueueOutcome::Queued { leader, claim }) => {
                 carry.queued = Some(QueuedClaim {
@@ -374,18 +401,25 @@ impl Campaign {
         &self,
         claim: Claim,
         lease: LeaseUse,
+        proof: Option<Result<Instant>>,
         started: Instant,
     ) -> Result<Leadership> {
         let self_kept = match self.backend.family() {
             Family::Queue(q) => q.self_kept_sessions(),
             Family::Record(_) => false,
         };
-        let proven = if self_kept {
-            let r = lease.prove().await;
-            self.note("renew", &r);
-            r.map(|_| ())
-        } else {
-            Ok(())
+        let proven = match proof {
+            // Proven with the check that won (see `attempt_queue`).
+            Some(r) => {
+                self.note("renew", &r);
+                r.map(|_| ())
+            }
+            None if self_kept => {
+                let r = lease.prove().await;
+                self.note("renew", &r);
+                r.map(|_| ())
+            }
+            None => Ok(()),
         };
         let too_old = lease.is_lost() || lease.deadline() <= Instant::now();
         if proven.is_err() || too_old {

@@ -129,6 +129,13 @@ impl Elector {
         &self.options
     }
 
+    /// How the store fits its timing inside the ttl for these options: the
+    /// lease it keeps and, by [`LeasePlan::lifetime`](crate::LeasePlan::lifetime),
+    /// how long after a renewal's send a leader steps down at the latest.
+    pub fn lease_plan(&self) -> crate::LeasePlan {
+        self.backend.lease_plan(&self.options)
+    }
+
     /// The backend under this elector.
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend

@@ -26,9 +26,9 @@ use leasehold_gcs::google_cloud_storage::client::Storage;
 use leasehold_integration_tests::{AnswerDropper, FakeGcs, Proxy, unique_name};
 use tokio::time::{Instant, sleep, timeout};
 
-/// The shortest ttl the backend allows: renew every ttl/3 = 1 s, Cloud
+/// The shortest ttl the backend allows: renew every ttl/4 = 1 s, Cloud
 /// Storage's one write per second per object.
-const TTL: Duration = Duration::from_secs(3);
+const TTL: Duration = Duration::from_secs(4);
 /// Time on top of ttl + one poll for a takeover (slow CI machines).
 const SLACK: Duration = Duration::from_secs(3);
 /// Bound on any single wait in these tests.

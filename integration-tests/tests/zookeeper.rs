@@ -208,7 +208,10 @@ async fn a_ttl_longer_than_the_session_is_refused() {
     // leader's deadline (ttl - margin - renew interval) comes inside it.
     // Curator's own setting, session = ttl, is accepted.
     let fits = options("e", "c", Duration::from_secs(10));
-    assert_eq!(ZkBackend::min_session_timeout(&fits), Duration::from_secs(10));
+    assert_eq!(
+        ZkBackend::min_session_timeout(&fits),
+        Duration::from_secs(10)
+    );
     Elector::new(backend.clone(), fits.clone()).expect("ttl 10s fits a 10s session");
     // One backend is one session: an own session is refused, with the way out.
     let err = Elector::new(backend.clone(), fits.with_own_session())
@@ -1348,9 +1351,9 @@ async fn first_in_line(client: &zk::Client, dir: &str) -> String {
 /// election's line every few milliseconds, a leader's node deleted by hand
 /// still ends its term at once: the line's events must not use up the
 /// leader's own-node watch, and a watch that ends is re-armed at once (a
-/// retry interval of 3 s makes a blind back-off plain to see). The deposed
+/// retry interval of 2.5 s makes a blind back-off plain to see). The deposed
 /// leader's done signal must come within 1 s of each delete (renewals are
-/// 2.7 s apart), and the next leader's token is higher.
+/// 2 s apart), and the next leader's token is higher.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_deleted_by_hand_under_churn_in_the_line_ends_its_term_at_once() {
     let server = start_server().await;
@@ -1403,7 +1406,7 @@ async fn node_deleted_by_hand_under_churn(clients: &ChurnClients<'_>, rounds: us
         let election = format!("{base}-{round}");
         let dir = format!("/{election}");
         let mut a_options = options(&election, "a", ttl);
-        a_options.retry_interval = Duration::from_secs(3);
+        a_options.retry_interval = Duration::from_millis(2500);
         let a = Elector::new(a_backend.clone(), a_options).expect("options");
         let la = lock_within(&a, Duration::from_secs(10), "a").await;
         let b = Elector::new(b_backend.clone(), options(&election, "b", ttl)).expect("options");
@@ -1599,7 +1602,11 @@ async fn a_replacement_session_shorter_than_the_safe_minimum_is_refused() {
     let cs = server.connect_string();
     let backend: Arc<dyn Backend> = Arc::new(connect(&cs, Duration::from_secs(8)).await);
     let election = unique_name("replacement");
-    let longer = options(&unique_name("replacement-b"), "b", Duration::from_millis(7400));
+    let longer = options(
+        &unique_name("replacement-b"),
+        "b",
+        Duration::from_millis(7400),
+    );
     let needed = ZkBackend::min_session_timeout(&longer);
     assert_eq!(needed, Duration::from_millis(7400));
     let _b = Elector::new(backend.clone(), longer).expect("an 8 s session is enough for ttl 7.4 s");

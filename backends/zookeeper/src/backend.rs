@@ -127,7 +127,7 @@ impl ZkBackend {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use leasehold_core::{Backend, ElectionOptions};
+    /// use leasehold_core::ElectionOptions;
     /// use leasehold_zookeeper::ZkBackend;
     ///
     /// let options = ElectionOptions::new("orders", "node-1").with_ttl(Duration::from_secs(4));
@@ -990,7 +990,7 @@ async fn open_session(config: &Config) -> Result<Client> {
         tracing::warn!(
             requested = ?config.session_timeout,
             ?negotiated,
-            "the ZooKeeper server changed the session timeout (it allows 2 to 20 x its tickTime); it must cover ttl - safety_margin + renew_interval of every election (ZkBackend::min_session_timeout)"
+            "the ZooKeeper server changed the session timeout (it allows 2 to 20 x its tickTime); it must be at least the ttl of every election (ZkBackend::min_session_timeout)"
         );
     }
     let Some(chroot) = &config.chroot else {

@@ -493,7 +493,9 @@ impl Bench<'_> {
         let mut samples = Vec::with_capacity(self.args.rounds);
         match self.kind {
             Kind::Etcd => {
-                use leasehold_etcd::etcd_client::{Client as Etcd, EventType, GetOptions, WatchOptions};
+                use leasehold_etcd::etcd_client::{
+                    Client as Etcd, EventType, GetOptions, WatchOptions,
+                };
                 let ep = self.store.endpoint();
                 let mut writer = Etcd::connect([ep.as_str()], None)
                     .await
@@ -511,7 +513,10 @@ impl Bench<'_> {
                         .unwrap_or_else(|e| panic!("etcd put: {e}"));
                     let rev = put.header().map_or(0, |h| h.revision());
                     let mut stream = watcher
-                        .watch(key.as_str(), Some(WatchOptions::new().with_start_revision(rev + 1)))
+                        .watch(
+                            key.as_str(),
+                            Some(WatchOptions::new().with_start_revision(rev + 1)),
+                        )
                         .await
                         .unwrap_or_else(|e| panic!("etcd watch: {e}"));
                     // Armed: etcd confirmed the watch.
@@ -563,13 +568,21 @@ impl Bench<'_> {
                 let (writer, reader) = (connect().await, connect().await);
                 let dir = format!("/{}", unique_name("bench-floor"));
                 writer
-                    .create(&dir, b"", &CreateMode::Persistent.with_acls(Acls::anyone_all()))
+                    .create(
+                        &dir,
+                        b"",
+                        &CreateMode::Persistent.with_acls(Acls::anyone_all()),
+                    )
                     .await
                     .unwrap_or_else(|e| panic!("zookeeper create {dir}: {e}"));
                 for i in 0..self.args.rounds {
                     let path = format!("{dir}/n{i:04}");
                     writer
-                        .create(&path, b"x", &CreateMode::Ephemeral.with_acls(Acls::anyone_all()))
+                        .create(
+                            &path,
+                            b"x",
+                            &CreateMode::Ephemeral.with_acls(Acls::anyone_all()),
+                        )
                         .await
                         .unwrap_or_else(|e| panic!("zookeeper create {path}: {e}"));
                     let (_, watcher) = reader
@@ -596,7 +609,9 @@ impl Bench<'_> {
                 // No watch: a write, then a read of it by another client.
                 let (a, b) = (self.client().await, self.client().await);
                 let gcs = |c: &Client| -> Arc<GcsBackend> {
-                    c.gcs.clone().unwrap_or_else(|| panic!("not a Cloud Storage client"))
+                    c.gcs
+                        .clone()
+                        .unwrap_or_else(|| panic!("not a Cloud Storage client"))
                 };
                 let (writer, reader) = (gcs(&a), gcs(&b));
                 let object = format!("bench/{}", unique_name("bench-floor"));
@@ -628,8 +643,10 @@ impl Bench<'_> {
         self.figures.put("floor_p50_ms", p50);
         self.figures
             .put("floor_p99_ms", ms(percentile(&samples, 0.99)));
-        self.figures
-            .put("handover_floor_ratio", self.figures.get("handover_p50_ms") / p50);
+        self.figures.put(
+            "handover_floor_ratio",
+            self.figures.get("handover_p50_ms") / p50,
+        );
     }
 
     async fn spawn_candidate(&mut self, election: &str, id: &str, ttl: Duration) -> Candidate {
@@ -692,8 +709,10 @@ impl Bench<'_> {
         self.figures.put("failover_ratio_max", p(1.0));
         // How many of the failovers came within the ttl (the failover bound).
         let within = ratios.iter().filter(|r| **r <= 1.0).count();
-        self.figures
-            .put("failover_within_ttl", within as f64 / ratios.len().max(1) as f64);
+        self.figures.put(
+            "failover_within_ttl",
+            within as f64 / ratios.len().max(1) as f64,
+        );
     }
 
     /// Store requests/s over the window.
