@@ -955,8 +955,9 @@ fn gave_up(elector: &Elector, wait_for: Option<Duration>) -> ExitCode {
 /// healthy leader (renewing on time) must never come near it.
 fn grace_for(elector: &Elector, given: Option<&str>) -> Result<Duration, String> {
     let o = elector.options();
-    let room = o
-        .deadline_after_renewal()
+    let room = elector
+        .lease_plan()
+        .lifetime(o)
         .saturating_sub(o.renew_interval + o.request_timeout.min(o.renew_interval));
     let grace = match given {
         Some(g) => flag_duration("--grace", g)?,
@@ -964,7 +965,7 @@ fn grace_for(elector: &Elector, given: Option<&str>) -> Result<Duration, String>
     };
     if grace.is_zero() || grace >= room {
         return Err(format!(
-            "--grace {grace:?} must be above zero and below {room:?} (ttl - safety_margin - renew_interval - request_timeout), so that a healthy leader never starts stopping its command; raise --ttl or lower --grace"
+            "--grace {grace:?} must be above zero and below {room:?} (the store's lifetime of a renewal, at most ttl - safety_margin, less renew_interval and request_timeout), so that a healthy leader never starts stopping its command; raise --ttl or lower --grace"
         ));
     }
     Ok(grace)

@@ -23,7 +23,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::error::Result;
-use crate::options::ElectionOptions;
+use crate::options::{ElectionOptions, LeasePlan};
 use crate::types::{AcquireRequest, Claim, LeaderInfo, QueueOutcome, RecordOutcome};
 
 /// A store adapter. One call is one atomic step on the store (a
@@ -56,6 +56,34 @@ pub trait Backend: Send + Sync + Debug + 'static {
     fn validate(&self, options: &ElectionOptions) -> Result<()> {
         let _ = options;
         Ok(())
+    }
+
+    /// How this store's timing fits inside `options.ttl` (the failover
+    /// bound): the lease it keeps after a renewal and any proof gap, from
+    /// which the engine derives the leader's local deadline. The engine asks
+    /// the store for a lease of [`LeasePlan::lease`] (the session it opens,
+    /// [`AcquireRequest::ttl`]), and on [`Expiry::Observed`] followers wait
+    /// that long on an unchanged record.
+    ///
+    /// Default: on a queue store, the whole ttl, no gap (the store's watch
+    /// tells the next candidate at once). On a record store, the ttl less
+    /// one follower poll (`retry_interval` + its 20 % jitter): a crashed
+    /// holder sends nothing, so followers find the expiry by polling, and
+    /// the poll must fit inside the ttl. With [`Expiry::Observed`] a
+    /// follower also first sees a record up to a poll after it was written
+    /// and then waits exactly the lease ([`Elector`](crate::Elector) wakes
+    /// it at that moment), so both ways a crashed leader is replaced within
+    /// the ttl.
+    fn lease_plan(&self, options: &ElectionOptions) -> LeasePlan {
+        match self.family() {
+            Family::Queue(_) => LeasePlan::whole(options),
+            Family::Record(_) => LeasePlan::new(
+                options
+                    .ttl
+                    .saturating_sub(crate::retry::poll_bound(options.retry_interval)),
+                Duration::ZERO,
+            ),
+        }
     }
 
     /// The current leader of `election`, if any.

@@ -13,7 +13,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, Expiry, Family, QueueStore, RecordStore};
@@ -60,8 +60,14 @@ struct QueuedClaim {
 
 /// What one attempt came to.
 enum Turn {
-    /// This candidate leads with `claim`, kept by `lease`.
-    Won { claim: Claim, lease: LeaseUse },
+    /// This candidate leads with `claim`, kept by `lease`; `proof` is the
+    /// outcome of a proof of a self-kept session made together with the
+    /// check that won (else `start_term` proves it).
+    Won {
+        claim: Claim,
+        lease: LeaseUse,
+        proof: Option<Result<Instant>>,
+    },
     /// Someone else leads.
     Held(Option<LeaderInfo>),
 }
@@ -147,20 +153,22 @@ impl Campaign {
                 return Err(Error::Cancelled);
             }
             match self.attempt(carry).await {
-                Ok(Turn::Won { claim, lease }) => {
-                    match self.start_term(claim, lease, started).await {
-                        Ok(leadership) => return Ok(Attempt::Leader(leadership)),
-                        Err(e) if !e.is_lost() && (mode == Mode::Try || !e.is_transient()) => {
-                            return Err(e);
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "won, but the lease could not be proven alive; campaigning again");
-                            if !e.is_lost() && !self.pause(mode, backoff.next_delay()).await {
-                                return self.stopped(mode);
-                            }
+                Ok(Turn::Won {
+                    claim,
+                    lease,
+                    proof,
+                }) => match self.start_term(claim, lease, proof, started).await {
+                    Ok(leadership) => return Ok(Attempt::Leader(leadership)),
+                    Err(e) if !e.is_lost() && (mode == Mode::Try || !e.is_transient()) => {
+                        return Err(e);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "won, but the lease could not be proven alive; campaigning again");
+                        if !e.is_lost() && !self.pause(mode, backoff.next_delay()).await {
+                            return self.stopped(mode);
                         }
                     }
-                }
+                },
                 Ok(Turn::Held(leader)) => {
                     backoff.reset();
                     self.reads.saw(&leader);
@@ -214,18 +222,29 @@ impl Campaign {
             election: opts.election.clone(),
             candidate: opts.candidate_id.clone(),
             value: opts.value.clone(),
-            ttl: opts.ttl,
+            ttl: self.lease(),
             expired_revision,
             permits: self.permits,
         }
     }
 
+    /// The store's lease for these options ([`LeasePlan::lease`](crate::LeasePlan::lease)):
+    /// what a session or record is asked to live, and how long a follower
+    /// waits on an unchanged record where the followers judge expiry.
+    fn lease(&self) -> Duration {
+        self.backend
+            .lease_plan(&self.options)
+            .lease
+            .min(self.options.ttl)
+    }
+
     /// A record store: one conditional write; with observed expiry, on the
-    /// revision seen unchanged for a full ttl.
+    /// revision seen unchanged for the store's lease (within the ttl, see
+    /// [`Backend::lease_plan`](crate::Backend::lease_plan)).
     async fn attempt_record(&self, store: &dyn RecordStore, carry: &mut Carry) -> Result<Turn> {
         let observed = store.expiry() == Expiry::Observed;
         let expired_revision = match carry.observed {
-            Some((rev, first_seen)) if observed && first_seen.elapsed() >= self.options.ttl => {
+            Some((rev, first_seen)) if observed && first_seen.elapsed() >= self.lease() => {
                 Some(rev)
             }
             _ => None,
@@ -240,7 +259,11 @@ impl Campaign {
         match outcome {
             RecordOutcome::Acquired(claim) => {
                 let lease = lease::record_lease(&self.backend, &self.options, claim.clone(), sent);
-                Ok(Turn::Won { claim, lease })
+                Ok(Turn::Won {
+                    claim,
+                    lease,
+                    proof: None,
+                })
             }
             RecordOutcome::Held { leader, revision } => {
                 if observed && carry.observed.is_none_or(|(r, _)| r != revision) {
@@ -266,13 +289,31 @@ impl Campaign {
                     "the session of the queued claim was lost ({reason})"
                 )));
             }
-            let outcome = self
-                .call("acquire", store.check(&q.claim, self.permits))
-                .await;
+            // On a self-kept session (ZooKeeper) the session is proven at
+            // the quorum together with the re-check, in one round trip: the
+            // proof (a `sync`) is sent first, and the store answers a
+            // session's requests in order, so the listing after it is as
+            // fresh as the proof. A won check then needs no proof of its
+            // own after it (the handover's last round trip); the term's
+            // deadline counts from the proof's send, before the check.
+            let (outcome, proof) = if store.self_kept_sessions() {
+                let (proof, outcome) = tokio::join!(
+                    q.lease.prove(),
+                    self.call("acquire", store.check(&q.claim, self.permits))
+                );
+                (outcome, Some(proof))
+            } else {
+                (
+                    self.call("acquire", store.check(&q.claim, self.permits))
+                        .await,
+                    None,
+                )
+            };
             return match outcome {
                 Ok(QueueOutcome::Acquired(claim)) => Ok(Turn::Won {
                     claim,
                     lease: q.lease,
+                    proof,
                 }),
                 Ok(QueueOutcome::Queued { leader, claim }) => {
                     carry.queued = Some(QueuedClaim {
@@ -310,6 +351,7 @@ impl Campaign {
             Ok(QueueOutcome::Acquired(claim)) => Ok(Turn::Won {
                 claim,
                 lease: session,
+                proof: None,
             }),
             Ok(QueueOutcome::Queued { leader, claim }) => {
                 carry.queued = Some(QueuedClaim {
@@ -369,18 +411,25 @@ impl Campaign {
         &self,
         claim: Claim,
         lease: LeaseUse,
+        proof: Option<Result<Instant>>,
         started: Instant,
     ) -> Result<Leadership> {
         let self_kept = match self.backend.family() {
             Family::Queue(q) => q.self_kept_sessions(),
             Family::Record(_) => false,
         };
-        let proven = if self_kept {
-            let r = lease.prove().await;
-            self.note("renew", &r);
-            r.map(|_| ())
-        } else {
-            Ok(())
+        let proven = match proof {
+            // Proven with the check that won (see `attempt_queue`).
+            Some(r) => {
+                self.note("renew", &r);
+                r.map(|_| ())
+            }
+            None if self_kept => {
+                let r = lease.prove().await;
+                self.note("renew", &r);
+                r.map(|_| ())
+            }
+            None => Ok(()),
         };
         let too_old = lease.is_lost() || lease.deadline() <= Instant::now();
         if proven.is_err() || too_old {
@@ -429,9 +478,15 @@ impl Campaign {
         let lease = carry.queued.as_ref().map(|q| q.lease.clone());
         let lost = lease.as_ref().map(LeaseUse::lost_token);
         let mut beats = lease.as_ref().map(LeaseUse::beats);
+        // Observed expiry: try again the moment the record seen has been
+        // unchanged for the lease, not a poll later.
+        let expires = carry
+            .observed
+            .map(|(_, first_seen)| first_seen + self.lease());
         let wake = self.wake(
             carry.queued.as_ref().map(|q| q.claim.clone()),
             carry.leader.clone(),
+            expires,
         );
         tokio::pin!(wake);
         let mut retry_at: Option<Instant> = None;
@@ -477,12 +532,23 @@ impl Campaign {
 
     /// The store's part of a wait: resolves when it may be worth trying
     /// again.
-    async fn wake(&self, queued: Option<Claim>, seen: Option<LeaderInfo>) -> Result<()> {
+    async fn wake(
+        &self,
+        queued: Option<Claim>,
+        seen: Option<LeaderInfo>,
+        expires: Option<Instant>,
+    ) -> Result<()> {
         match (self.backend.family(), &queued) {
             (Family::Queue(q), Some(claim)) => q.wait(claim, self.permits).await,
             (Family::Queue(_), None) => Ok(()),
             (Family::Record(_), _) => {
-                let poll = sleep(jittered(self.options.retry_interval));
+                let mut at = Instant::now() + jittered(self.options.retry_interval);
+                if let Some(expires) = expires
+                    && expires > Instant::now()
+                {
+                    at = at.min(expires);
+                }
+                let poll = sleep_until(at);
                 tokio::pin!(poll);
                 if self.backend.leader_watch().is_none() {
                     poll.await;

@@ -271,14 +271,16 @@ pub async fn renewal_keeps_the_lease(s: &dyn Subject) {
 }
 
 /// A holder that vanishes without releasing is replaced no earlier than its
-/// local deadline and within ttl + poll + slack; afterwards its stale claim
+/// local deadline and within the ttl + slack (the ttl is the failover
+/// bound; the slack is the store's expiry tick and a waiter's notice);
+/// afterwards its stale claim
 /// renews as lost and releasing it does not remove the new leader.
 pub async fn vanished_holder_is_replaced(s: &dyn Subject) {
     const W: &str = "vanished_holder_is_replaced";
     let election = s.election("vanish");
     let ghost = s.client().await;
     let options = s.options(&election, "ghost");
-    let req = request(&election, "ghost", &options);
+    let req = request(ghost.as_ref(), &election, "ghost", &options);
     let sent = Instant::now();
     let claim = match raw_acquire(ghost.as_ref(), &req).await {
         Ok(Raw::Won(c)) => c,
@@ -287,19 +289,19 @@ pub async fn vanished_holder_is_replaced(s: &dyn Subject) {
     let replied = Instant::now();
     s.vanish(&ghost).await;
     let b = new_elector(s, &election, "beta").await;
-    let bound = options.ttl + b.options().retry_interval + s.slack();
+    let bound = options.ttl + s.slack();
     let l = must_lock(&b, bound + options.ttl, W).await;
     let won = Instant::now();
-    let earliest = sent + options.deadline_after_renewal();
+    let lifetime = ghost.lease_plan(&options).lifetime(&options);
+    let earliest = sent + lifetime;
     assert!(
         won >= earliest,
-        "{W}: UNSAFE: beta won {:?} after the ghost's acquire was sent, before the ghost's local deadline (ttl - margin = {:?})",
+        "{W}: UNSAFE: beta won {:?} after the ghost's acquire was sent, before the ghost's local deadline (lifetime {lifetime:?})",
         won - sent,
-        options.deadline_after_renewal()
     );
     assert!(
         won - replied <= bound,
-        "{W}: takeover took {:?}, more than ttl + poll + slack = {bound:?}",
+        "{W}: takeover took {:?}, more than the ttl + slack = {bound:?} (the ttl is the failover bound)",
         won - replied
     );
     assert!(
@@ -551,7 +553,7 @@ pub async fn release_is_idempotent_and_owned(s: &dyn Subject) {
     let holder = s.client().await;
     let other = s.client().await;
     let options = s.options(&election, "holder");
-    let mut req = request(&election, "holder", &options);
+    let mut req = request(holder.as_ref(), &election, "holder", &options);
     let claim = match raw_acquire(holder.as_ref(), &req).await {
         Ok(Raw::Won(c)) => c,
         other => panic!("{W}: acquire of a free election: {other:?}"),
@@ -913,7 +915,7 @@ pub async fn semaphore_frees_a_vanished_holders_permit(s: &dyn Subject) {
     let options = s.options(&name, "ghost");
     let req = AcquireRequest {
         permits: 2,
-        ..request(&name, "ghost", &options)
+        ..request(ghost.as_ref(), &name, "ghost", &options)
     };
     let sent = Instant::now();
     let claim = match raw_acquire(ghost.as_ref(), &req).await {
@@ -929,12 +931,12 @@ pub async fn semaphore_frees_a_vanished_holders_permit(s: &dyn Subject) {
     let bound = options.ttl + c.options().retry_interval + s.slack();
     let pc = must_acquire(&c, bound + options.ttl, W).await;
     let won = Instant::now();
-    let earliest = sent + options.deadline_after_renewal();
+    let lifetime = ghost.lease_plan(&options).lifetime(&options);
+    let earliest = sent + lifetime;
     assert!(
         won >= earliest,
-        "{W}: UNSAFE: gamma got a permit {:?} after the ghost's acquire was sent, before the ghost's local deadline (ttl - margin = {:?})",
+        "{W}: UNSAFE: gamma got a permit {:?} after the ghost's acquire was sent, before the ghost's local deadline (lifetime {lifetime:?})",
         won - sent,
-        options.deadline_after_renewal()
     );
     assert!(
         won - replied <= bound + within,
@@ -997,13 +999,19 @@ pub async fn semaphore_permit_ends_when_its_claim_is_deleted_by_hand(s: &dyn Sub
         .unwrap_or_else(|e| panic!("{W}: release failed: {e}"));
 }
 
-/// A request of `candidate` in `election` with `options`' ttl.
-fn request(election: &str, candidate: &str, options: &ElectionOptions) -> AcquireRequest {
+/// A request of `candidate` in `election` with the lease `backend` plans
+/// for `options` (as the engine makes it).
+fn request(
+    backend: &dyn Backend,
+    election: &str,
+    candidate: &str,
+    options: &ElectionOptions,
+) -> AcquireRequest {
     AcquireRequest {
         election: election.to_owned(),
         candidate: candidate.to_owned(),
         value: Vec::new(),
-        ttl: options.ttl,
+        ttl: backend.lease_plan(options).lease.min(options.ttl),
         expired_revision: None,
         permits: 1,
     }

@@ -103,6 +103,7 @@ impl Elector {
     pub fn new(backend: Arc<dyn Backend>, options: ElectionOptions) -> Result<Self> {
         options.validate()?;
         backend.validate(&options)?;
+        options.validate_plan(&backend.lease_plan(&options))?;
         Ok(Self::build(backend, options, true))
     }
 
@@ -181,6 +182,13 @@ impl Elector {
     /// The options this elector runs with.
     pub fn options(&self) -> &ElectionOptions {
         &self.options
+    }
+
+    /// How the store fits its timing inside the ttl for these options: the
+    /// lease it keeps and, by [`LeasePlan::lifetime`](crate::LeasePlan::lifetime),
+    /// how long after a renewal's send a leader steps down at the latest.
+    pub fn lease_plan(&self) -> crate::LeasePlan {
+        self.backend.lease_plan(&self.options)
     }
 
     /// The backend under this elector.
@@ -457,6 +465,8 @@ impl Elector {
         if !self.timings_checked {
             self.options.validate()?;
             self.backend.validate(&self.options)?;
+            self.options
+                .validate_plan(&self.backend.lease_plan(&self.options))?;
         }
         let on_drop = cancel.clone().drop_guard();
         let (tx, rx) = oneshot::channel();

@@ -242,6 +242,10 @@ impl Backend for FaultyBackend {
         self.inner.validate(options)
     }
 
+    fn lease_plan(&self, options: &ElectionOptions) -> crate::LeasePlan {
+        self.inner.lease_plan(options)
+    }
+
     async fn leader(&self, election: &str) -> Result<Option<LeaderInfo>> {
         self.gate(&self.calls.leader).await?;
         let result = self.inner.leader(election).await;

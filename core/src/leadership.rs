@@ -522,15 +522,30 @@ impl Leadership {
         };
         let bound = g.options.request_timeout;
         let span = tracing::info_span!(parent: &g.state.span, "release");
-        let result = match timeout(bound, release(g.backend.as_ref(), &claim))
-            .instrument(span)
-            .await
-        {
+        // A store that pushes back ("etcdserver: too many requests", a
+        // ZooKeeper throttle, a 429) or blips answers with a transient
+        // error: back off and try again within the request timeout rather
+        // than fail the unlock (a release is idempotent).
+        let mut last: Option<Error> = None;
+        let retried = async {
+            let mut backoff = crate::retry::Backoff::new(g.options.retry_interval);
+            loop {
+                match release(g.backend.as_ref(), &claim).await {
+                    Err(e) if e.is_transient() => {
+                        tracing::debug!(error = %e, "release pushed back; backing off");
+                        last = Some(e);
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
+                    r => return r,
+                }
+            }
+        };
+        let result = match timeout(bound, retried).instrument(span).await {
             Ok(r) => r,
-            Err(_) => Err(Error::Timeout {
+            Err(_) => Err(last.unwrap_or(Error::Timeout {
                 operation: "release",
                 after: bound,
-            }),
+            })),
         };
         match &result {
             Ok(()) => g.state.monitor.store_ok(),

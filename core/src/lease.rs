@@ -11,8 +11,10 @@
 //!
 //! Either way one task keeps it (the *keeper*): a refresh (a keep-alive, a
 //! renewal) every renew interval on the schedule of [`RenewSchedule`], and
-//! the lease's local deadline `last successful refresh SENT + ttl -
-//! safety_margin`. The lease is **lost** when the store says it is gone (a
+//! the lease's local deadline `last successful refresh SENT + lifetime`,
+//! where the lifetime is the store's lease less the safety margin and any
+//! proof gap ([`LeasePlan`](crate::LeasePlan)): `ttl - safety_margin` at
+//! most. The lease is **lost** when the store says it is gone (a
 //! revoked or expired lease, an expired ZooKeeper session, a record taken
 //! over) or when the deadline passes without a successful refresh. Losing it
 //! ends every term on it (each term's done signal fires, with the lease's
@@ -132,16 +134,24 @@ struct Timing {
     retry_interval: Duration,
     safety_margin: Duration,
     request_timeout: Duration,
+    /// The store's lease ([`LeasePlan::lease`](crate::LeasePlan::lease)).
+    lease: Duration,
+    /// From a refresh's send to the local deadline
+    /// ([`LeasePlan::lifetime`](crate::LeasePlan::lifetime)).
+    lifetime: Duration,
 }
 
 impl Timing {
-    fn of(o: &ElectionOptions) -> Self {
+    fn of(backend: &dyn Backend, o: &ElectionOptions) -> Self {
+        let plan = backend.lease_plan(o);
         Timing {
             ttl: o.ttl,
             renew_interval: o.renew_interval,
             retry_interval: o.retry_interval,
             safety_margin: o.safety_margin,
             request_timeout: o.request_timeout,
+            lease: plan.lease.min(o.ttl),
+            lifetime: plan.lifetime(o),
         }
     }
 }
@@ -348,7 +358,7 @@ impl LeaseUse {
     /// deadline.
     pub(crate) async fn prove(&self) -> Result<Instant> {
         let state = self.state();
-        let lifetime = state.timing.ttl.saturating_sub(state.timing.safety_margin);
+        let lifetime = state.timing.lifetime;
         let sent = Instant::now();
         let bound = state.timing.request_timeout;
         let result = match timeout(bound, state.refresh(self.hold.core.backend.as_ref())).await {
@@ -508,7 +518,7 @@ pub(crate) async fn join_session(
         return open_session(backend, options, false).await;
     }
     let registry = registry(backend.name(), queue.scope());
-    let timing = Timing::of(options);
+    let timing = Timing::of(backend.as_ref(), options);
     let _one = registry.opening.lock().await;
     {
         let mut shared = lock(&registry.shared);
@@ -540,7 +550,8 @@ async fn open_session(
     let queue = queue_of(backend.as_ref())?;
     let sent = Instant::now();
     let bound = options.request_timeout;
-    let id = match timeout(bound, queue.open_session(options.ttl)).await {
+    let lease = Timing::of(backend.as_ref(), options).lease;
+    let id = match timeout(bound, queue.open_session(lease)).await {
         Ok(r) => r?,
         Err(_) => {
             return Err(Error::Timeout {
@@ -590,11 +601,12 @@ fn start(
     idle_without_leader: bool,
     span: tracing::Span,
 ) -> LeaseUse {
+    let timing = Timing::of(backend.as_ref(), options);
     let state = Arc::new(LeaseState {
         kind,
-        timing: Timing::of(options),
+        timing,
         beat: watch::channel(Beat {
-            deadline: anchor + options.deadline_after_renewal(),
+            deadline: anchor + timing.lifetime,
             latency: anchor.elapsed(),
             error: None,
         })
@@ -642,7 +654,7 @@ async fn keeper(
     anchor: Instant,
     idle_without_leader: bool,
 ) {
-    let lifetime = options.kept_lifetime();
+    let lifetime = ElectionOptions::kept_lifetime(state.timing.lifetime);
     let mut deadline = anchor + lifetime;
     let mut next = anchor + options.renew_interval;
     let mut schedule = RenewSchedule::new(&options);

@@ -65,7 +65,7 @@ pub use error::{Error, Result, Source};
 pub use health::{Health, LeaderHealth, StoreContact};
 pub use leadership::{Leadership, LossReason};
 pub use lease::shared_sessions;
-pub use options::{ElectionOptions, MAX_NAME_LEN, MAX_VALUE_LEN};
+pub use options::{ElectionOptions, LeasePlan, MAX_NAME_LEN, MAX_VALUE_LEN};
 pub use semaphore::{MAX_PERMITS, Permit, Semaphore};
 pub use types::{AcquireRequest, Claim, FencingToken, LeaderInfo, QueueOutcome, RecordOutcome};
 

@@ -6,13 +6,22 @@ use crate::error::{Error, Result};
 
 /// The timing and identity of one candidate in one election.
 ///
-/// The defaults follow client-go's proportions: a lease of 15 s, renewed every
-/// 5 s, retried every 2 s, with a 1.5 s safety margin for clock drift between
-/// this host and the store.
+/// `ttl` is the failover bound: a leader that crashes is replaced within the
+/// ttl (plus the store's own expiry tick), as client-go's `LeaseDuration`
+/// promises. The store's lease and the leader's local deadline are derived
+/// from it per store ([`LeasePlan`]), so that the safety margin and any
+/// slack the store's timing needs sit inside the ttl, not on top of it.
 ///
-/// The invariants (checked by [`validate`](Self::validate)):
-/// `0 < safety_margin < ttl`, and `renew_interval <= (ttl - safety_margin) / 2`
-/// so that at least two renewals can be tried before the local deadline.
+/// The defaults: a ttl of 15 s, renewed every 3.75 s (ttl/4), retried every
+/// 2 s, with a 1.5 s safety margin for clock drift between this host and the
+/// store.
+///
+/// The invariants (checked by [`validate`](Self::validate), and per store by
+/// [`validate_plan`](Self::validate_plan)): `0 < safety_margin < ttl / 2`,
+/// and `renew_interval <= lifetime / 2` so that at least two renewals can be
+/// tried before the local deadline, where the lifetime is what a renewal
+/// gives the leader on the store (`ttl - safety_margin` where the store
+/// needs nothing more; see [`LeasePlan::lifetime`]).
 ///
 /// The struct is `#[non_exhaustive]`: build it with [`new`](Self::new) and
 /// the `with_*` methods (or assign its public fields).
@@ -44,7 +53,10 @@ pub struct ElectionOptions {
     pub candidate_id: String,
     /// Bytes published while leading (an address, a JSON blob), at most 64 KiB.
     pub value: Vec<u8>,
-    /// How long a lease lives without renewal.
+    /// The failover bound: how long a crashed leader can block the
+    /// election. The store's lease (an etcd lease, a ZooKeeper session, a
+    /// record's expiry) and the leader's local deadline are derived from it
+    /// ([`LeasePlan`]) and fit inside it.
     pub ttl: Duration,
     /// How often the lease is renewed: the session's keep-alive on backends
     /// with sessions (one for every claim in it), else the leader's (and a
@@ -62,9 +74,11 @@ pub struct ElectionOptions {
     /// its answer can still arrive in time (a renewal still unanswered at
     /// that moment is abandoned for this last attempt).
     pub retry_interval: Duration,
-    /// Subtracted from the ttl to get the local deadline: a leader whose
-    /// last successful renewal was *sent* at `t` reports leadership lost at
-    /// `t + ttl - safety_margin` at the latest.
+    /// Subtracted from the store's lease to get the local deadline: a leader
+    /// whose last successful renewal was *sent* at `t` reports leadership
+    /// lost at `t + lifetime` at the latest, where the lifetime is the
+    /// store's lease less this margin (and less any proof gap of the store:
+    /// [`LeasePlan::lifetime`]); `t + ttl - safety_margin` at most.
     pub safety_margin: Duration,
     /// Bound on any single store call.
     pub request_timeout: Duration,
@@ -95,7 +109,7 @@ impl ElectionOptions {
             candidate_id: candidate_id.into(),
             value: Vec::new(),
             ttl: Duration::from_secs(15),
-            renew_interval: Duration::from_secs(5),
+            renew_interval: Duration::from_millis(3750),
             retry_interval: Duration::from_secs(2),
             safety_margin: Duration::from_millis(1500),
             request_timeout: Duration::from_secs(5),
@@ -145,11 +159,13 @@ impl ElectionOptions {
         self
     }
 
-    /// Set the ttl and derive the other timings from it: renew every ttl/3,
+    /// Set the ttl and derive the other timings from it: renew every ttl/4,
     /// retry every ttl/6 (at most 2 s), margin ttl/10, request timeout ttl/3.
+    /// These fit every store's [`LeasePlan`] (ZooKeeper's, which keeps a
+    /// renew interval of the ttl for its quorum proof, is the tightest).
     pub fn with_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
-        self.renew_interval = ttl / 3;
+        self.renew_interval = ttl / 4;
         self.retry_interval = (ttl / 6).min(Duration::from_secs(2));
         self.safety_margin = ttl / 10;
         self.request_timeout = ttl / 3;
@@ -210,32 +226,58 @@ impl ElectionOptions {
                 ),
             ));
         }
-        let usable = self.ttl - self.safety_margin;
-        if self.renew_interval.is_zero() || self.renew_interval > usable / 2 {
+        self.validate_plan(&LeasePlan::whole(self))
+    }
+
+    /// Check the timings against what a store's [`LeasePlan`] leaves a
+    /// leader: two renewals (and two retries) must fit in the lifetime, a
+    /// request in it. [`Elector::new`](crate::Elector::new) calls it with the
+    /// backend's plan.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`] naming the field and what is allowed.
+    pub fn validate_plan(&self, plan: &LeasePlan) -> Result<()> {
+        let lifetime = plan.lifetime(self);
+        let what = if plan.lease == self.ttl && plan.proof_gap.is_zero() {
+            format!("ttl - safety_margin ({lifetime:?})")
+        } else {
+            format!(
+                "the lifetime of a renewal on this store ({lifetime:?}: its lease {:?} - safety_margin {:?} - proof gap {:?}; the store's timing fits inside the ttl {:?})",
+                plan.lease, self.safety_margin, plan.proof_gap, self.ttl
+            )
+        };
+        if lifetime.is_zero() {
+            return Err(Error::invalid_option(
+                "ttl",
+                format!(
+                    "{:?} leaves no time to lead on this store: {what}; use a longer ttl",
+                    self.ttl
+                ),
+            ));
+        }
+        if self.renew_interval.is_zero() || self.renew_interval > lifetime / 2 {
             return Err(Error::invalid_option(
                 "renew_interval",
                 format!(
-                    "{:?} must be above zero and at most half of ttl - safety_margin ({:?}), so that two renewals fit before the deadline; ttl/3 is a good choice",
-                    self.renew_interval,
-                    usable / 2
+                    "{:?} must be above zero and at most half of {what}, so that two renewals fit before the deadline; ttl/4 is a good choice",
+                    self.renew_interval
                 ),
             ));
         }
-        if self.retry_interval.is_zero() || self.retry_interval > usable / 2 {
+        if self.retry_interval.is_zero() || self.retry_interval > lifetime / 2 {
             return Err(Error::invalid_option(
                 "retry_interval",
                 format!(
-                    "{:?} must be above zero and at most half of ttl - safety_margin ({:?})",
-                    self.retry_interval,
-                    usable / 2
+                    "{:?} must be above zero and at most half of {what}",
+                    self.retry_interval
                 ),
             ));
         }
-        if self.request_timeout.is_zero() || self.request_timeout > usable {
+        if self.request_timeout.is_zero() || self.request_timeout > lifetime {
             return Err(Error::invalid_option(
                 "request_timeout",
                 format!(
-                    "{:?} must be above zero and at most ttl - safety_margin ({usable:?})",
+                    "{:?} must be above zero and at most {what}",
                     self.request_timeout
                 ),
             ));
@@ -244,25 +286,97 @@ impl ElectionOptions {
     }
 
     /// The time from the send of the last successful renewal to the local
-    /// deadline: `ttl - safety_margin`.
+    /// deadline on a store that needs no time of its own inside the ttl
+    /// ([`LeasePlan::whole`]): `ttl - safety_margin`. On other stores it is
+    /// shorter: [`LeasePlan::lifetime`] of the backend's
+    /// [`lease_plan`](crate::Backend::lease_plan).
     pub fn deadline_after_renewal(&self) -> Duration {
-        self.ttl.saturating_sub(self.safety_margin)
+        LeasePlan::whole(self).lifetime(self)
     }
 
     /// What the engine's heartbeats (a leader's, a session's) keep a lease
-    /// for after each successful renewal: [`deadline_after_renewal`](Self::deadline_after_renewal).
+    /// for after each successful renewal: `lifetime`, the plan's
+    /// [`LeasePlan::lifetime`].
     ///
     /// Test-only breakage for the chaos suite's self-test, never for
     /// production: built with `--cfg leasehold_unsafe_no_deadline` (a
     /// RUSTFLAGS cfg, not a cargo feature) AND run with the variable
     /// `LEASEHOLD_UNSAFE_NO_DEADLINE` set, the deadline is a day away, i.e.
     /// none.
-    pub(crate) fn kept_lifetime(&self) -> Duration {
+    pub(crate) fn kept_lifetime(lifetime: Duration) -> Duration {
         #[cfg(leasehold_unsafe_no_deadline)]
         if std::env::var_os("LEASEHOLD_UNSAFE_NO_DEADLINE").is_some() {
             return Duration::from_secs(86_400);
         }
-        self.deadline_after_renewal()
+        lifetime
+    }
+}
+
+/// How a store's own timing fits inside the ttl: the lease the store keeps
+/// after a renewal, and the leader's local deadline after it.
+///
+/// `ttl` is the failover bound, so whatever the store needs besides the
+/// safety margin comes out of it, never on top of it:
+///
+/// * `lease`: how long the store keeps a lease after a renewal reaches it
+///   (an etcd lease of whole seconds, a ZooKeeper session), or how long a
+///   record lives without renewal (a SQL row's expiry, the time a Cloud
+///   Storage follower waits on an unchanged record). At most the ttl; less
+///   where detecting the expiry takes time of its own (a follower's poll).
+/// * `proof_gap`: how much earlier than the renewal's send the store may
+///   count the lease from (ZooKeeper: a member cut off just after a renewal
+///   may never pass its session touch on to the ZooKeeper leader, which then
+///   counts from the touch before).
+///
+/// The leader's local deadline is `last renewal sent + lifetime`, with
+/// `lifetime = lease - safety_margin - proof_gap`: strictly before anyone
+/// else can lead, by the margin.
+///
+/// ```
+/// use std::time::Duration;
+/// use leasehold_core::{ElectionOptions, LeasePlan};
+///
+/// let options = ElectionOptions::new("orders", "node-1").with_ttl(Duration::from_secs(4));
+/// let plan = LeasePlan::whole(&options);
+/// assert_eq!(plan.lifetime(&options), Duration::from_millis(3600));
+/// // A store whose leader's renewal may be counted from 1 s earlier.
+/// let plan = LeasePlan::new(options.ttl, Duration::from_secs(1));
+/// assert_eq!(plan.lifetime(&options), Duration::from_millis(2600));
+/// options.validate_plan(&plan).unwrap();
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LeasePlan {
+    /// How long the store keeps a lease after a renewal (at most the ttl).
+    pub lease: Duration,
+    /// How much earlier than a renewal's send the store may count from.
+    pub proof_gap: Duration,
+}
+
+impl LeasePlan {
+    /// The store keeps the lease for the full ttl from each renewal and
+    /// needs nothing more: the lifetime is `ttl - safety_margin`.
+    pub fn whole(options: &ElectionOptions) -> Self {
+        LeasePlan {
+            lease: options.ttl,
+            proof_gap: Duration::ZERO,
+        }
+    }
+
+    /// A lease of `lease` (capped at the ttl when used), counted from up to
+    /// `proof_gap` before a renewal's send.
+    pub fn new(lease: Duration, proof_gap: Duration) -> Self {
+        LeasePlan { lease, proof_gap }
+    }
+
+    /// The leader's local deadline after a renewal's send:
+    /// `min(lease, ttl) - safety_margin - proof_gap` (zero when nothing is
+    /// left).
+    pub fn lifetime(&self, options: &ElectionOptions) -> Duration {
+        self.lease
+            .min(options.ttl)
+            .saturating_sub(options.safety_margin)
+            .saturating_sub(self.proof_gap)
     }
 }
 

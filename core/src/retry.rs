@@ -65,7 +65,7 @@ impl Backoff {
 /// to catch a store that came back just before the deadline, early enough
 /// that its answer can arrive before the deadline and count (an answer
 /// after the deadline is ignored: the done signal has fired). The lease
-/// itself lives on at the store until about `deadline + safety_margin`, so
+/// itself lives on at the store until at least `deadline + safety_margin`, so
 /// a renewal sent then still finds it.
 ///
 /// Each call is bounded by the request timeout, and a call still in flight
@@ -73,8 +73,9 @@ impl Backoff {
 /// once, so that a request lost in a partition that has since healed does
 /// not take the last attempt's place. Only failing renewals get there: a
 /// renewal sent on the regular schedule has until at least
-/// `ttl - safety_margin - renew_interval - last_call_lead` (half the usable
-/// lifetime less a quarter retry interval) before it would be cut.
+/// `lifetime - renew_interval - last_call_lead` (half the lifetime less a
+/// quarter retry interval; the lifetime is the store's
+/// [`LeasePlan::lifetime`](crate::LeasePlan::lifetime)) before it would be cut.
 #[derive(Debug)]
 pub(crate) struct RenewSchedule {
     backoff: Backoff,
@@ -126,6 +127,11 @@ impl RenewSchedule {
     pub(crate) fn reset(&mut self) {
         self.backoff.reset();
     }
+}
+
+/// The longest [`jittered`] delay for `interval`: a follower's poll at worst.
+pub(crate) fn poll_bound(interval: Duration) -> Duration {
+    interval * 6 / 5
 }
 
 /// `interval` give or take 20 %, so that many followers do not poll in step.

@@ -207,6 +207,47 @@ async fn unlock_hands_over_to_a_waiter_at_once() {
     }
 }
 
+/// A store that pushes back on the release (etcd's "too many requests", a
+/// ZooKeeper throttle) answers with a transient error: `unlock()` backs off
+/// and tries again within its request timeout instead of failing.
+#[tokio::test(start_paused = true)]
+async fn unlock_backs_off_when_the_store_pushes_back() {
+    let store = MemoryStore::new();
+    let (a, faults) = faulty_elector(&store, options("a"));
+    let la = a.lock().await.unwrap();
+    let b_task = spawn_lock(elector(&store, "b"));
+    sleep(Duration::from_secs(1)).await;
+    faults.set(Fault::RefuseReleases);
+    let before = faults.calls().total();
+    let healer = {
+        let faults = faults.clone();
+        tokio::spawn(async move {
+            sleep(TTL / 10).await;
+            faults.set(Fault::None);
+        })
+    };
+    la.unlock()
+        .await
+        .expect("unlock must back off through the push-back, not fail");
+    healer.await.unwrap();
+    assert!(
+        faults.calls().total() >= before + 2,
+        "the release was tried only once"
+    );
+    let (_, lb) = at_once(b_task, "b leads after the release lands").await;
+    assert_eq!(lb.leader().id, "b");
+    // Pushed back for longer than the request timeout: the error the store
+    // gave, not a bare timeout.
+    let (c, faults) = faulty_elector(&store, options_in("jobs-2", "c"));
+    let lc = c.lock().await.unwrap();
+    faults.set(Fault::RefuseReleases);
+    let err = lc
+        .unlock()
+        .await
+        .expect_err("a release refused throughout fails");
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn dropping_the_guard_releases() {
     let store = MemoryStore::new();

@@ -26,9 +26,9 @@ use leasehold_gcs::google_cloud_storage::client::Storage;
 use leasehold_integration_tests::{AnswerDropper, FakeGcs, Proxy, unique_name};
 use tokio::time::{Instant, sleep, timeout};
 
-/// The shortest ttl the backend allows: renew every ttl/3 = 1 s, Cloud
+/// The shortest ttl the backend allows: renew every ttl/4 = 1 s, Cloud
 /// Storage's one write per second per object.
-const TTL: Duration = Duration::from_secs(3);
+const TTL: Duration = Duration::from_secs(4);
 /// Time on top of ttl + one poll for a takeover (slow CI machines).
 const SLACK: Duration = Duration::from_secs(3);
 /// Bound on any single wait in these tests.
@@ -65,12 +65,20 @@ fn options(election: &str, candidate: &str) -> ElectionOptions {
     ElectionOptions::new(election, candidate).with_ttl(TTL)
 }
 
+/// The lease the engine asks Cloud Storage for with `options`: the ttl less
+/// one follower poll (`Backend::lease_plan`), what a raw request must carry
+/// to stand for an elector of these options.
+fn lease() -> Duration {
+    let o = options("any", "any");
+    o.ttl - o.retry_interval * 6 / 5
+}
+
 fn request(election: &str, candidate: &str, expired_revision: Option<i64>) -> AcquireRequest {
     AcquireRequest {
         election: election.to_owned(),
         candidate: candidate.to_owned(),
         value: candidate.as_bytes().to_vec(),
-        ttl: TTL,
+        ttl: lease(),
         expired_revision,
         permits: 1,
     }
@@ -240,8 +248,9 @@ async fn handover_on_unlock() {
 }
 
 /// A holder that stops renewing (a crash: no release) is replaced no earlier
-/// than ttl after its last renewal was written, and no later than ttl + one
-/// poll + slack after that renewal was seen to succeed.
+/// than the lease (the ttl less one poll) after its last renewal was sent,
+/// and within the ttl + slack after that renewal was seen to succeed (the
+/// ttl is the failover bound).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn takeover_after_leader_vanishes() {
     let gcs = emulator().await;
@@ -255,7 +264,6 @@ async fn takeover_after_leader_vanishes() {
         other => panic!("a free election was not won: {other:?}"),
     };
     let b = Elector::new(client(&gcs).await, options(&election, "beta")).unwrap();
-    let poll = b.options().retry_interval;
     let follower = campaign(b);
     // The ghost renews twice, a second apart, then vanishes.
     let mut last_sent = Instant::now();
@@ -271,15 +279,20 @@ async fn takeover_after_leader_vanishes() {
         "beta took over a lease that was being renewed"
     );
     let (won, l) = follower.await.unwrap();
+    // The ghost's deadline was its last renewal's send + the lease - the
+    // margin; beta must see that renewal unchanged for the whole lease.
     assert!(
-        won >= last_sent + TTL,
-        "UNSAFE: beta took over {:?} after the ghost's last renewal was sent, less than the ttl {TTL:?}",
-        won - last_sent
+        won >= last_sent + lease(),
+        "UNSAFE: beta took over {:?} after the ghost's last renewal was sent, less than the lease {:?}",
+        won - last_sent,
+        lease()
     );
-    let bound = TTL + poll + SLACK;
+    // The ttl is the failover bound: the lease plus the poll that first
+    // saw the renewal fit inside it.
+    let bound = TTL + SLACK;
     assert!(
         won - last_seen <= bound,
-        "takeover came {:?} after the last renewal, more than ttl + poll + slack = {bound:?}",
+        "takeover came {:?} after the last renewal, more than ttl + slack = {bound:?}",
         won - last_seen
     );
     assert!(l.fencing_token() > claim.token);

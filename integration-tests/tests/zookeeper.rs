@@ -47,8 +47,8 @@ fn options(election: &str, candidate: &str, ttl: Duration) -> ElectionOptions {
     ElectionOptions::new(election, candidate).with_ttl(ttl)
 }
 
-/// The shortest session that is safe for a ttl with the derived timings
-/// (`ElectionOptions::with_ttl`): `ttl - ttl/10 + ttl/3`.
+/// The session for a ttl: the ttl itself (the session is the lease, the
+/// ttl the failover bound; the leader's deadline fits inside it).
 fn session_for(ttl: Duration) -> Duration {
     ZkBackend::min_session_timeout(&options("any", "any", ttl))
 }
@@ -149,8 +149,8 @@ impl Subject for ZkSubject {
     }
 
     fn slack(&self) -> Duration {
-        // The session is longer than the ttl (session_for: 3.7 s); the
-        // server expires sessions on tick boundaries (500 ms); then a watch
+        // The session is the ttl (session_for); the server expires
+        // sessions on tick boundaries (500 ms); then a watch
         // notification and one round trip; the rest is room for a loaded
         // machine.
         Duration::from_secs(3)
@@ -205,20 +205,15 @@ async fn a_ttl_longer_than_the_session_is_refused() {
             && text.contains("session"),
         "{text}"
     );
-    // A ttl up to the session is not enough: the session must also cover
-    // one renew interval beyond the leader's local deadline.
-    let err = Elector::new(backend.clone(), options("e", "c", Duration::from_secs(10)))
-        .expect_err("ttl 10s with the derived timings needs a session of 12.334s");
-    let text = err.to_string();
-    assert!(
-        matches!(err, Error::InvalidOption { field: "ttl", .. })
-            && text.contains("12.334s")
-            && text.contains("renew_interval"),
-        "{text}"
+    // A ttl up to the session fits: the session is the lease, and the
+    // leader's deadline (ttl - margin - renew interval) comes inside it.
+    // Curator's own setting, session = ttl, is accepted.
+    let fits = options("e", "c", Duration::from_secs(10));
+    assert_eq!(
+        ZkBackend::min_session_timeout(&fits),
+        Duration::from_secs(10)
     );
-    let fits = options("e", "c", Duration::from_secs(8));
-    assert!(ZkBackend::min_session_timeout(&fits) <= Duration::from_secs(10));
-    Elector::new(backend.clone(), fits.clone()).expect("ttl 8s fits a 10s session");
+    Elector::new(backend.clone(), fits.clone()).expect("ttl 10s fits a 10s session");
     // One backend is one session: an own session is refused, with the way out.
     let err = Elector::new(backend.clone(), fits.with_own_session())
         .expect_err("own_session cannot split one ZooKeeper session");
@@ -1357,9 +1352,9 @@ async fn first_in_line(client: &zk::Client, dir: &str) -> String {
 /// election's line every few milliseconds, a leader's node deleted by hand
 /// still ends its term at once: the line's events must not use up the
 /// leader's own-node watch, and a watch that ends is re-armed at once (a
-/// retry interval of 3 s makes a blind back-off plain to see). The deposed
+/// retry interval of 2.5 s makes a blind back-off plain to see). The deposed
 /// leader's done signal must come within 1 s of each delete (renewals are
-/// 2.7 s apart), and the next leader's token is higher.
+/// 2 s apart), and the next leader's token is higher.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_deleted_by_hand_under_churn_in_the_line_ends_its_term_at_once() {
     let server = start_server().await;
@@ -1412,7 +1407,7 @@ async fn node_deleted_by_hand_under_churn(clients: &ChurnClients<'_>, rounds: us
         let election = format!("{base}-{round}");
         let dir = format!("/{election}");
         let mut a_options = options(&election, "a", ttl);
-        a_options.retry_interval = Duration::from_secs(3);
+        a_options.retry_interval = Duration::from_millis(2500);
         let a = Elector::new(a_backend.clone(), a_options).expect("options");
         let la = lock_within(&a, Duration::from_secs(10), "a").await;
         let b = Elector::new(b_backend.clone(), options(&election, "b", ttl)).expect("options");
@@ -1594,11 +1589,13 @@ async fn ensemble_under_churn_in_the_line_a_node_deleted_by_hand_ends_its_term_a
 }
 
 /// Issue 20 §4: a replacement session, opened after the last one expired, is
-/// held to the safe minimum `validate` enforces (`min_session_timeout`), not
-/// only to the ttl. The server is restarted without its data (so the
-/// session is expired) and with a `maxSessionTimeout` of 6.5 s: enough for
-/// the ttl of 6 s, less than the 7.4 s the election needs. The next campaign
-/// must be refused with an error that says so, never lead on that session.
+/// held to the minimum `validate` enforces (`min_session_timeout`, the
+/// longest ttl of the elections validated on the backend), not only to the
+/// ttl of the campaign at hand. The server is restarted without its data (so
+/// the session is expired) and with a `maxSessionTimeout` of 6.5 s: enough
+/// for the campaign's ttl of 6 s, less than the 7.4 s another election
+/// validated on the backend needs. The next campaign must be refused with an
+/// error that says so, never lead on that session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replacement_session_shorter_than_the_safe_minimum_is_refused() {
     let ttl = Duration::from_secs(6);
@@ -1606,10 +1603,16 @@ async fn a_replacement_session_shorter_than_the_safe_minimum_is_refused() {
     let cs = server.connect_string();
     let backend: Arc<dyn Backend> = Arc::new(connect(&cs, Duration::from_secs(8)).await);
     let election = unique_name("replacement");
-    let opts = options(&election, "a", ttl);
-    let needed = ZkBackend::min_session_timeout(&opts);
+    let longer = options(
+        &unique_name("replacement-b"),
+        "b",
+        Duration::from_millis(7400),
+    );
+    let needed = ZkBackend::min_session_timeout(&longer);
     assert_eq!(needed, Duration::from_millis(7400));
-    let a = Elector::new(backend, opts).expect("an 8 s session is enough for ttl 6 s");
+    let _b = Elector::new(backend.clone(), longer).expect("an 8 s session is enough for ttl 7.4 s");
+    let a = Elector::new(backend, options(&election, "a", ttl))
+        .expect("an 8 s session is enough for ttl 6 s");
     let la = lock_within(&a, Duration::from_secs(10), "a").await;
 
     // The server comes back without the session, granting at most 6.5 s.

@@ -14,8 +14,8 @@ use etcd_client::{
 };
 use leasehold_core::{
     AcquireRequest, Backend, Claim, ElectionOptions, Error, Family, FencingToken, LeaderInfo,
-    LeaderWatch, ListParticipants, Proclaim, QueueOutcome, QueueStore, Result, SessionScope,
-    WatchLeader,
+    LeaderWatch, LeasePlan, ListParticipants, Proclaim, QueueOutcome, QueueStore, Result,
+    SessionScope, WatchLeader,
 };
 use tokio::sync::oneshot;
 
@@ -30,8 +30,9 @@ const MAX_KEY_REWATCHES: usize = 16;
 pub const MIN_TTL_SECS: u64 = 2;
 
 /// The lease ttl in whole seconds for an election ttl: etcd leases are whole
-/// seconds, so a fractional ttl is rounded **up** (the server then expires
-/// the lease a little after the engine's own deadline, never before).
+/// seconds, so a fractional ttl is rounded **down** (the ttl is the failover
+/// bound; the leader's local deadline counts from the lease actually
+/// granted, [`EtcdBackend`]'s `lease_plan`).
 ///
 /// # Errors
 /// [`Error::InvalidOption`] for a ttl below [`MIN_TTL_SECS`].
@@ -44,7 +45,7 @@ pub fn lease_ttl_secs(ttl: Duration) -> Result<i64> {
             ),
         ));
     }
-    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    let secs = ttl.as_secs();
     i64::try_from(secs).map_err(|_| {
         Error::invalid_option("ttl", format!("ttl {ttl:?} is too large for an etcd lease"))
     })
@@ -915,6 +916,17 @@ impl Backend for EtcdBackend {
         lease_ttl_secs(options.ttl).map(|_| ())
     }
 
+    /// A lease of the ttl in whole seconds (rounded down): a crashed
+    /// leader's lease expires within the ttl, plus etcd's expiry check
+    /// (every 500 ms); the leader's deadline is that lease less the margin.
+    fn lease_plan(&self, options: &ElectionOptions) -> LeasePlan {
+        let secs = lease_ttl_secs(options.ttl).unwrap_or(0);
+        LeasePlan::new(
+            Duration::from_secs(u64::try_from(secs).unwrap_or(0)),
+            Duration::ZERO,
+        )
+    }
+
     async fn leader(&self, election: &str) -> Result<Option<LeaderInfo>> {
         let range = self.inner.keys.range(election);
         let mut kv = self.inner.client.kv_client();
@@ -1304,7 +1316,7 @@ mod tests {
     #[test]
     fn ttl_is_whole_seconds_of_at_least_two() {
         assert_eq!(lease_ttl_secs(Duration::from_secs(2)).unwrap(), 2);
-        assert_eq!(lease_ttl_secs(Duration::from_millis(2100)).unwrap(), 3);
+        assert_eq!(lease_ttl_secs(Duration::from_millis(2900)).unwrap(), 2);
         let err = lease_ttl_secs(Duration::from_secs(1)).unwrap_err();
         assert_eq!(
             err.to_string(),

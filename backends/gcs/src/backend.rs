@@ -541,7 +541,7 @@ impl Backend for GcsBackend {
             return Err(Error::invalid_option(
                 "renew_interval",
                 format!(
-                    "{:?} is below Cloud Storage's limit of about one write per second per object; use at least 1s (ElectionOptions::with_ttl(3s) or more gives that; 6s or more leaves room for handovers)",
+                    "{:?} is below Cloud Storage's limit of about one write per second per object; use at least 1s (ElectionOptions::with_ttl(4s) or more gives that: it renews every ttl/4; 6s or more leaves room for handovers)",
                     options.renew_interval
                 ),
             ));
@@ -624,7 +624,7 @@ impl RecordStore for GcsBackend {
                     return Err(Error::invalid_option(
                         "ttl",
                         format!(
-                            "the holder of {} uses a ttl of {:?}, longer than this candidate's {:?}; every candidate of one election must use the same ttl, else a takeover may come too early",
+                            "the holder of {} uses a lease of {:?}, longer than this candidate's {:?}; every candidate of one election must use the same ttl and retry_interval (the lease is the ttl less one poll), else a takeover may come too early; a leasehold from before issue 25 records its whole ttl here: upgrade every candidate of the election",
                             self.gs_url(&object),
                             record.ttl,
                             req.ttl

@@ -9,8 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use leasehold_core::{
     AcquireRequest, Backend, Claim, ElectionOptions, Error, Family, FencingToken, LeaderInfo,
-    LeaderWatch, ListParticipants, Proclaim, QueueOutcome, QueueStore, Result, SessionScope,
-    WatchLeader,
+    LeaderWatch, LeasePlan, ListParticipants, Proclaim, QueueOutcome, QueueStore, Result,
+    SessionScope, WatchLeader,
 };
 use zookeeper_client as zk;
 use zookeeper_client::{Acls, Client, CreateMode, Stat};
@@ -109,31 +109,41 @@ impl ZkBackend {
         self.current().session_timeout()
     }
 
-    /// The shortest session timeout that is safe for `options`:
-    /// `ttl - safety_margin + renew_interval` (at least
-    /// `(ttl - safety_margin) x 20/17`, for the client's idle pings), rounded
-    /// up to the millisecond. `Backend::validate` refuses options that need
-    /// more than the session the server granted.
+    /// The session timeout for `options`: the ttl (rounded up to the
+    /// millisecond). The ttl is the failover bound, and the session is the
+    /// lease: a crashed leader's session expires a session timeout after its
+    /// last touch (plus the server's tick). `Backend::validate` refuses a
+    /// ttl longer than the session the server granted; a longer session is
+    /// safe but makes failover take that long.
     ///
-    /// Why: a renewal's session touch reaches the ZooKeeper leader only with
-    /// the member's next ping reply. A member cut off from its peers right
-    /// after a renewal passed never delivers it, and the ZooKeeper leader
-    /// then counts the session from the request before (one renew interval
-    /// earlier), while the leader's local deadline counts from the renewal.
-    /// See docs/zookeeper.md.
+    /// The leader's local deadline comes out of the ttl instead
+    /// ([`LeasePlan`]): `ttl - safety_margin - max(renew_interval, ttl x
+    /// 3/20)`. A renewal's session touch reaches the ZooKeeper leader only
+    /// with the member's next ping reply; a member cut off from its peers
+    /// right after a renewal passed never delivers it, and the ZooKeeper
+    /// leader then counts the session from the touch before (one renew
+    /// interval, or one idle ping of the client, earlier). See
+    /// docs/zookeeper.md.
     ///
     /// ```
     /// use std::time::Duration;
     /// use leasehold_core::ElectionOptions;
     /// use leasehold_zookeeper::ZkBackend;
     ///
-    /// let options = ElectionOptions::new("orders", "node-1").with_ttl(Duration::from_secs(6));
-    /// // 6 s - 600 ms + 2 s
-    /// assert_eq!(ZkBackend::min_session_timeout(&options), Duration::from_millis(7400));
+    /// let options = ElectionOptions::new("orders", "node-1").with_ttl(Duration::from_secs(4));
+    /// assert_eq!(ZkBackend::min_session_timeout(&options), Duration::from_secs(4));
+    /// // The leader's deadline: 4 s - 400 ms margin - 1 s renew interval.
+    /// assert_eq!(ZkBackend::lease_plan_for(&options).lifetime(&options), Duration::from_millis(2600));
     /// ```
     pub fn min_session_timeout(options: &ElectionOptions) -> Duration {
-        let usable = options.ttl.saturating_sub(options.safety_margin);
-        round_up_ms((usable + options.renew_interval).max(usable * 20 / 17))
+        round_up_ms(options.ttl)
+    }
+
+    /// The [`LeasePlan`] of `options` on ZooKeeper (what
+    /// [`Backend::lease_plan`] returns): a session of the ttl, counted from
+    /// up to `max(renew_interval, ttl x 3/20)` before a renewal's send.
+    pub fn lease_plan_for(options: &ElectionOptions) -> LeasePlan {
+        LeasePlan::new(options.ttl, proof_gap(options))
     }
 
     /// The current session's id (it changes when an expired session is
@@ -315,12 +325,13 @@ impl ZkBackend {
 
     fn check_ttl(&self, client: &Client, ttl: Duration) -> Result<()> {
         let negotiated = client.session_timeout();
-        if ttl > negotiated {
+        if round_up_ms(ttl) > negotiated {
             return Err(Error::invalid_option(
                 "ttl",
                 format!(
-                    "{ttl:?} is longer than the ZooKeeper session timeout the server granted ({negotiated:?}, {:?} was requested): the server could expire the session before the leader's local deadline; use a ttl of at most {negotiated:?}, or ask for a longer session_timeout (the server allows 2 to 20 x its tickTime)",
-                    self.config.session_timeout
+                    "{ttl:?} is longer than the ZooKeeper session timeout the server granted ({negotiated:?}, {:?} was requested): the session is the lease and must last the ttl; use a ttl of at most {negotiated:?}, or ask for a session_timeout of {:?} (the server allows 2 to 20 x its tickTime)",
+                    self.config.session_timeout,
+                    round_up_ms(ttl)
                 ),
             ));
         }
@@ -341,7 +352,7 @@ impl ZkBackend {
             return Err(Error::invalid_option(
                 "session_timeout",
                 format!(
-                    "the ZooKeeper server granted session {} a timeout of {granted:?} ({:?} was requested), but the elections on this backend need at least {needed:?} (ttl - safety_margin + renew_interval, ZkBackend::min_session_timeout; the session the elections were checked against was long enough, so the server now grants less: its maxSessionTimeout or tickTime changed, or the members of the ensemble are configured differently); no candidate node was created; make the server allow a session of {needed:?} or more (maxSessionTimeout, by default 20 x tickTime), or lower the ttl / raise the safety_margin",
+                    "the ZooKeeper server granted session {} a timeout of {granted:?} ({:?} was requested), but the elections on this backend need at least {needed:?} (their longest ttl, ZkBackend::min_session_timeout; the session the elections were checked against was long enough, so the server now grants less: its maxSessionTimeout or tickTime changed, or the members of the ensemble are configured differently); no candidate node was created; make the server allow a session of {needed:?} or more (maxSessionTimeout, by default 20 x tickTime), or lower the ttl",
                     client.session_id(),
                     self.config.session_timeout
                 ),
@@ -581,24 +592,16 @@ impl Backend for ZkBackend {
         self.engine_bound.fetch_min(bound, Ordering::Relaxed);
         let client = self.current();
         self.check_ttl(&client, options.ttl)?;
-        let negotiated = client.session_timeout();
-        let needed = min_session_timeout_within(options, negotiated);
-        if needed > negotiated {
-            return Err(Error::invalid_option(
-                "ttl",
-                format!(
-                    "ttl {:?} with safety_margin {:?} and renew_interval {:?} needs a ZooKeeper session of at least {needed:?} (ttl - safety_margin + renew_interval: a member cut off from its peers just after a renewal may never pass that renewal's session touch on to the ZooKeeper leader, which then counts the session from the request before; see docs/zookeeper.md), but the server granted {negotiated:?} ({:?} was requested); ask for a session_timeout of {needed:?} or more (ZkBackend::min_session_timeout), or lower the ttl / raise the safety_margin",
-                    options.ttl,
-                    options.safety_margin,
-                    options.renew_interval,
-                    self.config.session_timeout
-                ),
-            ));
-        }
         // A replacement session (after an expiry) is held to this too.
         let safe = u64::try_from(Self::min_session_timeout(options).as_nanos()).unwrap_or(u64::MAX);
         self.needed_session.fetch_max(safe, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// A session of the ttl; the leader's deadline leaves out the safety
+    /// margin and the proof gap (see [`ZkBackend::min_session_timeout`]).
+    fn lease_plan(&self, options: &ElectionOptions) -> LeasePlan {
+        Self::lease_plan_for(options)
     }
 
     async fn leader(&self, election: &str) -> Result<Option<LeaderInfo>> {
@@ -1004,7 +1007,7 @@ async fn open_session(config: &Config) -> Result<Client> {
         tracing::warn!(
             requested = ?config.session_timeout,
             ?negotiated,
-            "the ZooKeeper server changed the session timeout (it allows 2 to 20 x its tickTime); it must cover ttl - safety_margin + renew_interval of every election (ZkBackend::min_session_timeout)"
+            "the ZooKeeper server changed the session timeout (it allows 2 to 20 x its tickTime); it must be at least the ttl of every election (ZkBackend::min_session_timeout)"
         );
     }
     let Some(chroot) = &config.chroot else {
@@ -1040,13 +1043,12 @@ pub(crate) async fn check_chroot(
     }
 }
 
-/// The shortest session timeout that is safe for `options` (see
-/// [`ZkBackend::min_session_timeout`]), assuming the session granted is
-/// `session` (for the client's idle ping, 3/20 of it).
-fn min_session_timeout_within(options: &ElectionOptions, session: Duration) -> Duration {
-    let usable = options.ttl.saturating_sub(options.safety_margin);
-    let gap = options.renew_interval.max(session * 3 / 20);
-    round_up_ms(usable + gap)
+/// How much earlier than a renewal's send the ZooKeeper leader may count
+/// the session from: the touch before it, one renew interval earlier, or
+/// one idle ping of the client (3/20 of a session of the ttl; a longer
+/// session only moves its expiry later).
+fn proof_gap(options: &ElectionOptions) -> Duration {
+    round_up_ms(options.renew_interval.max(options.ttl * 3 / 20))
 }
 
 fn round_up_ms(d: Duration) -> Duration {
@@ -1187,18 +1189,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_minimum_session_passes_the_check_it_is_made_for() {
-        for ms in [10, 999, 2000, 3000, 4321, 6000, 8000, 15000, 60000] {
+    fn the_session_is_the_ttl_and_the_deadline_fits_inside_it() {
+        for ms in [2000, 3000, 4000, 4321, 6000, 8000, 15000, 60000] {
             let options = ElectionOptions::new("e", "c").with_ttl(Duration::from_millis(ms));
             let session = ZkBackend::min_session_timeout(&options);
+            assert_eq!(session, Duration::from_millis(ms));
+            let plan = ZkBackend::lease_plan_for(&options);
+            // The derived timings fit: two renewals before the deadline.
+            options.validate_plan(&plan).unwrap();
+            // The deadline, counted from a renewal's send, comes a margin
+            // before the earliest expiry the ZooKeeper leader may apply:
+            // a session after the touch before, up to the gap earlier.
+            let lifetime = plan.lifetime(&options);
             assert!(
-                min_session_timeout_within(&options, session) <= session,
-                "ttl {ms} ms: session {session:?}"
-            );
-            // Not a millisecond more than needed.
-            let shorter = session - Duration::from_millis(1);
-            assert!(
-                min_session_timeout_within(&options, shorter) > shorter,
+                lifetime + options.safety_margin + proof_gap(&options) <= session,
                 "ttl {ms} ms"
             );
         }
@@ -1206,9 +1210,13 @@ mod tests {
         // ping is the older proven touch.
         let mut options = ElectionOptions::new("e", "c").with_ttl(Duration::from_secs(10));
         options.renew_interval = Duration::from_millis(100);
-        let session = ZkBackend::min_session_timeout(&options);
-        assert_eq!(session, Duration::from_millis(10_589));
-        assert!(min_session_timeout_within(&options, session) <= session);
+        assert_eq!(proof_gap(&options), Duration::from_millis(1500));
+        // The default ElectionOptions fit too, with Curator's proportions
+        // (a session of the ttl).
+        let options = ElectionOptions::new("e", "c");
+        options
+            .validate_plan(&ZkBackend::lease_plan_for(&options))
+            .unwrap();
     }
 
     #[test]

@@ -88,13 +88,13 @@ impl leasehold_core::driver::Driver for ZkDriver {
         Ok(election)
     }
 
-    /// Given only a session timeout, the ttl is the longest one the session
-    /// covers with the derived timings: the session must cover ttl - ttl/10
-    /// + ttl/3 = 37/30 ttl (docs/zookeeper.md).
+    /// Given only a session timeout, the ttl is the session timeout: the
+    /// session is the lease, and the ttl the failover bound
+    /// (docs/zookeeper.md).
     fn default_ttl(&self, params: &StoreParams) -> Result<Option<Duration>> {
         params
             .text("session_timeout")
-            .map(|s| Ok(parse_duration("session_timeout", s)? * 30 / 37))
+            .map(|s| parse_duration("session_timeout", s))
             .transpose()
     }
 
@@ -103,9 +103,8 @@ impl leasehold_core::driver::Driver for ZkDriver {
         if let Some(c) = params.text("chroot") {
             connect.push_str(c);
         }
-        // The session is the lease: unless given on its own, the shortest one
-        // that covers the election's timings (ttl - safety_margin +
-        // renew_interval; see docs/zookeeper.md).
+        // The session is the lease: unless given on its own, the ttl (see
+        // docs/zookeeper.md).
         let session = match params.text("session_timeout") {
             Some(t) => parse_duration("session_timeout", t)?,
             None => ZkBackend::min_session_timeout(options),
@@ -144,7 +143,7 @@ mod tests {
         assert_eq!(p.text("chroot"), Some("/apps/x"));
         assert_eq!(
             DRIVER.default_ttl(&p).unwrap(),
-            Some(Duration::from_secs(30))
+            Some(Duration::from_secs(37))
         );
         let url = StoreUrl::parse("zk://h/a//e").unwrap();
         let e = DRIVER.read_url(&url, &mut StoreParams::new()).unwrap_err();

@@ -127,15 +127,30 @@ impl Churner {
             }
             Backend::Zookeeper => {
                 let hosts = a.endpoints.join(",");
-                let client = timeout(
-                    CALL * 5,
-                    leasehold_zookeeper::zookeeper_client::Client::connector()
-                        .with_session_timeout(Duration::from_secs(4))
-                        .connect(&hosts),
-                )
-                .await
-                .map_err(|_| "connecting to ZooKeeper timed out".to_owned())?
-                .map_err(|e| format!("cannot connect to ZooKeeper at {hosts}: {e}"))?;
+                // Right after a restart-store the ensemble may need longer
+                // than one session timeout to serve again (a loaded
+                // machine): try again, as the etcd churner does its grant.
+                let mut attempt = 0;
+                let client = loop {
+                    attempt += 1;
+                    let error = match timeout(
+                        CALL * 5,
+                        leasehold_zookeeper::zookeeper_client::Client::connector()
+                            .with_session_timeout(Duration::from_secs(4))
+                            .connect(&hosts),
+                    )
+                    .await
+                    {
+                        Ok(Ok(client)) => break client,
+                        Ok(Err(e)) => format!("cannot connect to ZooKeeper at {hosts}: {e}"),
+                        Err(_) => "connecting to ZooKeeper timed out".to_owned(),
+                    };
+                    if attempt >= 5 {
+                        return Err(format!("{error} ({attempt} attempts)"));
+                    }
+                    eprintln!("chaos churn: {error}; trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                };
                 let dir = format!("/{}", a.election);
                 let marker = format!("_c_churn-{}-", std::process::id());
                 let prefix = format!("{dir}/{marker}latch-");

@@ -141,8 +141,9 @@ struct SoakArgs {
     /// How long to inject faults, in seconds (default 60).
     #[arg(long)]
     seconds: Option<u64>,
-    /// Lease ttl in milliseconds (etcd's minimum is 2000).
-    #[arg(long, default_value_t = 3000)]
+    /// Lease ttl in milliseconds (etcd's minimum is 2000; Cloud Storage's
+    /// one renewal a second needs 4000 with the derived ttl/4).
+    #[arg(long, default_value_t = 4000)]
     ttl_ms: u64,
     /// `leasehold run --grace`, in milliseconds.
     #[arg(long, default_value_t = 300)]
@@ -285,7 +286,7 @@ fn quick(cli: Option<PathBuf>) -> Result<Vec<RunConfig>, String> {
                 seed: Some(seed),
                 minutes: None,
                 seconds: Some(seconds),
-                ttl_ms: 3000,
+                ttl_ms: 4000,
                 grace_ms: 300,
                 slack_ms: 6000,
                 deposed_ms: None,

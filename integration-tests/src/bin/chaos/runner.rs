@@ -207,6 +207,41 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
+    /// Wait (at most about 120 s) until the ZooKeeper ensemble serves: its
+    /// JVMs start just before the candidates, and on a loaded machine they
+    /// may not form a quorum within a first session's timeout (the ttl),
+    /// after which a candidate exits. Probed with `leasehold leader` from a
+    /// candidate's namespace: exit 0 (a leader) or 1 (none) means served.
+    async fn wait_for_zookeeper(&self) -> Result<(), String> {
+        let began = Instant::now();
+        for _ in 0..120 {
+            let sep = if self.url.contains('?') { '&' } else { '?' };
+            let url = format!("{}{sep}ttl={}ms", self.url, self.cfg.ttl.as_millis());
+            let mut cmd = Command::from(crate::net::in_netns(self.net.candidate_ns(0)));
+            cmd.arg(&self.cfg.cli)
+                .args(["--store", &url, "leader"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true);
+            let status = tokio::time::timeout(Duration::from_secs(30), cmd.status()).await;
+            if let Ok(Ok(s)) = status
+                && matches!(s.code(), Some(0 | 1))
+            {
+                eprintln!("chaos: the ensemble serves after {:.1?}", began.elapsed());
+                return Ok(());
+            }
+            if began.elapsed() > Duration::from_secs(120) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Err(format!(
+            "the ZooKeeper ensemble did not serve within {:.0?} of its start",
+            began.elapsed()
+        ))
+    }
+
     fn spawn(&self, slot: usize, generation: usize) -> Result<Candidate, String> {
         let cfg = self.cfg;
         let stderr_path = cfg
@@ -854,6 +889,9 @@ pub(crate) async fn run(cfg: &RunConfig) -> Result<Report, String> {
         deletions: Vec::new(),
         releases_lost: 0,
     };
+    if in_netns && cfg.backend == Backend::Zookeeper {
+        run.wait_for_zookeeper().await?;
+    }
     for slot in 0..cfg.candidates {
         let c = run.spawn(slot, 0)?;
         run.candidates.push(c);
