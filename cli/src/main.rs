@@ -12,6 +12,7 @@
 //! --events-to FILE`: in FILE). `serve` (src/serve.rs) is the HTTP sidecar.
 
 mod exporter;
+mod logwriter;
 mod serve;
 mod supervise;
 
@@ -539,11 +540,28 @@ async fn main() -> ExitCode {
         Ok(f) if !f.is_empty() => tracing_subscriber::EnvFilter::new(f),
         _ => tracing_subscriber::EnvFilter::new(default_log_filter()),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // Written by a thread of its own (see logwriter.rs): a log write that
+    // blocks (a slow disk, a stalled log pipe) must never hold the threads
+    // that end a term at its deadline and kill the command.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _log_guard = match logwriter::spawn(std::io::stderr()) {
+        Some((writer, guard)) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(writer)
+                .with_ansi(ansi)
+                .init();
+            Some(guard)
+        }
+        None => {
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi)
+                .init();
+            None
+        }
+    };
     let election = match &cli.command {
         Cmd::Leader(t) | Cmd::Observe(t) | Cmd::Members { target: t, .. } => t.election(),
         Cmd::Campaign { election, .. }
@@ -1103,6 +1121,12 @@ async fn run(elector: &Elector, command: &[String], how: How) -> ExitCode {
                 return fail(format!("cannot start {:?}: {e}", command[0]));
             }
         };
+        // The command dies at the local deadline at the latest even if this
+        // runtime's threads are held meanwhile (see `Tree::watch_deadline`).
+        let deadline_watch = {
+            let l = leadership.clone();
+            tree.watch_deadline(move || l.deadline().into_std())
+        };
         emit(Event::Elected {
             id: &id,
             token,
@@ -1150,6 +1174,9 @@ async fn run(elector: &Elector, command: &[String], how: How) -> ExitCode {
             }
         });
         let stopped = stopped.await;
+        // The command is gone (or outlived SIGKILL): the watch has nothing
+        // left to do, and its copy of the leadership goes with it.
+        drop(deadline_watch);
         match &ending {
             Ending::Lost(reason) => emit(lost(reason)),
             Ending::SteppingDown => {

@@ -20,6 +20,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -37,6 +38,10 @@ pub(crate) const KILL_WAIT: Duration = Duration::from_secs(10);
 
 /// How often the tree is scanned while it is being stopped.
 const STOP_POLL: Duration = Duration::from_millis(10);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Makes this process a child subreaper: orphaned descendants are reparented
 /// to it instead of to PID 1.
@@ -139,8 +144,9 @@ pub(crate) struct Tree {
     pgid: i32,
     me: i32,
     guardian: Option<Guardian>,
-    /// Process groups of escaped descendants already told to the guardian.
-    groups: BTreeSet<i32>,
+    /// Process groups of escaped descendants already told to the guardian
+    /// (shared with the deadline watch, which kills them too).
+    groups: Arc<Mutex<BTreeSet<i32>>>,
     status: Option<ExitStatus>,
 }
 
@@ -173,7 +179,7 @@ impl Tree {
             pgid,
             me: getpid().as_raw(),
             guardian,
-            groups: BTreeSet::new(),
+            groups: Arc::new(Mutex::new(BTreeSet::new())),
             status: None,
         })
     }
@@ -181,6 +187,64 @@ impl Tree {
     /// The command's process id (and process group id).
     pub(crate) fn pid(&self) -> u32 {
         self.pgid as u32
+    }
+
+    /// Kills the command at the local deadline from a thread of its own,
+    /// whatever the async runtime is doing: SIGKILL to its process group and
+    /// to the groups of escaped descendants seen so far, once `deadline()`
+    /// (read again at each wake-up: renewals move it) has passed. The
+    /// supervisor's own kill at the deadline runs on the runtime, whose
+    /// threads a blocking call (a log write to a stalled stderr, a CPU
+    /// starved of time) can hold past the deadline; this one cannot be held
+    /// so. Disarmed when the returned watch is dropped.
+    pub(crate) fn watch_deadline(
+        &self,
+        deadline: impl Fn() -> std::time::Instant + Send + 'static,
+    ) -> DeadlineWatch {
+        let disarmed = Arc::new((Mutex::new(false), Condvar::new()));
+        let (d, pgid, groups) = (disarmed.clone(), self.pgid, self.groups.clone());
+        let thread = std::thread::Builder::new()
+            .name("leasehold-deadline".into())
+            .spawn(move || {
+                let (flag, wake) = &*d;
+                let mut off = lock(flag);
+                // Bounded: each round sleeps until the deadline, which only
+                // moves forward; it ends at the deadline or when disarmed.
+                loop {
+                    if *off {
+                        return;
+                    }
+                    let now = std::time::Instant::now();
+                    let at = deadline();
+                    if now >= at {
+                        break;
+                    }
+                    off = wake
+                        .wait_timeout(off, at - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+                drop(off);
+                let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+                for &g in lock(&groups).iter() {
+                    let _ = killpg(Pid::from_raw(g), Signal::SIGKILL);
+                }
+            });
+        match thread {
+            Ok(t) => DeadlineWatch {
+                disarmed,
+                thread: Some(t),
+            },
+            Err(e) => {
+                eprintln!(
+                    "leasehold: cannot start the thread that kills the command at the local deadline ({e}); the supervisor's own kill remains"
+                );
+                DeadlineWatch {
+                    disarmed,
+                    thread: None,
+                }
+            }
+        }
     }
 
     /// Waits for the command's own process (not its descendants) to exit.
@@ -223,13 +287,17 @@ impl Tree {
     /// interrupted is not sent again (the guardian then misses it).
     pub(crate) async fn housekeep(&mut self) {
         let live = self.live();
-        let new: Vec<i32> = live
-            .iter()
-            .map(|p| p.pgrp)
-            .filter(|&g| g != self.pgid && g > 1 && !self.groups.contains(&g))
-            .collect();
+        let new: Vec<i32> = {
+            let mut groups = lock(&self.groups);
+            let new: Vec<i32> = live
+                .iter()
+                .map(|p| p.pgrp)
+                .filter(|&g| g != self.pgid && g > 1 && !groups.contains(&g))
+                .collect();
+            groups.extend(new.iter().copied());
+            new
+        };
         for g in new {
-            self.groups.insert(g);
             if let Some(guardian) = &mut self.guardian {
                 guardian.watch_group(g).await;
             }
@@ -322,6 +390,24 @@ impl Tree {
             g.dismiss().await;
         }
         self.main_exited().await
+    }
+}
+
+/// The thread of [`Tree::watch_deadline`]; dropping it disarms the thread
+/// and waits for it to end (at once: it only sleeps or sends signals).
+pub(crate) struct DeadlineWatch {
+    disarmed: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for DeadlineWatch {
+    fn drop(&mut self) {
+        let (flag, wake) = &*self.disarmed;
+        *lock(flag) = true;
+        wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -422,4 +508,50 @@ pub(crate) async fn guard_main(pgid: &str) -> std::process::ExitCode {
         let _ = killpg(Pid::from_raw(g), Signal::SIGKILL);
     }
     std::process::ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The deadline watch kills the command while the runtime's only thread
+    /// is held (as a blocking write held it), without the runtime's help.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_deadline_watch_kills_the_command_while_the_runtime_is_held() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "trap '' TERM; while :; do sleep 0.05; done"])
+            .stdout(Stdio::null());
+        let mut tree = Tree::spawn(cmd).expect("start the command");
+        let pid = tree.pgid;
+        let at = std::time::Instant::now() + Duration::from_millis(200);
+        let watch = tree.watch_deadline(move || at);
+        // Hold the runtime's only thread well past the deadline.
+        std::thread::sleep(Duration::from_millis(900));
+        let gone = read_proc(pid).is_none_or(|p| p.zombie);
+        drop(watch);
+        let _ = tree
+            .stop(tokio::time::Instant::now(), std::future::pending())
+            .await;
+        assert!(
+            gone,
+            "the command outlived the deadline by 700 ms while the runtime was held"
+        );
+    }
+
+    /// Disarmed before the deadline, the watch kills nothing.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_disarmed_deadline_watch_kills_nothing() {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        let mut tree = Tree::spawn(cmd).expect("start the command");
+        let pid = tree.pgid;
+        let at = std::time::Instant::now() + Duration::from_millis(300);
+        drop(tree.watch_deadline(move || at));
+        std::thread::sleep(Duration::from_millis(600));
+        let alive = read_proc(pid).is_some_and(|p| !p.zombie);
+        let _ = tree
+            .stop(tokio::time::Instant::now(), std::future::pending())
+            .await;
+        assert!(alive, "a disarmed watch killed the command");
+    }
 }

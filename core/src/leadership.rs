@@ -132,23 +132,32 @@ impl TermState {
         lock(&self.claim).clone()
     }
 
-    /// Record the reason (the first one wins) and fire the done signal.
+    /// Record the reason (the first one wins) and fire the done signal, then
+    /// log it. The signal goes first: whoever waits for it (a supervisor
+    /// that kills its command when the term ends) must not wait for a log
+    /// line to be written, and a subscriber's write can block (a log file
+    /// on a busy disk, a stalled log pipe).
     fn fire_lost(&self, reason: LossReason) {
-        {
+        let first = {
             let mut r = lock(&self.reason);
             if r.is_none() {
-                let _e = self.span.enter();
-                match &reason {
-                    // "leadership released" is logged once the store
-                    // confirmed the release (unlock, or the drop's task).
-                    LossReason::Released => tracing::info!("leadership ends: stepping down"),
-                    other => tracing::warn!(reason = %other, "leadership lost"),
-                }
                 self.monitor.term_ended(self.info.token, reason.label());
-                *r = Some(reason);
+                *r = Some(reason.clone());
+                true
+            } else {
+                false
+            }
+        };
+        self.lost.cancel();
+        if first {
+            let _e = self.span.enter();
+            match &reason {
+                // "leadership released" is logged once the store
+                // confirmed the release (unlock, or the drop's task).
+                LossReason::Released => tracing::info!("leadership ends: stepping down"),
+                other => tracing::warn!(reason = %other, "leadership lost"),
             }
         }
-        self.lost.cancel();
     }
 
     fn reason(&self) -> LossReason {

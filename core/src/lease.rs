@@ -193,18 +193,22 @@ pub(crate) struct LeaseState {
 }
 
 impl LeaseState {
-    /// Record the reason (the first one wins) and fire the lost signal.
+    /// Record the reason (the first one wins) and fire the lost signal, then
+    /// log it (the signal first: see `TermState::fire_lost`).
     pub(crate) fn mark_lost(&self, reason: LossReason) {
-        {
+        let first = {
             let mut r = lock(&self.reason);
             if r.is_none() {
-                if let LeaseKind::Session(id) = self.kind {
-                    tracing::warn!(session = %format_args!("{id:#x}"), %reason, "session lost; every term on it ends and its waiters start over");
-                }
-                *r = Some(reason);
+                *r = Some(reason.clone());
+                true
+            } else {
+                false
             }
-        }
+        };
         self.lost.cancel();
+        if first && let LeaseKind::Session(id) = self.kind {
+            tracing::warn!(session = %format_args!("{id:#x}"), %reason, "session lost; every term on it ends and its waiters start over");
+        }
     }
 
     /// One refresh on the store: a keep-alive of the session, or a renewal
