@@ -17,7 +17,7 @@ use crate::campaign::{Campaign, Mode};
 use crate::error::{Error, Result};
 use crate::health::{Health, Monitor};
 use crate::leadership::Leadership;
-use crate::observer::{CampaignReads, Running, observe_task, open_watch};
+use crate::observer::{CampaignReads, Leader, Running, follow};
 use crate::options::ElectionOptions;
 use crate::retry::jittered;
 use crate::types::LeaderInfo;
@@ -364,27 +364,17 @@ impl Elector {
     /// # Cancel safety
     /// Cancel safe.
     pub async fn observe(&self) -> Result<watch::Receiver<Option<LeaderInfo>>> {
-        let election = self.options.election.clone();
-        let mut stream = if self.backend.leader_watch().is_some() {
-            Some(open_watch(self.backend.as_ref(), &self.options).await?)
-        } else {
-            None
-        };
-        let first = match &mut stream {
-            Some(s) => bounded(self.options.request_timeout, "watch", s.next()).await?,
-            None => self.leader().await?,
-        };
-        let (tx, rx) = watch::channel(first);
-        let backend = self.backend.clone();
-        let options = self.options.clone();
+        let leader = Leader::new(
+            self.backend.clone(),
+            self.options.clone(),
+            self.reads.subscribe(),
+        );
         let span = tracing::info_span!(
             "observe",
-            election = %election,
+            election = %self.options.election,
             candidate = %self.options.candidate_id,
         );
-        let reads = self.reads.subscribe();
-        tokio::spawn(observe_task(backend, options, stream, tx, reads).instrument(span));
-        Ok(rx)
+        follow(leader, &self.options, span).await
     }
 
     /// Serve as leader for as long as `cancel` is not cancelled: campaign,
