@@ -22,8 +22,8 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use crate::backend::{
-    Backend, Expiry, Family, LeaderWatch, ListParticipants, Proclaim, QueueStore, RecordStore,
-    SessionScope, WatchLeader,
+    Backend, Expiry, Family, LeaderWatch, ListParticipants, ParticipantsWatch, Proclaim,
+    QueueStore, RecordStore, SessionScope, WatchLeader,
 };
 use crate::error::{Error, Result};
 use crate::lease::{queue_of, record_of};
@@ -270,6 +270,19 @@ impl ListParticipants for FaultyBackend {
         self.gate(&self.calls.leader).await?;
         let result = match self.inner.participants() {
             Some(p) => p.participants(election).await,
+            None => Err(Error::NotSupported {
+                operation: "participants",
+                backend: self.inner.name(),
+            }),
+        };
+        self.answer(result)
+    }
+
+    /// Faulted and counted as a watch.
+    async fn watch_participants(&self, election: &str) -> Result<Box<dyn ParticipantsWatch>> {
+        self.gate(&self.calls.watch).await?;
+        let result = match self.inner.participants() {
+            Some(p) => p.watch_participants(election).await,
             None => Err(Error::NotSupported {
                 operation: "participants",
                 backend: self.inner.name(),

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, sleep};
 use tracing::Instrument;
 
-use crate::backend::{Backend, LeaderWatch};
+use crate::backend::{Backend, LeaderWatch, ParticipantsWatch};
 use crate::elector::bounded;
 use crate::error::{Error, Result};
 use crate::options::ElectionOptions;
@@ -74,6 +74,13 @@ pub(crate) trait Changes<T>: Send {
 impl Changes<Option<LeaderInfo>> for Box<dyn LeaderWatch> {
     async fn next(&mut self) -> Result<Option<LeaderInfo>> {
         LeaderWatch::next(self.as_mut()).await
+    }
+}
+
+#[async_trait]
+impl Changes<Vec<LeaderInfo>> for Box<dyn ParticipantsWatch> {
+    async fn next(&mut self) -> Result<Vec<LeaderInfo>> {
+        ParticipantsWatch::next(self.as_mut()).await
     }
 }
 
@@ -180,6 +187,51 @@ impl Followed for Leader {
 
     fn changed(value: &Self::Value) {
         tracing::debug!(leader = ?value.as_ref().map(|l| (&l.id, l.token)), "leader changed");
+    }
+}
+
+/// The live candidates of an election, in line order.
+pub(crate) struct Participants {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) options: ElectionOptions,
+}
+
+#[async_trait]
+impl Followed for Participants {
+    type Value = Vec<LeaderInfo>;
+    const READ_CALL: &'static str = "Elector::participants";
+
+    /// Every store that lists its candidates watches them.
+    fn watchable(&self) -> bool {
+        true
+    }
+
+    async fn open(&self) -> Result<Box<dyn Changes<Self::Value>>> {
+        let Some(list) = self.backend.participants() else {
+            return Err(not_supported(self.backend.as_ref(), "participants"));
+        };
+        Ok(Box::new(
+            list.watch_participants(&self.options.election).await?,
+        ))
+    }
+
+    async fn read(&self) -> Result<Self::Value> {
+        let Some(list) = self.backend.participants() else {
+            return Err(not_supported(self.backend.as_ref(), "participants"));
+        };
+        bounded(
+            self.options.request_timeout,
+            "participants",
+            list.participants(&self.options.election),
+        )
+        .await
+    }
+
+    fn changed(value: &Self::Value) {
+        tracing::debug!(
+            line = ?value.iter().map(|p| (&p.id, p.token)).collect::<Vec<_>>(),
+            "participants changed"
+        );
     }
 }
 
