@@ -12,7 +12,7 @@ use leasehold_core::{Error, LeaderInfo, ParticipantsWatch, Result};
 use zookeeper_client as zk;
 use zookeeper_client::{Client, WatchedEvent};
 
-use crate::backend::{check_chroot, leader_info, map_err};
+use crate::backend::{NAME, check_chroot, leader_info, map_err};
 use crate::node::{LockName, sorted_candidates};
 
 type Armed = Pin<Box<dyn Future<Output = WatchedEvent> + Send>>;
@@ -57,30 +57,45 @@ impl ZkLineWatch {
     async fn read_and_arm(&mut self) -> Result<Vec<LeaderInfo>> {
         let client = self.client.clone();
         let timeout = self.timeout;
-        let (children, watcher) = match bounded(
-            timeout,
-            "watch candidates",
-            client.get_and_watch_children(&self.dir),
-        )
-        .await?
-        {
-            Ok((children, _, watcher)) => (children, watcher),
-            Err(zk::Error::NoNode) => {
-                let operation = "watch election directory";
-                let (stat, watcher) =
-                    bounded(timeout, operation, client.check_and_watch_stat(&self.dir))
-                        .await?
-                        .map_err(|e| map_err(operation, e))?;
-                if stat.is_none() {
+        let mut listed = None;
+        for _ in 0..5 {
+            match bounded(
+                timeout,
+                "watch candidates",
+                client.get_and_watch_children(&self.dir),
+            )
+            .await?
+            {
+                Ok((children, _, watcher)) => {
+                    listed = Some((children, watcher));
+                    break;
+                }
+                Err(zk::Error::NoNode) => {
+                    let operation = "watch election directory";
+                    let (stat, watcher) =
+                        bounded(timeout, operation, client.check_and_watch_stat(&self.dir))
+                            .await?
+                            .map_err(|e| map_err(operation, e))?;
+                    if stat.is_some() {
+                        // Created in between: list it.
+                        continue;
+                    }
                     // Nobody joined yet, unless the chroot itself is missing.
                     check_chroot(&client, self.chroot.as_deref(), timeout).await?;
+                    self.armed = Some(Box::pin(watcher.changed()));
+                    return Ok(Vec::new());
                 }
-                // Created in between (stat is some): the watch has fired,
-                // and the next call lists it.
-                self.armed = Some(Box::pin(watcher.changed()));
-                return Ok(Vec::new());
+                Err(e) => return Err(map_err("watch candidates", e)),
             }
-            Err(e) => return Err(map_err("watch candidates", e)),
+        }
+        let Some((children, watcher)) = listed else {
+            return Err(Error::unavailable(
+                NAME,
+                format!(
+                    "the election node {} kept appearing and vanishing while being read; retry",
+                    self.dir
+                ),
+            ));
         };
         let full_dir = format!("{}{}", self.chroot.as_deref().unwrap_or(""), self.dir);
         let names = sorted_candidates(children, self.lock_name, &full_dir)?;
