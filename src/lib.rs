@@ -45,8 +45,9 @@
 pub use leasehold_core::{
     AcquireRequest, Attempt, Backend, CancellationToken, Claim, ElectionOptions, Elector, Error,
     Expiry, Family, FencingToken, Health, LeaderHealth, LeaderInfo, LeaderWatch, Leadership,
-    LossReason, MAX_PERMITS, Permit, Proclaim, QueueOutcome, QueueStore, RecordOutcome,
-    RecordStore, Result, Semaphore, SessionScope, StoreContact, WatchLeader, faulty, memory,
+    ListParticipants, LossReason, MAX_PERMITS, ParticipantsWatch, Permit, Proclaim, QueueOutcome,
+    QueueStore, RecordOutcome, RecordStore, Result, Semaphore, SessionScope, StoreContact,
+    WatchLeader, faulty, memory,
 };
 
 /// The engine crate, for backend authors.

@@ -160,9 +160,15 @@ enum Cmd {
     Members {
         #[command(flatten)]
         target: Target,
-        /// Print one JSON object instead of a table.
+        /// Print one JSON object instead of a table (with --watch: one per
+        /// line, NDJSON).
         #[arg(long)]
         json: bool,
+        /// Print the list now and again on every change (a candidate joins
+        /// or leaves, the leader changes) until SIGINT or SIGTERM; driven by
+        /// the store's watch, not by polling.
+        #[arg(long)]
+        watch: bool,
     },
     /// Serve the election over HTTP for services in any language (a
     /// sidecar): GET / (status page), /leader, /status, /events (Server-Sent
@@ -657,6 +663,9 @@ async fn main() -> ExitCode {
             Err(e) => fail(e),
         },
         Cmd::Observe(_) => observe(&elector, Shutdown::listen().token).await,
+        Cmd::Members {
+            json, watch: true, ..
+        } => members_watch(&elector, *json, Shutdown::listen().token).await,
         Cmd::Members { json, .. } => members(&elector, *json).await,
         Cmd::Campaign { .. } => campaign(&elector, timeout).await,
         Cmd::Run {
@@ -832,11 +841,54 @@ async fn members(elector: &Elector, json: bool) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(leasehold::Error::NotSupported { backend, .. }) => fail(format!(
-            "members: the {backend} store cannot list the candidates of {election:?}: it keeps one lease record per election, which names only the holder, and waiting candidates leave nothing in it. \
-             `leasehold leader --name {election}` shows who leads; the list of candidates is kept by etcd and ZooKeeper."
-        )),
+        Err(leasehold::Error::NotSupported { backend, .. }) => cannot_list(backend, &election),
         Err(e) => fail(e),
+    }
+}
+
+fn cannot_list(backend: &str, election: &str) -> ExitCode {
+    fail(format!(
+        "members: the {backend} store cannot list the candidates of {election:?}: it keeps one lease record per election, which names only the holder, and waiting candidates leave nothing in it. \
+         `leasehold leader --name {election}` shows who leads (`leasehold observe` follows it); the list of candidates is kept by etcd and ZooKeeper."
+    ))
+}
+
+/// `members --watch`: the list now, then again after every change, until
+/// `stop` fires (exit 0).
+async fn members_watch(elector: &Elector, json: bool, stop: CancellationToken) -> ExitCode {
+    let election = elector.options().election.clone();
+    let mut rx = match elector.observe_participants().await {
+        Ok(rx) => rx,
+        Err(leasehold::Error::NotSupported { backend, .. }) => {
+            return cannot_list(backend, &election);
+        }
+        Err(e) => return fail(e),
+    };
+    let mut first = true;
+    loop {
+        let members = member_views(&rx.borrow_and_update());
+        if json {
+            print_json(&MembersView {
+                election: &election,
+                members,
+            });
+        } else {
+            // A blank line between two tables.
+            let gap = if first { "" } else { "\n" };
+            print!("{gap}{}", members_table(&election, &members));
+        }
+        first = false;
+        tokio::select! {
+            _ = stop.cancelled() => return ExitCode::SUCCESS,
+            r = rx.changed() => if r.is_err() {
+                // Stopped on an error that retrying cannot fix: ask the
+                // store once more to say which, and fail with it.
+                return match elector.participants().await {
+                    Err(e) => fail(format!("members --watch: {e}")),
+                    Ok(_) => fail("members --watch: following the candidates stopped on an error that retrying cannot fix (RUST_LOG=leasehold_core=warn shows it)"),
+                };
+            },
+        }
     }
 }
 

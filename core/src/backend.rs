@@ -362,6 +362,33 @@ pub trait ListParticipants: Send + Sync {
     /// # Errors
     /// Store failures.
     async fn participants(&self, election: &str) -> Result<Vec<LeaderInfo>>;
+
+    /// Open a stream of the line of `election`, driven by the store's
+    /// watch (no polling): the first item is the line when the watch
+    /// starts, each later one the line after a candidate joined or left or
+    /// the leader's value changed. Every store that keeps a line watches it
+    /// (etcd: a prefix watch; ZooKeeper: a children watch), so this is not
+    /// optional.
+    ///
+    /// # Errors
+    /// Store failures; the engine opens it again later.
+    async fn watch_participants(&self, election: &str) -> Result<Box<dyn ParticipantsWatch>>;
+}
+
+/// A stream of an election's line, from
+/// [`ListParticipants::watch_participants`].
+#[async_trait]
+pub trait ParticipantsWatch: Send {
+    /// The line after the next change (the first call returns the current
+    /// one), in line order, the leader first. Consecutive equal lines are
+    /// allowed; the engine drops repeats.
+    ///
+    /// # Cancel safety
+    /// Must be cancel safe: no change may be lost when the future is dropped.
+    ///
+    /// # Errors
+    /// Store failures; the engine reopens the watch after an error.
+    async fn next(&mut self) -> crate::Result<Vec<LeaderInfo>>;
 }
 
 /// Watching an election's leader.

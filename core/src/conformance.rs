@@ -97,6 +97,7 @@ pub async fn run_all(s: &dyn Subject) {
         observer_sees_every_change(s),
         unsupported_operations_are_typed(s),
         participants_in_line_order(s),
+        watched_line_follows_the_candidates(s),
     );
     tokio::join!(
         semaphore_admits_n_and_hands_over_on_release(s),
@@ -821,6 +822,137 @@ pub async fn participants_in_line_order(s: &dyn Subject) {
     lc.unlock()
         .await
         .unwrap_or_else(|e| panic!("{W}: unlock failed: {e}"));
+}
+
+/// The ids of a line, in order.
+fn ids_of(line: &[LeaderInfo]) -> Vec<String> {
+    line.iter().map(|p| p.id.clone()).collect()
+}
+
+/// Wait (bounded) until the watched line holds exactly `want`, in order.
+async fn wait_for_line(
+    rx: &mut watch::Receiver<Vec<LeaderInfo>>,
+    within: Duration,
+    want: &[&str],
+    what: &str,
+) -> Vec<LeaderInfo> {
+    const W: &str = "watched_line_follows_the_candidates";
+    let seen = timeout(within, rx.wait_for(|line| ids_of(line) == want))
+        .await
+        .map(|r| r.map(|line| line.clone()));
+    match seen {
+        Ok(Ok(line)) => line,
+        Ok(Err(_)) => panic!("{W}: the line watch stopped before {what}"),
+        Err(_) => panic!(
+            "{W}: {what}: the line {want:?} not observed within {within:?}; last seen {:?}",
+            ids_of(&rx.borrow())
+        ),
+    }
+}
+
+/// A watched line ([`Elector::observe_participants`]) follows the live
+/// candidates, each on a client of its own: it shows each one that joins,
+/// drops one whose session dies (it vanished without leaving) within about
+/// a ttl, and shows the next leader first after a release. A store that
+/// keeps no line answers a typed `NotSupported`.
+pub async fn watched_line_follows_the_candidates(s: &dyn Subject) {
+    const W: &str = "watched_line_follows_the_candidates";
+    let election = s.election("line-watch");
+    let watcher = new_elector(s, &election, "watcher").await;
+    if s.client().await.participants().is_none() {
+        match watcher.observe_participants().await {
+            Err(Error::NotSupported { operation, .. }) => assert_eq!(operation, "participants"),
+            other => panic!(
+                "{W}: a store without a list must answer NotSupported: {:?}",
+                other.map(|rx| ids_of(&rx.borrow()))
+            ),
+        }
+        return;
+    }
+    let mut rx = watcher
+        .observe_participants()
+        .await
+        .unwrap_or_else(|e| panic!("{W}: observe_participants failed: {e}"));
+    let within = quick(s, watcher.options()) * 2;
+    wait_for_line(&mut rx, within, &[], "nobody yet").await;
+
+    let a = new_elector(s, &election, "alpha").await;
+    let la = must_lock(&a, quick(s, a.options()), W).await;
+    let line = wait_for_line(&mut rx, within, &["alpha"], "alpha leading").await;
+    assert_eq!(line[0].token, la.fencing_token(), "{W}: alpha's token");
+
+    let b = new_elector(s, &election, "beta").await;
+    let waiting_b = tokio::spawn(async move { b.lock().await });
+    wait_for_line(&mut rx, within, &["alpha", "beta"], "beta joining").await;
+
+    // A candidate that joins and then dies without leaving (no keep-alive,
+    // its link cut): the store ends its session, and the line drops it.
+    let ghost = s.client().await;
+    let options = s.options(&election, "ghost");
+    let queued = match raw_acquire(
+        ghost.as_ref(),
+        &request(ghost.as_ref(), &election, "ghost", &options),
+    )
+    .await
+    {
+        Ok(Raw::Held {
+            queued: Some(claim),
+            ..
+        }) => claim,
+        other => panic!("{W}: the ghost must queue behind alpha: {other:?}"),
+    };
+    wait_for_line(
+        &mut rx,
+        within,
+        &["alpha", "beta", "ghost"],
+        "ghost joining",
+    )
+    .await;
+    s.vanish(&ghost).await;
+    let vanished = Instant::now();
+    wait_for_line(
+        &mut rx,
+        within + options.ttl,
+        &["alpha", "beta"],
+        "ghost gone",
+    )
+    .await;
+    let gone_after = vanished.elapsed();
+
+    la.unlock()
+        .await
+        .unwrap_or_else(|e| panic!("{W}: unlock failed: {e}"));
+    let lb = timeout(within, waiting_b)
+        .await
+        .unwrap_or_else(|_| panic!("{W}: beta did not lead after alpha's release"))
+        .unwrap_or_else(|e| panic!("{W}: beta's task: {e}"))
+        .unwrap_or_else(|e| panic!("{W}: beta's lock: {e}"));
+    let line = wait_for_line(&mut rx, within, &["beta"], "beta leading").await;
+    assert_eq!(line[0].token, lb.fencing_token(), "{W}: beta's token");
+
+    let c = new_elector(s, &election, "gamma").await;
+    let waiting_c = tokio::spawn(async move { c.lock().await });
+    wait_for_line(&mut rx, within, &["beta", "gamma"], "gamma joining").await;
+    lb.unlock()
+        .await
+        .unwrap_or_else(|e| panic!("{W}: unlock failed: {e}"));
+    let lc = timeout(within, waiting_c)
+        .await
+        .unwrap_or_else(|_| panic!("{W}: gamma did not lead after beta's release"))
+        .unwrap_or_else(|e| panic!("{W}: gamma's task: {e}"))
+        .unwrap_or_else(|e| panic!("{W}: gamma's lock: {e}"));
+    wait_for_line(&mut rx, within, &["gamma"], "gamma leading").await;
+    lc.unlock()
+        .await
+        .unwrap_or_else(|e| panic!("{W}: unlock failed: {e}"));
+    wait_for_line(&mut rx, within, &[], "everyone gone").await;
+    assert!(
+        gone_after <= options.ttl * 2 + s.slack(),
+        "{W}: the ghost stayed in the line {gone_after:?} after it vanished (ttl {:?})",
+        options.ttl
+    );
+    s.revive(&ghost).await;
+    drop(queued);
 }
 
 /// A semaphore of 2 permits: two holders at once, each with a token above

@@ -17,7 +17,7 @@ use crate::campaign::{Campaign, Mode};
 use crate::error::{Error, Result};
 use crate::health::{Health, Monitor};
 use crate::leadership::Leadership;
-use crate::observer::{CampaignReads, Running, observe_task, open_watch};
+use crate::observer::{CampaignReads, Leader, Participants, Running, follow};
 use crate::options::ElectionOptions;
 use crate::retry::jittered;
 use crate::types::LeaderInfo;
@@ -372,27 +372,96 @@ impl Elector {
     /// # Cancel safety
     /// Cancel safe.
     pub async fn observe(&self) -> Result<watch::Receiver<Option<LeaderInfo>>> {
-        let election = self.options.election.clone();
-        let mut stream = if self.backend.leader_watch().is_some() {
-            Some(open_watch(self.backend.as_ref(), &self.options).await?)
-        } else {
-            None
-        };
-        let first = match &mut stream {
-            Some(s) => bounded(self.options.request_timeout, "watch", s.next()).await?,
-            None => self.leader().await?,
-        };
-        let (tx, rx) = watch::channel(first);
-        let backend = self.backend.clone();
-        let options = self.options.clone();
+        let leader = Leader::new(
+            self.backend.clone(),
+            self.options.clone(),
+            self.reads.subscribe(),
+        );
         let span = tracing::info_span!(
             "observe",
-            election = %election,
+            election = %self.options.election,
             candidate = %self.options.candidate_id,
         );
-        let reads = self.reads.subscribe();
-        tokio::spawn(observe_task(backend, options, stream, tx, reads).instrument(span));
-        Ok(rx)
+        follow(leader, &self.options, span).await
+    }
+
+    /// Follow the line of this election: a watch receiver that holds the
+    /// live candidates in line order, the leader first (as
+    /// [`participants`](Self::participants) answers), and changes whenever a
+    /// candidate joins or leaves, the leader changes, or the leader's value
+    /// does. The pair of [`observe`](Self::observe) for the line: for a
+    /// leader that hands out shards by the number of candidates, or a
+    /// dashboard.
+    ///
+    /// Driven by the store's watch, not by polling: etcd's prefix watch of
+    /// the election (each change costs one watch message and no read: the
+    /// line is kept from the events), ZooKeeper's children watch of the
+    /// election node and a data watch of the leader's node (each change
+    /// costs one listing and one read per candidate node), the memory
+    /// store's change notification. A background task feeds it until every
+    /// receiver is dropped.
+    ///
+    /// What the receiver sees when the store fails after the start is as
+    /// for [`observe`](Self::observe): errors that may pass are retried for
+    /// ever with backoff (the watch is reopened, the line read every retry
+    /// interval meanwhile) and the value stays the last line seen; errors
+    /// that retrying cannot fix are logged at warn level and end the
+    /// observation (the sender is dropped; call
+    /// [`participants`](Self::participants) for the error itself).
+    ///
+    /// # Errors
+    /// [`Error::NotSupported`] on stores that keep no line (record stores),
+    /// as [`participants`](Self::participants); the first read of the line
+    /// failed.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use leasehold_core::{ElectionOptions, Elector, memory::MemoryStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> leasehold_core::Result<()> {
+    /// let store = MemoryStore::new();
+    /// let reader = Elector::observer(
+    ///     Arc::new(store.client()),
+    ///     ElectionOptions::new("orders", "dashboard"),
+    /// )?;
+    /// let mut line = reader.observe_participants().await?;
+    /// assert!(line.borrow().is_empty());
+    ///
+    /// let worker = Elector::new(
+    ///     Arc::new(store.client()),
+    ///     ElectionOptions::new("orders", "worker-1"),
+    /// )?;
+    /// let leadership = worker.lock().await?;
+    /// line.changed().await.expect("still observing");
+    /// let ids: Vec<String> = line.borrow().iter().map(|p| p.id.clone()).collect();
+    /// assert_eq!(ids, ["worker-1"]);
+    /// leadership.unlock().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn observe_participants(&self) -> Result<watch::Receiver<Vec<LeaderInfo>>> {
+        if self.backend.participants().is_none() {
+            return Err(Error::NotSupported {
+                operation: "participants",
+                backend: self.backend.name(),
+            });
+        }
+        let line = Participants {
+            backend: self.backend.clone(),
+            options: self.options.clone(),
+        };
+        let span = tracing::info_span!(
+            "observe_participants",
+            election = %self.options.election,
+            candidate = %self.options.candidate_id,
+        );
+        follow(line, &self.options, span).await
     }
 
     /// Serve as leader for as long as `cancel` is not cancelled: campaign,

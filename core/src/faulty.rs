@@ -22,8 +22,8 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use crate::backend::{
-    Backend, Expiry, Family, LeaderWatch, ListParticipants, Proclaim, QueueStore, RecordStore,
-    SessionScope, WatchLeader,
+    Backend, Expiry, Family, LeaderWatch, ListParticipants, ParticipantsWatch, Proclaim,
+    QueueStore, RecordStore, SessionScope, WatchLeader,
 };
 use crate::error::{Error, Result};
 use crate::lease::{queue_of, record_of};
@@ -280,6 +280,64 @@ impl ListParticipants for FaultyBackend {
             }),
         };
         self.answer(result)
+    }
+
+    /// Faulted and counted as a watch.
+    async fn watch_participants(&self, election: &str) -> Result<Box<dyn ParticipantsWatch>> {
+        self.gate(&self.calls.watch).await?;
+        let result = match self.inner.participants() {
+            Some(p) => p.watch_participants(election).await,
+            None => Err(Error::NotSupported {
+                operation: "participants",
+                backend: self.inner.name(),
+            }),
+        };
+        self.answer(result).map(|inner| {
+            Box::new(FaultyLineWatch {
+                inner,
+                name: self.inner.name(),
+                rx: self.rx.clone(),
+            }) as Box<dyn ParticipantsWatch>
+        })
+    }
+}
+
+/// A line watch that breaks when its backend is set to fail: a
+/// [`Fault::Fail`] or [`Fault::Error`] set while it waits (or before a
+/// call) ends the call with that error, as a broken watch stream would.
+struct FaultyLineWatch {
+    inner: Box<dyn ParticipantsWatch>,
+    name: &'static str,
+    rx: watch::Receiver<Fault>,
+}
+
+impl FaultyLineWatch {
+    /// The error the current fault injects into a watch, if any (marking
+    /// the fault seen).
+    fn injected(&mut self) -> Option<Error> {
+        match &*self.rx.borrow_and_update() {
+            Fault::Fail => Some(Error::unavailable(self.name, "injected watch failure")),
+            Fault::Error(e) => Some(e.clone()),
+            _ => None,
+        }
+    }
+}
+
+#[async_trait]
+impl ParticipantsWatch for FaultyLineWatch {
+    async fn next(&mut self) -> Result<Vec<LeaderInfo>> {
+        loop {
+            if let Some(e) = self.injected() {
+                return Err(e);
+            }
+            tokio::select! {
+                r = self.inner.next() => return r,
+                changed = self.rx.changed() => if changed.is_err() {
+                    // The handle is gone: no more faults.
+                    return self.inner.next().await;
+                },
+            }
+        }
     }
 }
 

@@ -57,8 +57,8 @@ mod types;
 pub mod conformance;
 
 pub use backend::{
-    Backend, Expiry, Family, LeaderWatch, ListParticipants, Proclaim, QueueStore, RecordStore,
-    SessionScope, WatchLeader,
+    Backend, Expiry, Family, LeaderWatch, ListParticipants, ParticipantsWatch, Proclaim,
+    QueueStore, RecordStore, SessionScope, WatchLeader,
 };
 pub use elector::{Attempt, Elector};
 pub use error::{Error, Result, Source};

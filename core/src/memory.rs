@@ -26,8 +26,8 @@ use tokio::sync::watch;
 use tokio::time::{Duration, Instant, sleep_until};
 
 use crate::backend::{
-    Backend, Expiry, Family, LeaderWatch, ListParticipants, Proclaim, QueueStore, RecordStore,
-    SessionScope, WatchLeader,
+    Backend, Expiry, Family, LeaderWatch, ListParticipants, ParticipantsWatch, Proclaim,
+    QueueStore, RecordStore, SessionScope, WatchLeader,
 };
 use crate::error::{Error, Result};
 use crate::types::{AcquireRequest, Claim, FencingToken, LeaderInfo, QueueOutcome, RecordOutcome};
@@ -438,6 +438,18 @@ impl ListParticipants for MemoryBackend {
             .map(|q| q.iter().map(Entry::info).collect())
             .unwrap_or_default())
     }
+
+    /// Woken by the store's change notification (and by the earliest lease
+    /// expiry of the line): no polling, no extra reads.
+    async fn watch_participants(&self, election: &str) -> Result<Box<dyn ParticipantsWatch>> {
+        Ok(Box::new(self.memory_watch(election, |st, election| {
+            let line = st.queues.get(election).map(Vec::as_slice).unwrap_or(&[]);
+            (
+                line.iter().map(Entry::info).collect(),
+                line.iter().filter_map(|e| st.lease_expiry(e.lease)).min(),
+            )
+        })))
+    }
 }
 
 #[async_trait]
@@ -705,41 +717,55 @@ impl Proclaim for MemoryBackend {
 #[async_trait]
 impl WatchLeader for MemoryBackend {
     async fn watch(&self, election: &str) -> Result<Box<dyn LeaderWatch>> {
-        Ok(Box::new(MemoryWatch {
-            shared: self.shared.clone(),
-            rx: self.shared.changed.subscribe(),
-            election: election.to_owned(),
-            last: None,
-        }))
+        Ok(Box::new(self.memory_watch(election, |st, election| {
+            let first = st.queues.get(election).and_then(|q| q.first());
+            (
+                first.map(Entry::info),
+                first.and_then(|e| st.lease_expiry(e.lease)),
+            )
+        })))
     }
 }
 
-/// A watch on a queue store's election.
-struct MemoryWatch {
+impl MemoryBackend {
+    fn memory_watch<T>(&self, election: &str, look: Look<T>) -> MemoryWatch<T> {
+        MemoryWatch {
+            shared: self.shared.clone(),
+            rx: self.shared.changed.subscribe(),
+            election: election.to_owned(),
+            look,
+            last: None,
+        }
+    }
+}
+
+/// What a watch follows in the state, and when the lease it hangs on next
+/// expires (the store expires leases when it is next touched, so a watch
+/// wakes itself then).
+type Look<T> = fn(&State, &str) -> (T, Option<Instant>);
+
+/// A watch on a queue store's election: its leader, or its line.
+struct MemoryWatch<T> {
     shared: Arc<Shared>,
     rx: watch::Receiver<i64>,
     election: String,
-    /// The last leader reported; `None` before the first call.
-    last: Option<Option<LeaderInfo>>,
+    look: Look<T>,
+    /// The last value reported; `None` before the first call.
+    last: Option<T>,
 }
 
-#[async_trait]
-impl LeaderWatch for MemoryWatch {
-    async fn next(&mut self) -> Result<Option<LeaderInfo>> {
+impl<T: Clone + PartialEq + Send> MemoryWatch<T> {
+    /// The value after the next change (the first call: the value now).
+    /// Cancel safe: the state is read afresh on every call.
+    async fn next_value(&mut self) -> Result<T> {
         loop {
-            let (leader, expiry) = {
+            let (value, expiry) = {
                 let st = self.shared.lock_expired();
-                let leader = st.leader(Kind::Queue, &self.election);
-                let expiry = st
-                    .queues
-                    .get(&self.election)
-                    .and_then(|q| q.first())
-                    .and_then(|e| st.lease_expiry(e.lease));
-                (leader, expiry)
+                (self.look)(&st, &self.election)
             };
-            if self.last.as_ref() != Some(&leader) {
-                self.last = Some(leader.clone());
-                return Ok(leader);
+            if self.last.as_ref() != Some(&value) {
+                self.last = Some(value.clone());
+                return Ok(value);
             }
             let far = Instant::now() + Duration::from_secs(3600);
             tokio::select! {
@@ -749,5 +775,19 @@ impl LeaderWatch for MemoryWatch {
                 _ = sleep_until(expiry.unwrap_or(far)) => {}
             }
         }
+    }
+}
+
+#[async_trait]
+impl LeaderWatch for MemoryWatch<Option<LeaderInfo>> {
+    async fn next(&mut self) -> Result<Option<LeaderInfo>> {
+        self.next_value().await
+    }
+}
+
+#[async_trait]
+impl ParticipantsWatch for MemoryWatch<Vec<LeaderInfo>> {
+    async fn next(&mut self) -> Result<Vec<LeaderInfo>> {
+        self.next_value().await
     }
 }

@@ -1,14 +1,24 @@
-//! Observing an election: the task that feeds [`Elector::observe`](crate::Elector::observe)'s
-//! receivers, from the store's leader watch or by polling, and the leader
-//! reads of this elector's own campaigns that an observer follows instead
+//! Observing an election: the task that feeds the receivers of
+//! [`Elector::observe`](crate::Elector::observe) (the leader) and
+//! [`Elector::observe_participants`](crate::Elector::observe_participants)
+//! (the line), from the store's watch or by polling, and the leader reads
+//! of this elector's own campaigns that a leader observer follows instead
 //! of polling twice.
+//!
+//! One task shape serves both: a [`Followed`] says how to open the store's
+//! watch, how to poll without one, and how to describe a change; the task
+//! owns the retries (backoff, reopening a broken watch), the end (every
+//! receiver gone, or an error retrying cannot fix) and dropping repeats.
 
+use std::fmt::Debug;
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep};
+use tracing::Instrument;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, LeaderWatch, ParticipantsWatch};
 use crate::elector::bounded;
 use crate::error::{Error, Result};
 use crate::options::ElectionOptions;
@@ -52,25 +62,227 @@ impl Drop for Running {
     }
 }
 
+/// A stream of values from a store's watch: the first call returns the
+/// value now, each later one the value after the next change (repeats
+/// allowed). Cancel safe, as [`LeaderWatch::next`].
+#[async_trait]
+pub(crate) trait Changes<T>: Send {
+    async fn next(&mut self) -> Result<T>;
+}
+
+#[async_trait]
+impl Changes<Option<LeaderInfo>> for Box<dyn LeaderWatch> {
+    async fn next(&mut self) -> Result<Option<LeaderInfo>> {
+        LeaderWatch::next(self.as_mut()).await
+    }
+}
+
+#[async_trait]
+impl Changes<Vec<LeaderInfo>> for Box<dyn ParticipantsWatch> {
+    async fn next(&mut self) -> Result<Vec<LeaderInfo>> {
+        ParticipantsWatch::next(self.as_mut()).await
+    }
+}
+
+/// What an observer follows (the leader, the line) and how to get it from
+/// one backend.
+#[async_trait]
+pub(crate) trait Followed: Send + Sync + 'static {
+    /// What the receivers hold.
+    type Value: Clone + PartialEq + Debug + Send + Sync + 'static;
+    /// The call that returns the error that ended an observation, for the
+    /// log line (`Elector::leader`).
+    const READ_CALL: &'static str;
+
+    /// Whether the backend watches this; else the task polls.
+    fn watchable(&self) -> bool;
+
+    /// Open the store's watch (the caller bounds it by the request
+    /// timeout).
+    async fn open(&self) -> Result<Box<dyn Changes<Self::Value>>>;
+
+    /// Read the value now (bounded by the request timeout).
+    async fn read(&self) -> Result<Self::Value>;
+
+    /// Without a watch (or while it is broken): wait for the next poll,
+    /// then read. The default sleeps a jittered retry interval.
+    async fn poll(&mut self, options: &ElectionOptions) -> Result<Self::Value> {
+        sleep(jittered(options.retry_interval)).await;
+        self.read().await
+    }
+
+    /// Log a change at debug level.
+    fn changed(value: &Self::Value);
+}
+
+/// The leader of an election.
+pub(crate) struct Leader {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) options: ElectionOptions,
+    /// The leader reads of this elector's campaigns, followed instead of
+    /// polling on a backend without a watch.
+    pub(crate) reads: watch::Receiver<CampaignReads>,
+    /// The campaigns' reads this observer has seen.
+    pub(crate) reads_seen: u64,
+}
+
+impl Leader {
+    pub(crate) fn new(
+        backend: Arc<dyn Backend>,
+        options: ElectionOptions,
+        mut reads: watch::Receiver<CampaignReads>,
+    ) -> Self {
+        // The campaigns' reads so far: only later ones are news.
+        let reads_seen = reads.borrow_and_update().count;
+        Leader {
+            backend,
+            options,
+            reads,
+            reads_seen,
+        }
+    }
+}
+
+#[async_trait]
+impl Followed for Leader {
+    type Value = Option<LeaderInfo>;
+    const READ_CALL: &'static str = "Elector::leader";
+
+    fn watchable(&self) -> bool {
+        self.backend.leader_watch().is_some()
+    }
+
+    async fn open(&self) -> Result<Box<dyn Changes<Self::Value>>> {
+        Ok(Box::new(
+            open_watch(self.backend.as_ref(), &self.options).await?,
+        ))
+    }
+
+    async fn read(&self) -> Result<Self::Value> {
+        bounded(
+            self.options.request_timeout,
+            "leader",
+            self.backend.leader(&self.options.election),
+        )
+        .await
+    }
+
+    /// Each turn ends in a read unless a campaign started during the sleep;
+    /// then its reads are followed until it ends (only on a backend without
+    /// a watch: with one, a broken watch is polled for until it reopens).
+    async fn poll(&mut self, options: &ElectionOptions) -> Result<Self::Value> {
+        let watchable = self.watchable();
+        loop {
+            if !watchable
+                && let Some(leader) = campaign_read(&mut self.reads, &mut self.reads_seen).await
+            {
+                return Ok(leader);
+            }
+            sleep(jittered(options.retry_interval)).await;
+            if watchable || self.reads.borrow().running == 0 {
+                return self.read().await;
+            }
+        }
+    }
+
+    fn changed(value: &Self::Value) {
+        tracing::debug!(leader = ?value.as_ref().map(|l| (&l.id, l.token)), "leader changed");
+    }
+}
+
+/// The live candidates of an election, in line order.
+pub(crate) struct Participants {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) options: ElectionOptions,
+}
+
+#[async_trait]
+impl Followed for Participants {
+    type Value = Vec<LeaderInfo>;
+    const READ_CALL: &'static str = "Elector::participants";
+
+    /// Every store that lists its candidates watches them.
+    fn watchable(&self) -> bool {
+        true
+    }
+
+    async fn open(&self) -> Result<Box<dyn Changes<Self::Value>>> {
+        let Some(list) = self.backend.participants() else {
+            return Err(not_supported(self.backend.as_ref(), "participants"));
+        };
+        Ok(Box::new(
+            list.watch_participants(&self.options.election).await?,
+        ))
+    }
+
+    async fn read(&self) -> Result<Self::Value> {
+        let Some(list) = self.backend.participants() else {
+            return Err(not_supported(self.backend.as_ref(), "participants"));
+        };
+        bounded(
+            self.options.request_timeout,
+            "participants",
+            list.participants(&self.options.election),
+        )
+        .await
+    }
+
+    fn changed(value: &Self::Value) {
+        tracing::debug!(
+            line = ?value.iter().map(|p| (&p.id, p.token)).collect::<Vec<_>>(),
+            "participants changed"
+        );
+    }
+}
+
+fn not_supported(backend: &dyn Backend, operation: &'static str) -> Error {
+    Error::NotSupported {
+        operation,
+        backend: backend.name(),
+    }
+}
+
+/// Start following `subject`: open its watch (or read once without one),
+/// bounded by the request timeout, and hand the first value to a channel
+/// that a background task (in `span`) keeps up to date.
+///
+/// # Errors
+/// The first open or read failed.
+pub(crate) async fn follow<F: Followed>(
+    subject: F,
+    options: &ElectionOptions,
+    span: tracing::Span,
+) -> Result<watch::Receiver<F::Value>> {
+    let mut stream = if subject.watchable() {
+        Some(open_stream(&subject, options).await?)
+    } else {
+        None
+    };
+    let first = match &mut stream {
+        Some(s) => bounded(options.request_timeout, "watch", s.next()).await?,
+        None => subject.read().await?,
+    };
+    let (tx, rx) = watch::channel(first);
+    tokio::spawn(follow_task(subject, options.clone(), stream, tx).instrument(span));
+    Ok(rx)
+}
+
 /// Feed an observer's watch channel until every receiver is gone, or until
 /// an error that retrying cannot fix (then the sender is dropped and the
 /// receivers see the channel closed).
-pub(crate) async fn observe_task(
-    backend: Arc<dyn Backend>,
+async fn follow_task<F: Followed>(
+    mut subject: F,
     options: ElectionOptions,
-    mut stream: Option<Box<dyn crate::backend::LeaderWatch>>,
-    tx: watch::Sender<Option<LeaderInfo>>,
-    mut reads: watch::Receiver<CampaignReads>,
+    mut stream: Option<Box<dyn Changes<F::Value>>>,
+    tx: watch::Sender<F::Value>,
 ) {
     let mut backoff = Backoff::new(options.retry_interval);
-    // The campaigns' reads so far: only later ones are news to this observer.
-    let mut reads_seen = reads.borrow_and_update().count;
-    let publish = |next: Option<LeaderInfo>| {
+    let publish = |next: F::Value| {
         tx.send_if_modified(|cur| {
             if *cur == next {
                 false
             } else {
-                tracing::debug!(leader = ?next.as_ref().map(|l| (&l.id, l.token)), "leader changed");
+                F::changed(&next);
                 *cur = next;
                 true
             }
@@ -80,16 +292,17 @@ pub(crate) async fn observe_task(
         tracing::warn!(
             error = %e,
             "observing stopped: the store refused in a way retrying cannot fix; \
-             the receivers see the channel closed (Elector::leader returns the error)"
+             the receivers see the channel closed ({} returns the error)",
+            F::READ_CALL,
         );
     };
-    let watchable = backend.leader_watch().is_some();
+    let watchable = subject.watchable();
     // When the current run of failures began, and whether it was reported.
     let mut failing: Option<(Instant, bool)> = None;
     loop {
         if watchable && stream.is_none() {
             // The watch broke earlier: try to reopen it (polling meanwhile).
-            match open_watch(backend.as_ref(), &options).await {
+            match open_stream(&subject, &options).await {
                 Ok(s) => stream = Some(s),
                 Err(e) if !e.is_transient() => return give_up(&e),
                 Err(e) => tracing::debug!(error = %e, "reopening the watch failed; polling"),
@@ -98,24 +311,7 @@ pub(crate) async fn observe_task(
         let step = async {
             match &mut stream {
                 Some(s) => s.next().await,
-                // Each turn ends in a read unless a campaign started during
-                // the sleep; then its reads are followed until it ends.
-                None => loop {
-                    if !watchable
-                        && let Some(leader) = campaign_read(&mut reads, &mut reads_seen).await
-                    {
-                        break Ok(leader);
-                    }
-                    sleep(jittered(options.retry_interval)).await;
-                    if watchable || reads.borrow().running == 0 {
-                        break bounded(
-                            options.request_timeout,
-                            "leader",
-                            backend.leader(&options.election),
-                        )
-                        .await;
-                    }
-                },
+                None => subject.poll(&options).await,
             }
         };
         let result = tokio::select! {
@@ -139,7 +335,7 @@ pub(crate) async fn observe_task(
                     tracing::warn!(
                         error = %e,
                         failing_for = ?since.elapsed(),
-                        "observing keeps failing; the leader shown may be out of date (retrying)"
+                        "observing keeps failing; what is shown may be out of date (retrying)"
                     );
                 } else {
                     tracing::debug!(error = %e, "observing failed; reopening");
@@ -178,17 +374,22 @@ async fn campaign_read(
     }
 }
 
+/// Open `subject`'s watch, bounded by the request timeout.
+async fn open_stream<F: Followed>(
+    subject: &F,
+    options: &ElectionOptions,
+) -> Result<Box<dyn Changes<F::Value>>> {
+    bounded(options.request_timeout, "watch", subject.open()).await
+}
+
 /// Open `backend`'s leader watch of the election, bounded by the request
 /// timeout; [`Error::NotSupported`] for a store without one.
 pub(crate) async fn open_watch(
     backend: &dyn Backend,
     options: &ElectionOptions,
-) -> Result<Box<dyn crate::backend::LeaderWatch>> {
+) -> Result<Box<dyn LeaderWatch>> {
     let Some(w) = backend.leader_watch() else {
-        return Err(Error::NotSupported {
-            operation: "watch",
-            backend: backend.name(),
-        });
+        return Err(not_supported(backend, "watch"));
     };
     bounded(options.request_timeout, "watch", w.watch(&options.election)).await
 }

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use leasehold_core::conformance::{Subject, async_trait, run_all};
 use leasehold_core::{
-    Attempt, Backend, CancellationToken, ElectionOptions, Elector, Error, FencingToken, LossReason,
+    Attempt, Backend, CancellationToken, ElectionOptions, Elector, Error, FencingToken, LeaderInfo,
+    LossReason,
 };
 use leasehold_etcd::EtcdBackend;
 use leasehold_integration_tests::{EtcdCluster, EtcdNode, Proxy, unique_name};
@@ -1563,4 +1564,79 @@ async fn a_guarded_write_lands_only_while_the_term_lasts() {
         .await
         .expect_err("endpoints beside a client");
     assert!(err.to_string().contains("own connection settings"), "{err}");
+}
+
+/// A line observer (`observe_participants`) on etcd costs one range and one
+/// watch stream when it starts, then no request at all: idle, and for each
+/// change (a candidate joining, the leader leaving), it keeps the line from
+/// the watch's events. Counted on the observer's own backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_observer_reads_nothing_per_change() {
+    const TTL: u64 = 3;
+    let node = start_node().await;
+    let election = unique_name("line-cost");
+    let observer_backend = Arc::new(connect(&[node.endpoint()]).await);
+    let backend: Arc<dyn Backend> = observer_backend.clone();
+    let observer =
+        Elector::observer(backend, options(&election, "observer", TTL)).expect("options");
+    let start = observer_backend.stats();
+    let rx = observer
+        .observe_participants()
+        .await
+        .expect("observe_participants");
+    let opened = observer_backend.stats();
+    assert!(rx.borrow().is_empty(), "nobody yet: {:?}", *rx.borrow());
+
+    let a = elector(&[node.endpoint()], &election, "alpha", TTL).await;
+    let b = elector(&[node.endpoint()], &election, "beta", TTL).await;
+    let la = lock_within(&a, Duration::from_secs(10), "alpha").await;
+    let waiting_b = tokio::spawn(async move { b.lock().await });
+    let ids = |rx: &tokio::sync::watch::Receiver<Vec<LeaderInfo>>| {
+        rx.borrow().iter().map(|p| p.id.clone()).collect::<Vec<_>>()
+    };
+    let want = |rx: &tokio::sync::watch::Receiver<Vec<LeaderInfo>>,
+                want: &'static [&'static str]| {
+        let mut rx = rx.clone();
+        async move {
+            timeout(
+                Duration::from_secs(10),
+                rx.wait_for(|l| l.iter().map(|p| p.id.as_str()).eq(want.iter().copied())),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("the line never became {want:?}"))
+            .expect("the line watch stopped");
+        }
+    };
+    want(&rx, &["alpha", "beta"]).await;
+    la.unlock().await.expect("unlock");
+    let lb = timeout(Duration::from_secs(10), waiting_b)
+        .await
+        .expect("beta leads")
+        .expect("beta's task")
+        .expect("beta's lock");
+    want(&rx, &["beta"]).await;
+    lb.unlock().await.expect("unlock");
+    want(&rx, &[]).await;
+    let changed = observer_backend.stats();
+    sleep(Duration::from_secs(TTL)).await;
+    let idle = observer_backend.stats();
+    eprintln!(
+        "etcd line observer: opening {} requests, {} watch streams; 4 changes: {} requests, {} watch events; idle {TTL} s: {} requests",
+        opened.requests - start.requests,
+        opened.watch_streams - start.watch_streams,
+        changed.requests - opened.requests,
+        changed.watch_events - opened.watch_events,
+        idle.requests - changed.requests,
+    );
+    assert_eq!(
+        changed.requests - opened.requests,
+        0,
+        "the line observer made requests for its changes (stats {changed:?})"
+    );
+    assert_eq!(
+        idle.requests - changed.requests,
+        0,
+        "an idle line observer made requests"
+    );
+    assert!(ids(&rx).is_empty());
 }

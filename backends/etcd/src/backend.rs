@@ -14,8 +14,8 @@ use etcd_client::{
 };
 use leasehold_core::{
     AcquireRequest, Backend, Claim, ElectionOptions, Error, Family, FencingToken, LeaderInfo,
-    LeaderWatch, LeasePlan, ListParticipants, Proclaim, QueueOutcome, QueueStore, Result,
-    SessionScope, WatchLeader,
+    LeaderWatch, LeasePlan, ListParticipants, ParticipantsWatch, Proclaim, QueueOutcome,
+    QueueStore, Result, SessionScope, WatchLeader,
 };
 use tokio::sync::oneshot;
 
@@ -992,6 +992,16 @@ impl ListParticipants for EtcdBackend {
             })
             .collect())
     }
+
+    /// One range read and one prefix watch of the election when opened;
+    /// then each change costs one watch message and no read (the line is
+    /// kept from the events, as the leader watch keeps its leader).
+    async fn watch_participants(&self, election: &str) -> Result<Box<dyn ParticipantsWatch>> {
+        Ok(Box::new(EtcdLineWatch {
+            keys: ElectionKeys::open(self, election).await?,
+            reported: None,
+        }))
+    }
 }
 
 #[async_trait]
@@ -1179,37 +1189,14 @@ impl Proclaim for EtcdBackend {
 #[async_trait]
 impl WatchLeader for EtcdBackend {
     async fn watch(&self, election: &str) -> Result<Box<dyn LeaderWatch>> {
-        let range = self.inner.keys.range(election);
-        let mut kv = self.inner.client.kv_client();
-        self.inner.counters.request();
-        let resp = bounded(
-            "read election",
-            self.timeout(),
-            kv.get(range.as_str(), Some(GetOptions::new().with_prefix())),
-        )
-        .await
-        .map_err(|e| self.denied(e, election, "read"))?;
-        let start = header_revision(resp.header(), "read election")? + 1;
-        let keys = resp
-            .kvs()
-            .iter()
-            .map(|kv| (kv.key().to_vec(), Entry::of(kv)))
-            .collect();
-        let options = WatchOptions::new().with_prefix().with_start_revision(start);
-        let stream = self
-            .open_watch(range.into_bytes(), options)
-            .await
-            .map_err(|e| self.denied(e, election, "read"))?;
         Ok(Box::new(EtcdLeaderWatch {
-            backend: self.clone(),
-            stream,
-            keys,
+            keys: ElectionKeys::open(self, election).await?,
             reported: None,
         }))
     }
 }
 
-/// One candidate key as a leader watch remembers it.
+/// One candidate key as a watch remembers it.
 struct Entry {
     create_revision: i64,
     mod_revision: i64,
@@ -1226,20 +1213,87 @@ impl Entry {
     }
 }
 
-/// The leader of an election followed through one prefix watch: a local
-/// copy of the election's keys, updated by each event, no extra reads.
-struct EtcdLeaderWatch {
+/// The keys of an election followed through one prefix watch: one range
+/// read when opened, then a local copy updated by each event, no extra
+/// reads.
+struct ElectionKeys {
     backend: EtcdBackend,
     stream: WatchStream,
     /// Candidate key -> its create revision, mod revision and value.
     keys: HashMap<Vec<u8>, Entry>,
-    /// The create and mod revision of the leader key last reported
-    /// (`Some(None)`: no leader). A new mod revision of the same key is a
-    /// new value (a proclaim): reported too.
-    reported: Option<Option<(i64, i64)>>,
 }
 
-impl EtcdLeaderWatch {
+impl ElectionKeys {
+    /// Read the election's keys and watch the prefix from the revision
+    /// after that read, so no change between the two is missed.
+    async fn open(backend: &EtcdBackend, election: &str) -> Result<ElectionKeys> {
+        let range = backend.inner.keys.range(election);
+        let mut kv = backend.inner.client.kv_client();
+        backend.inner.counters.request();
+        let resp = bounded(
+            "read election",
+            backend.timeout(),
+            kv.get(range.as_str(), Some(GetOptions::new().with_prefix())),
+        )
+        .await
+        .map_err(|e| backend.denied(e, election, "read"))?;
+        let start = header_revision(resp.header(), "read election")? + 1;
+        let keys = resp
+            .kvs()
+            .iter()
+            .map(|kv| (kv.key().to_vec(), Entry::of(kv)))
+            .collect();
+        let options = WatchOptions::new().with_prefix().with_start_revision(start);
+        let stream = backend
+            .open_watch(range.into_bytes(), options)
+            .await
+            .map_err(|e| backend.denied(e, election, "read"))?;
+        Ok(ElectionKeys {
+            backend: backend.clone(),
+            stream,
+            keys,
+        })
+    }
+
+    /// Wait for the next watch message and apply its events. Cancel safe:
+    /// events are applied only after a whole message arrived, without
+    /// awaiting in between.
+    async fn apply_next(&mut self) -> Result<()> {
+        let resp = self
+            .backend
+            .next_response(&mut self.stream, "watch election")
+            .await?;
+        if resp.canceled() {
+            return Err(Error::backend(
+                BACKEND,
+                format!(
+                    "watch election: etcd cancelled the watch ({}; compacted at {}); open a new watch",
+                    resp.cancel_reason(),
+                    resp.compact_revision()
+                ),
+            ));
+        }
+        for event in resp.events() {
+            let Some(kv) = event.kv() else { continue };
+            match event.event_type() {
+                EventType::Put => {
+                    self.keys.insert(kv.key().to_vec(), Entry::of(kv));
+                }
+                EventType::Delete => {
+                    self.keys.remove(kv.key());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The keys in line order (by create revision).
+    fn line(&self) -> Vec<(&[u8], &Entry)> {
+        let mut line: Vec<_> = self.keys.iter().map(|(k, e)| (k.as_slice(), e)).collect();
+        line.sort_by_key(|(_, e)| e.create_revision);
+        line
+    }
+
     fn leader_entry(&self) -> Option<(&[u8], &Entry)> {
         self.keys
             .iter()
@@ -1247,8 +1301,27 @@ impl EtcdLeaderWatch {
             .map(|(k, e)| (k.as_slice(), e))
     }
 
+    fn decode(&self, key: &[u8], e: &Entry) -> Result<LeaderInfo> {
+        self.backend
+            .inner
+            .keys
+            .decode(key, &e.value, e.create_revision)
+    }
+}
+
+/// The leader of an election followed through one prefix watch.
+struct EtcdLeaderWatch {
+    keys: ElectionKeys,
+    /// The create and mod revision of the leader key last reported
+    /// (`Some(None)`: no leader). A new mod revision of the same key is a
+    /// new value (a proclaim): reported too.
+    reported: Option<Option<(i64, i64)>>,
+}
+
+impl EtcdLeaderWatch {
     fn leader_revisions(&self) -> Option<(i64, i64)> {
-        self.leader_entry()
+        self.keys
+            .leader_entry()
             .map(|(_, e)| (e.create_revision, e.mod_revision))
     }
 
@@ -1257,53 +1330,74 @@ impl EtcdLeaderWatch {
     /// showing a leader that is gone.
     fn report(&mut self) -> Result<Option<LeaderInfo>> {
         self.reported = Some(self.leader_revisions());
-        self.leader_entry()
-            .map(|(key, e)| {
-                self.backend
-                    .inner
-                    .keys
-                    .decode(key, &e.value, e.create_revision)
-            })
+        self.keys
+            .leader_entry()
+            .map(|(key, e)| self.keys.decode(key, e))
             .transpose()
     }
 }
 
 #[async_trait]
 impl LeaderWatch for EtcdLeaderWatch {
-    /// Cancel safe: events are applied only after a whole message arrived,
-    /// without awaiting in between.
+    /// Cancel safe, as [`ElectionKeys::apply_next`].
     async fn next(&mut self) -> Result<Option<LeaderInfo>> {
         if self.reported.is_none() {
             return self.report();
         }
         loop {
-            let resp = self
-                .backend
-                .next_response(&mut self.stream, "watch election")
-                .await?;
-            if resp.canceled() {
-                return Err(Error::backend(
-                    BACKEND,
-                    format!(
-                        "watch election: etcd cancelled the watch ({}; compacted at {}); open a new watch",
-                        resp.cancel_reason(),
-                        resp.compact_revision()
-                    ),
-                ));
-            }
-            for event in resp.events() {
-                let Some(kv) = event.kv() else { continue };
-                match event.event_type() {
-                    EventType::Put => {
-                        self.keys.insert(kv.key().to_vec(), Entry::of(kv));
-                    }
-                    EventType::Delete => {
-                        self.keys.remove(kv.key());
-                    }
-                }
-            }
+            self.keys.apply_next().await?;
             if self.reported != Some(self.leader_revisions()) {
                 return self.report();
+            }
+        }
+    }
+}
+
+/// The line of an election followed through one prefix watch.
+struct EtcdLineWatch {
+    keys: ElectionKeys,
+    /// The create and mod revisions of the keys last reported, in line
+    /// order; `None` before the first report.
+    reported: Option<Vec<(i64, i64)>>,
+}
+
+impl EtcdLineWatch {
+    fn revisions(&self) -> Vec<(i64, i64)> {
+        self.keys
+            .line()
+            .iter()
+            .map(|(_, e)| (e.create_revision, e.mod_revision))
+            .collect()
+    }
+
+    /// The line now; a key that is not a candidate's record is reported as
+    /// a warning and left out, as [`ListParticipants::participants`] does.
+    fn report(&mut self) -> Vec<LeaderInfo> {
+        self.reported = Some(self.revisions());
+        self.keys
+            .line()
+            .into_iter()
+            .filter_map(|(key, e)| {
+                self.keys
+                    .decode(key, e)
+                    .map_err(|e| tracing::warn!(error = %e, "unreadable candidate record"))
+                    .ok()
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl ParticipantsWatch for EtcdLineWatch {
+    /// Cancel safe, as [`ElectionKeys::apply_next`].
+    async fn next(&mut self) -> Result<Vec<LeaderInfo>> {
+        if self.reported.is_none() {
+            return Ok(self.report());
+        }
+        loop {
+            self.keys.apply_next().await?;
+            if self.reported.as_ref() != Some(&self.revisions()) {
+                return Ok(self.report());
             }
         }
     }

@@ -9,14 +9,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use leasehold_core::{
     AcquireRequest, Backend, Claim, ElectionOptions, Error, Family, FencingToken, LeaderInfo,
-    LeaderWatch, LeasePlan, ListParticipants, Proclaim, QueueOutcome, QueueStore, Result,
-    SessionScope, WatchLeader,
+    LeaderWatch, LeasePlan, ListParticipants, ParticipantsWatch, Proclaim, QueueOutcome,
+    QueueStore, Result, SessionScope, WatchLeader,
 };
 use zookeeper_client as zk;
 use zookeeper_client::{Acls, Client, CreateMode, Stat};
 
 use crate::builder::{Config, ZkBackendBuilder};
 use crate::cleanup::{Delete, Target};
+use crate::line::ZkLineWatch;
 use crate::node::{base_name, decode, election_dir, encode, node_prefix, sorted_candidates};
 use crate::watch::ZkLeaderWatch;
 
@@ -655,6 +656,22 @@ impl ListParticipants for ZkBackend {
         }
         Ok(out)
     }
+
+    /// A children watch on the election node and a data watch on the
+    /// leader's node; each change costs one listing and one read per
+    /// candidate node.
+    async fn watch_participants(&self, election: &str) -> Result<Box<dyn ParticipantsWatch>> {
+        let dir = self.dir(election)?;
+        let client = self.live_client().await?;
+        let timeout = self.request_timeout(&client);
+        Ok(Box::new(ZkLineWatch::new(
+            client,
+            dir,
+            self.config.chroot.clone(),
+            self.config.lock_name,
+            timeout,
+        )))
+    }
 }
 
 #[async_trait]
@@ -1110,7 +1127,7 @@ fn token_of(stat: &Stat, path: &str) -> Result<FencingToken> {
         })
 }
 
-fn leader_info(data: &[u8], stat: &Stat, path: &str) -> Result<LeaderInfo> {
+pub(crate) fn leader_info(data: &[u8], stat: &Stat, path: &str) -> Result<LeaderInfo> {
     let (id, value) = decode(data);
     Ok(LeaderInfo {
         id,

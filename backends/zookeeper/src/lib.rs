@@ -62,6 +62,7 @@ mod backend;
 mod builder;
 mod cleanup;
 mod driver;
+mod line;
 mod node;
 mod watch;
 
