@@ -22,23 +22,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{cli, signal};
+use common::{alive, cli, signal};
 use leasehold_integration_tests::{PgServer, Proxy, unique_name};
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::{Instant, sleep, timeout};
-
-/// Whether `pid` exists and is not a zombie.
-fn alive(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .unwrap_or("?");
-    state != "Z" && state != "X"
-}
 
 /// The child's stderr: a pipe the test drains until it is told to stop
 /// (then fills it, so that every write to it blocks), and drains again when

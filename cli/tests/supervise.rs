@@ -117,14 +117,7 @@ impl Work {
     }
 
     fn is_ours_and_alive(&self, pid: i32) -> bool {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            return false;
-        };
-        let state = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .unwrap_or("?");
-        if state == "Z" || state == "X" {
+        if !common::alive(pid.unsigned_abs()) {
             return false;
         }
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();

@@ -132,6 +132,19 @@ impl CommandLog {
     }
 }
 
+/// Whether `pid` exists and is not a zombie.
+#[allow(dead_code)] // not every test binary needs it
+pub(crate) fn alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .unwrap_or("?");
+    state != "Z" && state != "X"
+}
+
 /// A free loopback address (bound then released), for a listener of the
 /// command's, or as one nothing listens on.
 #[allow(dead_code)] // not every test binary needs one
