@@ -31,6 +31,10 @@ const FIGURES: &[&str] = &[
     "locks_release_failures",
 ];
 
+/// Figures a backend does not measure (the program writes them as not a
+/// number): PostgreSQL's NOTIFY deliveries are not counted.
+const NOT_MEASURED: &[(&str, &str)] = &[("postgres", "herd_watch_events_per_handover")];
+
 /// Figures only etcd reports (its client-side counters).
 const ETCD_FIGURES: &[&str] = &[
     "idle_leader_client_rps",
@@ -119,6 +123,9 @@ fn bench_smoke_run_reports_every_figure_and_leaves_nothing_behind() {
             .iter()
             .chain(if backend == "etcd" { ETCD_FIGURES } else { &[] });
         for name in expected {
+            if NOT_MEASURED.contains(&(backend, *name)) {
+                continue;
+            }
             let value = figures[*name].as_f64();
             assert!(
                 value.is_some_and(f64::is_finite),

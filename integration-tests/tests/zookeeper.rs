@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use leasehold_core::conformance::{Subject, async_trait, run_all};
@@ -107,25 +107,23 @@ async fn takes_over(
         .unwrap_or_else(|e| panic!("lock after {what}: {e}"))
 }
 
-fn addr_key(client: &Arc<dyn Backend>) -> usize {
-    Arc::as_ptr(client).cast::<()>() as usize
-}
-
 /// The conformance subject: a standalone server; every client reaches it
 /// through its own fault proxy, so that `vanish` can cut one client's link
 /// (its session then expires on the server, as a crashed process's would).
 struct ZkSubject {
     server: SocketAddr,
-    links: Mutex<Vec<(usize, Arc<Proxy>)>>,
+    /// Each client made, held weakly (a dropped client's entry never
+    /// matches again, even when a new client gets its address), and its
+    /// proxy.
+    links: Mutex<Vec<(Weak<dyn Backend>, Arc<Proxy>)>>,
 }
 
 impl ZkSubject {
     fn link(&self, client: &Arc<dyn Backend>) -> Arc<Proxy> {
-        let key = addr_key(client);
         let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         links
             .iter()
-            .find(|(k, _)| *k == key)
+            .find(|(c, _)| c.upgrade().is_some_and(|c| Arc::ptr_eq(&c, client)))
             .map(|(_, p)| p.clone())
             .unwrap_or_else(|| panic!("vanish/revive of a client this subject did not make"))
     }
@@ -137,10 +135,11 @@ impl Subject for ZkSubject {
         let proxy = Arc::new(Proxy::start(self.server).await);
         let client: Arc<dyn Backend> =
             Arc::new(connect(&proxy.addr().to_string(), session_for(TTL)).await);
-        self.links
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((addr_key(&client), proxy));
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        // The proxies of dropped clients go (their connections are closed).
+        links.retain(|(c, _)| c.strong_count() > 0);
+        links.push((Arc::downgrade(&client), proxy));
+        drop(links);
         client
     }
 
