@@ -107,6 +107,9 @@ async fn takes_over(
         .unwrap_or_else(|e| panic!("lock after {what}: {e}"))
 }
 
+/// A client the subject made (held weakly) and its proxy.
+type Link = (Weak<dyn Backend>, Arc<Proxy>);
+
 /// The conformance subject: a standalone server; every client reaches it
 /// through its own fault proxy, so that `vanish` can cut one client's link
 /// (its session then expires on the server, as a crashed process's would).
@@ -115,7 +118,7 @@ struct ZkSubject {
     /// Each client made, held weakly (a dropped client's entry never
     /// matches again, even when a new client gets its address), and its
     /// proxy.
-    links: Mutex<Vec<(Weak<dyn Backend>, Arc<Proxy>)>>,
+    links: Mutex<Vec<Link>>,
 }
 
 impl ZkSubject {
